@@ -1,0 +1,90 @@
+//! Typed errors. Each variant says what failed and carries what is needed to
+//! explain it; only `main` turns them into a message and an exit code.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// A job request that cannot be accepted (422 from the server, exit 2 from `agent run`).
+#[derive(Debug)]
+pub enum RequestError {
+    Syntax(String),
+    UnknownExecutor(String),
+    PushLogger,
+    UnknownLogger(String),
+    NoContainers,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Syntax(e) => write!(f, "invalid job request: {e}"),
+            RequestError::UnknownExecutor(e) => write!(f, "unknown executor type '{e}'"),
+            RequestError::PushLogger => write!(
+                f,
+                "logger method 'push' is only available in listener mode; use 'pull'"
+            ),
+            RequestError::UnknownLogger(m) => write!(f, "unknown logger type '{m}'"),
+            RequestError::NoContainers => {
+                write!(f, "a dockercompose job needs at least one container")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Anything that stops the agent itself from doing its work.
+#[derive(Debug)]
+pub enum Error {
+    Io {
+        what: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Spawn {
+        program: String,
+        source: io::Error,
+    },
+    Request(RequestError),
+    Config(String),
+}
+
+impl Error {
+    pub fn io(what: &str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            what: what.to_string(),
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { what, path, source } => {
+                write!(f, "{what} {}: {source}", path.display())
+            }
+            Error::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
+            Error::Request(e) => e.fmt(f),
+            Error::Config(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } | Error::Spawn { source, .. } => Some(source),
+            Error::Request(e) => Some(e),
+            Error::Config(_) => None,
+        }
+    }
+}
+
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Error {
+        Error::Request(e)
+    }
+}

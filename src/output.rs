@@ -1,0 +1,225 @@
+//! Output chunking (PROTOCOL §6.2): turns the raw bytes a command prints on
+//! its terminal into `cmd_output` strings.
+//!
+//! Rules kept here: a chunk never ends inside a UTF-8 sequence that may still
+//! be completed, nor between the `\r` and `\n` of a pair; `\r\n` becomes `\n`;
+//! every byte that is not valid UTF-8 becomes one U+FFFD. When to flush (the
+//! 100 ms latency bound) is decided by the caller, which owns the clock.
+
+/// The largest chunk emitted while a command runs. Larger chunks mean fewer
+/// events and less JSON overhead under sustained output.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Chunker {
+    buf: Vec<u8>,
+}
+
+impl Chunker {
+    pub fn new() -> Chunker {
+        Chunker {
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// A full chunk, if at least `MAX_CHUNK` bytes are buffered.
+    pub fn take_full(&mut self) -> Option<String> {
+        if self.buf.len() < MAX_CHUNK {
+            return None;
+        }
+        let mut cut = safe_cut(&self.buf[..MAX_CHUNK]);
+        if cut == 0 {
+            // Cannot happen with a 64 KiB window (a held-back tail is at most
+            // 4 bytes), but never loop without progress.
+            cut = MAX_CHUNK;
+        }
+        Some(self.take(cut))
+    }
+
+    /// Everything that can be emitted without splitting a character or a
+    /// `\r\n` pair; the held-back tail (at most 4 bytes) stays buffered.
+    pub fn take_settled(&mut self) -> Option<String> {
+        let cut = safe_cut(&self.buf);
+        (cut > 0).then(|| self.take(cut))
+    }
+
+    /// Everything, including an unfinished tail (whose bytes then each
+    /// become U+FFFD, or a lone `\r` kept as is).
+    pub fn take_all(&mut self) -> Option<String> {
+        (!self.buf.is_empty()).then(|| self.take(self.buf.len()))
+    }
+
+    fn take(&mut self, n: usize) -> String {
+        let s = render(&self.buf[..n]);
+        self.buf.drain(..n);
+        s
+    }
+}
+
+/// The length of the longest prefix of `bytes` that ends neither inside a
+/// UTF-8 sequence that may still be completed nor on a `\r` that may be
+/// followed by `\n`.
+pub fn safe_cut(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    if len == 0 {
+        return 0;
+    }
+    if bytes[len - 1] == b'\r' {
+        return safe_cut(&bytes[..len - 1]);
+    }
+    // Look back at most 3 bytes for the lead byte of an unfinished sequence.
+    let start = len.saturating_sub(3);
+    for i in (start..len).rev() {
+        let b = bytes[i];
+        if b & 0xC0 == 0x80 {
+            continue; // continuation byte: keep looking for its lead
+        }
+        let need = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return len, // ASCII or an invalid lead: nothing to complete
+        };
+        let have = len - i;
+        if have >= need {
+            return len;
+        }
+        // Only hold back a prefix that really may still become valid.
+        return if std::str::from_utf8(&bytes[i..]).err().and_then(|e| e.error_len()).is_none() {
+            i
+        } else {
+            len
+        };
+    }
+    len
+}
+
+/// Renders terminal bytes as text: `\r\n` folded to `\n`, one U+FFFD per
+/// invalid byte.
+pub fn render(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                push_folded(&mut out, s);
+                break;
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // SAFETY-free: from_utf8 said these bytes are valid.
+                push_folded(&mut out, std::str::from_utf8(&rest[..valid]).unwrap_or(""));
+                let bad = e.error_len().unwrap_or(rest.len() - valid);
+                for _ in 0..bad {
+                    out.push('\u{FFFD}');
+                }
+                rest = &rest[valid + bad..];
+            }
+        }
+    }
+    out
+}
+
+/// Folds `\r\n` into `\n`. A run of `\r` before a newline counts as one:
+/// the terminal turns a printed `\r\n` into `\r\r\n`, and a carriage
+/// return right before a newline shows nothing anyway.
+fn push_folded(out: &mut String, s: &str) {
+    if !s.contains("\r\n") {
+        out.push_str(s);
+        return;
+    }
+    let mut lines = s.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_some() {
+            out.push_str(line.trim_end_matches('\r'));
+            out.push('\n');
+        } else {
+            out.push_str(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_is_folded_and_lone_cr_kept() {
+        assert_eq!(render(b"a\r\nb\rc\r\n"), "a\nb\rc\n");
+        assert_eq!(render(b"a\r\r\nb\r"), "a\nb\r");
+    }
+
+    #[test]
+    fn each_invalid_byte_is_one_replacement() {
+        assert_eq!(render(&[0x96; 5]), "\u{FFFD}".repeat(5));
+        // A truncated 3-byte sequence followed by ASCII: two bytes, two marks.
+        assert_eq!(render(&[0xE2, 0x82, b'A']), "\u{FFFD}\u{FFFD}A");
+        assert_eq!(render("é€😀".as_bytes()), "é€😀");
+    }
+
+    #[test]
+    fn cut_never_splits_a_character_or_crlf() {
+        let euro = "€".as_bytes(); // 3 bytes
+        assert_eq!(safe_cut(&[b'a', euro[0]]), 1);
+        assert_eq!(safe_cut(&[b'a', euro[0], euro[1]]), 1);
+        assert_eq!(safe_cut(&[b'a', euro[0], euro[1], euro[2]]), 4);
+        assert_eq!(safe_cut(b"ab\r"), 2);
+        assert_eq!(safe_cut(b"ab\r\n"), 4);
+        // Invalid bytes are never held back waiting for completion.
+        assert_eq!(safe_cut(&[b'a', 0x96]), 2);
+        assert_eq!(safe_cut(&[b'a', 0xE2, b'b']), 3);
+        assert_eq!(safe_cut(&[0xFF]), 1);
+        let emoji = "😀".as_bytes();
+        assert_eq!(safe_cut(&emoji[..3]), 0);
+    }
+
+    #[test]
+    fn chunker_reassembles_split_characters() {
+        let text = "héllo wörld €😀\r\nnext\r\n";
+        let bytes = text.as_bytes();
+        for split in 0..bytes.len() {
+            let mut c = Chunker::new();
+            let mut out = String::new();
+            c.push(&bytes[..split]);
+            if let Some(s) = c.take_settled() {
+                out.push_str(&s);
+            }
+            c.push(&bytes[split..]);
+            if let Some(s) = c.take_all() {
+                out.push_str(&s);
+            }
+            assert_eq!(out, "héllo wörld €😀\nnext\n", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn full_chunks_are_bounded() {
+        let mut c = Chunker::new();
+        c.push(&vec![b'a'; MAX_CHUNK * 2 + 10]);
+        assert_eq!(c.take_full().unwrap().len(), MAX_CHUNK);
+        assert_eq!(c.take_full().unwrap().len(), MAX_CHUNK);
+        assert!(c.take_full().is_none());
+        assert_eq!(c.take_all().unwrap().len(), 10);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn unfinished_tail_becomes_replacements_at_the_end() {
+        let mut c = Chunker::new();
+        c.push(&"€".as_bytes()[..2]);
+        assert!(c.take_settled().is_none());
+        assert_eq!(c.take_all().unwrap(), "\u{FFFD}\u{FFFD}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Finding and killing every process of a job.
+//!
+//! A job's bash is a session leader, so its background jobs (each in a
+//! process group of its own under job control) share its session id. A
+//! process that called `setsid` leaves that session, but it still carries the
+//! job's mark in its environment (`AGENT_JOB_MARK`, set when the session
+//! started and inherited by every descendant). Both are matched, so nothing
+//! the job started survives a stop.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+/// The environment variable every process of a job inherits.
+pub const MARK_VAR: &str = "AGENT_JOB_MARK";
+
+/// What identifies a job's processes.
+#[derive(Debug, Clone)]
+pub struct JobProcesses {
+    /// The session id: the pid of the job's bash.
+    pub session: i32,
+    /// `AGENT_JOB_MARK=<value>` as it appears in /proc/<pid>/environ.
+    pub mark_entry: Vec<u8>,
+}
+
+impl JobProcesses {
+    pub fn new(session: i32, mark: &str) -> JobProcesses {
+        JobProcesses {
+            session,
+            mark_entry: format!("{MARK_VAR}={mark}").into_bytes(),
+        }
+    }
+
+    /// The live (non-zombie) processes of the job, the agent itself excluded.
+    pub fn list(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me && self.owns(pid))
+            .collect()
+    }
+
+    fn owns(&self, pid: i32) -> bool {
+        let Some((state, sid)) = stat_state_and_session(pid) else {
+            return false;
+        };
+        if state == 'Z' || state == 'X' {
+            return false;
+        }
+        if sid == self.session {
+            return true;
+        }
+        match fs::read(format!("/proc/{pid}/environ")) {
+            Ok(env) => env
+                .split(|b| *b == 0)
+                .any(|entry| entry == self.mark_entry.as_slice()),
+            Err(_) => false,
+        }
+    }
+
+    /// SIGTERM (and SIGHUP, which an interactive bash does not ignore) to
+    /// every process, then SIGKILL to whatever is left after `grace`.
+    /// Returns once no process of the job is left, or after a bounded time.
+    pub fn kill_all(&self, grace: Duration) {
+        let started = Instant::now();
+        let mut pids = self.list();
+        for &pid in &pids {
+            signal(pid, libc::SIGTERM);
+            signal(pid, libc::SIGHUP);
+            signal(pid, libc::SIGCONT);
+        }
+        while !pids.is_empty() && started.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+            pids = self.list();
+        }
+        // New processes may be forked while we kill: repeat, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pids.is_empty() && Instant::now() < deadline {
+            for &pid in &pids {
+                signal(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            pids = self.list();
+        }
+        if !pids.is_empty() {
+            log::error!("processes {pids:?} of a stopped job could not be killed");
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// State letter and session id from /proc/<pid>/stat. The command name may
+/// contain spaces and parentheses, so fields are counted after the last ')'.
+fn stat_state_and_session(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state: ppid, pgrp, session.
+    let sid = fields.nth(2)?.parse().ok()?;
+    Some((state, sid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    #[test]
+    fn finds_and_kills_marked_processes_that_left_the_session() {
+        let mark = format!("test-{}", std::process::id());
+        // The child calls setsid, so only the mark finds it.
+        let mut child = Command::new("sleep")
+            .arg("1000")
+            .env(MARK_VAR, &mark)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let job = JobProcesses::new(-1, &mark);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !job.list().contains(&(child.id() as i32)) {
+            assert!(Instant::now() < deadline, "marked process not found");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killer = std::thread::spawn(move || job.kill_all(Duration::from_secs(2)));
+        let status = child.wait().unwrap();
+        killer.join().unwrap();
+        assert!(!status.success());
+    }
+
+    #[test]
+    fn stat_parsing_survives_odd_names() {
+        let me = std::process::id() as i32;
+        let (state, _sid) = stat_state_and_session(me).unwrap();
+        assert!(state.is_ascii_alphabetic());
+    }
+}

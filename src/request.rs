@@ -1,0 +1,305 @@
+//! The job request of PROTOCOL §3: serde types for the wire schema, the
+//! YAML/JSON job file of `agent run`, and the decoding of its base64 fields.
+//!
+//! This module knows nothing of sessions or logs: it turns bytes into a
+//! `JobRequest` and answers questions about it (decoded env vars, file modes).
+
+use base64::Engine;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::RequestError;
+
+/// A missing or `null` list is an empty list (§3.1).
+fn null_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JobRequest {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub job_id: String,
+    /// Legacy name of `job_id`, used only when `job_id` is absent.
+    #[serde(default, deserialize_with = "null_as_default")]
+    id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub executor: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub compose: Compose,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub commands: Vec<Command>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub epilogue_always_commands: Vec<Command>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub epilogue_on_pass_commands: Vec<Command>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub epilogue_on_fail_commands: Vec<Command>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub env_vars: Vec<EnvVar>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub files: Vec<File>,
+    /// The YAML form of the reference reads files from `file` (§3.4); we take both.
+    #[serde(default, deserialize_with = "null_as_default")]
+    file: Vec<File>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ssh_public_keys: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub callbacks: Callbacks,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub logger: Logger,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub execution_time_limit_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Command {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub directive: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub alias: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EnvVar {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub name: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub value: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct File {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub path: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub content: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Callbacks {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub finished: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub teardown_finished: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Logger {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub method: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub url: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub token: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub max_size_in_bytes: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Compose {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub image_pull_credentials: Vec<Credentials>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub host_setup_commands: Vec<Command>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Container {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub name: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub image: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub command: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub entrypoint: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub user: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub env_vars: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Credentials {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub env_vars: Vec<EnvVar>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub files: Vec<File>,
+}
+
+/// Which executor a request asks for (§3.1: absent or empty means shell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Shell,
+    DockerCompose,
+}
+
+impl JobRequest {
+    /// Parses a JSON request body (the API form).
+    pub fn from_json(body: &[u8]) -> Result<JobRequest, RequestError> {
+        let req: JobRequest =
+            serde_json::from_slice(body).map_err(|e| RequestError::Syntax(e.to_string()))?;
+        Ok(req.normalized())
+    }
+
+    /// Parses a job file: JSON when it looks like JSON, YAML otherwise (YAML
+    /// is a superset of JSON, but serde_json gives clearer errors for JSON).
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<JobRequest, RequestError> {
+        let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace());
+        if trimmed.map(|i| bytes[i]) == Some(b'{') {
+            return JobRequest::from_json(bytes);
+        }
+        let req: JobRequest =
+            serde_yaml_ng::from_slice(bytes).map_err(|e| RequestError::Syntax(e.to_string()))?;
+        Ok(req.normalized())
+    }
+
+    fn normalized(mut self) -> JobRequest {
+        if self.job_id.is_empty() {
+            self.job_id = std::mem::take(&mut self.id);
+        }
+        if self.files.is_empty() {
+            self.files = std::mem::take(&mut self.file);
+        }
+        self
+    }
+
+    /// Checks what can be checked before a job is accepted (§2.3 outcome 4,
+    /// answered with 422 by the server).
+    pub fn validate(&self) -> Result<ExecutorKind, RequestError> {
+        let kind = match self.executor.as_str() {
+            "" | "shell" => ExecutorKind::Shell,
+            "dockercompose" => ExecutorKind::DockerCompose,
+            other => return Err(RequestError::UnknownExecutor(other.to_string())),
+        };
+        match self.logger.method.as_str() {
+            "" | "pull" => {}
+            "push" => return Err(RequestError::PushLogger),
+            other => return Err(RequestError::UnknownLogger(other.to_string())),
+        }
+        if kind == ExecutorKind::DockerCompose && self.compose.containers.is_empty() {
+            return Err(RequestError::NoContainers);
+        }
+        Ok(kind)
+    }
+
+    /// Looks up an env var the agent itself interprets (§3.2), decoded.
+    pub fn env_value(&self, name: &str) -> Option<Vec<u8>> {
+        self.env_vars
+            .iter()
+            .rev()
+            .find(|v| v.name == name)
+            .and_then(|v| decode_b64(&v.value).ok())
+    }
+}
+
+/// Decodes standard base64, ignoring CR and LF inside the text (§3.1).
+pub fn decode_b64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|b| *b != b'\r' && *b != b'\n')
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(clean)
+}
+
+/// Is `name` usable as a shell variable name?
+pub fn is_shell_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b == b'_' || b.is_ascii_alphabetic() => {}
+        _ => return false,
+    }
+    bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
+/// Parses a file mode given in octal ("0644", "644", "755"). Only permission
+/// and set-id/sticky bits are allowed.
+pub fn parse_mode(mode: &str) -> Option<u32> {
+    if mode.is_empty() || mode.len() > 5 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_is_an_alias_of_job_id() {
+        let r = JobRequest::from_json(br#"{"id":"legacy"}"#).unwrap();
+        assert_eq!(r.job_id, "legacy");
+        let r = JobRequest::from_json(br#"{"id":"legacy","job_id":"new"}"#).unwrap();
+        assert_eq!(r.job_id, "new");
+    }
+
+    #[test]
+    fn yaml_accepts_file_and_files() {
+        let r = JobRequest::from_file_bytes(b"job_id: a\nfile:\n  - path: x\n    content: eA==\n    mode: '0644'\n").unwrap();
+        assert_eq!(r.files.len(), 1);
+        let r = JobRequest::from_file_bytes(b"job_id: a\nfiles:\n  - path: x\n").unwrap();
+        assert_eq!(r.files[0].path, "x");
+    }
+
+    #[test]
+    fn null_lists_are_empty() {
+        let r = JobRequest::from_json(br#"{"commands":null,"env_vars":null}"#).unwrap();
+        assert!(r.commands.is_empty() && r.env_vars.is_empty());
+    }
+
+    #[test]
+    fn wrong_types_are_syntax_errors() {
+        assert!(JobRequest::from_json(br#"{"commands":"ls"}"#).is_err());
+        assert!(JobRequest::from_json(b"").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let r = JobRequest::from_json(br#"{"executor":"kubernetes"}"#).unwrap();
+        assert!(matches!(r.validate(), Err(RequestError::UnknownExecutor(_))));
+        let r = JobRequest::from_json(br#"{"logger":{"method":"push"}}"#).unwrap();
+        assert!(matches!(r.validate(), Err(RequestError::PushLogger)));
+        let r = JobRequest::from_json(br#"{"executor":"dockercompose"}"#).unwrap();
+        assert!(matches!(r.validate(), Err(RequestError::NoContainers)));
+        let r = JobRequest::from_json(br#"{}"#).unwrap();
+        assert_eq!(r.validate().unwrap(), ExecutorKind::Shell);
+    }
+
+    #[test]
+    fn base64_ignores_line_breaks() {
+        assert_eq!(decode_b64("aGVs\r\nbG8=").unwrap(), b"hello");
+        assert!(decode_b64("%%%").is_err());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_shell_identifier("A_1"));
+        assert!(is_shell_identifier("_x"));
+        assert!(!is_shell_identifier("1A"));
+        assert!(!is_shell_identifier("A-B"));
+        assert!(!is_shell_identifier(""));
+        assert!(!is_shell_identifier("A B"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0644"), Some(0o644));
+        assert_eq!(parse_mode("755"), Some(0o755));
+        assert_eq!(parse_mode("0600"), Some(0o600));
+        assert_eq!(parse_mode("888"), None);
+        assert_eq!(parse_mode("rw"), None);
+        assert_eq!(parse_mode(""), None);
+        assert_eq!(parse_mode("77777"), None);
+    }
+}

@@ -1,0 +1,97 @@
+//! `agent run <job file>`: one job on this host, shown live, for a person at
+//! a terminal. Ctrl-C (or SIGTERM) stops the job; the exit code says the
+//! result: 0 passed, 1 failed, 3 stopped (2 when the job could not run).
+
+use std::io::Write;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::callbacks::{self, CallbackPolicy};
+use crate::cli::RunArgs;
+use crate::config;
+use crate::display::Display;
+use crate::error::{Error, RequestError};
+use crate::eventlog::{EventLog, JobResult};
+use crate::job::{self, JobSpec};
+use crate::request::{ExecutorKind, JobRequest};
+use crate::workspace::JobDir;
+
+pub fn run(args: RunArgs) -> Result<JobResult, Error> {
+    let bytes = std::fs::read(&args.job_file)
+        .map_err(|e| Error::io("cannot read the job file", &args.job_file, e))?;
+    let request = JobRequest::from_file_bytes(&bytes)?;
+    if request.validate()? != ExecutorKind::Shell {
+        return Err(Error::Request(RequestError::UnknownExecutor(
+            request.executor.clone(),
+        )));
+    }
+    let job_id = if request.job_id.is_empty() {
+        "job".to_string()
+    } else {
+        request.job_id.clone()
+    };
+    let data_dir = config::data_dir(args.data_dir);
+    let dir = JobDir::create(&data_dir, &job_id)?;
+    let mut log = EventLog::create(&dir.root)
+        .map_err(|e| Error::io("cannot create the event log in", &dir.root, e))?;
+    eprintln!("agent: event log: {}", log.files().log_path.display());
+
+    if args.json {
+        log.set_observer(Box::new(|_, line| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+        }));
+    } else {
+        // SAFETY: isatty has no preconditions.
+        let color = unsafe { libc::isatty(1) } == 1;
+        let mut display = Display::new(color);
+        log.set_observer(Box::new(move |event, _| display.show(event)));
+    }
+
+    let (stop, signal) = job::stop_pair();
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::io("cannot install signal handlers", "SIGINT", e))?;
+    let signals_handle = signals.handle();
+    let stopper = std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("agent: signal {sig} received, stopping the job");
+            stop.stop();
+        }
+    });
+
+    let home = config::home_dir();
+    let result = job::run(
+        JobSpec {
+            request: &request,
+            work_dir: &dir.work,
+            home: &home,
+            mark: &dir.mark,
+            stop: signal,
+            grace: Duration::from_secs(args.stop_grace_period),
+        },
+        &mut log,
+    );
+    dir.remove_work();
+
+    // `agent run` has no archivator: the log counts as archived at once.
+    let policy = CallbackPolicy {
+        attempts: args.callback_retry_attempts,
+        ..CallbackPolicy::default()
+    };
+    let cb = &request.callbacks;
+    for (url, body) in [
+        (&cb.finished, callbacks::finished_body(result.as_str())),
+        (&cb.teardown_finished, "{}".to_string()),
+    ] {
+        if let Err(e) = callbacks::send(url, &cb.token, &body, &policy) {
+            eprintln!("agent: {e}");
+        }
+    }
+    signals_handle.close();
+    let _ = stopper.join();
+    Ok(result)
+}

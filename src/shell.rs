@@ -1,0 +1,615 @@
+//! The persistent bash session of PROTOCOL §4.
+//!
+//! One `bash --login` runs on a pseudo-terminal, as the leader of a session
+//! of its own. Each command is written to a file and `source`d by the session
+//! with stdin from /dev/null (so `cat` or `read` get end-of-file at once and
+//! never see the agent's instructions), framed by start and end markers that
+//! carry a per-session nonce; the end marker carries the exit status. Output
+//! between the markers goes through the chunker (output.rs) to a sink.
+//!
+//! Threads: a reader thread copies the terminal into a bounded channel (so a
+//! fast writer is slowed down, never buffered without limit) and a waiter
+//! thread reaps bash and reports its exit status. The job thread owns the
+//! `Session` and selects over output, exit and stop, with stop winning.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select_biased, Receiver};
+
+use crate::error::Error;
+use crate::output::Chunker;
+use crate::procs::{JobProcesses, MARK_VAR};
+
+/// No byte of output waits longer than this before it is in the log (§6.2).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a new session may take to print its readiness marker.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// After bash exits, how long output still in flight is collected.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What a command's run ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The end marker arrived with this status.
+    Finished(i32),
+    /// The session ended during the command (`exit 7`, `set -e`), with the
+    /// session's real status.
+    SessionEnded(i32),
+    /// The session had already ended before the command: nothing ran.
+    SessionGone,
+    /// A stop was requested; every process of the job is gone.
+    Stopped,
+}
+
+enum Msg {
+    Output(Vec<u8>),
+    Exited(i32),
+}
+
+/// How a session is started.
+pub struct SessionSpec<'a> {
+    /// Directory for the session's own files (commands to source). Must be
+    /// private to the agent's user.
+    pub work_dir: &'a Path,
+    /// The value of `AGENT_JOB_MARK` for every process of the job.
+    pub mark: &'a str,
+    pub stop: &'a Receiver<()>,
+    pub grace: Duration,
+}
+
+pub struct Session {
+    master: File,
+    rx: Receiver<Msg>,
+    stop: Receiver<()>,
+    procs: JobProcesses,
+    grace: Duration,
+    nonce: String,
+    cmd_path: PathBuf,
+    /// Set once bash has exited.
+    exit_status: Option<i32>,
+    scanner: MarkerScanner,
+}
+
+impl Session {
+    /// Starts bash and waits until it is ready. `Ok(None)` means a stop
+    /// arrived first (everything started is already killed).
+    pub fn start(spec: SessionSpec<'_>) -> Result<Option<Session>, Error> {
+        let nonce = random_hex(16);
+        let (master, slave) = open_pty().map_err(|e| Error::Spawn {
+            program: "a pseudo-terminal".into(),
+            source: e,
+        })?;
+        let mut cmd = Command::new("bash");
+        cmd.arg("--login")
+            .arg("--noediting")
+            .env(MARK_VAR, spec.mark)
+            .env("TERM", std::env::var("TERM").unwrap_or_else(|_| "xterm".into()))
+            .stdin(Stdio::from(slave.try_clone().map_err(spawn_err)?))
+            .stdout(Stdio::from(slave.try_clone().map_err(spawn_err)?))
+            .stderr(Stdio::from(slave));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Make the terminal the session's controlling terminal, so job
+                // control works and `[ -t 1 ]` is true.
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        drop(cmd); // closes our copies of the slave side
+        let pid = child.id() as i32;
+
+        let (tx, rx) = bounded::<Msg>(16);
+        let mut reader = master.try_clone().map_err(spawn_err)?;
+        let out_tx = tx.clone();
+        std::thread::Builder::new()
+            .name("session-reader".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if out_tx.send(Msg::Output(buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // EIO: every holder of the terminal's other side is gone.
+                        Err(_) => break,
+                    }
+                }
+            })
+            .map_err(spawn_err)?;
+        std::thread::Builder::new()
+            .name("session-waiter".into())
+            .spawn(move || {
+                let code = match child.wait() {
+                    Ok(status) => status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                    Err(_) => 1,
+                };
+                let _ = tx.send(Msg::Exited(code));
+            })
+            .map_err(spawn_err)?;
+
+        let mut session = Session {
+            master,
+            rx,
+            stop: spec.stop.clone(),
+            procs: JobProcesses::new(pid, spec.mark),
+            grace: spec.grace,
+            cmd_path: spec.work_dir.join("command.sh"),
+            scanner: MarkerScanner::new(&nonce),
+            nonce,
+            exit_status: None,
+        };
+        // The terminal echoes nothing, prompts are empty, history is not
+        // written, and the job starts in HOME. Everything printed before the
+        // readiness marker (profile output, motd) is discarded.
+        let init = format!(
+            "stty -echo 2>/dev/null; PS1=; PS2=; PROMPT_COMMAND=; unset HISTFILE; cd ~; printf '\\001{}R\\001'\n",
+            session.nonce
+        );
+        session.write_instruction(init.as_bytes())?;
+        let ready = format!("\x01{}R\x01", session.nonce).into_bytes();
+        let mut seen: Vec<u8> = Vec::new();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            select_biased! {
+                recv(session.stop) -> _ => {
+                    session.kill();
+                    return Ok(None);
+                }
+                recv(session.rx) -> msg => match msg {
+                    Ok(Msg::Output(bytes)) => {
+                        seen.extend_from_slice(&bytes);
+                        if let Some(end) = find(&seen, &ready) {
+                            // Output after the marker (none expected) is dropped.
+                            let _ = end;
+                            return Ok(Some(session));
+                        }
+                        // Keep only what may still hold the start of the marker.
+                        if seen.len() > 4096 {
+                            seen.drain(..seen.len() - ready.len());
+                        }
+                    }
+                    Ok(Msg::Exited(code)) => {
+                        session.exit_status = Some(code);
+                        session.kill();
+                        return Err(Error::Config(format!(
+                            "the bash session exited with status {code} before it was ready: {}",
+                            String::from_utf8_lossy(&seen).trim()
+                        )));
+                    }
+                    Err(_) => unreachable!("the waiter thread always reports"),
+                },
+                default(deadline.saturating_duration_since(Instant::now())) => {
+                    session.kill();
+                    return Err(Error::Config(format!(
+                        "the bash session was not ready after {} s",
+                        READY_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.exit_status.is_none()
+    }
+
+    /// Runs one command in the session; output chunks go to `sink` as they
+    /// become due (§6.2), the rest at once when the command ends.
+    pub fn run(&mut self, directive: &str, sink: &mut dyn FnMut(String)) -> Outcome {
+        if self.exit_status.is_some() {
+            return Outcome::SessionGone;
+        }
+        if let Err(e) = std::fs::write(&self.cmd_path, directive) {
+            log::error!("cannot write {}: {e}", self.cmd_path.display());
+            sink(format!("The agent could not write the command file: {e}\n"));
+            return Outcome::Finished(1);
+        }
+        let instruction = format!(
+            "printf '\\001{n}S\\001'; source {path} </dev/null; printf '\\001{n}E%d\\001' \"$?\"\n",
+            n = self.nonce,
+            path = shell_quote(&self.cmd_path.to_string_lossy()),
+        );
+        self.scanner.begin();
+        if self.write_instruction(instruction.as_bytes()).is_err() {
+            // The terminal is gone: the session is dying; its status follows.
+            return self.wait_for_exit(sink, &mut Chunker::new());
+        }
+
+        let mut chunker = Chunker::new();
+        // When the oldest byte still buffered arrived.
+        let mut pending_since: Option<Instant> = None;
+        let mut held_once = false;
+        loop {
+            let timeout = pending_since
+                .map(|t| (t + FLUSH_INTERVAL).saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            select_biased! {
+                recv(self.stop) -> _ => {
+                    self.kill();
+                    self.drain_into(&mut chunker);
+                    if let Some(s) = chunker.take_all() { sink(s) }
+                    return Outcome::Stopped;
+                }
+                recv(self.rx) -> msg => match msg {
+                    Ok(Msg::Output(bytes)) => {
+                        let end = self.scanner.feed(&bytes, &mut |b| chunker.push(b));
+                        if let Some(status) = end {
+                            if let Some(s) = chunker.take_all() { sink(s) }
+                            return Outcome::Finished(status);
+                        }
+                        if pending_since.is_none() && !chunker.is_empty() {
+                            pending_since = Some(Instant::now());
+                        }
+                        while let Some(s) = chunker.take_full() {
+                            sink(s);
+                        }
+                    }
+                    Ok(Msg::Exited(code)) => {
+                        self.exit_status = Some(code);
+                        return self.wait_for_exit(sink, &mut chunker);
+                    }
+                    Err(_) => unreachable!("the waiter thread always reports"),
+                },
+                default(timeout) => {
+                    if held_once {
+                        if let Some(s) = chunker.take_all() { sink(s) }
+                    } else if let Some(s) = chunker.take_settled() {
+                        sink(s);
+                    }
+                    // A held-back tail (part of a character, a `\r`) gets one
+                    // more interval to be completed, then goes out as it is.
+                    held_once = !chunker.is_empty() && !held_once;
+                    pending_since = (!chunker.is_empty()).then(Instant::now);
+                }
+            }
+        }
+    }
+
+    /// Collects the output of a session that is ending and reports its status.
+    fn wait_for_exit(&mut self, sink: &mut dyn FnMut(String), chunker: &mut Chunker) -> Outcome {
+        if self.exit_status.is_none() {
+            let deadline = Instant::now() + DRAIN_TIMEOUT * 10;
+            while self.exit_status.is_none() && Instant::now() < deadline {
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Msg::Output(bytes)) => {
+                        self.scanner.feed(&bytes, &mut |b| chunker.push(b));
+                    }
+                    Ok(Msg::Exited(code)) => self.exit_status = Some(code),
+                    Err(_) => {}
+                }
+            }
+        }
+        self.drain_into(chunker);
+        while let Some(s) = chunker.take_full() {
+            sink(s);
+        }
+        if let Some(s) = chunker.take_all() {
+            sink(s);
+        }
+        // What the session left running (`sleep 1000 &`) dies with it.
+        self.procs.kill_all(self.grace);
+        Outcome::SessionEnded(self.exit_status.unwrap_or(1))
+    }
+
+    /// Output still in flight, bounded in time: background processes may
+    /// hold the terminal open and keep printing.
+    fn drain_into(&mut self, chunker: &mut Chunker) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while let Ok(msg) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            match msg {
+                Msg::Output(bytes) => {
+                    self.scanner.feed(&bytes, &mut |b| chunker.push(b));
+                }
+                Msg::Exited(code) => self.exit_status = Some(code),
+            }
+            if chunker.len() > 1024 * 1024 {
+                break;
+            }
+        }
+        self.scanner.flush(&mut |b| chunker.push(b));
+    }
+
+    /// Reads `name` from the session (used for `SEMAPHORE_JOB_RESULT`).
+    pub fn read_variable(&mut self, name: &str) -> Option<String> {
+        let mut out = String::new();
+        match self.run(&format!("printf '%s' \"${{{name}}}\""), &mut |s| out.push_str(&s)) {
+            Outcome::Finished(0) => Some(out),
+            _ => None,
+        }
+    }
+
+    /// Runs a helper command whose output nobody sees; returns its status.
+    pub fn run_silent(&mut self, directive: &str) -> Outcome {
+        self.run(directive, &mut |_| {})
+    }
+
+    fn write_instruction(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.master
+            .write_all(bytes)
+            .map_err(|e| Error::io("cannot write to the session terminal", "/dev/ptmx", e))
+    }
+
+    /// Kills every process of the job: TERM, the grace period, then KILL.
+    pub fn kill(&mut self) {
+        self.procs.kill_all(self.grace);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Whatever way the job ended, nothing it started outlives it.
+        self.procs.kill_all(self.grace);
+    }
+}
+
+/// Finds the start and end markers in the terminal stream. Bytes before the
+/// start marker (prompts, notices from background jobs) are dropped; bytes
+/// between the markers are handed on; the end marker yields the status.
+struct MarkerScanner {
+    start: Vec<u8>,
+    end: Vec<u8>,
+    capturing: bool,
+    done: bool,
+    carry: Vec<u8>,
+}
+
+impl MarkerScanner {
+    fn new(nonce: &str) -> MarkerScanner {
+        MarkerScanner {
+            start: format!("\x01{nonce}S\x01").into_bytes(),
+            end: format!("\x01{nonce}E").into_bytes(),
+            capturing: false,
+            done: false,
+            carry: Vec::new(),
+        }
+    }
+
+    fn begin(&mut self) {
+        self.capturing = false;
+        self.done = false;
+        self.carry.clear();
+    }
+
+    /// Feeds bytes; returns the status once the end marker is complete.
+    fn feed(&mut self, bytes: &[u8], out: &mut dyn FnMut(&[u8])) -> Option<i32> {
+        if self.done {
+            return None;
+        }
+        let mut data = std::mem::take(&mut self.carry);
+        data.extend_from_slice(bytes);
+        let mut rest: &[u8] = &data;
+        if !self.capturing {
+            match find(rest, &self.start) {
+                Some(i) => {
+                    self.capturing = true;
+                    rest = &rest[i + self.start.len()..];
+                }
+                None => {
+                    self.carry = tail_prefix(rest, &self.start).to_vec();
+                    return None;
+                }
+            }
+        }
+        loop {
+            let Some(i) = rest.iter().position(|b| *b == 0x01) else {
+                out(rest);
+                return None;
+            };
+            out(&rest[..i]);
+            let cand = &rest[i..];
+            let n = cand.len().min(self.end.len());
+            if cand[..n] != self.end[..n] {
+                out(&cand[..1]);
+                rest = &cand[1..];
+                continue;
+            }
+            if cand.len() < self.end.len() {
+                self.carry = cand.to_vec();
+                return None;
+            }
+            let after = &cand[self.end.len()..];
+            match after.iter().position(|b| *b == 0x01) {
+                Some(j) => {
+                    let status = std::str::from_utf8(&after[..j])
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(1);
+                    self.done = true;
+                    return Some(status);
+                }
+                None if after.len() < 12 => {
+                    self.carry = cand.to_vec();
+                    return None;
+                }
+                None => {
+                    // Not a marker after all.
+                    out(&cand[..1]);
+                    rest = &cand[1..];
+                }
+            }
+        }
+    }
+
+    /// Hands on bytes held back as a possible marker (the session is gone).
+    fn flush(&mut self, out: &mut dyn FnMut(&[u8])) {
+        if self.capturing && !self.done {
+            out(&self.carry);
+        }
+        self.carry.clear();
+    }
+}
+
+/// The longest suffix of `data` that is a proper prefix of `marker`.
+fn tail_prefix<'a>(data: &'a [u8], marker: &[u8]) -> &'a [u8] {
+    let max = marker.len().saturating_sub(1).min(data.len());
+    for n in (1..=max).rev() {
+        if data[data.len() - n..] == marker[..n] {
+            return &data[data.len() - n..];
+        }
+    }
+    &[]
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Single-quotes a string for bash; byte-exact for any content.
+pub fn shell_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Single-quotes bytes for bash (values need not be UTF-8).
+pub fn shell_quote_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(b'\'');
+    for &b in bytes {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+}
+
+pub fn random_hex(n_bytes: usize) -> String {
+    let mut buf = vec![0u8; n_bytes];
+    let ok = File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !ok {
+        // Uniqueness, not secrecy, is what the callers need.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ std::process::id() as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn spawn_err(e: std::io::Error) -> Error {
+    Error::Spawn {
+        program: "bash".into(),
+        source: e,
+    }
+}
+
+/// Opens a pseudo-terminal pair, both ends close-on-exec (the child gets the
+/// slave through dup2, which clears the flag), echo off, a sane size.
+fn open_pty() -> std::io::Result<(File, OwnedFd)> {
+    // SAFETY: plain libc calls; every returned descriptor is checked and owned.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let master = OwnedFd::from_raw_fd(master);
+        if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slave = libc::open(
+            CStr::from_ptr(name.as_ptr()).as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        let mut tio: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(slave.as_raw_fd(), &mut tio) == 0 {
+            tio.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio);
+        }
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: 160,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size);
+        Ok((File::from(master), slave))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> (Vec<u8>, Option<i32>) {
+        let mut s = MarkerScanner::new("abc");
+        s.begin();
+        let mut out = Vec::new();
+        let mut status = None;
+        for c in chunks {
+            if let Some(st) = s.feed(c, &mut |b| out.extend_from_slice(b)) {
+                status = Some(st);
+            }
+        }
+        (out, status)
+    }
+
+    #[test]
+    fn output_between_markers() {
+        let (out, st) = scan(&[b"noise\x01abcS\x01hello\n\x01abcE0\x01after"]);
+        assert_eq!(out, b"hello\n");
+        assert_eq!(st, Some(0));
+    }
+
+    #[test]
+    fn markers_split_across_reads() {
+        let whole = b"junk\x01abcS\x01x\x01y\x01abcE127\x01";
+        for split in 0..whole.len() {
+            let (out, st) = scan(&[&whole[..split], &whole[split..]]);
+            assert_eq!(out, b"x\x01y", "split at {split}");
+            assert_eq!(st, Some(127), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn quoting_is_byte_exact() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        let mut out = Vec::new();
+        shell_quote_bytes(b"a'b", &mut out);
+        assert_eq!(out, b"'a'\\''b'");
+    }
+}
