@@ -558,6 +558,9 @@ fn open_pty() -> std::io::Result<(File, OwnedFd)> {
         let mut tio: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(slave.as_raw_fd(), &mut tio) == 0 {
             tio.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
+            // No output post-processing: `\n` is not turned into `\r\n`, which
+            // saves the kernel and the chunker work on every line.
+            tio.c_oflag &= !libc::OPOST;
             libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio);
         }
         let size = libc::winsize {
