@@ -1,0 +1,2895 @@
+//! The TLS-terminating, hardening front-end of the HTTP server.
+//!
+//! The agent's HTTP handlers run on a blocking `tiny_http` 0.12 server. That
+//! crate's own TLS support pins rustls 0.20 / ring 0.16 (both under RustSec
+//! advisories), and it trusts its clients: a request dropped with an unread
+//! body allocates a buffer of the whole declared `Content-Length`, nothing has
+//! a read or write deadline, and a request head may be of any size. So
+//! `tiny_http` listens only on a Unix socket in a directory that only the
+//! agent's user can enter, and this module owns the public TCP port: it does
+//! the rustls handshake, reads each request head itself (several per
+//! connection with keep-alive), enforces the limits of [`FrontConfig`], and
+//! pipes plaintext to and from that socket, one socket per client connection.
+//! It answers `400`/`411`/`413`/`417`/`431`/`505` itself for requests that
+//! must not reach `tiny_http`, and it adds an `X-Agent-Peer: ip:port` header
+//! (replacing any the client sent) because `tiny_http` cannot see the peer
+//! of a Unix socket.
+//!
+//! This module knows nothing of routes, authentication or jobs; the server
+//! module receives plain `tiny_http::Request`s from the `tiny_http::Server`
+//! that [`Front::start`] returns. Each client connection gets one thread with
+//! a small stack that multiplexes its two sockets with `poll(2)`; the number
+//! of connections is capped, so the number of threads is too.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConnection;
+
+/// The header through which `tiny_http` learns the client's address.
+const PEER_HEADER: &str = "X-Agent-Peer";
+
+/// Stack of a connection thread. The deepest path is a rustls handshake with
+/// ring, which needs a few tens of KiB; only touched pages cost memory.
+const CONN_STACK_BYTES: usize = 256 * 1024;
+/// Stack of the accept thread, which only accepts and spawns.
+const ACCEPT_STACK_BYTES: usize = 128 * 1024;
+/// Unit of plaintext moved at once in either direction. rustls holds at most
+/// about one TLS record (16 KiB) on each side besides this, which keeps a busy
+/// connection well under 100 KiB.
+const IO_CHUNK: usize = 16 * 1024;
+/// `tiny_http`'s response heads are a few hundred bytes; anything larger means
+/// the stream is not what we think it is.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Bound of one chunk-size or trailer line in a chunked response.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// After refusing a request we keep reading (and discarding) what the client
+/// still sends for this long, so that closing a socket with unread data does
+/// not reset the connection before the client has read our answer.
+const LINGER: Duration = Duration::from_secs(2);
+/// Accept queue length asked of the kernel.
+const LISTEN_BACKLOG: libc::c_int = 1024;
+/// How long [`Front::stop`] waits for connection threads to notice the stop.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// At most one "connection limit reached" warning per this period.
+const CAP_WARN_PERIOD: Duration = Duration::from_secs(10);
+/// A connection thread returns to its deadline checks after this many rounds
+/// of uninterrupted progress, so a fast download cannot starve them.
+const MAX_ROUNDS_PER_WAKE: usize = 64;
+
+/// Limits enforced on every client connection.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// Larger declared request bodies get `413` without being read.
+    pub max_request_bytes: u64,
+    /// Larger request heads (request line and headers) get `431`.
+    pub max_head_bytes: usize,
+    /// A request head must be complete this long after its first byte.
+    pub head_timeout: Duration,
+    /// A connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// Every request body gets this long, plus `body_bytes / body_min_rate`
+    /// seconds, from the end of its head.
+    pub body_timeout: Duration,
+    /// Bytes per second a body may be as slow as on top of `body_timeout`
+    /// (0: `body_timeout` alone bounds every body).
+    pub body_min_rate: u64,
+    /// A connection whose pending output makes no progress for this long is
+    /// closed. Slow downloads that progress are never cut off.
+    pub write_stall_timeout: Duration,
+    /// The TLS handshake must be done this long after the TCP accept.
+    pub handshake_timeout: Duration,
+    /// Connections beyond this many are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for FrontConfig {
+    fn default() -> FrontConfig {
+        FrontConfig {
+            max_request_bytes: 32 * 1024 * 1024,
+            max_head_bytes: 16 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            body_min_rate: 256 * 1024,
+            write_stall_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+/// What went wrong while setting up the front or its TLS material.
+#[derive(Debug)]
+pub enum FrontError {
+    /// The public TCP address could not be bound.
+    Bind { addr: SocketAddr, source: io::Error },
+    /// The private socket directory could not be created or inspected.
+    SocketDir { path: PathBuf, source: io::Error },
+    /// The private socket directory exists but others could reach into it.
+    InsecureSocketDir { path: PathBuf, reason: &'static str },
+    /// The private Unix socket could not be bound.
+    UnixBind { path: PathBuf, source: io::Error },
+    /// `tiny_http` refused the Unix listener.
+    Upstream {
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A thread could not be started.
+    Spawn {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The certificate PEM could not be parsed.
+    CertificatePem {
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate PEM holds no certificate.
+    NoCertificate,
+    /// The private key PEM holds no usable key.
+    KeyPem {
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls rejected the certificate and key (e.g. they do not match).
+    Tls { source: rustls::Error },
+    /// A self-signed certificate could not be generated.
+    SelfSigned { source: rcgen::Error },
+}
+
+impl fmt::Display for FrontError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrontError::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
+            FrontError::SocketDir { path, .. } => {
+                write!(f, "cannot prepare socket directory {}", path.display())
+            }
+            FrontError::InsecureSocketDir { path, reason } => {
+                write!(f, "socket directory {} is unsafe: {reason}", path.display())
+            }
+            FrontError::UnixBind { path, .. } => {
+                write!(f, "cannot bind Unix socket {}", path.display())
+            }
+            FrontError::Upstream { .. } => write!(f, "cannot start the HTTP server"),
+            FrontError::Spawn { what, .. } => write!(f, "cannot start the {what} thread"),
+            FrontError::CertificatePem { .. } => write!(f, "cannot parse the certificate PEM"),
+            FrontError::NoCertificate => write!(f, "the certificate PEM holds no certificate"),
+            FrontError::KeyPem { .. } => write!(f, "cannot find a private key in the key PEM"),
+            FrontError::Tls { .. } => write!(f, "the certificate and key are not usable"),
+            FrontError::SelfSigned { .. } => {
+                write!(f, "cannot generate a self-signed certificate")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrontError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrontError::Bind { source, .. }
+            | FrontError::SocketDir { source, .. }
+            | FrontError::UnixBind { source, .. }
+            | FrontError::Spawn { source, .. } => Some(source),
+            FrontError::Upstream { source } => Some(&**source),
+            FrontError::CertificatePem { source } | FrontError::KeyPem { source } => Some(source),
+            FrontError::Tls { source } => Some(source),
+            FrontError::SelfSigned { source } => Some(source),
+            FrontError::InsecureSocketDir { .. } | FrontError::NoCertificate => None,
+        }
+    }
+}
+
+/// Builds the rustls server configuration from a PEM certificate chain and a
+/// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC). TLS 1.2 and 1.3 only, no
+/// client certificates, ALPN `http/1.1`.
+pub fn load_tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::ServerConfig, FrontError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| FrontError::CertificatePem { source })?;
+    if certs.is_empty() {
+        return Err(FrontError::NoCertificate);
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| FrontError::KeyPem { source })?;
+    // An explicit provider: the process-wide default is ambiguous as soon as
+    // any dependency enables a second rustls backend.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| FrontError::Tls { source })?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|source| FrontError::Tls { source })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Generates a self-signed ECDSA P-256 certificate valid for `hostnames`
+/// (DNS names or IP addresses) and returns `(cert_pem, key_pem)`.
+pub fn self_signed(hostnames: &[impl AsRef<str>]) -> Result<(String, String), FrontError> {
+    let names: Vec<String> = hostnames
+        .iter()
+        .map(|name| name.as_ref().to_string())
+        .collect();
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|source| FrontError::SelfSigned { source })?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "agent (self-signed)");
+    let key = rcgen::KeyPair::generate().map_err(|source| FrontError::SelfSigned { source })?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|source| FrontError::SelfSigned { source })?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The running front: an accept thread plus one thread per open connection.
+/// Dropping it stops both.
+pub struct Front {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Shutting this down makes `Shared::stop_rx` readable, which wakes every
+    /// thread blocked in `poll` at once.
+    stop_tx: Option<UnixStream>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// What the accept thread and the connection threads share.
+struct Shared {
+    cfg: FrontConfig,
+    tls: Arc<rustls::ServerConfig>,
+    socket_path: PathBuf,
+    stopping: AtomicBool,
+    stop_rx: UnixStream,
+    open: Mutex<usize>,
+    all_closed: Condvar,
+}
+
+impl Shared {
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn open_count(&self) -> MutexGuard<'_, usize> {
+        // The count stays meaningful even if a holder panicked.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Makes socket names unique when one process starts several fronts (tests).
+static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Front {
+    /// Binds `addr` (port 0 allowed) and a private Unix socket inside
+    /// `socket_dir` (created with mode 0700 if missing; refused if others can
+    /// enter it), and returns the front plus the `tiny_http::Server` that
+    /// listens on that socket.
+    pub fn start(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        socket_dir: &Path,
+        cfg: FrontConfig,
+    ) -> Result<(Front, tiny_http::Server), FrontError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| FrontError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| FrontError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| FrontError::Bind { addr, source })?;
+        // std listens with a backlog of 128: a burst of connections beyond
+        // that, while the accept thread waits for a CPU, has its SYNs dropped
+        // and retried only a second later. Listening again only resizes the
+        // queue (the kernel caps it at net.core.somaxconn).
+        // SAFETY: plain syscall on a socket we own; a failure leaves the
+        // original backlog, which still works.
+        let _ = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+
+        prepare_socket_dir(socket_dir)?;
+        let socket_path = socket_dir.join(format!(
+            "http-{}-{}.sock",
+            std::process::id(),
+            SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A file of this name can only be left over from a dead process that
+        // had our pid.
+        match fs::remove_file(&socket_path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(FrontError::UnixBind {
+                    path: socket_path,
+                    source,
+                })
+            }
+        }
+        let unix_listener =
+            UnixListener::bind(&socket_path).map_err(|source| FrontError::UnixBind {
+                path: socket_path.clone(),
+                source,
+            })?;
+        // The directory already keeps others out; this is belt and braces.
+        fs::set_permissions(&socket_path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            FrontError::UnixBind {
+                path: socket_path.clone(),
+                source,
+            }
+        })?;
+        let server = tiny_http::Server::from_listener(unix_listener, None)
+            .map_err(|source| FrontError::Upstream { source })?;
+
+        let (stop_tx, stop_rx) = UnixStream::pair().map_err(|source| FrontError::Spawn {
+            what: "front stop signal",
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            cfg,
+            tls,
+            socket_path,
+            stopping: AtomicBool::new(false),
+            stop_rx,
+            open: Mutex::new(0),
+            all_closed: Condvar::new(),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("front-accept".to_string())
+                .stack_size(ACCEPT_STACK_BYTES)
+                .spawn(move || accept_loop(listener, &shared))
+                .map_err(|source| FrontError::Spawn {
+                    what: "front accept",
+                    source,
+                })?
+        };
+        log::debug!(
+            "front listening on {local_addr}, forwarding to {}",
+            shared.socket_path.display()
+        );
+        let front = Front {
+            local_addr,
+            shared,
+            stop_tx: Some(stop_tx),
+            acceptor: Some(acceptor),
+        };
+        Ok((front, server))
+    }
+
+    /// The bound public address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where `tiny_http` listens.
+    #[cfg(test)]
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.socket_path
+    }
+
+    /// Client connections currently open (accepted and not yet closed).
+    #[cfg(test)]
+    pub fn open_connections(&self) -> usize {
+        *self.shared.open_count()
+    }
+
+    /// Stops accepting, closes every connection, and waits (boundedly) for
+    /// the connection threads to end. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(stop_tx) = self.stop_tx.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = stop_tx.shutdown(Shutdown::Both);
+        drop(stop_tx);
+        if let Some(acceptor) = self.acceptor.take() {
+            if acceptor.join().is_err() {
+                log::error!("front accept thread panicked");
+            }
+        }
+        let give_up = Instant::now() + STOP_WAIT;
+        let mut open = self.shared.open_count();
+        while *open > 0 {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("front stopped with {} connection(s) still closing", *open);
+                break;
+            }
+            open = self
+                .shared
+                .all_closed
+                .wait_timeout(open, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates `dir` (mode 0700) if needed and checks that only we can use it:
+/// whoever can enter it can talk plain HTTP to `tiny_http`, bypassing TLS and
+/// every limit here.
+fn prepare_socket_dir(dir: &Path) -> Result<(), FrontError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| FrontError::SocketDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let meta = fs::symlink_metadata(dir).map_err(|source| FrontError::SocketDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let insecure = |reason| FrontError::InsecureSocketDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if !meta.file_type().is_dir() {
+        return Err(insecure("it is not a directory (or it is a symbolic link)"));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(insecure("it belongs to another user"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(insecure(
+            "other users have access to it (it must be mode 0700)",
+        ));
+    }
+    Ok(())
+}
+
+/// Rate-limits the warning about refused connections.
+struct CapWarning {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl CapWarning {
+    fn note(&mut self, limit: usize) {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < CAP_WARN_PERIOD => self.suppressed += 1,
+            _ => {
+                log::warn!(
+                    "connection limit ({limit}) reached; closing new connections \
+                     ({} more refused since the last warning)",
+                    self.suppressed
+                );
+                self.last = Some(now);
+                self.suppressed = 0;
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    let mut cap_warning = CapWarning {
+        last: None,
+        suppressed: 0,
+    };
+    loop {
+        let mut fds = [
+            pollfd(listener.as_raw_fd(), libc::POLLIN),
+            pollfd(shared.stop_rx.as_raw_fd(), libc::POLLIN),
+        ];
+        if let Err(err) = poll_fds(&mut fds, None) {
+            log::error!("front: poll on the listener failed: {err}");
+            thread::sleep(Duration::from_millis(100));
+        }
+        if shared.is_stopping() {
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => admit(shared, stream, peer, &mut cap_warning),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(err) => {
+                    // Typically EMFILE: the pending connection stays queued,
+                    // so back off instead of spinning on a readable listener.
+                    log::warn!("front: accept failed: {err}");
+                    thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Holds one of the `max_connections` slots; released when the connection
+/// thread ends, however it ends (including by panic).
+struct Slot {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.shared.open_count();
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            self.shared.all_closed.notify_all();
+        }
+    }
+}
+
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, cap_warning: &mut CapWarning) {
+    {
+        let mut open = shared.open_count();
+        if *open >= shared.cfg.max_connections {
+            drop(open);
+            // Closing at once costs nothing; answering 503 would first cost a
+            // TLS handshake, which is what an attacker wants us to spend.
+            drop(stream);
+            cap_warning.note(shared.cfg.max_connections);
+            return;
+        }
+        *open += 1;
+    }
+    let slot = Slot {
+        shared: Arc::clone(shared),
+    };
+    let spawned = thread::Builder::new()
+        .name("front-conn".to_string())
+        .stack_size(CONN_STACK_BYTES)
+        .spawn(move || {
+            let shared = Arc::clone(&slot.shared);
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&shared, stream, peer)));
+            match outcome {
+                Ok(reason) => log::debug!("front: {peer}: closed: {reason}"),
+                Err(_) => log::error!("front: {peer}: connection thread panicked"),
+            }
+            drop(slot);
+        });
+    // On failure the closure, and with it the slot and the stream, is dropped.
+    if let Err(err) = spawned {
+        log::warn!("front: cannot start a connection thread for {peer}: {err}");
+    }
+}
+
+/// Why a connection ended; logged at debug level.
+#[derive(Debug)]
+enum CloseReason {
+    /// Orderly end: the client or `tiny_http` ended it after a response.
+    Done,
+    /// We refused a request with this status and closed.
+    Refused(u16),
+    Stopped,
+    Timeout(Timer),
+    /// The client reset or vanished.
+    ClientGone,
+    Client(io::Error),
+    Tls(rustls::Error),
+    Upstream(io::Error),
+    /// `tiny_http` closed the connection in the middle of a response.
+    UpstreamTruncated,
+    Framing(FramingError),
+    Poll(io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Handshake,
+    Head,
+    Idle,
+    Body,
+    /// The client does not take our output.
+    ClientStall,
+    /// `tiny_http` does not take the request bytes.
+    UpstreamStall,
+    /// Nothing moves after the client finished or was refused.
+    Drain,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Done => write!(f, "done"),
+            CloseReason::Refused(status) => write!(f, "refused a request with {status}"),
+            CloseReason::Stopped => write!(f, "front stopped"),
+            CloseReason::Timeout(timer) => write!(f, "timeout: {timer:?}"),
+            CloseReason::ClientGone => write!(f, "client went away"),
+            CloseReason::Client(err) => write!(f, "client I/O: {err}"),
+            CloseReason::Tls(err) => write!(f, "TLS: {err}"),
+            CloseReason::Upstream(err) => write!(f, "upstream I/O: {err}"),
+            CloseReason::UpstreamTruncated => write!(f, "upstream closed mid-response"),
+            CloseReason::Framing(err) => write!(f, "upstream response framing: {err:?}"),
+            CloseReason::Poll(err) => write!(f, "poll: {err}"),
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// `poll(2)` until `deadline` (forever if `None`). An interrupted call counts
+/// as a wake-up; callers re-check their state after every return anyway.
+fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
+    let timeout_ms: libc::c_int = match deadline {
+        None => -1,
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Round up, or a deadline less than 1 ms away would spin.
+            let ms = left.as_nanos().div_ceil(1_000_000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    };
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `pollfd` for the
+    // whole call, and its length is passed alongside.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+const HANGUP: libc::c_short = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+
+/// Runs one client connection to its end.
+fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseReason {
+    if let Err(err) = tcp.set_nonblocking(true) {
+        return CloseReason::Client(err);
+    }
+    // Responses leave in several writes; Nagle plus delayed ACKs would add
+    // tens of milliseconds to each.
+    let _ = tcp.set_nodelay(true);
+    let mut tls = match ServerConnection::new(Arc::clone(&shared.tls)) {
+        Ok(tls) => tls,
+        Err(err) => return CloseReason::Tls(err),
+    };
+    if let Err(reason) = handshake(shared, &tcp, &mut tls) {
+        return reason;
+    }
+    // Only now does the connection cost a `tiny_http` connection (and thread).
+    let up = match UnixStream::connect(&shared.socket_path) {
+        Ok(up) => up,
+        Err(err) => return CloseReason::Upstream(err),
+    };
+    if let Err(err) = up.set_nonblocking(true) {
+        return CloseReason::Upstream(err);
+    }
+    Session::new(shared, peer, tcp, tls, up).run()
+}
+
+fn handshake(
+    shared: &Shared,
+    tcp: &TcpStream,
+    tls: &mut ServerConnection,
+) -> Result<(), CloseReason> {
+    let deadline = Instant::now() + shared.cfg.handshake_timeout;
+    while tls.is_handshaking() {
+        if Instant::now() >= deadline {
+            return Err(CloseReason::Timeout(Timer::Handshake));
+        }
+        let mut events = 0;
+        if tls.wants_write() {
+            match tls.write_tls(&mut &*tcp) {
+                Ok(_) => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => events |= libc::POLLOUT,
+                Err(err) => return Err(CloseReason::Client(err)),
+            }
+        }
+        if tls.wants_read() {
+            match tls.read_tls(&mut &*tcp) {
+                Ok(0) => return Err(CloseReason::ClientGone),
+                Ok(_) => {
+                    if let Err(err) = tls.process_new_packets() {
+                        // Best effort: tell the client why (the alert is queued).
+                        let _ = tls.write_tls(&mut &*tcp);
+                        return Err(CloseReason::Tls(err));
+                    }
+                    continue;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => events |= libc::POLLIN,
+                Err(err) => return Err(CloseReason::Client(err)),
+            }
+        }
+        if events == 0 {
+            // Neither direction is possible: nothing can ever complete it.
+            return Err(CloseReason::ClientGone);
+        }
+        let mut fds = [
+            pollfd(tcp.as_raw_fd(), events),
+            pollfd(shared.stop_rx.as_raw_fd(), libc::POLLIN),
+        ];
+        poll_fds(&mut fds, Some(deadline)).map_err(CloseReason::Poll)?;
+        if shared.is_stopping() {
+            return Err(CloseReason::Stopped);
+        }
+        if fds[0].revents & HANGUP != 0 && fds[0].revents & libc::POLLIN == 0 {
+            return Err(CloseReason::ClientGone);
+        }
+    }
+    Ok(())
+}
+
+/// Where the client-to-`tiny_http` direction stands.
+#[derive(Debug)]
+enum Reading {
+    /// Waiting for (the rest of) a request head; `started` is when its first
+    /// byte arrived.
+    Head { started: Option<Instant> },
+    /// Forwarding a request body.
+    Body {
+        remaining: u64,
+        deadline: Instant,
+        keep_alive: bool,
+    },
+    /// The client's last request (by its `Connection: close`, or HTTP/1.0)
+    /// has been forwarded; anything it sends after is ignored.
+    Done,
+    /// A request was refused; the answer goes out once the responses to the
+    /// requests before it are complete.
+    Refused {
+        status: u16,
+        answer: Option<Vec<u8>>,
+    },
+}
+
+/// How a connection ends once there is nothing left to do.
+enum Ending {
+    /// Flush, send close_notify, half-close; `linger` then drains what the
+    /// client still sends for a while before the final close.
+    Graceful { linger: bool, reason: CloseReason },
+    /// Close at once, without close_notify, so a truncated response cannot be
+    /// mistaken for a complete one.
+    Abort(CloseReason),
+}
+
+/// One established TLS connection and its `tiny_http` counterpart.
+struct Session<'a> {
+    shared: &'a Shared,
+    cfg: &'a FrontConfig,
+    peer: SocketAddr,
+    tcp: TcpStream,
+    tls: ServerConnection,
+    up: UnixStream,
+
+    /// Plaintext from the client not yet forwarded: a partial head, or bytes
+    /// that followed a head.
+    inbuf: Vec<u8>,
+    /// Bytes on their way to `tiny_http`; nothing more is read from the
+    /// client until they are gone.
+    to_up: Vec<u8>,
+    to_up_sent: usize,
+    reading: Reading,
+    /// The client sent close_notify or closed TCP.
+    client_eof: bool,
+    up_write_shut: bool,
+
+    /// Read buffer for `tiny_http`'s output; released while idle.
+    from_up: Vec<u8>,
+    /// Framed response bytes waiting to enter rustls.
+    out: Vec<u8>,
+    out_sent: usize,
+    framer: ResponseFramer,
+    up_eof: bool,
+    /// `poll` reported a hang-up on the Unix socket; it is then only polled
+    /// when we mean to read it, or it would wake us forever.
+    up_hup: bool,
+
+    /// Last time any byte moved in either direction.
+    last_progress: Instant,
+    /// Since when the client has been taking none of our pending output.
+    client_stall_since: Instant,
+    /// Since when `tiny_http` has been taking none of our pending input.
+    up_stall_since: Instant,
+    /// Since when the connection has had no request in progress.
+    idle_since: Option<Instant>,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        shared: &'a Shared,
+        peer: SocketAddr,
+        tcp: TcpStream,
+        tls: ServerConnection,
+        up: UnixStream,
+    ) -> Session<'a> {
+        let now = Instant::now();
+        Session {
+            shared,
+            cfg: &shared.cfg,
+            peer,
+            tcp,
+            tls,
+            up,
+            inbuf: Vec::new(),
+            to_up: Vec::new(),
+            to_up_sent: 0,
+            reading: Reading::Head { started: None },
+            client_eof: false,
+            up_write_shut: false,
+            from_up: Vec::new(),
+            out: Vec::new(),
+            out_sent: 0,
+            framer: ResponseFramer::default(),
+            up_eof: false,
+            up_hup: false,
+            last_progress: now,
+            client_stall_since: now,
+            up_stall_since: now,
+            idle_since: None,
+        }
+    }
+
+    fn run(mut self) -> CloseReason {
+        loop {
+            if let Err(reason) = self.pump() {
+                return reason;
+            }
+            if let Some(ending) = self.ending() {
+                return self.finish(ending);
+            }
+            let now = Instant::now();
+            let deadline = self.next_deadline(now);
+            if let Some((at, timer)) = deadline {
+                if at <= now {
+                    return self.finish(timeout_ending(timer));
+                }
+            }
+            if self.is_idle() {
+                self.release_buffers();
+            }
+            if let Err(reason) = self.wait(deadline.map(|(at, _)| at)) {
+                return reason;
+            }
+        }
+    }
+
+    /// Moves bytes in every direction until nothing moves (or a bounded
+    /// number of rounds passed).
+    fn pump(&mut self) -> Result<(), CloseReason> {
+        for _ in 0..MAX_ROUNDS_PER_WAKE {
+            let now = Instant::now();
+            // Stall clocks run only while output is actually pending.
+            if !self.tls.wants_write() {
+                self.client_stall_since = now;
+            }
+            if self.to_up.is_empty() {
+                self.up_stall_since = now;
+            }
+            let mut progress = self.flush_client()?;
+            progress |= self.pump_upstream()?;
+            progress |= self.flush_upstream()?;
+            progress |= self.pump_client()?;
+            if !progress {
+                break;
+            }
+            self.last_progress = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes pending TLS records to the client.
+    fn flush_client(&mut self) -> Result<bool, CloseReason> {
+        let mut progress = false;
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut &self.tcp) {
+                Ok(0) => break,
+                Ok(_) => {
+                    progress = true;
+                    self.client_stall_since = Instant::now();
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(CloseReason::Client(err)),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Moves framed response bytes into rustls, and reads more from
+    /// `tiny_http` only when rustls has sent everything it had: that is the
+    /// back-pressure that keeps a never-reading client from buffering a whole
+    /// download here.
+    fn pump_upstream(&mut self) -> Result<bool, CloseReason> {
+        let mut progress = self.feed_tls()?;
+        if self.up_eof || !self.out.is_empty() || self.tls.wants_write() {
+            return Ok(progress);
+        }
+        if self.from_up.is_empty() {
+            self.from_up = vec![0; IO_CHUNK];
+        }
+        match (&self.up).read(&mut self.from_up) {
+            Ok(0) => {
+                self.up_eof = true;
+                self.framer.on_eof();
+                progress = true;
+            }
+            Ok(n) => {
+                self.framer
+                    .feed(&self.from_up[..n], &mut self.out)
+                    .map_err(CloseReason::Framing)?;
+                progress = true;
+                self.feed_tls()?;
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            // A reset from `tiny_http` ends its output like an EOF would.
+            Err(_) => {
+                self.up_eof = true;
+                self.framer.on_eof();
+                progress = true;
+            }
+        }
+        Ok(progress)
+    }
+
+    fn feed_tls(&mut self) -> Result<bool, CloseReason> {
+        if self.out.is_empty() {
+            return Ok(false);
+        }
+        let n = self
+            .tls
+            .writer()
+            .write(&self.out[self.out_sent..])
+            .map_err(CloseReason::Client)?;
+        self.out_sent += n;
+        if self.out_sent == self.out.len() {
+            self.out.clear();
+            self.out_sent = 0;
+        }
+        Ok(n > 0)
+    }
+
+    /// Writes pending request bytes to `tiny_http`.
+    fn flush_upstream(&mut self) -> Result<bool, CloseReason> {
+        let mut progress = false;
+        while self.to_up_sent < self.to_up.len() {
+            match (&self.up).write(&self.to_up[self.to_up_sent..]) {
+                Ok(0) => {
+                    return Err(CloseReason::Upstream(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => {
+                    self.to_up_sent += n;
+                    self.up_stall_since = Instant::now();
+                    progress = true;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(CloseReason::Upstream(err)),
+            }
+        }
+        if !self.to_up.is_empty() && self.to_up_sent == self.to_up.len() {
+            self.to_up.clear();
+            self.to_up_sent = 0;
+        }
+        // Once no more requests will come, tell `tiny_http`, so it closes its
+        // side after the last response instead of waiting for another head.
+        let no_more_requests =
+            self.client_eof || matches!(self.reading, Reading::Done | Reading::Refused { .. });
+        if no_more_requests && self.to_up.is_empty() && !self.up_write_shut {
+            let _ = self.up.shutdown(Shutdown::Write);
+            self.up_write_shut = true;
+        }
+        Ok(progress)
+    }
+
+    /// Reads from the client: first what rustls already decrypted, then (if
+    /// the request state wants more) new TLS records from the socket.
+    fn pump_client(&mut self) -> Result<bool, CloseReason> {
+        if !self.to_up.is_empty() {
+            return Ok(false);
+        }
+        let mut progress = self.take_input()?;
+        let wants_more = matches!(self.reading, Reading::Head { .. } | Reading::Body { .. });
+        if !self.to_up.is_empty() || !wants_more || self.client_eof || !self.tls.wants_read() {
+            return Ok(progress);
+        }
+        match self.tls.read_tls(&mut &self.tcp) {
+            Ok(0) => {
+                self.client_eof = true;
+                progress = true;
+            }
+            Ok(_) => {
+                if let Err(err) = self.tls.process_new_packets() {
+                    let _ = self.tls.write_tls(&mut &self.tcp);
+                    return Err(CloseReason::Tls(err));
+                }
+                progress = true;
+                self.take_input()?;
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(err) => return Err(CloseReason::Client(err)),
+        }
+        Ok(progress)
+    }
+
+    /// Runs decrypted client bytes through the request state machine until
+    /// something is ready for `tiny_http`, or input runs out.
+    fn take_input(&mut self) -> Result<bool, CloseReason> {
+        let mut progress = false;
+        while self.to_up.is_empty() {
+            match self.reading {
+                Reading::Head { started } => {
+                    // Empty lines between requests are allowed (RFC 9112 §2.2).
+                    while self.inbuf.starts_with(b"\r\n") {
+                        self.inbuf.drain(..2);
+                    }
+                    if started.is_none() && !self.inbuf.is_empty() {
+                        self.reading = Reading::Head {
+                            started: Some(Instant::now()),
+                        };
+                    }
+                    if let Some(end) = find_head_end(&self.inbuf) {
+                        self.on_head(end);
+                        progress = true;
+                        continue;
+                    }
+                    if self.inbuf.len() >= self.cfg.max_head_bytes {
+                        let limit = self.cfg.max_head_bytes;
+                        self.refuse(Rejection::head_too_large(limit));
+                        progress = true;
+                        break;
+                    }
+                    let old_len = self.inbuf.len();
+                    let room = (self.cfg.max_head_bytes - old_len).min(IO_CHUNK);
+                    self.inbuf.resize(old_len + room, 0);
+                    let got = read_plaintext(
+                        &mut self.tls,
+                        &mut self.inbuf[old_len..],
+                        &mut self.client_eof,
+                    );
+                    self.inbuf.truncate(old_len + *got.as_ref().unwrap_or(&0));
+                    if got? == 0 {
+                        break;
+                    }
+                    progress = true;
+                }
+                Reading::Body {
+                    remaining,
+                    deadline,
+                    keep_alive,
+                } => {
+                    let want = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(IO_CHUNK);
+                    let got = if self.inbuf.is_empty() {
+                        self.to_up.resize(want, 0);
+                        let got =
+                            read_plaintext(&mut self.tls, &mut self.to_up, &mut self.client_eof);
+                        self.to_up.truncate(*got.as_ref().unwrap_or(&0));
+                        got?
+                    } else {
+                        let n = want.min(self.inbuf.len());
+                        self.to_up.extend(self.inbuf.drain(..n));
+                        n
+                    };
+                    if got == 0 {
+                        break;
+                    }
+                    progress = true;
+                    let remaining = remaining - got as u64;
+                    self.reading = if remaining > 0 {
+                        Reading::Body {
+                            remaining,
+                            deadline,
+                            keep_alive,
+                        }
+                    } else if keep_alive {
+                        Reading::Head { started: None }
+                    } else {
+                        Reading::Done
+                    };
+                }
+                Reading::Done | Reading::Refused { .. } => break,
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Handles a complete request head occupying `inbuf[..end]`.
+    fn on_head(&mut self, end: usize) {
+        #[cfg(test)]
+        if self.inbuf.starts_with(tests::PANIC_REQUEST) {
+            panic!("test-triggered panic in a connection thread");
+        }
+        match plan_request(&self.inbuf[..end], self.peer, self.cfg.max_request_bytes) {
+            Ok(plan) => {
+                self.inbuf.drain(..end);
+                self.to_up.extend_from_slice(&plan.head);
+                self.framer.expect(plan.expect);
+                let now = Instant::now();
+                self.reading = if plan.body_len > 0 {
+                    Reading::Body {
+                        remaining: plan.body_len,
+                        deadline: now + self.body_allowance(plan.body_len),
+                        keep_alive: plan.keep_alive,
+                    }
+                } else if plan.keep_alive {
+                    Reading::Head { started: None }
+                } else {
+                    Reading::Done
+                };
+            }
+            Err(rejection) => self.refuse(rejection),
+        }
+    }
+
+    fn body_allowance(&self, body_len: u64) -> Duration {
+        // A rate of 0 means the fixed allowance alone.
+        let by_rate = body_len
+            .saturating_mul(1000)
+            .checked_div(self.cfg.body_min_rate)
+            .unwrap_or(0);
+        self.cfg.body_timeout + Duration::from_millis(by_rate)
+    }
+
+    fn refuse(&mut self, rejection: Rejection) {
+        log::debug!(
+            "front: {}: refusing a request with {}: {}",
+            self.peer,
+            rejection.status,
+            rejection.message
+        );
+        self.inbuf.clear();
+        self.reading = Reading::Refused {
+            status: rejection.status,
+            answer: Some(rejection.response()),
+        };
+    }
+
+    /// Decides whether the connection is over.
+    fn ending(&mut self) -> Option<Ending> {
+        let flushed = self.out.is_empty() && !self.tls.wants_write();
+        if let Reading::Refused { status, answer } = &mut self.reading {
+            let status = *status;
+            if self.framer.is_idle() && flushed {
+                // Every earlier response is out; now ours, then close.
+                if let Some(answer) = answer.take() {
+                    let _ = self.tls.writer().write_all(&answer);
+                }
+                return Some(Ending::Graceful {
+                    linger: true,
+                    reason: CloseReason::Refused(status),
+                });
+            }
+            if self.up_eof && flushed {
+                return Some(Ending::Abort(CloseReason::UpstreamTruncated));
+            }
+            return None;
+        }
+        if self.up_eof && flushed {
+            return Some(if self.framer.is_idle() {
+                Ending::Graceful {
+                    linger: true,
+                    reason: CloseReason::Done,
+                }
+            } else {
+                Ending::Abort(CloseReason::UpstreamTruncated)
+            });
+        }
+        let client_finished = self.client_eof || matches!(self.reading, Reading::Done);
+        if client_finished && self.framer.is_idle() && self.to_up.is_empty() && flushed {
+            return Some(Ending::Graceful {
+                linger: !self.client_eof,
+                reason: CloseReason::Done,
+            });
+        }
+        None
+    }
+
+    /// No request is in progress in either direction.
+    fn is_idle(&self) -> bool {
+        matches!(self.reading, Reading::Head { started: None })
+            && self.inbuf.is_empty()
+            && self.to_up.is_empty()
+            && self.out.is_empty()
+            && !self.tls.wants_write()
+            && self.framer.is_idle()
+    }
+
+    /// Idle connections keep no buffers: with hundreds of them that matters.
+    fn release_buffers(&mut self) {
+        self.inbuf = Vec::new();
+        self.to_up = Vec::new();
+        self.out = Vec::new();
+        self.from_up = Vec::new();
+    }
+
+    fn next_deadline(&mut self, now: Instant) -> Option<(Instant, Timer)> {
+        let stall = self.cfg.write_stall_timeout;
+        let mut earliest: Option<(Instant, Timer)> = None;
+        let mut consider = |at: Instant, timer: Timer| {
+            if earliest.is_none_or(|(best, _)| at < best) {
+                earliest = Some((at, timer));
+            }
+        };
+        if self.is_idle() {
+            let since = *self.idle_since.get_or_insert(now);
+            consider(since + self.cfg.idle_timeout, Timer::Idle);
+        } else {
+            self.idle_since = None;
+        }
+        match self.reading {
+            Reading::Head {
+                started: Some(started),
+            } => consider(started + self.cfg.head_timeout, Timer::Head),
+            Reading::Body { deadline, .. } => consider(deadline, Timer::Body),
+            Reading::Refused { .. } => consider(self.last_progress + stall, Timer::Drain),
+            Reading::Head { started: None } | Reading::Done => {}
+        }
+        if self.tls.wants_write() {
+            consider(self.client_stall_since + stall, Timer::ClientStall);
+        }
+        if !self.to_up.is_empty() {
+            consider(self.up_stall_since + stall, Timer::UpstreamStall);
+        }
+        if self.client_eof {
+            // A client that left cannot be waiting for a response that never
+            // moves.
+            consider(self.last_progress + stall, Timer::Drain);
+        }
+        earliest
+    }
+
+    fn wants_client_read(&self) -> bool {
+        matches!(self.reading, Reading::Head { .. } | Reading::Body { .. })
+            && !self.client_eof
+            && self.to_up.is_empty()
+            && self.tls.wants_read()
+    }
+
+    fn wants_up_read(&self) -> bool {
+        !self.up_eof && self.out.is_empty() && !self.tls.wants_write()
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<(), CloseReason> {
+        let mut tcp_events = 0;
+        if self.wants_client_read() {
+            tcp_events |= libc::POLLIN;
+        }
+        if self.tls.wants_write() {
+            tcp_events |= libc::POLLOUT;
+        }
+        let up_read = self.wants_up_read();
+        let up_write = !self.to_up.is_empty();
+        let mut up_events = 0;
+        if up_read {
+            up_events |= libc::POLLIN;
+        }
+        if up_write {
+            up_events |= libc::POLLOUT;
+        }
+        let up_fd = if up_read || (up_write && !self.up_hup) {
+            self.up.as_raw_fd()
+        } else {
+            -1
+        };
+        let mut fds = [
+            pollfd(self.tcp.as_raw_fd(), tcp_events),
+            pollfd(up_fd, up_events),
+            pollfd(self.shared.stop_rx.as_raw_fd(), libc::POLLIN),
+        ];
+        poll_fds(&mut fds, deadline).map_err(CloseReason::Poll)?;
+        if self.shared.is_stopping() {
+            return Err(CloseReason::Stopped);
+        }
+        // Without POLLIN there is nothing left to read that could explain the
+        // hang-up: the peer reset the connection.
+        if fds[0].revents & HANGUP != 0 && fds[0].revents & libc::POLLIN == 0 {
+            return Err(CloseReason::ClientGone);
+        }
+        if fds[1].revents & HANGUP != 0 {
+            self.up_hup = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the connection as `ending` says. `tiny_http` learns of it when
+    /// its socket closes with `self`.
+    fn finish(mut self, ending: Ending) -> CloseReason {
+        let (linger, reason) = match ending {
+            Ending::Abort(reason) => return reason,
+            Ending::Graceful { linger, reason } => (linger, reason),
+        };
+        let _ = self.up.shutdown(Shutdown::Both);
+        self.tls.send_close_notify();
+        loop {
+            match self.flush_client() {
+                Ok(_) if !self.tls.wants_write() => break,
+                Ok(_) => {}
+                Err(reason) => return reason,
+            }
+            let deadline = self.client_stall_since + self.cfg.write_stall_timeout;
+            if Instant::now() >= deadline {
+                return CloseReason::Timeout(Timer::ClientStall);
+            }
+            let mut fds = [
+                pollfd(self.tcp.as_raw_fd(), libc::POLLOUT),
+                pollfd(self.shared.stop_rx.as_raw_fd(), libc::POLLIN),
+            ];
+            if let Err(err) = poll_fds(&mut fds, Some(deadline)) {
+                return CloseReason::Poll(err);
+            }
+            if self.shared.is_stopping() {
+                return CloseReason::Stopped;
+            }
+            if fds[0].revents & HANGUP != 0 {
+                return CloseReason::ClientGone;
+            }
+        }
+        let _ = self.tcp.shutdown(Shutdown::Write);
+        if linger && !self.client_eof {
+            self.linger();
+        }
+        reason
+    }
+
+    /// Discards client bytes until it closes too, or `LINGER` passes.
+    fn linger(&mut self) {
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 1024];
+        while Instant::now() < deadline {
+            let mut fds = [
+                pollfd(self.tcp.as_raw_fd(), libc::POLLIN),
+                pollfd(self.shared.stop_rx.as_raw_fd(), libc::POLLIN),
+            ];
+            if poll_fds(&mut fds, Some(deadline)).is_err() || self.shared.is_stopping() {
+                return;
+            }
+            match (&self.tcp).read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn timeout_ending(timer: Timer) -> Ending {
+    let reason = CloseReason::Timeout(timer);
+    match timer {
+        // Nothing is half-sent: close politely.
+        Timer::Idle => Ending::Graceful {
+            linger: false,
+            reason,
+        },
+        _ => Ending::Abort(reason),
+    }
+}
+
+/// Reads decrypted bytes; 0 means none available now (or the client ended,
+/// which sets `client_eof`).
+fn read_plaintext(
+    tls: &mut ServerConnection,
+    buf: &mut [u8],
+    client_eof: &mut bool,
+) -> Result<usize, CloseReason> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    match tls.reader().read(buf) {
+        Ok(0) => {
+            // close_notify
+            *client_eof = true;
+            Ok(0)
+        }
+        Ok(n) => Ok(n),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+            // TCP closed without close_notify; fine between requests, and
+            // a truncated request is `tiny_http`'s to notice.
+            *client_eof = true;
+            Ok(0)
+        }
+        Err(err) => Err(CloseReason::Client(err)),
+    }
+}
+
+/// The index just past the blank line that ends a request head.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// A request the front answers itself, with a JSON `{"message": ...}` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rejection {
+    status: u16,
+    message: String,
+}
+
+impl Rejection {
+    fn bad_request(message: &str) -> Rejection {
+        Rejection {
+            status: 400,
+            message: format!("bad request: {message}"),
+        }
+    }
+
+    fn head_too_large(limit: usize) -> Rejection {
+        Rejection {
+            status: 431,
+            message: format!("request head too large: limit {limit} bytes"),
+        }
+    }
+
+    fn body_too_large(declared: &str, limit: u64) -> Rejection {
+        let digits = declared.trim_start_matches('0');
+        let declared = match digits.len() {
+            0 => "0".to_string(),
+            1..=20 => digits.to_string(),
+            _ => format!("more than {}", u64::MAX),
+        };
+        Rejection {
+            status: 413,
+            message: format!("request body too large: {declared} bytes, limit {limit}"),
+        }
+    }
+
+    fn chunked_body() -> Rejection {
+        Rejection {
+            status: 411,
+            message: "Transfer-Encoding is not supported; send the body with Content-Length"
+                .to_string(),
+        }
+    }
+
+    fn expectation(value: &str) -> Rejection {
+        Rejection {
+            status: 417,
+            message: format!("unsupported expectation: {value}"),
+        }
+    }
+
+    fn version(version: &str) -> Rejection {
+        Rejection {
+            status: 505,
+            message: format!("unsupported HTTP version {version}; use HTTP/1.1"),
+        }
+    }
+
+    fn response(&self) -> Vec<u8> {
+        let body = serde_json::json!({ "message": self.message }).to_string();
+        let reason = match self.status {
+            400 => "Bad Request",
+            411 => "Length Required",
+            413 => "Payload Too Large",
+            417 => "Expectation Failed",
+            431 => "Request Header Fields Too Large",
+            505 => "HTTP Version Not Supported",
+            _ => "Error",
+        };
+        format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.status,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// What the response to a forwarded request will look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expect {
+    /// A HEAD request: the response has no body whatever its headers say.
+    head_request: bool,
+    /// The client speaks HTTP/1.0: the request went to `tiny_http` as 1.1
+    /// (for 1.0 it would buffer a streamed response whole in memory), so a
+    /// chunked response must reach the client without its chunk framing.
+    dechunk: bool,
+}
+
+/// A request head as it goes to `tiny_http`.
+#[derive(Debug)]
+struct Plan {
+    head: Vec<u8>,
+    body_len: u64,
+    keep_alive: bool,
+    expect: Expect,
+}
+
+fn push_header(head: &mut String, name: &str, value: &str) {
+    head.push_str(name);
+    head.push_str(": ");
+    head.push_str(value);
+    head.push_str("\r\n");
+}
+
+/// `token` characters of RFC 9110 §5.6.2.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Validates a complete request head (ending with the blank line) and
+/// rewrites it for `tiny_http`, or says how to refuse it.
+///
+/// The rewrite drops hop-by-hop headers, which are ours to act on (and some
+/// would mislead `tiny_http`: `Connection: upgrade` hands it the raw stream,
+/// `TE: identity` makes it buffer a streamed response whole), drops any
+/// client-sent `X-Agent-Peer`, and adds the real one.
+fn plan_request(head: &[u8], peer: SocketAddr, max_body: u64) -> Result<Plan, Rejection> {
+    let Some(head) = head.strip_suffix(b"\r\n\r\n") else {
+        return Err(Rejection::bad_request("incomplete request head"));
+    };
+    // `tiny_http` drops the connection without an answer on non-ASCII heads.
+    let printable = |byte: &u8| matches!(byte, b'\t' | b'\r' | b'\n' | 0x20..=0x7e);
+    if !head.iter().all(printable) {
+        return Err(Rejection::bad_request(
+            "request head has bytes that are not printable ASCII",
+        ));
+    }
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Err(Rejection::bad_request("request head is not ASCII"));
+    };
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    if request_line.contains(['\r', '\n', '\t']) {
+        return Err(Rejection::bad_request("malformed request line"));
+    }
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Rejection::bad_request("malformed request line"));
+    };
+    if method.is_empty() || !method.bytes().all(is_tchar) || target.is_empty() {
+        return Err(Rejection::bad_request("malformed request line"));
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => {
+            let well_formed = version.len() == 8
+                && version.starts_with("HTTP/")
+                && version.as_bytes()[5].is_ascii_digit()
+                && version.as_bytes()[6] == b'.'
+                && version.as_bytes()[7].is_ascii_digit();
+            return Err(if well_formed {
+                Rejection::version(version)
+            } else {
+                Rejection::bad_request("malformed HTTP version")
+            });
+        }
+    };
+
+    let mut kept = String::new();
+    let mut content_length: Option<&str> = None;
+    let mut transfer_encoding = false;
+    let mut connection_close = false;
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            return Err(Rejection::bad_request("obsolete header line folding"));
+        }
+        if line.contains(['\r', '\n']) {
+            return Err(Rejection::bad_request("bare CR or LF in a header"));
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(Rejection::bad_request("header line without a colon"));
+        };
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(Rejection::bad_request("malformed header name"));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+        if is("content-length") {
+            if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(Rejection::bad_request("malformed Content-Length"));
+            }
+            if let Some(previous) = content_length {
+                if previous.trim_start_matches('0') != value.trim_start_matches('0') {
+                    return Err(Rejection::bad_request("conflicting Content-Length headers"));
+                }
+            }
+            content_length = Some(value);
+        } else if is("transfer-encoding") {
+            transfer_encoding = true;
+        } else if is("connection") {
+            connection_close |= value
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("close"));
+        } else if is("expect") {
+            if !value.eq_ignore_ascii_case("100-continue") {
+                return Err(Rejection::expectation(value));
+            }
+            // An HTTP/1.0 client must not get a 100 Continue.
+            if !http10 {
+                push_header(&mut kept, name, value);
+            }
+        } else if is("keep-alive")
+            || is("proxy-connection")
+            || is("upgrade")
+            || is("te")
+            || is("trailer")
+            || is(PEER_HEADER)
+        {
+            // Hop-by-hop, or ours to set.
+        } else {
+            push_header(&mut kept, name, value);
+        }
+    }
+    if transfer_encoding {
+        // A chunked body would need a second parser here and invites request
+        // smuggling; every client of the agent sends Content-Length.
+        return Err(Rejection::chunked_body());
+    }
+    let body_len = match content_length {
+        None => 0,
+        Some(declared) => match declared.parse::<u64>() {
+            Ok(len) if len <= max_body => len,
+            _ => return Err(Rejection::body_too_large(declared, max_body)),
+        },
+    };
+    let keep_alive = !http10 && !connection_close;
+
+    let mut forwarded = format!("{method} {target} HTTP/1.1\r\n{kept}");
+    if content_length.is_some() {
+        push_header(&mut forwarded, "Content-Length", &body_len.to_string());
+    }
+    if !keep_alive {
+        push_header(&mut forwarded, "Connection", "close");
+    }
+    push_header(&mut forwarded, PEER_HEADER, &peer.to_string());
+    forwarded.push_str("\r\n");
+    Ok(Plan {
+        head: forwarded.into_bytes(),
+        body_len,
+        keep_alive,
+        expect: Expect {
+            head_request: method == "HEAD",
+            dechunk: http10,
+        },
+    })
+}
+
+/// Why `tiny_http`'s output could not be followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FramingError {
+    /// A response arrived with no request waiting for it.
+    Unsolicited,
+    HeadTooLarge,
+    BadHead(&'static str),
+    BadChunk(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkPart {
+    SizeLine,
+    Data(u64),
+    DataEnd,
+    Trailer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Head,
+    Fixed(u64),
+    Chunked(ChunkPart),
+    UntilClose,
+}
+
+/// Follows `tiny_http`'s responses through the byte stream, so the front
+/// knows when every forwarded request has been answered: only then is a
+/// connection idle (a download in progress must not hit the idle timeout),
+/// and only then may a refusal be written after them. For HTTP/1.0 clients
+/// it also strips chunked framing.
+#[derive(Debug)]
+struct ResponseFramer {
+    pending: VecDeque<Expect>,
+    current: Option<Expect>,
+    phase: Phase,
+    head: Vec<u8>,
+    line: Vec<u8>,
+}
+
+impl Default for ResponseFramer {
+    fn default() -> ResponseFramer {
+        ResponseFramer {
+            pending: VecDeque::new(),
+            current: None,
+            phase: Phase::Head,
+            head: Vec::new(),
+            line: Vec::new(),
+        }
+    }
+}
+
+/// The parts of a response head that decide its framing.
+struct ResponseHead {
+    status: u16,
+    content_length: Option<u64>,
+    chunked: bool,
+    other_transfer_coding: bool,
+}
+
+fn parse_response_head(head: &[u8]) -> Result<ResponseHead, FramingError> {
+    let text = std::str::from_utf8(head).map_err(|_| FramingError::BadHead("not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    if !parts
+        .next()
+        .is_some_and(|version| version.starts_with("HTTP/1."))
+    {
+        return Err(FramingError::BadHead("status line"));
+    }
+    let status = parts
+        .next()
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or(FramingError::BadHead("status code"))?;
+    let mut parsed = ResponseHead {
+        status,
+        content_length: None,
+        chunked: false,
+        other_transfer_coding: false,
+    };
+    for line in lines.filter(|line| !line.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(FramingError::BadHead("header line"));
+        };
+        let value = value.trim();
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            let len = value
+                .parse::<u64>()
+                .map_err(|_| FramingError::BadHead("Content-Length"))?;
+            parsed.content_length = Some(len);
+        } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
+            let last = value.rsplit(',').next().unwrap_or_default().trim();
+            if last.eq_ignore_ascii_case("chunked") {
+                parsed.chunked = true;
+            } else {
+                parsed.other_transfer_coding = true;
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// The chunk size at the start of a chunk-size line (extensions ignored).
+fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingError> {
+    let digits: Vec<u8> = line
+        .iter()
+        .copied()
+        .take_while(|byte| byte.is_ascii_hexdigit())
+        .collect();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(FramingError::BadChunk("chunk size"));
+    }
+    let text = std::str::from_utf8(&digits).map_err(|_| FramingError::BadChunk("chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| FramingError::BadChunk("chunk size"))
+}
+
+impl ResponseFramer {
+    /// A request was forwarded; its response will come in order.
+    fn expect(&mut self, expect: Expect) {
+        self.pending.push_back(expect);
+    }
+
+    /// Every forwarded request has been answered completely.
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.current.is_none() && self.head.is_empty()
+    }
+
+    /// `tiny_http` closed its side: that completes a close-delimited body.
+    fn on_eof(&mut self) {
+        if self.phase == Phase::UntilClose {
+            self.complete();
+        }
+    }
+
+    fn complete(&mut self) {
+        self.current = None;
+        self.phase = Phase::Head;
+    }
+
+    /// Consumes `input` from `tiny_http`, appending what the client must get
+    /// to `out`.
+    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), FramingError> {
+        while !input.is_empty() {
+            match self.phase {
+                Phase::Head => {
+                    let mut taken = 0;
+                    let mut complete = false;
+                    for &byte in input {
+                        self.head.push(byte);
+                        taken += 1;
+                        if self.head.ends_with(b"\r\n\r\n") {
+                            complete = true;
+                            break;
+                        }
+                    }
+                    input = &input[taken..];
+                    if self.head.len() > MAX_RESPONSE_HEAD {
+                        return Err(FramingError::HeadTooLarge);
+                    }
+                    if complete {
+                        self.on_head(out)?;
+                    }
+                }
+                Phase::Fixed(remaining) => {
+                    let n = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    let remaining = remaining - n as u64;
+                    if remaining == 0 {
+                        self.complete();
+                    } else {
+                        self.phase = Phase::Fixed(remaining);
+                    }
+                }
+                Phase::UntilClose => {
+                    out.extend_from_slice(input);
+                    input = &[];
+                }
+                Phase::Chunked(part) => input = self.feed_chunked(part, input, out)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn on_head(&mut self, out: &mut Vec<u8>) -> Result<(), FramingError> {
+        let head = std::mem::take(&mut self.head);
+        let parsed = parse_response_head(&head)?;
+        if (100..200).contains(&parsed.status) {
+            // An interim response (100 Continue): the final one follows.
+            let expect = *self.pending.front().ok_or(FramingError::Unsolicited)?;
+            if parsed.status == 101 {
+                return Err(FramingError::BadHead("protocol switch"));
+            }
+            if !expect.dechunk {
+                out.extend_from_slice(&head);
+            }
+            return Ok(());
+        }
+        let expect = self.pending.pop_front().ok_or(FramingError::Unsolicited)?;
+        self.current = Some(expect);
+        if expect.dechunk && parsed.chunked {
+            for line in head.split_inclusive(|&byte| byte == b'\n') {
+                let is_coding = line
+                    .get(..18)
+                    .is_some_and(|start| start.eq_ignore_ascii_case(b"transfer-encoding:"));
+                if !is_coding {
+                    out.extend_from_slice(line);
+                }
+            }
+        } else {
+            out.extend_from_slice(&head);
+        }
+        let bodyless = expect.head_request || parsed.status == 204 || parsed.status == 304;
+        self.phase = if bodyless {
+            Phase::Head
+        } else if parsed.chunked {
+            Phase::Chunked(ChunkPart::SizeLine)
+        } else if parsed.other_transfer_coding {
+            Phase::UntilClose
+        } else {
+            match parsed.content_length {
+                Some(0) => Phase::Head,
+                Some(len) => Phase::Fixed(len),
+                None => Phase::UntilClose,
+            }
+        };
+        if self.phase == Phase::Head {
+            self.complete();
+        }
+        Ok(())
+    }
+
+    fn feed_chunked<'i>(
+        &mut self,
+        part: ChunkPart,
+        input: &'i [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<&'i [u8], FramingError> {
+        let dechunk = self.current.is_some_and(|expect| expect.dechunk);
+        if let ChunkPart::Data(remaining) = part {
+            let n = usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .min(input.len());
+            out.extend_from_slice(&input[..n]);
+            let remaining = remaining - n as u64;
+            self.phase = Phase::Chunked(if remaining == 0 {
+                ChunkPart::DataEnd
+            } else {
+                ChunkPart::Data(remaining)
+            });
+            return Ok(&input[n..]);
+        }
+        // The other parts are lines: take bytes up to and including LF.
+        let (taken, rest, line_done) = match input.iter().position(|&byte| byte == b'\n') {
+            Some(at) => (&input[..=at], &input[at + 1..], true),
+            None => (input, &input[input.len()..], false),
+        };
+        if !dechunk {
+            out.extend_from_slice(taken);
+        }
+        self.line.extend_from_slice(taken);
+        if self.line.len() > MAX_CHUNK_LINE {
+            return Err(FramingError::BadChunk("line too long"));
+        }
+        if !line_done {
+            return Ok(rest);
+        }
+        let mut line = std::mem::take(&mut self.line);
+        let content = line
+            .strip_suffix(b"\r\n")
+            .or_else(|| line.strip_suffix(b"\n"))
+            .unwrap_or(&line);
+        match part {
+            ChunkPart::SizeLine => {
+                let size = parse_chunk_size(content)?;
+                self.phase = Phase::Chunked(if size == 0 {
+                    ChunkPart::Trailer
+                } else {
+                    ChunkPart::Data(size)
+                });
+            }
+            ChunkPart::DataEnd => {
+                if !content.is_empty() {
+                    return Err(FramingError::BadChunk("no CRLF after chunk data"));
+                }
+                self.phase = Phase::Chunked(ChunkPart::SizeLine);
+            }
+            ChunkPart::Trailer => {
+                if content.is_empty() {
+                    self.complete();
+                }
+            }
+            ChunkPart::Data(_) => unreachable!("handled above"),
+        }
+        line.clear();
+        self.line = line;
+        Ok(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::sync::mpsc;
+
+    /// A request head that makes the connection thread panic (see `on_head`).
+    pub(super) const PANIC_REQUEST: &[u8] = b"GET /__front_test_panic ";
+
+    /// Tests that measure latency or memory, or move a lot of data, run one
+    /// at a time so they do not disturb each other on a small machine.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn test_config() -> FrontConfig {
+        FrontConfig {
+            max_request_bytes: 1024 * 1024,
+            max_head_bytes: 8 * 1024,
+            head_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(1),
+            body_min_rate: 0,
+            write_stall_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            max_connections: 256,
+        }
+    }
+
+    /// Byte `i` of every test download.
+    fn pattern_byte(offset: u64) -> u8 {
+        (offset % 251) as u8
+    }
+
+    /// Produces `len` pattern bytes and counts how many were taken.
+    struct Pattern {
+        offset: u64,
+        len: u64,
+        produced: Arc<AtomicU64>,
+    }
+
+    impl Read for Pattern {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = usize::try_from(self.len - self.offset)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            for (i, byte) in buf[..n].iter_mut().enumerate() {
+                *byte = pattern_byte(self.offset + i as u64);
+            }
+            self.offset += n as u64;
+            self.produced.store(self.offset, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    /// Reported by the handler when a `/stream` response ended (completely or
+    /// because the front closed the socket under it).
+    #[derive(Debug)]
+    struct StreamDone {
+        produced: u64,
+        requested: u64,
+    }
+
+    /// A front with a self-signed certificate and four handler threads:
+    /// `/hello`, `/peer` (the `X-Agent-Peer` values), `/echo` (the body back,
+    /// the peer in `X-Seen-Peer`) and `/stream?bytes=N` (N pattern bytes of
+    /// unknown length, i.e. chunked).
+    struct Harness {
+        front: Front,
+        addr: SocketAddr,
+        cert_der: CertificateDer<'static>,
+        stop: Arc<AtomicBool>,
+        handlers: Vec<JoinHandle<()>>,
+        streams: mpsc::Receiver<StreamDone>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.front.stop();
+            self.stop.store(true, Ordering::Relaxed);
+            for handler in self.handlers.drain(..) {
+                let _ = handler.join();
+            }
+        }
+    }
+
+    fn harness(cfg: FrontConfig) -> Harness {
+        let (cert_pem, key_pem) = self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let tls = load_tls_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (front, server) = Front::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(tls),
+            &dir.path().join("sock"),
+            cfg,
+        )
+        .unwrap();
+        let server = Arc::new(server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stream_tx, streams) = mpsc::channel();
+        let handlers = (0..4)
+            .map(|_| {
+                let server = Arc::clone(&server);
+                let stop = Arc::clone(&stop);
+                let stream_tx = stream_tx.clone();
+                thread::spawn(move || handle_requests(&server, &stop, &stream_tx))
+            })
+            .collect();
+        Harness {
+            addr: front.local_addr(),
+            front,
+            cert_der,
+            stop,
+            handlers,
+            streams,
+            _dir: dir,
+        }
+    }
+
+    fn handle_requests(
+        server: &tiny_http::Server,
+        stop: &AtomicBool,
+        streams: &mpsc::Sender<StreamDone>,
+    ) {
+        use tiny_http::{Header, Response, StatusCode};
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            let peers: Vec<String> = request
+                .headers()
+                .iter()
+                .filter(|header| header.field.equiv(PEER_HEADER))
+                .map(|header| header.value.to_string())
+                .collect();
+            let peers = peers.join(",");
+            let url = request.url().to_string();
+            let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+            let bytes: u64 = query
+                .strip_prefix("bytes=")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let _ = match path {
+                "/hello" => request.respond(Response::from_string("hello")),
+                "/peer" => request.respond(Response::from_string(peers)),
+                "/echo" => {
+                    let mut body = Vec::new();
+                    let _ = request.as_reader().read_to_end(&mut body);
+                    let seen = Header::from_bytes(&b"X-Seen-Peer"[..], peers.as_bytes()).unwrap();
+                    request.respond(Response::from_data(body).with_header(seen))
+                }
+                "/stream" => {
+                    let produced = Arc::new(AtomicU64::new(0));
+                    let reader = Pattern {
+                        offset: 0,
+                        len: bytes,
+                        produced: Arc::clone(&produced),
+                    };
+                    let result =
+                        request.respond(Response::new(StatusCode(200), vec![], reader, None, None));
+                    let _ = streams.send(StreamDone {
+                        produced: produced.load(Ordering::Relaxed),
+                        requested: bytes,
+                    });
+                    result
+                }
+                _ => request.respond(Response::empty(404)),
+            };
+        }
+    }
+
+    fn client(harness: &Harness) -> ureq::Agent {
+        let cert = ureq::tls::Certificate::from_der(harness.cert_der.as_ref()).to_owned();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+            .build();
+        ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent()
+    }
+
+    fn url(harness: &Harness, path: &str) -> String {
+        format!("https://localhost:{}{path}", harness.addr.port())
+    }
+
+    fn get_text(agent: &ureq::Agent, url: &str) -> (u16, String) {
+        let mut response = agent.get(url).call().unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    type RawTls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+    /// A TLS client with no HTTP on top, for what ureq would not send.
+    fn raw_client(harness: &Harness) -> RawTls {
+        try_raw_client(harness).unwrap()
+    }
+
+    fn try_raw_client(harness: &Harness) -> io::Result<RawTls> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(harness.cert_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = TcpStream::connect(harness.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(stream)
+    }
+
+    fn closed_by_peer(result: &io::Result<usize>) -> bool {
+        match result {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => !matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+
+    /// Everything the server sends until it closes (bounded by the socket's
+    /// read timeout).
+    fn read_until_close(stream: &mut RawTls) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let result = stream.read(&mut buf);
+            if closed_by_peer(&result) {
+                return received;
+            }
+            match result {
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(err) => panic!("no close within the read timeout: {err}"),
+            }
+        }
+    }
+
+    /// Sends `request` on a fresh connection and returns the status and
+    /// JSON message of the front's answer, after which it must close.
+    fn exchange(harness: &Harness, request: &[u8]) -> (u16, String) {
+        let mut stream = raw_client(harness);
+        stream.write_all(request).unwrap();
+        stream.flush().unwrap();
+        let answer = read_until_close(&mut stream);
+        let text = String::from_utf8(answer).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        (status, json["message"].as_str().unwrap().to_string())
+    }
+
+    /// Reads one response with a Content-Length body.
+    fn read_response<R: BufRead>(reader: &mut R) -> (u16, Vec<u8>) {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line[9..12].parse().unwrap();
+        let mut content_length = 0;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    content_length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+
+    /// Polls `condition` every 10 ms for at most `limit`.
+    fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let give_up = Instant::now() + limit;
+        loop {
+            if condition() {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn vm_rss_kib() -> u64 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Asserts that a fresh client gets `/hello` within 100 ms.
+    fn assert_served_quickly(harness: &Harness) {
+        let agent = client(harness);
+        let started = Instant::now();
+        let (status, body) = get_text(&agent, &url(harness, "/hello"));
+        let elapsed = started.elapsed();
+        assert_eq!((status, body.as_str()), (200, "hello"));
+        assert!(elapsed < Duration::from_millis(100), "took {elapsed:?}");
+    }
+
+    #[test]
+    fn keep_alive_get_and_post_share_one_connection() {
+        let harness = harness(test_config());
+        let agent = client(&harness);
+        let (status, peer) = get_text(&agent, &url(&harness, "/peer"));
+        assert_eq!(status, 200);
+        assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+
+        let mut response = agent
+            .post(&url(&harness, "/echo"))
+            .header(PEER_HEADER, "6.6.6.6:6")
+            .send("ping")
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        // Same port: the same connection; one value: the spoofed one is gone.
+        let seen = response.headers()["X-Seen-Peer"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(seen, peer);
+        assert_eq!(response.body_mut().read_to_string().unwrap(), "ping");
+    }
+
+    #[test]
+    fn head_response_keeps_the_connection_usable() {
+        let harness = harness(test_config());
+        let agent = client(&harness);
+        let (_, first) = get_text(&agent, &url(&harness, "/peer"));
+        let response = agent
+            .head(&url(&harness, "/stream?bytes=1000"))
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let (_, second) = get_text(&agent, &url(&harness, "/peer"));
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn huge_content_length_gets_413_without_allocating() {
+        let _serial = serial();
+        let harness = harness(test_config());
+        let rss_before = vm_rss_kib();
+        let (status, message) = exchange(
+            &harness,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+        );
+        let rss_after = vm_rss_kib();
+        assert_eq!(status, 413);
+        assert_eq!(
+            message,
+            "request body too large: 99999999999 bytes, limit 1048576"
+        );
+        assert!(
+            rss_after < rss_before + 64 * 1024,
+            "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        );
+        let (status, body) = get_text(&client(&harness), &url(&harness, "/hello"));
+        assert_eq!((status, body.as_str()), (200, "hello"));
+    }
+
+    #[test]
+    fn refused_heads_get_json_answers() {
+        let harness = harness(test_config());
+        let cases: [(&[u8], u16, &str); 6] = [
+            (
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                411,
+                "Transfer-Encoding",
+            ),
+            (b"GET / HTTP/2.0\r\n\r\n", 505, "HTTP/2.0"),
+            (b"GET /\r\n\r\n", 400, "request line"),
+            (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "header name"),
+            (b"GET / HTTP/1.1\r\nX: caf\xc3\xa9\r\n\r\n", 400, "ASCII"),
+            (
+                b"POST /echo HTTP/1.1\r\nExpect: magic\r\n\r\n",
+                417,
+                "magic",
+            ),
+        ];
+        for (request, want_status, want_text) in cases {
+            let (status, message) = exchange(&harness, request);
+            assert_eq!(status, want_status, "{message}");
+            assert!(message.contains(want_text), "{message}");
+        }
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 20 * 1024));
+        big.extend_from_slice(b"\r\n\r\n");
+        let (status, message) = exchange(&harness, &big);
+        assert_eq!(status, 431);
+        assert_eq!(message, "request head too large: limit 8192 bytes");
+    }
+
+    #[test]
+    fn refusal_waits_for_earlier_pipelined_responses() {
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream
+            .write_all(
+                b"GET /hello HTTP/1.1\r\n\r\n\
+                  POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+            )
+            .unwrap();
+        let answer = read_until_close(&mut stream);
+        let mut reader = io::BufReader::new(&answer[..]);
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        assert_eq!(read_response(&mut reader).0, 413);
+    }
+
+    #[test]
+    fn idle_tcp_connections_do_not_starve_a_real_client() {
+        let _serial = serial();
+        let harness = harness(FrontConfig {
+            handshake_timeout: Duration::from_secs(3),
+            ..test_config()
+        });
+        let mut idle: Vec<TcpStream> = (0..200)
+            .map(|_| TcpStream::connect(harness.addr).unwrap())
+            .collect();
+        assert!(wait_until(Duration::from_secs(2), || harness
+            .front
+            .open_connections()
+            >= 200));
+        assert_served_quickly(&harness);
+        // Each is closed at its handshake deadline.
+        for stream in &mut idle {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            assert!(closed_by_peer(&stream.read(&mut buf)));
+        }
+    }
+
+    #[test]
+    fn dripping_head_is_dropped_at_the_head_deadline() {
+        let _serial = serial();
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let dripper = thread::spawn(move || {
+            let started = Instant::now();
+            let mut buf = [0u8; 64];
+            for &byte in b"GET /hello HTTP/1.1\r\nX-Slow: ".iter().cycle().take(100) {
+                if stream.write_all(&[byte]).is_err() {
+                    return started.elapsed();
+                }
+                // Doubles as the 200 ms pause between bytes.
+                if closed_by_peer(&stream.read(&mut buf)) {
+                    return started.elapsed();
+                }
+            }
+            panic!("the dripping client was never dropped");
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert_served_quickly(&harness);
+        let dropped_after = dripper.join().unwrap();
+        assert!(
+            dropped_after >= Duration::from_millis(900) && dropped_after < Duration::from_secs(3),
+            "dropped after {dropped_after:?}"
+        );
+    }
+
+    #[test]
+    fn slow_body_is_dropped_at_the_body_deadline() {
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789")
+            .unwrap();
+        let started = Instant::now();
+        let _ = read_until_close(&mut stream);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+            "dropped after {elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn idle_keep_alive_connection_is_closed() {
+        let harness = harness(FrontConfig {
+            idle_timeout: Duration::from_millis(500),
+            ..test_config()
+        });
+        let mut stream = raw_client(&harness);
+        stream.write_all(b"GET /hello HTTP/1.1\r\n\r\n").unwrap();
+        let mut reader = io::BufReader::new(&mut stream);
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        let started = Instant::now();
+        let rest = read_until_close(&mut stream);
+        let elapsed = started.elapsed();
+        assert!(rest.is_empty());
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(3),
+            "closed after {elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn stalled_reader_is_cut_off_without_blocking_others() {
+        let _serial = serial();
+        let harness = harness(test_config());
+        let total = 100_000_000;
+        let mut stalled = raw_client(&harness);
+        stalled
+            .write_all(format!("GET /stream?bytes={total} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap();
+        stalled.flush().unwrap();
+        // Give the kernel buffers time to fill, then check others are served.
+        thread::sleep(Duration::from_millis(300));
+        assert_served_quickly(&harness);
+        let done = harness
+            .streams
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the stalled download was never cut off");
+        assert_eq!(done.requested, total);
+        assert!(done.produced < total, "{done:?}");
+        assert!(wait_until(Duration::from_secs(5), || harness
+            .front
+            .open_connections()
+            == 0));
+        drop(stalled);
+    }
+
+    #[test]
+    fn slow_but_steady_download_completes() {
+        let _serial = serial();
+        let harness = harness(FrontConfig {
+            write_stall_timeout: Duration::from_millis(300),
+            ..test_config()
+        });
+        let total: u64 = 32 * 1024 * 1024;
+        let agent = client(&harness);
+        let started = Instant::now();
+        let response = agent
+            .get(&url(&harness, &format!("/stream?bytes={total}")))
+            .call()
+            .unwrap();
+        let mut reader = response.into_body().into_reader();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut offset = 0u64;
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            for (i, &byte) in buf[..n].iter().enumerate() {
+                assert_eq!(
+                    byte,
+                    pattern_byte(offset + i as u64),
+                    "at {}",
+                    offset + i as u64
+                );
+            }
+            offset += n as u64;
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(offset, total);
+        // Several stall timeouts long, yet never cut off.
+        assert!(started.elapsed() > Duration::from_millis(1200));
+        let done = harness
+            .streams
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(done.produced, total);
+    }
+
+    #[test]
+    fn http10_client_gets_a_dechunked_stream() {
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream
+            .write_all(b"GET /stream?bytes=100000 HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let answer = read_until_close(&mut stream);
+        let split = find_head_end(&answer).unwrap();
+        let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        let body = &answer[split..];
+        assert_eq!(body.len(), 100_000);
+        assert!(body
+            .iter()
+            .enumerate()
+            .all(|(i, &byte)| byte == pattern_byte(i as u64)));
+    }
+
+    #[test]
+    fn connections_over_the_cap_are_closed_at_once() {
+        let harness = harness(FrontConfig {
+            max_connections: 3,
+            ..test_config()
+        });
+        let mut held: Vec<io::BufReader<RawTls>> = (0..3)
+            .map(|_| {
+                let mut stream = raw_client(&harness);
+                stream.write_all(b"GET /hello HTTP/1.1\r\n\r\n").unwrap();
+                let mut reader = io::BufReader::new(stream);
+                assert_eq!(read_response(&mut reader).0, 200);
+                reader
+            })
+            .collect();
+
+        let started = Instant::now();
+        let refused = try_raw_client(&harness);
+        assert!(refused.is_err(), "a fourth connection was served");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        // The admitted ones are unaffected.
+        held[0]
+            .get_mut()
+            .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut held[0]), (200, b"hello".to_vec()));
+
+        drop(held.pop());
+        assert!(wait_until(Duration::from_secs(5), || harness
+            .front
+            .open_connections()
+            < 3));
+        let (status, _) = get_text(&client(&harness), &url(&harness, "/hello"));
+        assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn panic_in_a_connection_thread_is_contained() {
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream.write_all(PANIC_REQUEST).unwrap();
+        stream.write_all(b"HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_until_close(&mut stream).is_empty());
+        assert!(wait_until(Duration::from_secs(5), || harness
+            .front
+            .open_connections()
+            == 0));
+        let (status, body) = get_text(&client(&harness), &url(&harness, "/hello"));
+        assert_eq!((status, body.as_str()), (200, "hello"));
+    }
+
+    #[test]
+    fn stop_closes_everything() {
+        let mut harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream.write_all(b"GET /hello HTTP/1.1\r\n\r\n").unwrap();
+        let mut reader = io::BufReader::new(&mut stream);
+        assert_eq!(read_response(&mut reader).0, 200);
+        harness.front.stop();
+        assert_eq!(harness.front.open_connections(), 0);
+        assert!(read_until_close(&mut stream).is_empty());
+        assert!(TcpStream::connect(harness.addr).is_err());
+    }
+
+    fn peer() -> SocketAddr {
+        "192.0.2.7:4242".parse().unwrap()
+    }
+
+    #[test]
+    fn plan_rewrites_hop_by_hop_headers_and_adds_the_peer() {
+        let plan = plan_request(
+            b"POST /jobs HTTP/1.1\r\nHost: a\r\nX-Agent-Peer: 6.6.6.6:6\r\n\
+              Connection: Upgrade, close\r\nUpgrade: websocket\r\nTE: identity\r\n\
+              Content-Length: 007\r\nContent-Length: 7\r\nAuthorization:  Bearer t \r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(plan.head).unwrap(),
+            "POST /jobs HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\
+             Content-Length: 7\r\nConnection: close\r\nX-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
+        );
+        assert_eq!(plan.body_len, 7);
+        assert!(!plan.keep_alive);
+        assert_eq!(
+            plan.expect,
+            Expect {
+                head_request: false,
+                dechunk: false
+            }
+        );
+
+        let plan = plan_request(
+            b"HEAD / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(plan.head).unwrap(),
+            "HEAD / HTTP/1.1\r\nConnection: close\r\nX-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
+        );
+        assert_eq!(
+            plan.expect,
+            Expect {
+                head_request: true,
+                dechunk: true
+            }
+        );
+        let plan = plan_request(b"GET / HTTP/1.1\r\n\r\n", peer(), 100).unwrap();
+        assert!(plan.keep_alive);
+        assert_eq!(plan.body_len, 0);
+    }
+
+    #[test]
+    fn plan_refuses_what_tiny_http_would_mishandle() {
+        let cases: [(&[u8], u16); 9] = [
+            (b"GET / HTTP/1.1\r\n Folded: x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n", 400),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (b"GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413),
+            (
+                b"GET / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+                411,
+            ),
+            (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400),
+            (b"GET  / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/9\r\n\r\n", 400),
+        ];
+        for (head, status) in cases {
+            let refusal = plan_request(head, peer(), 100).unwrap_err();
+            assert_eq!(refusal.status, status, "{}", String::from_utf8_lossy(head));
+        }
+        let refusal = plan_request(
+            b"PUT / HTTP/1.1\r\nContent-Length: 000123456789012345678901234567890\r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal.message,
+            "request body too large: more than 18446744073709551615 bytes, limit 100"
+        );
+    }
+
+    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n";
+    const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\n";
+    const FIXED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+    /// To a HEAD request: the Content-Length announces no body.
+    const HEAD_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+
+    fn plain() -> Expect {
+        Expect {
+            head_request: false,
+            dechunk: false,
+        }
+    }
+
+    #[test]
+    fn framer_follows_responses_however_they_are_split() {
+        let stream = [CONTINUE, CHUNKED, FIXED, HEAD_ANSWER].concat();
+        let ends = [
+            CONTINUE.len() + CHUNKED.len(),
+            CONTINUE.len() + CHUNKED.len() + FIXED.len(),
+            stream.len(),
+        ];
+        for piece in [1, 2, 3, 7, stream.len()] {
+            let mut framer = ResponseFramer::default();
+            framer.expect(plain());
+            framer.expect(plain());
+            framer.expect(Expect {
+                head_request: true,
+                dechunk: false,
+            });
+            let mut out = Vec::new();
+            let mut fed = 0;
+            let mut completed = Vec::new();
+            for chunk in stream.chunks(piece) {
+                let before = framer.pending.len() + usize::from(framer.current.is_some());
+                framer.feed(chunk, &mut out).unwrap();
+                fed += chunk.len();
+                let after = framer.pending.len() + usize::from(framer.current.is_some());
+                if after < before {
+                    completed.push(fed);
+                }
+            }
+            assert_eq!(out, stream, "piece {piece}");
+            assert!(framer.is_idle(), "piece {piece}");
+            if piece == 1 {
+                // Each response is complete exactly at its last byte.
+                assert_eq!(completed, ends);
+            }
+        }
+    }
+
+    #[test]
+    fn framer_dechunks_for_http10_clients() {
+        let mut framer = ResponseFramer::default();
+        framer.expect(Expect {
+            head_request: false,
+            dechunk: true,
+        });
+        let mut out = Vec::new();
+        for byte in [CONTINUE, CHUNKED].concat() {
+            framer.feed(&[byte], &mut out).unwrap();
+        }
+        assert!(framer.is_idle());
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\n\r\nhello!");
+    }
+
+    #[test]
+    fn framer_rejects_what_it_cannot_follow() {
+        let mut out = Vec::new();
+        let mut framer = ResponseFramer::default();
+        assert_eq!(
+            framer.feed(b"HTTP/1.1 200 OK\r\n\r\n", &mut out),
+            Err(FramingError::Unsolicited)
+        );
+        let mut framer = ResponseFramer::default();
+        framer.expect(plain());
+        assert_eq!(
+            framer.feed(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                &mut out
+            ),
+            Err(FramingError::BadChunk("chunk size"))
+        );
+        let mut framer = ResponseFramer::default();
+        framer.expect(plain());
+        framer
+            .feed(b"HTTP/1.1 200 OK\r\n\r\nbody until close", &mut out)
+            .unwrap();
+        assert!(!framer.is_idle());
+        framer.on_eof();
+        assert!(framer.is_idle());
+    }
+
+    #[test]
+    fn tls_material_is_checked() {
+        let (cert, key) = self_signed(&["localhost".to_string()]).unwrap();
+        let (_, other_key) = self_signed(&["localhost"]).unwrap();
+        assert!(load_tls_config(cert.as_bytes(), key.as_bytes()).is_ok());
+        assert!(matches!(
+            load_tls_config(b"", key.as_bytes()),
+            Err(FrontError::NoCertificate)
+        ));
+        assert!(matches!(
+            load_tls_config(cert.as_bytes(), cert.as_bytes()),
+            Err(FrontError::KeyPem { .. })
+        ));
+        assert!(matches!(
+            load_tls_config(cert.as_bytes(), other_key.as_bytes()),
+            Err(FrontError::Tls { .. })
+        ));
+    }
+
+    #[test]
+    fn socket_dir_must_be_private() {
+        let (cert, key) = self_signed(&["localhost"]).unwrap();
+        let tls = Arc::new(load_tls_config(cert.as_bytes(), key.as_bytes()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let open_dir = dir.path().join("open");
+        fs::create_dir(&open_dir).unwrap();
+        fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let refused = Front::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&tls),
+            &open_dir,
+            test_config(),
+        );
+        assert!(matches!(
+            refused.err(),
+            Some(FrontError::InsecureSocketDir { .. })
+        ));
+        let private = dir.path().join("a/b");
+        let (front, server) =
+            Front::start("127.0.0.1:0".parse().unwrap(), tls, &private, test_config()).unwrap();
+        let mode = fs::metadata(&private).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(front.socket_path().starts_with(&private));
+        drop(front);
+        drop(server);
+    }
+}
