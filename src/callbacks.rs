@@ -25,18 +25,34 @@ impl Default for CallbackPolicy {
 
 #[derive(Debug)]
 pub enum CallbackError {
-    Status { url: String, status: u16, attempts: u32 },
-    Transport { url: String, reason: String, attempts: u32 },
+    Status {
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
+    Transport {
+        url: String,
+        reason: String,
+        attempts: u32,
+    },
 }
 
 impl fmt::Display for CallbackError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CallbackError::Status { url, status, attempts } => write!(
+            CallbackError::Status {
+                url,
+                status,
+                attempts,
+            } => write!(
                 f,
                 "callback {url} answered {status} (gave up after {attempts} attempts)"
             ),
-            CallbackError::Transport { url, reason, attempts } => write!(
+            CallbackError::Transport {
+                url,
+                reason,
+                attempts,
+            } => write!(
                 f,
                 "callback {url} failed: {reason} (gave up after {attempts} attempts)"
             ),
@@ -78,7 +94,10 @@ pub fn send(
         }
         match request.send(body.as_bytes()) {
             Ok(response) if response.status().is_success() => {
-                log::info!("callback {url} answered {} (attempt {attempt})", response.status());
+                log::info!(
+                    "callback {url} answered {} (attempt {attempt})",
+                    response.status()
+                );
                 return Ok(());
             }
             Ok(response) => {

@@ -15,6 +15,8 @@ pub struct Cli {
 pub enum Sub {
     Version(VersionArgs),
     Run(RunArgs),
+    Serve(ServeArgs),
+    Token(TokenArgs),
 }
 
 /// Print the agent's version.
@@ -42,4 +44,86 @@ pub struct RunArgs {
     /// the job file (YAML or JSON, PROTOCOL §3)
     #[argh(positional)]
     pub job_file: PathBuf,
+}
+
+/// Serve the Semaphore-compatible HTTPS API and run the jobs it receives
+/// (`agent start` is the same command).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "serve")]
+pub struct ServeArgs {
+    #[argh(option)]
+    /// HMAC secret for the API's JWTs (or $AGENT_AUTH_TOKEN_SECRET, or --auth-token-secret-file)
+    pub auth_token_secret: Option<String>,
+    #[argh(option)]
+    /// file holding the JWT secret (trailing newline ignored)
+    pub auth_token_secret_file: Option<PathBuf>,
+    #[argh(option, default = "String::from(\"0.0.0.0\")")]
+    /// address to listen on (default 0.0.0.0)
+    pub host: String,
+    #[argh(option, default = "8000")]
+    /// port to listen on (default 8000; 0 picks a free one)
+    pub port: u16,
+    #[argh(option)]
+    /// PEM certificate (default server.crt; a self-signed pair is made when neither default file exists)
+    pub tls_cert_path: Option<PathBuf>,
+    #[argh(option)]
+    /// PEM private key (default server.key)
+    pub tls_key_path: Option<PathBuf>,
+    #[argh(option)]
+    /// the StatsD host (metrics are sent only when host and port are set)
+    pub statsd_host: Option<String>,
+    #[argh(option)]
+    /// the StatsD port
+    pub statsd_port: Option<u16>,
+    #[argh(option, default = "String::from(\"agent.prod\")")]
+    /// the StatsD namespace (default agent.prod)
+    pub statsd_namespace: String,
+    #[argh(option, default = "300")]
+    /// attempts per callback (default 300, one second apart)
+    pub callback_retry_attempts: u32,
+    #[argh(option)]
+    /// a script sourced before the job's commands; its failure fails the job
+    pub pre_job_hook_path: Option<PathBuf>,
+    #[argh(option)]
+    /// host:dest pairs mounted into compose jobs' main container, comma-separated
+    pub files: Option<String>,
+    #[argh(option, default = "true")]
+    /// add /dev/kvm to compose jobs when the host has it (default true)
+    pub expose_kvm_device: bool,
+    #[argh(option, default = "1")]
+    /// jobs that may run at once (default 1)
+    pub jobs: usize,
+    #[argh(option, default = "0")]
+    /// accepted jobs that may wait for a runner (default 0)
+    pub queue_size: usize,
+    #[argh(option)]
+    /// where job logs and per-job working files live (default $AGENT_DATA_DIR, else ~/.local/state/agent)
+    pub data_dir: Option<PathBuf>,
+    #[argh(option, default = "10")]
+    /// seconds between SIGTERM and SIGKILL when a job is stopped (default 10)
+    pub stop_grace_period: u64,
+    #[argh(option, default = "600")]
+    /// seconds teardown waits for the archivator's log read (default 600)
+    pub archivator_timeout: u64,
+    #[argh(option, default = "32 * 1024 * 1024")]
+    /// largest accepted request body in bytes (default 32 MiB); larger gets 413
+    pub max_request_bytes: u64,
+    #[argh(option, default = "256")]
+    /// concurrent connections; more are refused (default 256)
+    pub max_connections: usize,
+}
+
+/// Print a JWT for the configured secret, for curl.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "token")]
+pub struct TokenArgs {
+    #[argh(option)]
+    /// the JWT secret (or $AGENT_AUTH_TOKEN_SECRET, or --auth-token-secret-file)
+    pub auth_token_secret: Option<String>,
+    #[argh(option)]
+    /// file holding the JWT secret
+    pub auth_token_secret_file: Option<PathBuf>,
+    #[argh(option, default = "3600")]
+    /// seconds the token stays valid (default 3600)
+    pub ttl: u64,
 }

@@ -60,7 +60,10 @@ impl Display {
                     "failed" => "1;31",
                     _ => "1;33",
                 };
-                format!("{}\n", self.paint(code, &format!("Job {result} in {secs:.2}s")))
+                format!(
+                    "{}\n",
+                    self.paint(code, &format!("Job {result} in {secs:.2}s"))
+                )
             }
         };
         if let Some(last) = text.as_bytes().last() {

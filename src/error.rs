@@ -13,6 +13,7 @@ pub enum RequestError {
     PushLogger,
     UnknownLogger(String),
     NoContainers,
+    Compose(String),
 }
 
 impl fmt::Display for RequestError {
@@ -28,6 +29,7 @@ impl fmt::Display for RequestError {
             RequestError::NoContainers => {
                 write!(f, "a dockercompose job needs at least one container")
             }
+            RequestError::Compose(e) => write!(f, "invalid compose request: {e}"),
         }
     }
 }

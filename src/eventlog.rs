@@ -173,7 +173,11 @@ impl EventLog {
         }
         self.progress.bytes += self.line.len() as u64;
         self.progress.events += 1;
-        *self.files.progress.lock().unwrap_or_else(|e| e.into_inner()) = self.progress;
+        *self
+            .files
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.progress;
         if let Some(observer) = self.observer.as_mut() {
             observer(event, &self.line[..self.line.len() - 1]);
         }
@@ -189,7 +193,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("agent-eventlog-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("agent-eventlog-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -226,14 +231,26 @@ mod tests {
         }
         let files = log.files();
         let mut all = String::new();
-        files.read_from(0).unwrap().read_to_string(&mut all).unwrap();
+        files
+            .read_from(0)
+            .unwrap()
+            .read_to_string(&mut all)
+            .unwrap();
         assert_eq!(all.lines().count(), 10);
         let mut tail = String::new();
-        files.read_from(8).unwrap().read_to_string(&mut tail).unwrap();
+        files
+            .read_from(8)
+            .unwrap()
+            .read_to_string(&mut tail)
+            .unwrap();
         assert_eq!(tail.lines().count(), 2);
         assert!(tail.starts_with("{\"event\":\"cmd_output\",\"timestamp\":8,"));
         let mut none = String::new();
-        files.read_from(99).unwrap().read_to_string(&mut none).unwrap();
+        files
+            .read_from(99)
+            .unwrap()
+            .read_to_string(&mut none)
+            .unwrap();
         assert!(none.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }

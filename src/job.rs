@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::compose_job::{self, ProjectGuard};
 use crate::eventlog::{now_secs, Event, EventLog, JobResult};
+use crate::metrics::Metrics;
 use crate::request::{decode_b64, is_shell_identifier, parse_mode, Command, JobRequest};
 use crate::shell::{shell_quote, shell_quote_bytes, Outcome, Session, SessionSpec};
 
@@ -26,6 +28,19 @@ pub const STEP_EXPORT_ENV: &str = "Exporting environment variables";
 pub const STEP_INJECT_FILES: &str = "Injecting Files";
 pub const STEP_CHECK_RESULT: &str = "Checking job result";
 pub const STEP_START_SESSION: &str = "Starting the shell session";
+pub const STEP_PRE_JOB_HOOK: &str = "Running the pre-job hook configured in the agent";
+
+/// What the agent's configuration adds to every job.
+#[derive(Default, Clone)]
+pub struct AgentOptions {
+    /// `--pre-job-hook-path`: sourced after the files are injected.
+    pub pre_job_hook: Option<PathBuf>,
+    /// `--expose-kvm-device`: add /dev/kvm to compose jobs when it exists.
+    pub expose_kvm: bool,
+    /// `--files host:dest,...` for compose jobs' main container.
+    pub host_files: Option<String>,
+    pub metrics: Option<Arc<Metrics>>,
+}
 
 /// Asks a running job to stop, from any thread. Cheap to clone.
 #[derive(Clone)]
@@ -38,7 +53,7 @@ pub struct StopHandle {
 #[derive(Clone)]
 pub struct StopSignal {
     requested: Arc<AtomicBool>,
-    rx: Receiver<()>,
+    pub(crate) rx: Receiver<()>,
 }
 
 pub fn stop_pair() -> (StopHandle, StopSignal) {
@@ -77,6 +92,7 @@ pub struct JobSpec<'a> {
     pub mark: &'a str,
     pub stop: StopSignal,
     pub grace: Duration,
+    pub options: &'a AgentOptions,
 }
 
 /// Runs the job to `job_finished` and returns its result.
@@ -97,31 +113,43 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     if spec.stop.is_requested() {
         return JobResult::Stopped;
     }
-    let started_at = now_secs();
-    let session = Session::start(SessionSpec {
-        work_dir: spec.work_dir,
-        mark: spec.mark,
-        stop: &spec.stop.rx,
-        grace: spec.grace,
-    });
-    let mut session = match session {
-        Ok(Some(s)) => s,
-        Ok(None) => return JobResult::Stopped,
-        Err(e) => {
-            steps.synthetic(STEP_START_SESSION, started_at, &[&format!("{e}\n")], 1);
-            return JobResult::Failed;
-        }
+    let compose = spec.request.executor == "dockercompose";
+    // Declared before the session, so the session (and its processes) goes
+    // first and `compose down` runs after it, on every way out.
+    let mut _project: Option<ProjectGuard> = None;
+    let started = if compose {
+        compose_job::start(&mut steps, &mut _project)
+    } else {
+        start_shell(&mut steps)
+    };
+    let mut session = match started {
+        Started::Ready(s) => s,
+        Started::Failed => return JobResult::Failed,
+        Started::Stopped => return JobResult::Stopped,
     };
 
     // Steps 4 to 7: stop at the first failure, then go to the result export.
     let mut last_status = 0;
+    let files_ok = |steps: &mut Steps<'_, '_>, session: &mut Session| {
+        if compose {
+            compose_job::inject_files(steps, session)
+        } else {
+            steps.inject_files()
+        }
+    };
     if !steps.export_env(&mut session) {
         last_status = 1;
     } else if spec.stop.is_requested() {
         return JobResult::Stopped;
-    } else if !steps.inject_files() {
+    } else if !files_ok(&mut steps, &mut session) {
         last_status = 1;
-    } else {
+    } else if let Some(status) = steps.pre_job_hook(&mut session) {
+        match status {
+            Step::Stopped => return JobResult::Stopped,
+            Step::Done(status) => last_status = status,
+        }
+    }
+    if last_status == 0 {
         for command in &spec.request.commands {
             match steps.command(&mut session, command) {
                 Step::Stopped => return JobResult::Stopped,
@@ -173,25 +201,54 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     result
 }
 
-enum Step {
+/// How starting the executor went.
+pub(crate) enum Started {
+    Ready(Session),
+    Failed,
+    Stopped,
+}
+
+fn start_shell(steps: &mut Steps<'_, '_>) -> Started {
+    let spec = steps.spec;
+    let started_at = now_secs();
+    let session = Session::start(SessionSpec {
+        argv: vec!["bash".into(), "--login".into(), "--noediting".into()],
+        env: Vec::new(),
+        work_dir: spec.work_dir,
+        mark: spec.mark,
+        stop: &spec.stop.rx,
+        grace: spec.grace,
+        strip_exit_status_line: false,
+    });
+    match session {
+        Ok(Some(s)) => Started::Ready(s),
+        Ok(None) => Started::Stopped,
+        Err(e) => {
+            steps.synthetic(STEP_START_SESSION, started_at, &[&format!("{e}\n")], 1);
+            Started::Failed
+        }
+    }
+}
+
+pub(crate) enum Step {
     Done(i32),
     Stopped,
 }
 
-struct Steps<'a, 'b> {
+pub(crate) struct Steps<'a, 'b> {
     log: &'a mut EventLog,
-    spec: &'a JobSpec<'b>,
+    pub(crate) spec: &'a JobSpec<'b>,
 }
 
 impl Steps<'_, '_> {
-    fn output(&mut self, text: &str) {
+    pub(crate) fn output(&mut self, text: &str) {
         self.log.write(&Event::CmdOutput {
             timestamp: now_secs(),
             output: text,
         });
     }
 
-    fn started(&mut self, directive: &str) -> u64 {
+    pub(crate) fn started(&mut self, directive: &str) -> u64 {
         let now = now_secs();
         self.log.write(&Event::CmdStarted {
             timestamp: now,
@@ -200,7 +257,7 @@ impl Steps<'_, '_> {
         now
     }
 
-    fn finished(&mut self, directive: &str, exit_code: i32, started_at: u64) {
+    pub(crate) fn finished(&mut self, directive: &str, exit_code: i32, started_at: u64) {
         let now = now_secs();
         self.log.write(&Event::CmdFinished {
             timestamp: now,
@@ -212,7 +269,13 @@ impl Steps<'_, '_> {
     }
 
     /// A step the agent performs itself, logged like a command.
-    fn synthetic(&mut self, directive: &str, started_at: u64, lines: &[&str], exit_code: i32) {
+    pub(crate) fn synthetic(
+        &mut self,
+        directive: &str,
+        started_at: u64,
+        lines: &[&str],
+        exit_code: i32,
+    ) {
         self.log.write(&Event::CmdStarted {
             timestamp: started_at,
             directive,
@@ -283,8 +346,33 @@ impl Steps<'_, '_> {
         true
     }
 
+    /// Step 6: the pre-job hook, when the agent has one. None when not
+    /// configured.
+    fn pre_job_hook(&mut self, session: &mut Session) -> Option<Step> {
+        let path = self.spec.options.pre_job_hook.as_ref()?;
+        let directive = format!("source {}", shell_quote(&path.to_string_lossy()));
+        let command = Command {
+            directive,
+            alias: STEP_PRE_JOB_HOOK.to_string(),
+        };
+        Some(self.command_with_preamble(
+            session,
+            &command,
+            Some("Warning: The agent is configured to fail the job if the pre-job hook fails.\n"),
+        ))
+    }
+
     /// Step 7 (and the epilogues): one command in the session.
     fn command(&mut self, session: &mut Session, command: &Command) -> Step {
+        self.command_with_preamble(session, command, None)
+    }
+
+    fn command_with_preamble(
+        &mut self,
+        session: &mut Session,
+        command: &Command,
+        preamble: Option<&str>,
+    ) -> Step {
         if self.spec.stop.is_requested() {
             return Step::Stopped;
         }
@@ -296,6 +384,9 @@ impl Steps<'_, '_> {
         let started_at = self.started(directive);
         if !command.alias.is_empty() {
             self.output(&format!("Running: {}\n", command.directive));
+        }
+        if let Some(line) = preamble {
+            self.output(line);
         }
         let log = &mut *self.log;
         let outcome = session.run(&command.directive, &mut |chunk| {
@@ -404,10 +495,10 @@ pub fn resolve_path(path: &str, home: &Path) -> PathBuf {
 
 /// Writes one injected file. The mode and the content are checked before
 /// anything touches the disk, so a bad request leaves nothing behind.
-fn inject_file(path: &Path, content_b64: &str, mode: &str) -> Result<(), String> {
+pub(crate) fn inject_file(path: &Path, content_b64: &str, mode: &str) -> Result<(), String> {
     let mode_bits = parse_mode(mode).ok_or_else(|| format!("bad file permission '{mode}'\n"))?;
-    let content =
-        decode_b64(content_b64).map_err(|_| "Failed to decode the content of the file.\n".to_string())?;
+    let content = decode_b64(content_b64)
+        .map_err(|_| "Failed to decode the content of the file.\n".to_string())?;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)
             .map_err(|e| format!("Failed to create directory {}: {e}\n", dir.display()))?;
@@ -422,19 +513,34 @@ fn inject_file(path: &Path, content_b64: &str, mode: &str) -> Result<(), String>
     file.write_all(&content)
         .map_err(|e| format!("Failed to write file {}: {e}\n", path.display()))?;
     file.set_permissions(fs::Permissions::from_mode(mode_bits))
-        .map_err(|e| format!("Failed to set file mode of {} to {mode}: {e}\n", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "Failed to set file mode of {} to {mode}: {e}\n",
+                path.display()
+            )
+        })?;
     Ok(())
 }
 
-/// Creates (or replaces) a file only its owner can read.
+/// Creates (or replaces) a file only its owner can read. The owner is the
+/// owner of its directory: a compose job's work dir belongs to the
+/// container's user, who must read the env and command files.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(contents)
+    f.write_all(contents)?;
+    if let Some(dir) = path.parent() {
+        let (dir_meta, file_meta) = (fs::metadata(dir)?, f.metadata()?);
+        if dir_meta.uid() != file_meta.uid() {
+            std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -486,7 +592,10 @@ mod tests {
         }
         let file = dir.join("env");
         write_private(&file, &contents).unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!("source {}; printf '%s' \"$V\"", file.display()))
@@ -516,7 +625,10 @@ mod tests {
         assert!(!dir.exists());
         inject_file(&path, "aGk=", "0640").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"hi");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,17 +1,29 @@
 //! The `agent` binary: parses arguments, sets up logging, runs the command,
 //! and is the only place that turns an error into a message and an exit code.
 
+mod api;
+mod artifact;
+mod auth;
 mod callbacks;
 mod cli;
+mod compose;
+mod compose_job;
 mod config;
 mod display;
 mod error;
 mod eventlog;
+mod front;
+mod hostcmd;
 mod job;
+mod logging;
+mod metrics;
 mod output;
 mod procs;
 mod request;
 mod run;
+mod runner;
+mod serve;
+mod server;
 mod shell;
 mod version;
 mod workspace;
@@ -24,29 +36,64 @@ use eventlog::JobResult;
 const EXIT_AGENT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli: cli::Cli = argh::from_env();
-    init_logging();
+    let cli = parse_args();
     match cli.command {
         cli::Sub::Version(_) => {
             println!("{}", version::long());
             ExitCode::SUCCESS
         }
+        cli::Sub::Token(args) => match serve::token(args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        cli::Sub::Serve(args) => match serve::serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         cli::Sub::Run(args) => match run::run(args) {
             Ok(JobResult::Passed) => ExitCode::SUCCESS,
             Ok(JobResult::Failed) => ExitCode::from(1),
             Ok(JobResult::Stopped) => ExitCode::from(3),
-            Err(e) => {
-                eprintln!("agent: {e}");
-                ExitCode::from(EXIT_AGENT_ERROR)
-            }
+            Err(e) => fail(&e),
         },
     }
 }
 
-fn init_logging() {
-    let level = std::env::var("SEMAPHORE_AGENT_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
-    env_logger::Builder::new()
-        .parse_filters(&level)
-        .format_timestamp_millis()
-        .init();
+fn fail(e: &error::Error) -> ExitCode {
+    log::error!("{e}");
+    eprintln!("agent: {e}");
+    ExitCode::from(EXIT_AGENT_ERROR)
+}
+
+/// argh, with `start` accepted as another name for `serve` (§13.1).
+fn parse_args() -> cli::Cli {
+    let args: Vec<String> = std::env::args().collect();
+    let program = args.first().map(String::as_str).unwrap_or("agent");
+    let mut rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    if rest.first() == Some(&"start") {
+        rest[0] = "serve";
+    }
+    let name = std::path::Path::new(program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("agent");
+    match <cli::Cli as argh::FromArgs>::from_args(&[name], &rest) {
+        Ok(cli) => cli,
+        Err(early) => {
+            let failed = early.status.is_err();
+            if failed {
+                eprintln!("{}", early.output);
+            } else {
+                println!("{}", early.output);
+            }
+            std::process::exit(if failed {
+                i32::from(EXIT_AGENT_ERROR)
+            } else {
+                0
+            });
+        }
+    }
 }

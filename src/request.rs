@@ -188,8 +188,11 @@ impl JobRequest {
             "push" => return Err(RequestError::PushLogger),
             other => return Err(RequestError::UnknownLogger(other.to_string())),
         }
-        if kind == ExecutorKind::DockerCompose && self.compose.containers.is_empty() {
-            return Err(RequestError::NoContainers);
+        if kind == ExecutorKind::DockerCompose {
+            if self.compose.containers.is_empty() {
+                return Err(RequestError::NoContainers);
+            }
+            crate::compose::validate(&self.compose).map_err(RequestError::Compose)?;
         }
         Ok(kind)
     }
@@ -246,7 +249,10 @@ mod tests {
 
     #[test]
     fn yaml_accepts_file_and_files() {
-        let r = JobRequest::from_file_bytes(b"job_id: a\nfile:\n  - path: x\n    content: eA==\n    mode: '0644'\n").unwrap();
+        let r = JobRequest::from_file_bytes(
+            b"job_id: a\nfile:\n  - path: x\n    content: eA==\n    mode: '0644'\n",
+        )
+        .unwrap();
         assert_eq!(r.files.len(), 1);
         let r = JobRequest::from_file_bytes(b"job_id: a\nfiles:\n  - path: x\n").unwrap();
         assert_eq!(r.files[0].path, "x");
@@ -267,7 +273,10 @@ mod tests {
     #[test]
     fn validation() {
         let r = JobRequest::from_json(br#"{"executor":"kubernetes"}"#).unwrap();
-        assert!(matches!(r.validate(), Err(RequestError::UnknownExecutor(_))));
+        assert!(matches!(
+            r.validate(),
+            Err(RequestError::UnknownExecutor(_))
+        ));
         let r = JobRequest::from_json(br#"{"logger":{"method":"push"}}"#).unwrap();
         assert!(matches!(r.validate(), Err(RequestError::PushLogger)));
         let r = JobRequest::from_json(br#"{"executor":"dockercompose"}"#).unwrap();

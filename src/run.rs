@@ -12,21 +12,19 @@ use crate::callbacks::{self, CallbackPolicy};
 use crate::cli::RunArgs;
 use crate::config;
 use crate::display::Display;
-use crate::error::{Error, RequestError};
+use crate::error::Error;
 use crate::eventlog::{EventLog, JobResult};
-use crate::job::{self, JobSpec};
-use crate::request::{ExecutorKind, JobRequest};
+use crate::job::{self, AgentOptions, JobSpec};
+use crate::request::JobRequest;
 use crate::workspace::JobDir;
 
 pub fn run(args: RunArgs) -> Result<JobResult, Error> {
+    // The agent log goes to stderr only; warnings and errors by default.
+    let _ = crate::logging::init("warn", None);
     let bytes = std::fs::read(&args.job_file)
         .map_err(|e| Error::io("cannot read the job file", &args.job_file, e))?;
     let request = JobRequest::from_file_bytes(&bytes)?;
-    if request.validate()? != ExecutorKind::Shell {
-        return Err(Error::Request(RequestError::UnknownExecutor(
-            request.executor.clone(),
-        )));
-    }
+    request.validate()?;
     let job_id = if request.job_id.is_empty() {
         "job".to_string()
     } else {
@@ -72,6 +70,10 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
             mark: &dir.mark,
             stop: signal,
             grace: Duration::from_secs(args.stop_grace_period),
+            options: &AgentOptions {
+                expose_kvm: true,
+                ..AgentOptions::default()
+            },
         },
         &mut log,
     );

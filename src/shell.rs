@@ -55,6 +55,11 @@ enum Msg {
 
 /// How a session is started.
 pub struct SessionSpec<'a> {
+    /// The program and arguments: bash on the host, or the compose client
+    /// running bash in a container.
+    pub argv: Vec<String>,
+    /// Extra environment for the program.
+    pub env: Vec<(String, String)>,
     /// Directory for the session's own files (commands to source). Must be
     /// private to the agent's user.
     pub work_dir: &'a Path,
@@ -62,6 +67,9 @@ pub struct SessionSpec<'a> {
     pub mark: &'a str,
     pub stop: &'a Receiver<()>,
     pub grace: Duration,
+    /// docker-compose v1 prints a container's non-zero exit status as a
+    /// last line after `run` ends; that line is not the job's output.
+    pub strip_exit_status_line: bool,
 }
 
 pub struct Session {
@@ -74,6 +82,7 @@ pub struct Session {
     cmd_path: PathBuf,
     /// Set once bash has exited.
     exit_status: Option<i32>,
+    strip_exit_status_line: bool,
     scanner: MarkerScanner,
 }
 
@@ -86,11 +95,14 @@ impl Session {
             program: "a pseudo-terminal".into(),
             source: e,
         })?;
-        let mut cmd = Command::new("bash");
-        cmd.arg("--login")
-            .arg("--noediting")
+        let mut cmd = Command::new(&spec.argv[0]);
+        cmd.args(&spec.argv[1..])
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env(MARK_VAR, spec.mark)
-            .env("TERM", std::env::var("TERM").unwrap_or_else(|_| "xterm".into()))
+            .env(
+                "TERM",
+                std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+            )
             .stdin(Stdio::from(slave.try_clone().map_err(spawn_err)?))
             .stdout(Stdio::from(slave.try_clone().map_err(spawn_err)?))
             .stderr(Stdio::from(slave));
@@ -157,6 +169,7 @@ impl Session {
             scanner: MarkerScanner::new(&nonce),
             nonce,
             exit_status: None,
+            strip_exit_status_line: spec.strip_exit_status_line,
         };
         // The terminal echoes nothing, prompts are empty, history is not
         // written, and the job starts in HOME. Everything printed before the
@@ -219,7 +232,7 @@ impl Session {
         if self.exit_status.is_some() {
             return Outcome::SessionGone;
         }
-        if let Err(e) = std::fs::write(&self.cmd_path, directive) {
+        if let Err(e) = crate::job::write_private(&self.cmd_path, directive.as_bytes()) {
             log::error!("cannot write {}: {e}", self.cmd_path.display());
             sink(format!("The agent could not write the command file: {e}\n"));
             return Outcome::Finished(1);
@@ -300,6 +313,10 @@ impl Session {
             }
         }
         self.drain_into(chunker);
+        let status = self.exit_status.unwrap_or(1);
+        if self.strip_exit_status_line && status != 0 {
+            chunker.strip_last_line(status.to_string().as_bytes());
+        }
         while let Some(s) = chunker.take_full() {
             sink(s);
         }
@@ -308,7 +325,7 @@ impl Session {
         }
         // What the session left running (`sleep 1000 &`) dies with it.
         self.procs.kill_all(self.grace);
-        Outcome::SessionEnded(self.exit_status.unwrap_or(1))
+        Outcome::SessionEnded(status)
     }
 
     /// Output still in flight, bounded in time: background processes may
@@ -334,8 +351,13 @@ impl Session {
 
     /// Reads `name` from the session (used for `SEMAPHORE_JOB_RESULT`).
     pub fn read_variable(&mut self, name: &str) -> Option<String> {
+        self.capture(&format!("printf '%s' \"${{{name}}}\""))
+    }
+
+    /// The output of a helper command, if it succeeded.
+    pub fn capture(&mut self, directive: &str) -> Option<String> {
         let mut out = String::new();
-        match self.run(&format!("printf '%s' \"${{{name}}}\""), &mut |s| out.push_str(&s)) {
+        match self.run(directive, &mut |s| out.push_str(&s)) {
             Outcome::Finished(0) => Some(out),
             _ => None,
         }

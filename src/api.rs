@@ -1,0 +1,273 @@
+//! The HTTP API of PROTOCOL §2.3 and §13.2 as plain functions from a request
+//! to a reply. No tiny_http type appears here (server.rs adapts), so every
+//! route can be read, and tested, on its own.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::auth::Authenticator;
+use crate::request::JobRequest;
+use crate::runner::{JobState, Runner, Submit};
+
+/// What the handlers need; built once by `serve`.
+pub struct App {
+    pub auth: Authenticator,
+    pub runner: Arc<Runner>,
+    pub agent_log: PathBuf,
+    pub max_request_bytes: u64,
+}
+
+pub struct Req<'a> {
+    pub method: &'a str,
+    /// The path without the query string.
+    pub path: &'a str,
+    pub query: &'a str,
+    pub authorization: Option<&'a str>,
+    pub client_name: Option<&'a str>,
+    pub body: &'a mut dyn Read,
+}
+
+pub enum Body {
+    Bytes(Vec<u8>),
+    Stream(Box<dyn Read + Send>, u64),
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    pub location: Option<String>,
+    pub body: Body,
+    /// Run after the reply was written (archivator reads).
+    pub after: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Reply {
+    fn bytes(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type: None,
+            location: None,
+            body: Body::Bytes(body.into()),
+            after: None,
+        }
+    }
+
+    fn json(status: u16, value: serde_json::Value) -> Reply {
+        let mut r = Reply::bytes(status, value.to_string());
+        r.content_type = Some("application/json");
+        r
+    }
+
+    fn message(status: u16, message: &str) -> Reply {
+        Reply::json(status, json!({ "message": message }))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    IsAlive,
+    Status,
+    Jobs,
+    JobLog,
+    Job,
+    JobStop,
+    Stop,
+    AgentLogs,
+}
+
+/// Exact paths; returns the route, its allowed method and the job id.
+fn route(path: &str) -> Option<(Route, &'static str, Option<&str>)> {
+    Some(match path {
+        "/is_alive" => (Route::IsAlive, "GET", None),
+        "/status" => (Route::Status, "GET", None),
+        "/jobs" => (Route::Jobs, "*", None),
+        "/stop" | "/jobs/terminate" => (Route::Stop, "POST", None),
+        "/agent_logs" => (Route::AgentLogs, "GET", None),
+        _ => {
+            let rest = path.strip_prefix("/jobs/")?;
+            let (id, tail) = match rest.split_once('/') {
+                Some((id, tail)) => (id, Some(tail)),
+                None => (rest, None),
+            };
+            if id.is_empty() {
+                return None;
+            }
+            match tail {
+                None => (Route::Job, "GET", Some(id)),
+                Some("log") => (Route::JobLog, "GET", Some(id)),
+                Some("stop") => (Route::JobStop, "POST", Some(id)),
+                Some(_) => return None,
+            }
+        }
+    })
+}
+
+pub fn handle(app: &App, req: Req<'_>) -> Reply {
+    // A known path with a trailing slash is redirected (§2.1).
+    if req.path.len() > 1 && req.path.ends_with('/') {
+        let trimmed = req.path.trim_end_matches('/');
+        if route(trimmed).is_some() {
+            let mut r = Reply::bytes(301, Vec::new());
+            r.location = Some(if req.query.is_empty() {
+                trimmed.to_string()
+            } else {
+                format!("{trimmed}?{}", req.query)
+            });
+            return r;
+        }
+    }
+    let Some((route, method, job_id)) = route(req.path) else {
+        return Reply::bytes(404, "404 page not found\n");
+    };
+    let method_ok = match route {
+        Route::Jobs => req.method == "GET" || req.method == "POST",
+        _ => req.method == method,
+    };
+    if !method_ok {
+        return Reply::bytes(405, Vec::new());
+    }
+    if route != Route::IsAlive {
+        if let Err(e) = app.auth.check(req.authorization) {
+            let mut body = serde_json::to_vec(&e.to_string()).unwrap_or_default();
+            body.push(b'\n');
+            return Reply::bytes(401, body);
+        }
+    }
+    match route {
+        Route::IsAlive => Reply::bytes(200, "yes"),
+        Route::Status => status(app),
+        Route::Jobs if req.method == "POST" => submit(app, req.body),
+        Route::Jobs => Reply::json(200, json!(app.runner.list())),
+        Route::Job => match app.runner.find(job_id.unwrap_or_default()) {
+            Some(entry) => Reply::json(200, json!(entry.info())),
+            None => not_running(app, job_id.unwrap_or_default()),
+        },
+        Route::JobLog => job_log(app, job_id.unwrap_or_default(), req.query, req.client_name),
+        Route::JobStop => match app.runner.find(job_id.unwrap_or_default()) {
+            Some(entry) => {
+                entry.stop();
+                Reply::message(200, "stopping")
+            }
+            None => not_running(app, job_id.unwrap_or_default()),
+        },
+        Route::Stop => {
+            let n = app.runner.stop_all();
+            let message = if n == 0 { "no job to stop" } else { "stopping" };
+            Reply::message(200, message)
+        }
+        Route::AgentLogs => match std::fs::File::open(&app.agent_log) {
+            Ok(file) => {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let mut r = Reply::bytes(200, Vec::new());
+                r.body = Body::Stream(Box::new(file.take(len)), len);
+                r.content_type = Some("text/plain");
+                r
+            }
+            Err(_) => Reply::bytes(404, Vec::new()),
+        },
+    }
+}
+
+fn status(app: &App) -> Reply {
+    let (running, queued) = app.runner.counts();
+    let state = if running + queued > 0 {
+        "job-received"
+    } else {
+        "waiting-for-job"
+    };
+    Reply::json(
+        200,
+        json!({
+            "state": state,
+            "version": crate::version::VERSION,
+            "jobs": {"running": running, "queued": queued, "capacity": app.runner.capacity()},
+        }),
+    )
+}
+
+fn submit(app: &App, body: &mut dyn Read) -> Reply {
+    let mut bytes = Vec::new();
+    // The front already refused larger bodies; this bound is a second guard.
+    if let Err(e) = body.take(app.max_request_bytes + 1).read_to_end(&mut bytes) {
+        return Reply::message(500, &format!("cannot read the request body: {e}"));
+    }
+    if bytes.len() as u64 > app.max_request_bytes {
+        return Reply::message(413, "request body too large");
+    }
+    let request = match JobRequest::from_json(&bytes) {
+        Ok(r) => r,
+        Err(e) => return Reply::message(422, &e.to_string()),
+    };
+    if let Err(e) = request.validate() {
+        return Reply::message(422, &e.to_string());
+    }
+    if request.job_id.is_empty() {
+        return Reply::message(422, "invalid job request: job_id is required");
+    }
+    match app.runner.submit(request) {
+        Submit::Accepted => Reply::message(200, "ok"),
+        Submit::AlreadyKnown => Reply::message(200, "job is already running"),
+        Submit::AnotherRunning => Reply::message(422, "another job is already running"),
+        Submit::AtCapacity => Reply::message(422, "agent is at capacity"),
+        Submit::Failed(e) => {
+            log::error!("cannot accept a job: {e}");
+            Reply::message(500, &format!("cannot accept the job: {e}"))
+        }
+    }
+}
+
+fn not_running(app: &App, job_id: &str) -> Reply {
+    let status = if app.runner.any_accepted() { 403 } else { 404 };
+    Reply::message(status, &format!("job {job_id} is not running"))
+}
+
+fn job_log(app: &App, job_id: &str, query: &str, client_name: Option<&str>) -> Reply {
+    let Some(entry) = app.runner.find(job_id) else {
+        return not_running(app, job_id);
+    };
+    let start_from = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("start_from="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    // Decided before reading: only a read that can contain `job_finished`
+    // releases the teardown wait.
+    let finished = matches!(
+        entry.state(),
+        JobState::TearingDown(_) | JobState::Finished(_)
+    );
+    let mut r = match entry.files().read_from(start_from) {
+        Ok(reader) => {
+            let len = reader.limit();
+            let mut r = Reply::bytes(200, Vec::new());
+            r.body = Body::Stream(Box::new(reader), len);
+            r
+        }
+        Err(e) => return Reply::message(500, &format!("cannot read the job log: {e}")),
+    };
+    r.content_type = Some("text/plain");
+    if finished && client_name == Some("archivator") {
+        r.after = Some(Box::new(move || entry.mark_archived()));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_exact() {
+        assert!(route("/is_alive").is_some());
+        assert!(route("/jobs/abc/log").is_some());
+        assert!(route("/jobs/abc/stop").is_some());
+        assert!(route("/jobs/abc").is_some());
+        assert!(route("/jobs/").is_none());
+        assert!(route("/jobs/abc/other").is_none());
+        assert!(route("/nope").is_none());
+        assert!(route("/jobs/terminate").map(|r| r.0) == Some(Route::Stop));
+    }
+}

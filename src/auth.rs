@@ -1,0 +1,203 @@
+//! JWT authentication of the API (PROTOCOL §2.2): HMAC-signed tokens (HS256,
+//! HS384, HS512) with the agent's secret; `exp`, `nbf` and `iat` checked
+//! when present, with a small clock tolerance.
+//!
+//! jwt-simple refuses HMAC keys shorter than 12 bytes, yet classic set-ups
+//! use secrets such as `myJwtToken` (10 bytes). HMAC (RFC 2104) pads every key
+//! shorter than the hash's block size with zero bytes, so the secret padded
+//! with zeros to 32 bytes is the very same HMAC key: tokens signed with the
+//! short secret verify, and nothing else does.
+
+use std::time::Duration;
+
+use jwt_simple::prelude::*;
+
+/// Clock skew allowed for `exp`, `nbf` and `iat` (jwt-simple's default is 15 minutes).
+const TIME_TOLERANCE: Duration = Duration::from_secs(30);
+
+/// Why a request was not authenticated; the text is the 401 body's string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    MissingHeader,
+    MalformedHeader,
+    InvalidToken(String),
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::MissingHeader => f.write_str("An authorization header is required"),
+            AuthError::MalformedHeader => f.write_str("Invalid authorization token"),
+            AuthError::InvalidToken(reason) => f.write_str(reason),
+        }
+    }
+}
+
+pub struct Authenticator {
+    hs256: HS256Key,
+    hs384: HS384Key,
+    hs512: HS512Key,
+}
+
+impl Authenticator {
+    pub fn new(secret: &[u8]) -> Authenticator {
+        let key = hmac_key(secret);
+        Authenticator {
+            hs256: HS256Key::from_bytes(&key),
+            hs384: HS384Key::from_bytes(&key),
+            hs512: HS512Key::from_bytes(&key),
+        }
+    }
+
+    /// Checks an `Authorization` header value: `<scheme> <jwt>`.
+    pub fn check(&self, header: Option<&str>) -> Result<(), AuthError> {
+        let header = match header {
+            Some(h) if !h.is_empty() => h,
+            _ => return Err(AuthError::MissingHeader),
+        };
+        let parts: Vec<&str> = header.split(' ').collect();
+        if parts.len() != 2 {
+            return Err(AuthError::MalformedHeader);
+        }
+        self.verify(parts[1])
+    }
+
+    pub fn verify(&self, token: &str) -> Result<(), AuthError> {
+        if token.split('.').count() != 3 {
+            return Err(AuthError::InvalidToken(
+                "token contains an invalid number of segments".into(),
+            ));
+        }
+        let metadata = Token::decode_metadata(token)
+            .map_err(|_| AuthError::InvalidToken("token is malformed".into()))?;
+        let options = VerificationOptions {
+            time_tolerance: Some(TIME_TOLERANCE.into()),
+            ..VerificationOptions::default()
+        };
+        let result = match metadata.algorithm() {
+            "HS256" => self
+                .hs256
+                .verify_token::<NoCustomClaims>(token, Some(options)),
+            "HS384" => self
+                .hs384
+                .verify_token::<NoCustomClaims>(token, Some(options)),
+            "HS512" => self
+                .hs512
+                .verify_token::<NoCustomClaims>(token, Some(options)),
+            _ => {
+                return Err(AuthError::InvalidToken(
+                    "invalid authorization token".into(),
+                ))
+            }
+        };
+        result
+            .map(|_| ())
+            .map_err(|e| AuthError::InvalidToken(describe(&e)))
+    }
+
+    /// Mints an HS256 token with `iat` and `exp` (`agent token`).
+    pub fn mint(&self, ttl: Duration) -> String {
+        let claims = Claims::create(ttl.into());
+        self.hs256
+            .authenticate(claims)
+            .expect("an HS256 token with standard claims always serializes")
+    }
+}
+
+/// The secret as an HMAC key jwt-simple accepts (see the module comment).
+fn hmac_key(secret: &[u8]) -> Vec<u8> {
+    let mut key = secret.to_vec();
+    if key.len() < 32 {
+        key.resize(32, 0);
+    }
+    key
+}
+
+/// Error texts in the spirit of the reference's (`token is expired`, ...).
+fn describe(e: &jwt_simple::Error) -> String {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("expired") {
+        "token is expired".into()
+    } else if lower.contains("not valid yet") || lower.contains("future") {
+        "token is not valid yet".into()
+    } else if lower.contains("verification") || lower.contains("signature") {
+        "signature is invalid".into()
+    } else {
+        format!("invalid token: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Signs like any other JWT library would: HMAC over the raw secret.
+    fn sign_raw(header: &str, payload: &str, secret: &[u8]) -> String {
+        let signing_input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let mac = hmac_sha256::HMAC::mac(signing_input.as_bytes(), secret);
+        format!("{signing_input}.{}", b64(&mac))
+    }
+
+    #[test]
+    fn canonical_token_with_a_short_secret_verifies() {
+        let auth = Authenticator::new(b"myJwtToken");
+        let token = sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, "{}", b"myJwtToken");
+        assert_eq!(auth.check(Some(&format!("Bearer {token}"))), Ok(()));
+        // Any scheme word is accepted, as by the reference.
+        assert_eq!(auth.check(Some(&format!("Token {token}"))), Ok(()));
+    }
+
+    #[test]
+    fn long_secrets_and_minted_tokens_verify() {
+        let secret = b"a-much-longer-secret-than-thirty-two-bytes!!";
+        let auth = Authenticator::new(secret);
+        let token = sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, "{}", secret);
+        assert_eq!(auth.verify(&token), Ok(()));
+        assert_eq!(auth.verify(&auth.mint(Duration::from_secs(60))), Ok(()));
+    }
+
+    #[test]
+    fn rejections() {
+        let auth = Authenticator::new(b"myJwtToken");
+        assert_eq!(auth.check(None), Err(AuthError::MissingHeader));
+        assert_eq!(auth.check(Some("")), Err(AuthError::MissingHeader));
+        assert_eq!(auth.check(Some("Bearer")), Err(AuthError::MalformedHeader));
+        assert_eq!(
+            auth.check(Some("Bearer a b")),
+            Err(AuthError::MalformedHeader)
+        );
+        let wrong = sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, "{}", b"otherSecret");
+        assert!(matches!(
+            auth.verify(&wrong),
+            Err(AuthError::InvalidToken(_))
+        ));
+        let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(b"{}"));
+        assert_eq!(
+            auth.verify(&none),
+            Err(AuthError::InvalidToken(
+                "invalid authorization token".into()
+            ))
+        );
+        let expired = sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"exp":1000}"#,
+            b"myJwtToken",
+        );
+        assert_eq!(
+            auth.verify(&expired),
+            Err(AuthError::InvalidToken("token is expired".into()))
+        );
+        assert_eq!(
+            auth.verify("abc"),
+            Err(AuthError::InvalidToken(
+                "token contains an invalid number of segments".into()
+            ))
+        );
+    }
+}

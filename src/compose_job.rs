@@ -1,0 +1,363 @@
+//! The docker-compose executor's steps in the job lifecycle (PROTOCOL §9.1,
+//! §9.2, §9.5): prepare (host setup commands, compose detection, the compose
+//! file), image pull credentials, the pull, the session in main, and file
+//! injection inside the container. Every failure is explained in the job
+//! log; the project guard removes the compose project on every way out.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::compose::{self, FileOptions, Project};
+use crate::eventlog::now_secs;
+use crate::hostcmd::{run_lines, HostOutcome};
+use crate::job::{resolve_path, write_private, Started, Steps};
+use crate::request::{decode_b64, parse_mode};
+use crate::shell::{shell_quote, Outcome, Session, SessionSpec};
+
+pub const STEP_CREDENTIALS: &str = "Setting up image pull credentials";
+pub const STEP_PULL: &str = "Pulling docker images...";
+pub const STEP_START: &str = "Starting the docker image...";
+const STEP_DETECT: &str = "Detecting the docker compose tool";
+const STEP_COMPOSE_FILE: &str = "Writing the docker compose file";
+
+/// Runs `compose down` when the job is done with the project, however it ended.
+pub struct ProjectGuard {
+    pub project: Project,
+    grace: std::time::Duration,
+}
+
+impl Drop for ProjectGuard {
+    fn drop(&mut self) {
+        self.project.cleanup(self.grace);
+    }
+}
+
+/// Prepare and start (§9.1, §9.2). On success the session runs in main.
+pub(crate) fn start(steps: &mut Steps<'_, '_>, guard: &mut Option<ProjectGuard>) -> Started {
+    let spec = steps.spec;
+    let request = spec.request;
+
+    // §9.1 step 2: host setup commands; output to the agent log only, but a
+    // failure is shown in the job log with the command's output.
+    for command in &request.compose.host_setup_commands {
+        let started_at = now_secs();
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(&command.directive)
+            .stdin(std::process::Stdio::null());
+        let mut lines = Vec::new();
+        let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
+            log::info!("host setup: {line}");
+            lines.push(format!("{line}\n"));
+        });
+        let status = match outcome {
+            HostOutcome::Exited(0) => continue,
+            HostOutcome::Exited(status) => status,
+            HostOutcome::Stopped => return Started::Stopped,
+            HostOutcome::SpawnFailed(e) => {
+                lines.push(format!("cannot run bash: {e}\n"));
+                1
+            }
+        };
+        lines.push(format!(
+            "The host setup command failed with exit status {status}; the job does not start.\n"
+        ));
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        steps.synthetic(&command.directive, started_at, &refs, status);
+        return Started::Failed;
+    }
+
+    // §9.1 step 3.
+    let Some(tool) = compose::detect() else {
+        steps.synthetic(
+            STEP_DETECT,
+            now_secs(),
+            &["Neither `docker compose` (v2) nor `docker-compose` (v1) works on this host; install one of them.\n"],
+            1,
+        );
+        return Started::Failed;
+    };
+
+    // §9.1 step 4: the compose file, its project and the job's DOCKER_CONFIG.
+    let main = &request.compose.containers[0];
+    let nonce = spec.mark.rsplit('.').next().unwrap_or("0");
+    let name = compose::project_name(&request.job_id, nonce);
+    let project = Project {
+        tool,
+        container: format!("{name}-{}", main.name),
+        name,
+        file: spec.work_dir.join("docker-compose.yml"),
+        main: main.name.clone(),
+        work_dir: spec.work_dir.to_path_buf(),
+        docker_config: spec.work_dir.join("docker-config"),
+    };
+    let opts = FileOptions {
+        kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
+        volumes: compose::host_volumes(spec.options.host_files.as_deref()),
+    };
+    let written = compose::compose_file(&request.compose.containers, &opts)
+        .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()))
+        .and_then(|bytes| write_private(&project.file, &bytes).map_err(|e| e.to_string()))
+        .and_then(|_| {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&project.docker_config)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        steps.synthetic(STEP_COMPOSE_FILE, now_secs(), &[&format!("{e}\n")], 1);
+        return Started::Failed;
+    }
+    *guard = Some(ProjectGuard {
+        project: project.clone(),
+        grace: spec.grace,
+    });
+    // The SSH jump point for compose jobs is set up here (§8).
+
+    // §9.2 step 1.
+    if !request.compose.image_pull_credentials.is_empty() {
+        match credentials(steps, &project) {
+            Some(true) => {}
+            Some(false) => return Started::Failed,
+            None => return Started::Stopped,
+        }
+    }
+
+    // §9.2 step 2.
+    let started_at = steps.started(STEP_PULL);
+    let pull_started = Instant::now();
+    let mut lines = Vec::new();
+    let outcome = run_lines(
+        project.command(&project.pull_argv()),
+        spec.mark,
+        &spec.stop.rx,
+        spec.grace,
+        &mut |line| lines.push(format!("{line}\n")),
+    );
+    // Lines are written after the step so a slow pull cannot interleave.
+    for line in &lines {
+        steps.output(line);
+    }
+    let status = match outcome {
+        HostOutcome::Exited(s) => s,
+        HostOutcome::Stopped => {
+            steps.finished(STEP_PULL, 1, started_at);
+            return Started::Stopped;
+        }
+        HostOutcome::SpawnFailed(e) => {
+            steps.output(&format!(
+                "cannot run {}: {e}\n",
+                project.tool.argv().join(" ")
+            ));
+            127
+        }
+    };
+    if let Some(metrics) = &spec.options.metrics {
+        metrics.compose_pull(&main.image, status == 0, pull_started.elapsed());
+    }
+    if status != 0 {
+        steps.output(&format!(
+            "Pulling the images or starting the containers failed (exit status {status}).\n"
+        ));
+        steps.finished(STEP_PULL, 1, started_at);
+        return Started::Failed;
+    }
+    steps.finished(STEP_PULL, 0, started_at);
+
+    // §9.2 step 3: any death before readiness is a failure.
+    let started_at = steps.started(STEP_START);
+    steps.output("Starting a new bash session.\n");
+    let session = Session::start(SessionSpec {
+        argv: project.session_argv(),
+        env: vec![(
+            "DOCKER_CONFIG".into(),
+            project.docker_config.to_string_lossy().into_owned(),
+        )],
+        work_dir: spec.work_dir,
+        mark: spec.mark,
+        stop: &spec.stop.rx,
+        grace: spec.grace,
+        strip_exit_status_line: project.tool == compose::ComposeTool::Standalone,
+    });
+    let mut session = match session {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            steps.finished(STEP_START, 1, started_at);
+            return Started::Stopped;
+        }
+        Err(e) => {
+            steps.output("Failed to start the docker image\n");
+            steps.output(&format!("{e}\n"));
+            steps.finished(STEP_START, 1, started_at);
+            return Started::Failed;
+        }
+    };
+    give_work_dir_to_container_user(&mut session, spec.work_dir);
+    steps.finished(STEP_START, 0, started_at);
+    Started::Ready(session)
+}
+
+/// The container's user must read the env and command files in the
+/// read-only mount; they stay private to that user (and root).
+fn give_work_dir_to_container_user(session: &mut Session, work_dir: &Path) {
+    let ids = session.capture("printf '%s %s' \"$(id -u)\" \"$(id -g)\"");
+    let Some((uid, gid)) = ids.as_deref().and_then(|s| {
+        let (u, g) = s.trim().split_once(' ')?;
+        Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?))
+    }) else {
+        log::warn!("cannot read the container user's ids");
+        return;
+    };
+    if uid == 0 {
+        return;
+    }
+    let mut paths = vec![work_dir.to_path_buf()];
+    if let Ok(dir) = fs::read_dir(work_dir) {
+        paths.extend(dir.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    for p in paths {
+        if let Err(e) = std::os::unix::fs::chown(&p, Some(uid), Some(gid)) {
+            log::warn!("cannot give {} to uid {uid}: {e}", p.display());
+        }
+    }
+}
+
+/// §9.2 step 1. Some(true) when every login worked; None on a stop. The
+/// step stops at the first failure, so a later success cannot hide it.
+fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
+    let spec = steps.spec;
+    let started_at = steps.started(STEP_CREDENTIALS);
+    for entry in &spec.request.compose.image_pull_credentials {
+        let login = match compose::login_for(entry) {
+            Ok(l) => l,
+            Err(line) => {
+                steps.output(&format!("{line}\n"));
+                steps.finished(STEP_CREDENTIALS, 1, started_at);
+                return Some(false);
+            }
+        };
+        steps.output(&format!("Setting up credentials for {}\n", login.what));
+        for file in &login.files {
+            let path = resolve_path(&file.path, spec.home);
+            if let Err(message) = write_host_file(&path, &file.content, &file.mode) {
+                steps.output(&message);
+                steps.finished(STEP_CREDENTIALS, 1, started_at);
+                return Some(false);
+            }
+        }
+        steps.output(&format!("{}\n", login.script));
+        let cmd = compose::login_command(&login, &project.docker_config, spec.home);
+        let mut lines = Vec::new();
+        let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
+            lines.push(format!("{line}\n"))
+        });
+        for line in &lines {
+            steps.output(line);
+        }
+        match outcome {
+            HostOutcome::Exited(0) => {}
+            HostOutcome::Exited(_) | HostOutcome::SpawnFailed(_) => {
+                steps.output(&format!("Login for {} failed.\n", login.what));
+                steps.finished(STEP_CREDENTIALS, 1, started_at);
+                return Some(false);
+            }
+            HostOutcome::Stopped => {
+                steps.finished(STEP_CREDENTIALS, 1, started_at);
+                return None;
+            }
+        }
+    }
+    steps.finished(STEP_CREDENTIALS, 0, started_at);
+    Some(true)
+}
+
+fn write_host_file(path: &Path, content_b64: &str, mode: &str) -> Result<(), String> {
+    crate::job::inject_file(path, content_b64, mode)
+}
+
+/// §5.2 step 5 for compose (§9.5): staged on the host, copied in place by
+/// the container's bash. Paths are shown exactly as given.
+pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> bool {
+    let spec = steps.spec;
+    let started_at = steps.started(crate::job::STEP_INJECT_FILES);
+    let stage_dir = spec.work_dir.join("files");
+    let fail = |steps: &mut Steps<'_, '_>, line: String, status: i32| {
+        steps.output(&line);
+        steps.finished(crate::job::STEP_INJECT_FILES, status, started_at);
+        false
+    };
+    for (i, file) in spec.request.files.iter().enumerate() {
+        steps.output(&format!(
+            "Injecting {} with file mode {}\n",
+            file.path, file.mode
+        ));
+        if parse_mode(&file.mode).is_none() {
+            return fail(
+                steps,
+                format!("Failed to set file mode to {}\n", file.mode),
+                1,
+            );
+        }
+        let Ok(content) = decode_b64(&file.content) else {
+            return fail(
+                steps,
+                "Failed to decode the content of the file.\n".into(),
+                1,
+            );
+        };
+        let staged: PathBuf = stage_dir.join(i.to_string());
+        let staged_ok = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&stage_dir)
+            .and_then(|_| own_like_parent(&stage_dir))
+            .and_then(|_| write_private(&staged, &content));
+        if let Err(e) = staged_ok {
+            return fail(steps, format!("Failed to stage the file: {e}\n"), 1);
+        }
+        let dest = compose::container_path(&file.path);
+        let staged_q = shell_quote(&staged.to_string_lossy());
+        let checks = [
+            (
+                format!("mkdir -p \"$(dirname -- {dest})\""),
+                format!("Failed to create destination path {}\n", file.path),
+            ),
+            (
+                format!("cp {staged_q} {dest}"),
+                format!(
+                    "Failed to move to destination path {} {}\n",
+                    staged.display(),
+                    file.path
+                ),
+            ),
+            (
+                format!("chmod {} {dest}", file.mode),
+                format!("Failed to set file mode to {}\n", file.mode),
+            ),
+        ];
+        for (command, message) in checks {
+            match session.run_silent(&command) {
+                Outcome::Finished(0) => {}
+                Outcome::Finished(s) | Outcome::SessionEnded(s) => return fail(steps, message, s),
+                Outcome::SessionGone | Outcome::Stopped => return fail(steps, message, 1),
+            }
+        }
+    }
+    steps.finished(crate::job::STEP_INJECT_FILES, 0, started_at);
+    true
+}
+
+/// Gives a directory the owner of its parent (the container user's, after
+/// the work dir was handed over).
+fn own_like_parent(dir: &Path) -> std::io::Result<()> {
+    let parent = dir.parent().unwrap_or(dir);
+    let meta = fs::metadata(parent)?;
+    let mine = fs::metadata(dir)?;
+    if meta.uid() != mine.uid() {
+        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    Ok(())
+}

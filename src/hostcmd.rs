@@ -1,0 +1,147 @@
+//! Commands the agent runs on the host for a job (compose pulls, registry
+//! logins, host setup commands): stdout and stderr merged in one pipe, read
+//! on a thread of its own and handed on line by line, with a stop that kills
+//! the command and everything it started.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select_biased, Receiver};
+
+use crate::output::render;
+use crate::procs::{JobProcesses, MARK_VAR};
+
+#[derive(Debug)]
+pub enum HostOutcome {
+    Exited(i32),
+    Stopped,
+    SpawnFailed(std::io::Error),
+}
+
+enum Msg {
+    Line(String),
+    Eof,
+}
+
+/// Runs `cmd`, calling `on_line` with each line of its merged output
+/// (`\r\n` folded, without the newline; a last line without newline too).
+pub fn run_lines(
+    mut cmd: Command,
+    mark: &str,
+    stop: &Receiver<()>,
+    grace: Duration,
+    on_line: &mut dyn FnMut(&str),
+) -> HostOutcome {
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return HostOutcome::SpawnFailed(e),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return HostOutcome::SpawnFailed(e),
+    };
+    cmd.stdout(writer)
+        .stderr(writer2)
+        .env(MARK_VAR, mark)
+        .process_group(0);
+    let child = cmd.spawn();
+    // Our copies of the pipe's write end must go, or the reader never ends.
+    drop(cmd);
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return HostOutcome::SpawnFailed(e),
+    };
+    let (tx, rx) = bounded::<Msg>(64);
+    let reader_thread = std::thread::spawn(move || {
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = render(&line);
+                    let text = text.trim_end_matches('\n').trim_end_matches('\r');
+                    if tx.send(Msg::Line(text.to_string())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Msg::Eof);
+    });
+    loop {
+        select_biased! {
+            recv(stop) -> _ => {
+                let procs = JobProcesses::new(-1, mark);
+                // SAFETY: kill(2) on the child's own process group.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+                procs.kill_all(grace);
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                drop(rx);
+                let _ = reader_thread.join();
+                return HostOutcome::Stopped;
+            }
+            recv(rx) -> msg => match msg {
+                Ok(Msg::Line(line)) => on_line(&line),
+                Ok(Msg::Eof) | Err(_) => break,
+            }
+        }
+    }
+    let _ = reader_thread.join();
+    match child.wait() {
+        Ok(status) => HostOutcome::Exited(
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        ),
+        Err(e) => HostOutcome::SpawnFailed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_merged_and_the_last_partial_line_kept() {
+        let (_tx, stop) = bounded::<()>(1);
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg("echo one; echo two >&2; printf 'three\\r\\nfour'; exit 3");
+        let mut lines = Vec::new();
+        let outcome = run_lines(
+            cmd,
+            "hostcmd-test",
+            &stop,
+            Duration::from_secs(1),
+            &mut |l| lines.push(l.to_string()),
+        );
+        assert!(matches!(outcome, HostOutcome::Exited(3)), "{outcome:?}");
+        assert_eq!(lines, ["one", "two", "three", "four"]);
+    }
+
+    #[test]
+    fn a_stop_kills_the_command() {
+        let (tx, stop) = bounded::<()>(1);
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg("echo started; sleep 1000");
+        let mut first = true;
+        let outcome = run_lines(
+            cmd,
+            "hostcmd-stop-test",
+            &stop,
+            Duration::from_secs(1),
+            &mut |_| {
+                if first {
+                    tx.send(()).unwrap();
+                    first = false;
+                }
+            },
+        );
+        assert!(matches!(outcome, HostOutcome::Stopped), "{outcome:?}");
+    }
+}

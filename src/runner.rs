@@ -1,0 +1,406 @@
+//! Jobs accepted by `agent serve`: admission (`--jobs N`, `--queue-size Q`),
+//! a bounded crossbeam queue to N runner threads, and each job's teardown
+//! (PROTOCOL §7.2 as amended by §12 item 6 and §13.2).
+//!
+//! One owner per job: the runner thread that took it runs it and tears it
+//! down. The HTTP side only reads a job's state, asks it to stop, and marks
+//! its log archived, all through the small `JobEntry` structure.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
+
+use crate::callbacks::{self, CallbackPolicy};
+use crate::error::Error;
+use crate::eventlog::{now_secs, EventLog, JobResult, LogFiles};
+use crate::job::{self, AgentOptions, JobSpec, StopHandle, StopSignal};
+use crate::request::JobRequest;
+use crate::workspace::JobDir;
+
+/// Finished jobs whose logs stay readable (§13.2: at least the last 100).
+const KEEP_FINISHED: usize = 100;
+
+#[derive(Clone)]
+pub struct RunnerConfig {
+    pub jobs: usize,
+    pub queue_size: usize,
+    pub data_dir: PathBuf,
+    pub home: PathBuf,
+    pub grace: Duration,
+    pub archivator_timeout: Duration,
+    pub callbacks: CallbackPolicy,
+    pub options: AgentOptions,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    /// `job_finished` is written; callbacks and the archivator wait follow.
+    TearingDown(JobResult),
+    Finished(JobResult),
+}
+
+/// A job as `GET /jobs` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    pub job_id: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
+    pub queued_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct EntryState {
+    state: JobState,
+    started_at: Option<u64>,
+    finished_at: Option<u64>,
+    archived: bool,
+}
+
+pub struct JobEntry {
+    pub job_id: String,
+    request: JobRequest,
+    dir: JobDir,
+    files: Arc<LogFiles>,
+    /// Taken by the runner when the job starts.
+    log: Mutex<Option<EventLog>>,
+    stop: StopHandle,
+    signal: StopSignal,
+    queued_at: u64,
+    queued_instant: Instant,
+    state: Mutex<EntryState>,
+    changed: Condvar,
+}
+
+impl JobEntry {
+    fn lock(&self) -> MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self) -> JobState {
+        self.lock().state
+    }
+
+    pub fn files(&self) -> &Arc<LogFiles> {
+        &self.files
+    }
+
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    /// An archivator read counts only once `job_finished` is in the log.
+    pub fn mark_archived(&self) {
+        let mut s = self.lock();
+        if matches!(s.state, JobState::TearingDown(_) | JobState::Finished(_)) {
+            s.archived = true;
+            self.changed.notify_all();
+        }
+    }
+
+    pub fn info(&self) -> JobInfo {
+        let s = self.lock();
+        let (state, result) = match s.state {
+            JobState::Queued => ("queued", None),
+            JobState::Running => ("running", None),
+            JobState::TearingDown(r) | JobState::Finished(r) => ("finished", Some(r.as_str())),
+        };
+        JobInfo {
+            job_id: self.job_id.clone(),
+            state,
+            result,
+            queued_at: self.queued_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        }
+    }
+
+    fn set_state(&self, state: JobState) {
+        let mut s = self.lock();
+        s.state = state;
+        match state {
+            JobState::Running => s.started_at = Some(now_secs()),
+            JobState::TearingDown(_) => s.finished_at = Some(now_secs()),
+            _ => {}
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until the log was archived or `timeout` passed; true if archived.
+    fn wait_archived(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while !s.archived {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// What `POST /jobs` gets.
+#[derive(Debug)]
+pub enum Submit {
+    Accepted,
+    AlreadyKnown,
+    AnotherRunning,
+    AtCapacity,
+    Failed(Error),
+}
+
+#[derive(Default)]
+struct Table {
+    /// In order of acceptance; finished ones are evicted beyond KEEP_FINISHED.
+    jobs: Vec<Arc<JobEntry>>,
+    /// Queued, running or tearing down: what counts against capacity.
+    active: usize,
+}
+
+pub struct Runner {
+    cfg: RunnerConfig,
+    table: Mutex<Table>,
+    queue: Sender<Arc<JobEntry>>,
+}
+
+impl Runner {
+    /// Starts `cfg.jobs` runner threads.
+    pub fn start(cfg: RunnerConfig) -> (Arc<Runner>, Vec<JoinHandle<()>>) {
+        let capacity = cfg.jobs + cfg.queue_size;
+        let (tx, rx) = bounded(capacity.max(1));
+        let runner = Arc::new(Runner {
+            cfg,
+            table: Mutex::new(Table::default()),
+            queue: tx,
+        });
+        let threads = (0..runner.cfg.jobs.max(1))
+            .map(|i| {
+                let runner = Arc::clone(&runner);
+                let rx: Receiver<Arc<JobEntry>> = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("runner-{i}"))
+                    .spawn(move || {
+                        while let Ok(entry) = rx.recv() {
+                            runner.run_entry(&entry);
+                        }
+                    })
+                    .expect("cannot start a runner thread")
+            })
+            .collect();
+        (runner, threads)
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cfg.jobs
+    }
+
+    pub fn submit(&self, request: JobRequest) -> Submit {
+        let mut table = self.table();
+        if table.jobs.iter().any(|j| j.job_id == request.job_id) {
+            return Submit::AlreadyKnown;
+        }
+        let limit = self.cfg.jobs + self.cfg.queue_size;
+        if table.active >= limit {
+            return if limit <= 1 {
+                Submit::AnotherRunning
+            } else {
+                Submit::AtCapacity
+            };
+        }
+        let dir = match JobDir::create(&self.cfg.data_dir, &request.job_id) {
+            Ok(d) => d,
+            Err(e) => return Submit::Failed(e),
+        };
+        let log = match EventLog::create(&dir.root) {
+            Ok(l) => l,
+            Err(e) => {
+                return Submit::Failed(Error::io("cannot create the event log in", &dir.root, e))
+            }
+        };
+        let (stop, signal) = job::stop_pair();
+        let entry = Arc::new(JobEntry {
+            job_id: request.job_id.clone(),
+            request,
+            files: log.files(),
+            log: Mutex::new(Some(log)),
+            dir,
+            stop,
+            signal,
+            queued_at: now_secs(),
+            queued_instant: Instant::now(),
+            state: Mutex::new(EntryState {
+                state: JobState::Queued,
+                started_at: None,
+                finished_at: None,
+                archived: false,
+            }),
+            changed: Condvar::new(),
+        });
+        // Admission above guarantees room: the channel holds jobs + queue.
+        if self.queue.try_send(Arc::clone(&entry)).is_err() {
+            return Submit::AtCapacity;
+        }
+        table.active += 1;
+        table.jobs.push(entry);
+        log::info!(
+            "job {} accepted",
+            table.jobs.last().map(|j| j.job_id.as_str()).unwrap_or("")
+        );
+        self.evict(&mut table);
+        Submit::Accepted
+    }
+
+    pub fn find(&self, job_id: &str) -> Option<Arc<JobEntry>> {
+        self.table()
+            .jobs
+            .iter()
+            .rev()
+            .find(|j| j.job_id == job_id)
+            .cloned()
+    }
+
+    pub fn any_accepted(&self) -> bool {
+        !self.table().jobs.is_empty()
+    }
+
+    pub fn list(&self) -> Vec<JobInfo> {
+        self.table().jobs.iter().map(|j| j.info()).collect()
+    }
+
+    /// (running, queued) right now.
+    pub fn counts(&self) -> (usize, usize) {
+        let table = self.table();
+        let mut running = 0;
+        let mut queued = 0;
+        for j in &table.jobs {
+            match j.state() {
+                JobState::Queued => queued += 1,
+                JobState::Running => running += 1,
+                _ => {}
+            }
+        }
+        (running, queued)
+    }
+
+    /// Stops every queued or running job; returns how many were asked.
+    pub fn stop_all(&self) -> usize {
+        let table = self.table();
+        let mut n = 0;
+        for j in &table.jobs {
+            if matches!(j.state(), JobState::Queued | JobState::Running) {
+                j.stop();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn evict(&self, table: &mut Table) {
+        let finished = table
+            .jobs
+            .iter()
+            .filter(|j| matches!(j.state(), JobState::Finished(_)))
+            .count();
+        let mut excess = finished.saturating_sub(KEEP_FINISHED);
+        table.jobs.retain(|j| {
+            if excess > 0 && matches!(j.state(), JobState::Finished(_)) {
+                excess -= 1;
+                if let Err(e) = std::fs::remove_dir_all(&j.dir.root) {
+                    log::warn!("cannot remove {}: {e}", j.dir.root.display());
+                }
+                return false;
+            }
+            true
+        });
+    }
+
+    fn run_entry(&self, entry: &Arc<JobEntry>) {
+        let Some(mut log) = entry.log.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        entry.set_state(JobState::Running);
+        let waited = entry.queued_instant.elapsed();
+        if let Some(metrics) = &self.cfg.options.metrics {
+            metrics.job_started(waited);
+        }
+        log::info!(
+            "job {} started after {:?} in the queue",
+            entry.job_id,
+            waited
+        );
+        let started = Instant::now();
+        let result = job::run(
+            JobSpec {
+                request: &entry.request,
+                work_dir: &entry.dir.work,
+                home: &self.cfg.home,
+                mark: &entry.dir.mark,
+                stop: entry.signal.clone(),
+                grace: self.cfg.grace,
+                options: &self.cfg.options,
+            },
+            &mut log,
+        );
+        // `job_finished` is in the log: readers may now archive it.
+        entry.set_state(JobState::TearingDown(result));
+        log::info!("job {} finished: {}", entry.job_id, result.as_str());
+        if let Some(metrics) = &self.cfg.options.metrics {
+            metrics.job_finished(result, started.elapsed());
+        }
+        self.teardown(entry, result, log);
+    }
+
+    /// §7.2 as we amend it: the finished callback after `job_finished`, the
+    /// bounded archivator wait, the log closed, the teardown callback, and
+    /// the working files removed. Every step runs whatever failed before.
+    fn teardown(&self, entry: &Arc<JobEntry>, result: JobResult, log: EventLog) {
+        let cb = &entry.request.callbacks;
+        if let Err(e) = callbacks::send(
+            &cb.finished,
+            &cb.token,
+            &callbacks::finished_body(result.as_str()),
+            &self.cfg.callbacks,
+        ) {
+            log::error!("job {}: {e}", entry.job_id);
+        }
+        if !entry.wait_archived(self.cfg.archivator_timeout) {
+            log::warn!(
+                "job {}: no archivator read within {:?}; tearing down anyway",
+                entry.job_id,
+                self.cfg.archivator_timeout
+            );
+        }
+        drop(log);
+        crate::artifact::upload_job_log(&entry.request, entry.files());
+        if let Err(e) = callbacks::send(&cb.teardown_finished, &cb.token, "{}", &self.cfg.callbacks)
+        {
+            log::error!("job {}: {e}", entry.job_id);
+        }
+        entry.dir.remove_work();
+        entry.set_state(JobState::Finished(result));
+        let mut table = self.table();
+        table.active = table.active.saturating_sub(1);
+        log::info!("job {} torn down", entry.job_id);
+    }
+}

@@ -1,0 +1,170 @@
+//! The tiny_http side of the API: a fixed pool of worker threads that take
+//! requests from the server (behind the TLS front, front.rs), hand them to
+//! the plain handlers of api.rs, and write the replies. tiny_http types stay
+//! in this file. A panic in a handler becomes a 500, never a dead worker, and
+//! every request gets one access line in the agent log.
+
+use std::io::{self, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use crate::api::{self, App, Body, Reply};
+
+/// The header the front adds with the client's address.
+pub const PEER_HEADER: &str = "X-Agent-Peer";
+
+pub fn start_workers(
+    server: Arc<tiny_http::Server>,
+    app: Arc<App>,
+    workers: usize,
+) -> Vec<JoinHandle<()>> {
+    (0..workers)
+        .map(|i| {
+            let server = Arc::clone(&server);
+            let app = Arc::clone(&app);
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    while let Ok(request) = server.recv() {
+                        serve_one(&app, request);
+                    }
+                })
+                .expect("cannot start an HTTP worker thread")
+        })
+        .collect()
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+fn serve_one(app: &App, mut request: Request) {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let authorization = header(&request, "Authorization").map(str::to_string);
+    let client_name = header(&request, "X-Client-Name").map(str::to_string);
+    let peer = header(&request, PEER_HEADER).unwrap_or("-").to_string();
+    let user_agent = header(&request, "User-Agent").unwrap_or("-").to_string();
+
+    let reply = {
+        let body = request.as_reader();
+        catch_unwind(AssertUnwindSafe(|| {
+            api::handle(
+                app,
+                api::Req {
+                    method: &method,
+                    path,
+                    query,
+                    authorization: authorization.as_deref(),
+                    client_name: client_name.as_deref(),
+                    body,
+                },
+            )
+        }))
+    };
+    // Whatever the handler left unread is drained in small pieces here:
+    // tiny_http would otherwise allocate the whole declared length at once.
+    let _ = io::copy(&mut request.as_reader().take(u64::MAX), &mut io::sink());
+    let mut reply = match reply {
+        Ok(reply) => reply,
+        Err(_) => {
+            log::error!("the handler of {method} {path} panicked");
+            Reply {
+                status: 500,
+                content_type: Some("application/json"),
+                location: None,
+                body: Body::Bytes(br#"{"message":"internal error"}"#.to_vec()),
+                after: None,
+            }
+        }
+    };
+    let status = reply.status;
+    let after = reply.after.take();
+    let mut headers = Vec::new();
+    if let Some(ct) = reply.content_type {
+        headers.extend(Header::from_bytes("Content-Type", ct).ok());
+    }
+    if let Some(location) = &reply.location {
+        headers.extend(Header::from_bytes("Location", location.as_bytes()).ok());
+    }
+    let (reader, len): (Box<dyn Read + Send>, u64) = match reply.body {
+        Body::Bytes(bytes) => {
+            let len = bytes.len() as u64;
+            (Box::new(io::Cursor::new(bytes)), len)
+        }
+        Body::Stream(reader, len) => (reader, len),
+    };
+    let response = Response::new(
+        StatusCode(status),
+        headers,
+        reader,
+        Some(len as usize),
+        None,
+    );
+    let written = request.respond(response);
+    if written.is_ok() {
+        if let Some(after) = after {
+            after();
+        }
+    }
+    log::info!(
+        target: "access",
+        "{peer} - - [{}] \"{method} {url} HTTP/1.1\" {status} {len} \"-\" \"{user_agent}\" {:.1}ms",
+        http_date(SystemTime::now()),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// `27/Nov/2026:17:00:00 +0000`, the combined log format's date.
+fn http_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{day:02}/{}/{year}:{h:02}:{m:02}:{s:02} +0000",
+        MONTHS[(month - 1) as usize]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates_in_combined_format() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_799_847);
+        assert_eq!(http_date(t), "27/Nov/2026:17:17:27 +0000");
+        assert_eq!(
+            http_date(SystemTime::UNIX_EPOCH),
+            "01/Jan/1970:00:00:00 +0000"
+        );
+    }
+}
