@@ -14,6 +14,7 @@ use crate::compose::{self, FileOptions, Project};
 use crate::eventlog::now_secs;
 use crate::hostcmd::{run_lines, HostOutcome};
 use crate::job::{resolve_path, write_private, Started, Steps};
+use crate::jumppoint::{JumpPoint, Target};
 use crate::request::{decode_b64, parse_mode};
 use crate::shell::{shell_quote, Outcome, Session, SessionSpec};
 
@@ -36,7 +37,11 @@ impl Drop for ProjectGuard {
 }
 
 /// Prepare and start (§9.1, §9.2). On success the session runs in main.
-pub(crate) fn start(steps: &mut Steps<'_, '_>, guard: &mut Option<ProjectGuard>) -> Started {
+pub(crate) fn start(
+    steps: &mut Steps<'_, '_>,
+    guard: &mut Option<ProjectGuard>,
+    jump_point: &JumpPoint,
+) -> Started {
     let spec = steps.spec;
     let request = spec.request;
 
@@ -115,7 +120,13 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, guard: &mut Option<ProjectGuard>)
         project: project.clone(),
         grace: spec.grace,
     });
-    // The SSH jump point for compose jobs is set up here (§8).
+    // §9.1 step 5: the jump point waits for main, then opens bash in it.
+    let target = Target::Container {
+        name: project.container.clone(),
+    };
+    if let Err(e) = jump_point.write_script(&request.job_id, &target, &spec.work_dir.join("env")) {
+        log::error!("job {}: {e}", request.job_id);
+    }
 
     // §9.2 step 1.
     if !request.compose.image_pull_credentials.is_empty() {

@@ -20,6 +20,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::compose_job::{self, ProjectGuard};
 use crate::eventlog::{now_secs, Event, EventLog, JobResult};
+use crate::jumppoint::{self, JumpPoint, Target};
 use crate::metrics::Metrics;
 use crate::request::{decode_b64, is_shell_identifier, parse_mode, Command, JobRequest};
 use crate::shell::{shell_quote, shell_quote_bytes, Outcome, Session, SessionSpec};
@@ -29,6 +30,10 @@ pub const STEP_INJECT_FILES: &str = "Injecting Files";
 pub const STEP_CHECK_RESULT: &str = "Checking job result";
 pub const STEP_START_SESSION: &str = "Starting the shell session";
 pub const STEP_PRE_JOB_HOOK: &str = "Running the pre-job hook configured in the agent";
+pub const STEP_JUMP_POINT: &str = "Setting up the SSH jump point";
+
+/// Where the jump point scripts go; the `sem` CLI relies on this path.
+const JUMP_POINT_DIR: &str = "/tmp";
 
 /// What the agent's configuration adds to every job.
 #[derive(Default, Clone)]
@@ -114,13 +119,31 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
         return JobResult::Stopped;
     }
     let compose = spec.request.executor == "dockercompose";
+    // Prepare (§5.2 step 2): the jump point's keys and profile line.
+    let env_file = spec.work_dir.join("env");
+    let jump_point = jumppoint::decode_keys(&spec.request.ssh_public_keys).and_then(|keys| {
+        JumpPoint::install(
+            spec.home,
+            Path::new(JUMP_POINT_DIR),
+            &spec.request.job_id,
+            keys,
+            (!compose).then_some(env_file.as_path()),
+        )
+    });
+    let jump_point = match jump_point {
+        Ok(jp) => jp,
+        Err(e) => {
+            steps.synthetic(STEP_JUMP_POINT, now_secs(), &[&format!("{e}\n")], 1);
+            return JobResult::Failed;
+        }
+    };
     // Declared before the session, so the session (and its processes) goes
     // first and `compose down` runs after it, on every way out.
     let mut _project: Option<ProjectGuard> = None;
     let started = if compose {
-        compose_job::start(&mut steps, &mut _project)
+        compose_job::start(&mut steps, &mut _project, &jump_point)
     } else {
-        start_shell(&mut steps)
+        start_shell(&mut steps, &jump_point)
     };
     let mut session = match started {
         Started::Ready(s) => s,
@@ -208,7 +231,7 @@ pub(crate) enum Started {
     Stopped,
 }
 
-fn start_shell(steps: &mut Steps<'_, '_>) -> Started {
+fn start_shell(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
     let spec = steps.spec;
     let started_at = now_secs();
     let session = Session::start(SessionSpec {
@@ -221,7 +244,17 @@ fn start_shell(steps: &mut Steps<'_, '_>) -> Started {
         strip_exit_status_line: false,
     });
     match session {
-        Ok(Some(s)) => Started::Ready(s),
+        Ok(Some(s)) => {
+            let target = Target::Shell {
+                session_pid: s.pid(),
+            };
+            if let Err(e) =
+                jump_point.write_script(&spec.request.job_id, &target, &spec.work_dir.join("env"))
+            {
+                log::error!("job {}: {e}", spec.request.job_id);
+            }
+            Started::Ready(s)
+        }
         Ok(None) => Started::Stopped,
         Err(e) => {
             steps.synthetic(STEP_START_SESSION, started_at, &[&format!("{e}\n")], 1);
@@ -322,6 +355,12 @@ impl Steps<'_, '_> {
             Outcome::Finished(status) | Outcome::SessionEnded(status) => status,
             Outcome::SessionGone | Outcome::Stopped => 1,
         };
+        if status == 0 && self.spec.request.executor == "dockercompose" {
+            // Login shells in main (the jump point) see the job's env vars.
+            let env = shell_quote(&env_file.to_string_lossy());
+            let line = shell_quote(&format!("[ -r {env} ] && . {env}"));
+            session.run_silent(&format!("printf '%s\\n' {line} >> ~/.bash_profile"));
+        }
         self.finished(STEP_EXPORT_ENV, status, started_at);
         status == 0
     }

@@ -15,6 +15,7 @@ mod eventlog;
 mod front;
 mod hostcmd;
 mod job;
+mod jumppoint;
 mod logging;
 mod metrics;
 mod output;

@@ -134,7 +134,15 @@ impl Session {
                 loop {
                     match reader.read(&mut buf) {
                         Ok(0) => break,
-                        Ok(n) => {
+                        Ok(mut n) => {
+                            // Take what else is already waiting, without
+                            // blocking: one message per burst, not per write.
+                            while n < buf.len() / 2 && readable_now(&reader) {
+                                match reader.read(&mut buf[n..]) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(m) => n += m,
+                                }
+                            }
                             if out_tx.send(Msg::Output(buf[..n].to_vec())).is_err() {
                                 break;
                             }
@@ -222,8 +230,9 @@ impl Session {
         }
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.exit_status.is_none()
+    /// The pid of the session's process (bash, or the compose client).
+    pub fn pid(&self) -> i32 {
+        self.procs.session
     }
 
     /// Runs one command in the session; output chunks go to `sink` as they
@@ -493,6 +502,18 @@ fn tail_prefix<'a>(data: &'a [u8], marker: &[u8]) -> &'a [u8] {
         }
     }
     &[]
+}
+
+/// Whether a read from `file` would return data at once.
+fn readable_now(file: &File) -> bool {
+    let mut fds = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n == 1 && fds.revents & libc::POLLIN != 0
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -1,0 +1,413 @@
+//! SSH jump points into running jobs (PROTOCOL §8, §12 items 8 and 9):
+//! the job's public keys in the agent user's `~/.ssh/authorized_keys`,
+//! `/tmp/ssh_jump_point` and `/tmp/ssh_jump_point-<job_id>`, and one managed
+//! block in `~/.bash_profile` that makes login shells see the env vars of the
+//! running jobs. Everything a job added is taken away again when its guard
+//! drops; lines others wrote are left alone.
+//!
+//! Files are replaced atomically (a temporary file renamed over the old
+//! one), so a concurrent reader never sees half a file, and every change
+//! goes through one lock, so two jobs never lose each other's lines.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::request::decode_b64;
+use crate::shell::{random_hex, shell_quote};
+
+/// Serializes edits of the shared files between jobs.
+static EDIT_LOCK: Mutex<()> = Mutex::new(());
+
+const BLOCK_BEGIN: &str =
+    "# >>> agent: env vars of running jobs (managed; removed when they end) >>>";
+const BLOCK_END: &str = "# <<< agent <<<";
+
+/// Where the jump point leads.
+pub enum Target {
+    /// The host: the session's bash (its cwd is followed live).
+    Shell { session_pid: i32 },
+    /// The main container of a compose job.
+    Container { name: String },
+}
+
+pub struct JumpPoint {
+    home: PathBuf,
+    added_keys: Vec<String>,
+    profile_line: Option<String>,
+    script: PathBuf,
+    tmp_dir: PathBuf,
+}
+
+/// Decodes the request's keys; the error names the undecodable one.
+pub fn decode_keys(keys: &[String]) -> Result<Vec<String>, String> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let bytes = decode_b64(k).map_err(|_| {
+                format!(
+                    "SSH public key #{} is not valid base64; the jump point cannot be set up",
+                    i + 1
+                )
+            })?;
+            let line = String::from_utf8(bytes).map_err(|_| {
+                format!(
+                    "SSH public key #{} is not text; the jump point cannot be set up",
+                    i + 1
+                )
+            })?;
+            let line = line.trim().to_string();
+            if line.is_empty() || line.contains('\n') {
+                return Err(format!(
+                    "SSH public key #{} must be one authorized_keys line",
+                    i + 1
+                ));
+            }
+            Ok(line)
+        })
+        .collect()
+}
+
+/// The jump point script (§8): env vars, then a login shell or the given
+/// command, on the host in the job's current directory or inside main.
+pub fn script(job_id: &str, target: &Target, env_file: &Path) -> String {
+    let env = shell_quote(&env_file.to_string_lossy());
+    match target {
+        Target::Shell { session_pid } => format!(
+            "#!/usr/bin/env bash\n\
+             # SSH jump point into job {job}\n\
+             [ -r {env} ] && . {env}\n\
+             cd \"$(readlink /proc/{session_pid}/cwd 2>/dev/null || echo ~)\" 2>/dev/null || cd ~\n\
+             if [ $# -eq 0 ]; then exec bash --login; else exec \"$@\"; fi\n",
+            job = job_id.replace('\n', " "),
+        ),
+        Target::Container { name } => {
+            let name = shell_quote(name);
+            format!(
+                "#!/usr/bin/env bash\n\
+                 # SSH jump point into job {job}\n\
+                 cd /tmp\n\
+                 echo 'Waiting for the container to start up'\n\
+                 tries=0\n\
+                 until docker exec -i {name} true >/dev/null 2>&1; do\n\
+                 \ttries=$((tries + 1))\n\
+                 \tif [ $tries -ge 200 ]; then echo; echo 'The container did not start.'; exit 1; fi\n\
+                 \tprintf .; sleep 3\n\
+                 done\n\
+                 echo\n\
+                 if [ $# -eq 0 ]; then\n\
+                 \tif [ -t 0 ]; then exec docker exec -ti {name} bash --login; fi\n\
+                 \texec docker exec -i {name} bash --login\n\
+                 fi\n\
+                 exec docker exec -i {name} bash -c '[ -r \"$0\" ] && . \"$0\"; exec \"$@\"' {env} \"$@\"\n",
+                job = job_id.replace('\n', " "),
+            )
+        }
+    }
+}
+
+/// The jump point files' names: `/tmp/ssh_jump_point` and one per job.
+pub fn script_paths(tmp: &Path, job_id: &str) -> (PathBuf, PathBuf) {
+    let safe: String = job_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    (
+        tmp.join("ssh_jump_point"),
+        tmp.join(format!("ssh_jump_point-{safe}")),
+    )
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        random_hex(6)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn read_or_empty(path: &Path) -> std::io::Result<String> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds `line` inside the managed block of a profile's text.
+fn profile_with_line(text: &str, line: &str) -> String {
+    let (mut before, mut lines, after) = split_block(text);
+    if lines.is_empty() && before.is_empty() && after.is_empty() {
+        // A profile made by us: keep ~/.profile working, which bash reads
+        // only when there is no ~/.bash_profile.
+        lines.push("[ -f ~/.profile ] && . ~/.profile".to_string());
+    }
+    lines.push(line.to_string());
+    if !before.is_empty() && !before.ends_with('\n') {
+        before.push('\n');
+    }
+    format!(
+        "{before}{BLOCK_BEGIN}\n{}\n{BLOCK_END}\n{after}",
+        lines.join("\n")
+    )
+}
+
+/// Removes `line` from the managed block; the block goes when it holds
+/// nothing of a job any more.
+fn profile_without_line(text: &str, line: &str) -> String {
+    let (before, mut lines, after) = split_block(text);
+    if let Some(i) = lines.iter().position(|l| l == line) {
+        lines.remove(i);
+    }
+    let only_profile = lines
+        .iter()
+        .all(|l| l == "[ -f ~/.profile ] && . ~/.profile");
+    if lines.is_empty() || only_profile {
+        return format!("{before}{after}");
+    }
+    format!(
+        "{before}{BLOCK_BEGIN}\n{}\n{BLOCK_END}\n{after}",
+        lines.join("\n")
+    )
+}
+
+/// (text before the block, the block's lines, text after it).
+fn split_block(text: &str) -> (String, Vec<String>, String) {
+    let Some(start) = text.find(BLOCK_BEGIN) else {
+        return (text.to_string(), Vec::new(), String::new());
+    };
+    let rest = &text[start + BLOCK_BEGIN.len()..];
+    let Some(end) = rest.find(BLOCK_END) else {
+        return (text.to_string(), Vec::new(), String::new());
+    };
+    let lines = rest[..end]
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let after = rest[end + BLOCK_END.len()..]
+        .strip_prefix('\n')
+        .unwrap_or(&rest[end + BLOCK_END.len()..]);
+    (text[..start].to_string(), lines, after.to_string())
+}
+
+impl JumpPoint {
+    /// Installs the keys and the profile line. The script follows with
+    /// `write_script` once the target is known.
+    /// `env_file` is None for compose jobs: their env vars belong inside
+    /// the container, not in the host's login shells.
+    pub fn install(
+        home: &Path,
+        tmp_dir: &Path,
+        job_id: &str,
+        keys: Vec<String>,
+        env_file: Option<&Path>,
+    ) -> Result<JumpPoint, String> {
+        let _guard = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jp = JumpPoint {
+            home: home.to_path_buf(),
+            added_keys: Vec::new(),
+            profile_line: None,
+            script: script_paths(tmp_dir, job_id).1,
+            tmp_dir: tmp_dir.to_path_buf(),
+        };
+        if !keys.is_empty() {
+            let ssh = home.join(".ssh");
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&ssh)
+                .and_then(|_| fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)))
+                .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
+            let path = ssh.join("authorized_keys");
+            let mut text =
+                read_or_empty(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            for key in &keys {
+                text.push_str(key);
+                text.push('\n');
+            }
+            replace_file(&path, text.as_bytes(), 0o600)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            jp.added_keys = keys;
+        }
+        let Some(env_file) = env_file else {
+            return Ok(jp);
+        };
+        let line = format!(
+            "[ -r {env} ] && . {env}",
+            env = shell_quote(&env_file.to_string_lossy())
+        );
+        let profile = home.join(".bash_profile");
+        let text = read_or_empty(&profile)
+            .map_err(|e| format!("cannot read {}: {e}", profile.display()))?;
+        replace_file(&profile, profile_with_line(&text, &line).as_bytes(), 0o644)
+            .map_err(|e| format!("cannot write {}: {e}", profile.display()))?;
+        jp.profile_line = Some(line);
+        Ok(jp)
+    }
+
+    /// Writes `/tmp/ssh_jump_point-<job_id>` and `/tmp/ssh_jump_point`.
+    pub fn write_script(
+        &self,
+        job_id: &str,
+        target: &Target,
+        env_file: &Path,
+    ) -> Result<(), String> {
+        let text = script(job_id, target, env_file);
+        let (latest, own) = script_paths(&self.tmp_dir, job_id);
+        for path in [&own, &latest] {
+            replace_file(path, text.as_bytes(), 0o755)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self) {
+        let _guard = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.added_keys.is_empty() {
+            let path = self.home.join(".ssh/authorized_keys");
+            if let Ok(text) = read_or_empty(&path) {
+                let mut lines: Vec<&str> = text.lines().collect();
+                // One occurrence per key this job added: another job may
+                // have added the same key and still need it.
+                for key in &self.added_keys {
+                    if let Some(i) = lines.iter().rposition(|l| l == key) {
+                        lines.remove(i);
+                    }
+                }
+                let mut out = lines.join("\n");
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                if let Err(e) = replace_file(&path, out.as_bytes(), 0o600) {
+                    log::error!("cannot remove keys from {}: {e}", path.display());
+                }
+            }
+            self.added_keys.clear();
+        }
+        if let Some(line) = self.profile_line.take() {
+            let profile = self.home.join(".bash_profile");
+            if let Ok(text) = read_or_empty(&profile) {
+                let out = profile_without_line(&text, &line);
+                let result = if out.is_empty() {
+                    fs::remove_file(&profile)
+                } else {
+                    replace_file(&profile, out.as_bytes(), 0o644)
+                };
+                if let Err(e) = result {
+                    log::error!("cannot restore {}: {e}", profile.display());
+                }
+            }
+        }
+        // The shared /tmp/ssh_jump_point goes only if it is still ours.
+        let latest = self.tmp_dir.join("ssh_jump_point");
+        if let (Ok(a), Ok(b)) = (fs::read(&latest), fs::read(&self.script)) {
+            if a == b {
+                let _ = fs::remove_file(&latest);
+            }
+        }
+        let _ = fs::remove_file(&self.script);
+    }
+}
+
+impl Drop for JumpPoint {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_block_round_trips() {
+        let original = "export PATH=$PATH:/opt/bin\n";
+        let a = profile_with_line(original, "[ -r /a ] && . /a");
+        let ab = profile_with_line(&a, "[ -r /b ] && . /b");
+        assert!(ab.starts_with(original));
+        assert_eq!(ab.matches(BLOCK_BEGIN).count(), 1);
+        let b = profile_without_line(&ab, "[ -r /a ] && . /a");
+        assert!(b.contains("/b") && !b.contains("/a ]"));
+        assert_eq!(profile_without_line(&b, "[ -r /b ] && . /b"), original);
+        // A profile the agent created goes away entirely.
+        let made = profile_with_line("", "[ -r /a ] && . /a");
+        assert!(made.contains(". ~/.profile"));
+        assert_eq!(profile_without_line(&made, "[ -r /a ] && . /a"), "");
+    }
+
+    #[test]
+    fn keys_are_decoded_or_named() {
+        use base64::Engine;
+        let good = base64::engine::general_purpose::STANDARD.encode("ssh-ed25519 AAAA test\n");
+        assert_eq!(decode_keys(&[good]).unwrap(), ["ssh-ed25519 AAAA test"]);
+        let err = decode_keys(&["!!".into()]).unwrap_err();
+        assert!(err.contains("#1"), "{err}");
+    }
+
+    #[test]
+    fn install_and_remove_leave_other_lines() {
+        let home = std::env::temp_dir().join(format!("agent-jp-{}", std::process::id()));
+        let tmp = home.join("tmp");
+        fs::create_dir_all(home.join(".ssh")).unwrap();
+        fs::create_dir_all(&tmp).unwrap();
+        fs::write(home.join(".ssh/authorized_keys"), "ssh-rsa OTHER\n").unwrap();
+        let env = home.join("env");
+        let jp = JumpPoint::install(
+            &home,
+            &tmp,
+            "job/1",
+            vec!["ssh-ed25519 MINE".into()],
+            Some(&env),
+        )
+        .unwrap();
+        jp.write_script("job/1", &Target::Shell { session_pid: 1 }, &env)
+            .unwrap();
+        let keys = fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap();
+        assert_eq!(keys, "ssh-rsa OTHER\nssh-ed25519 MINE\n");
+        let mode = fs::metadata(home.join(".ssh/authorized_keys"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(tmp.join("ssh_jump_point-job_1").exists());
+        assert!(tmp.join("ssh_jump_point").exists());
+        drop(jp);
+        assert_eq!(
+            fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
+            "ssh-rsa OTHER\n"
+        );
+        assert!(!home.join(".bash_profile").exists());
+        assert!(!tmp.join("ssh_jump_point-job_1").exists());
+        assert!(!tmp.join("ssh_jump_point").exists());
+        fs::remove_dir_all(home).unwrap();
+    }
+}
