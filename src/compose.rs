@@ -624,7 +624,7 @@ mod tests {
         assert!(ecr.script.contains("aws sts get-caller-identity"));
         assert!(ecr
             .script
-            .contains("aws ecr get-login --no-include-email --region \"$AWS_REGION\";"));
+            .contains("$(aws ecr get-login --no-include-email --region \"$AWS_REGION\")"));
         let ecr = login_for(&creds(&[
             ("DOCKER_CREDENTIAL_TYPE", "AWS_ECR"),
             ("AWS_ACCOUNT_ID", "123"),

@@ -149,27 +149,38 @@ pub enum FrontError {
     SelfSigned { source: rcgen::Error },
 }
 
+// As in error.rs, the message carries its cause, so `{e}` alone explains it.
 impl fmt::Display for FrontError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrontError::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
-            FrontError::SocketDir { path, .. } => {
-                write!(f, "cannot prepare socket directory {}", path.display())
-            }
+            FrontError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            FrontError::SocketDir { path, source } => write!(
+                f,
+                "cannot prepare socket directory {}: {source}",
+                path.display()
+            ),
             FrontError::InsecureSocketDir { path, reason } => {
                 write!(f, "socket directory {} is unsafe: {reason}", path.display())
             }
-            FrontError::UnixBind { path, .. } => {
-                write!(f, "cannot bind Unix socket {}", path.display())
+            FrontError::UnixBind { path, source } => {
+                write!(f, "cannot bind Unix socket {}: {source}", path.display())
             }
-            FrontError::Upstream { .. } => write!(f, "cannot start the HTTP server"),
-            FrontError::Spawn { what, .. } => write!(f, "cannot start the {what} thread"),
-            FrontError::CertificatePem { .. } => write!(f, "cannot parse the certificate PEM"),
+            FrontError::Upstream { source } => write!(f, "cannot start the HTTP server: {source}"),
+            FrontError::Spawn { what, source } => {
+                write!(f, "cannot start the {what} thread: {source}")
+            }
+            FrontError::CertificatePem { source } => {
+                write!(f, "cannot parse the certificate PEM: {source}")
+            }
             FrontError::NoCertificate => write!(f, "the certificate PEM holds no certificate"),
-            FrontError::KeyPem { .. } => write!(f, "cannot find a private key in the key PEM"),
-            FrontError::Tls { .. } => write!(f, "the certificate and key are not usable"),
-            FrontError::SelfSigned { .. } => {
-                write!(f, "cannot generate a self-signed certificate")
+            FrontError::KeyPem { source } => {
+                write!(f, "cannot find a private key in the key PEM: {source}")
+            }
+            FrontError::Tls { source } => {
+                write!(f, "the certificate and key are not usable: {source}")
+            }
+            FrontError::SelfSigned { source } => {
+                write!(f, "cannot generate a self-signed certificate: {source}")
             }
         }
     }
@@ -336,7 +347,7 @@ impl Front {
             .map_err(|source| FrontError::Upstream { source })?;
 
         let (stop_tx, stop_rx) = UnixStream::pair().map_err(|source| FrontError::Spawn {
-            what: "front stop signal",
+            what: "front accept",
             source,
         })?;
         let shared = Arc::new(Shared {

@@ -180,11 +180,15 @@ impl Session {
             strip_exit_status_line: spec.strip_exit_status_line,
         };
         // The terminal echoes nothing, prompts are empty, history is not
-        // written, and the job starts in HOME. Everything printed before the
-        // readiness marker (profile output, motd) is discarded.
+        // written, and the job starts in HOME. Job control is off: bash then
+        // prints no "Done" notices for background jobs, and a command killed
+        // by SIGINT does not make it drop the rest of the instruction line.
+        // Should a line be dropped anyway, the prompt command still reports
+        // the status (a second end marker, after the first, is ignored).
+        // Everything printed before the readiness marker is discarded.
         let init = format!(
-            "stty -echo 2>/dev/null; PS1=; PS2=; PROMPT_COMMAND=; unset HISTFILE; cd ~; printf '\\001{}R\\001'\n",
-            session.nonce
+            "stty -echo 2>/dev/null; set +m; PS1=; PS2=; PROMPT_COMMAND='printf \"\\001{n}E%d\\001\" $?'; unset HISTFILE; cd ~; printf '\\001{n}R\\001'\n",
+            n = session.nonce
         );
         session.write_instruction(init.as_bytes())?;
         let ready = format!("\x01{}R\x01", session.nonce).into_bytes();

@@ -1,1 +1,6 @@
+//! The one integration test binary of the agent (`autotests = false`): every
+//! test module is listed here and shares `support`, which runs the real
+//! `agent` binary and checks what every run must satisfy.
 
+mod run;
+mod support;
