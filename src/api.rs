@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::auth::Authenticator;
 use crate::request::JobRequest;
-use crate::runner::{JobState, Runner, Submit};
+use crate::runner::{Runner, Submit};
 
 /// What the handlers need; built once by `serve`.
 pub struct App {
@@ -235,10 +235,7 @@ fn job_log(app: &App, job_id: &str, query: &str, client_name: Option<&str>) -> R
         .unwrap_or(0);
     // Decided before reading: only a read that can contain `job_finished`
     // releases the teardown wait.
-    let finished = matches!(
-        entry.state(),
-        JobState::TearingDown(_) | JobState::Finished(_)
-    );
+    let finished = entry.log_finished();
     let mut r = match entry.files().read_from(start_from) {
         Ok(reader) => {
             let len = reader.limit();

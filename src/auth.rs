@@ -121,7 +121,7 @@ fn describe(e: &jwt_simple::Error) -> String {
         "token is expired".into()
     } else if lower.contains("not valid yet") || lower.contains("future") {
         "token is not valid yet".into()
-    } else if lower.contains("verification") || lower.contains("signature") {
+    } else if lower.contains("verif") || lower.contains("signature") || lower.contains("tag") {
         "signature is invalid".into()
     } else {
         format!("invalid token: {text}")

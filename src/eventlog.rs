@@ -73,6 +73,8 @@ pub fn now_secs() -> u64 {
 pub struct Progress {
     pub events: u64,
     pub bytes: u64,
+    /// `job_finished` is in the log.
+    pub finished: bool,
 }
 
 /// What readers share with the writer.
@@ -173,6 +175,7 @@ impl EventLog {
         }
         self.progress.bytes += self.line.len() as u64;
         self.progress.events += 1;
+        self.progress.finished |= matches!(event, Event::JobFinished { .. });
         *self
             .files
             .progress
@@ -181,10 +184,6 @@ impl EventLog {
         if let Some(observer) = self.observer.as_mut() {
             observer(event, &self.line[..self.line.len() - 1]);
         }
-    }
-
-    pub fn progress(&self) -> Progress {
-        self.progress
     }
 }
 

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -51,27 +51,27 @@ pub struct AgentOptions {
 #[derive(Clone)]
 pub struct StopHandle {
     requested: Arc<AtomicBool>,
+    /// Why, when the agent itself stopped the job (the time limit).
+    reason: Arc<Mutex<Option<String>>>,
     tx: Sender<()>,
 }
 
 /// The job's side of a `StopHandle`.
 #[derive(Clone)]
 pub struct StopSignal {
-    requested: Arc<AtomicBool>,
+    handle: StopHandle,
     pub(crate) rx: Receiver<()>,
 }
 
 pub fn stop_pair() -> (StopHandle, StopSignal) {
-    let requested = Arc::new(AtomicBool::new(false));
     // One slot: further stops coalesce with the first.
     let (tx, rx) = bounded(1);
-    (
-        StopHandle {
-            requested: Arc::clone(&requested),
-            tx,
-        },
-        StopSignal { requested, rx },
-    )
+    let handle = StopHandle {
+        requested: Arc::new(AtomicBool::new(false)),
+        reason: Arc::default(),
+        tx,
+    };
+    (handle.clone(), StopSignal { handle, rx })
 }
 
 impl StopHandle {
@@ -79,11 +79,25 @@ impl StopHandle {
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.tx.try_send(());
     }
+
+    /// A stop with a line for the log of the command it interrupts.
+    pub fn stop_because(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.stop();
+    }
 }
 
 impl StopSignal {
     pub fn is_requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
+        self.handle.requested.load(Ordering::SeqCst)
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.handle
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -105,7 +119,25 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
     log.write(&Event::JobStarted {
         timestamp: now_secs(),
     });
+    // §13.3: past the time limit the job is stopped like by the API.
+    let (limit_done, limit_rx) = bounded::<()>(0);
+    let timer = spec.request.execution_time_limit_seconds.map(|secs| {
+        let handle = spec.stop.handle.clone();
+        std::thread::spawn(move || {
+            if limit_rx.recv_timeout(Duration::from_secs(secs))
+                == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+            {
+                handle.stop_because(format!(
+                    "The job exceeded its execution time limit of {secs} seconds and was stopped.\n"
+                ));
+            }
+        })
+    });
     let result = run_steps(&spec, log);
+    drop(limit_done);
+    if let Some(timer) = timer {
+        let _ = timer.join();
+    }
     log.write(&Event::JobFinished {
         timestamp: now_secs(),
         result: result.as_str(),
@@ -332,7 +364,7 @@ impl Steps<'_, '_> {
         };
         let env_file = self.spec.work_dir.join("env");
         let mut contents = Vec::new();
-        for (name, value) in &vars {
+        for (name, (value, _)) in &vars {
             contents.extend_from_slice(format!("export {name}=").as_bytes());
             shell_quote_bytes(value, &mut contents);
             contents.push(b'\n');
@@ -345,9 +377,18 @@ impl Steps<'_, '_> {
             self.finished(STEP_EXPORT_ENV, 1, started_at);
             return false;
         }
-        for name in vars.keys() {
+        let mut secrets = Vec::new();
+        for (name, (value, secret)) in &vars {
             self.output(&format!("Exporting {name}\n"));
+            if *secret && value.len() < MIN_SECRET_LEN {
+                self.output(&format!(
+                    "The value of {name} is shorter than {MIN_SECRET_LEN} bytes and is not masked in the log\n"
+                ));
+            } else if *secret {
+                secrets.push(value.clone());
+            }
         }
+        session.set_secrets(secrets);
         let status = match session.run_silent(&format!(
             "source {}",
             shell_quote(&env_file.to_string_lossy())
@@ -438,7 +479,12 @@ impl Steps<'_, '_> {
             Outcome::Finished(s) | Outcome::SessionEnded(s) => (s, Step::Done(s)),
             Outcome::SessionGone => (1, Step::Done(1)),
             // §5.4: the command a stop ended reports 1, whatever killed it.
-            Outcome::Stopped => (1, Step::Stopped),
+            Outcome::Stopped => {
+                if let Some(reason) = self.spec.stop.reason() {
+                    self.output(&reason);
+                }
+                (1, Step::Stopped)
+            }
         };
         self.finished(directive, status, started_at);
         step
@@ -496,8 +542,14 @@ impl Steps<'_, '_> {
     }
 }
 
-/// Decodes, checks, de-duplicates (last wins) and sorts env vars by name.
-fn decode_env(vars: &[crate::request::EnvVar]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+/// Shorter secret values are not masked: they would match too much.
+const MIN_SECRET_LEN: usize = 4;
+
+/// Decodes, checks, de-duplicates (last wins) and sorts env vars by name;
+/// each value comes with its `secret` flag.
+fn decode_env(
+    vars: &[crate::request::EnvVar],
+) -> Result<BTreeMap<String, (Vec<u8>, bool)>, String> {
     let mut out = BTreeMap::new();
     for var in vars {
         if !is_shell_identifier(&var.name) {
@@ -512,7 +564,7 @@ fn decode_env(vars: &[crate::request::EnvVar]) -> Result<BTreeMap<String, Vec<u8
                 var.name
             )
         })?;
-        out.insert(var.name.clone(), value);
+        out.insert(var.name.clone(), (value, var.secret));
     }
     Ok(out)
 }
@@ -601,7 +653,7 @@ mod tests {
         let vars = decode_env(&[var("B", b"1"), var("A", b"2"), var("B", b"3")]).unwrap();
         let names: Vec<_> = vars.keys().cloned().collect();
         assert_eq!(names, ["A", "B"]);
-        assert_eq!(vars["B"], b"3");
+        assert_eq!(vars["B"].0, b"3");
     }
 
     #[test]
@@ -624,7 +676,7 @@ mod tests {
         let value = b"it's \"$HOME\" `id` \\n\nline2 $(x) !x";
         let vars = decode_env(&[var("V", value)]).unwrap();
         let mut contents = Vec::new();
-        for (name, value) in &vars {
+        for (name, (value, _)) in &vars {
             contents.extend_from_slice(format!("export {name}=").as_bytes());
             shell_quote_bytes(value, &mut contents);
             contents.push(b'\n');

@@ -5,20 +5,37 @@
 //! be completed, nor between the `\r` and `\n` of a pair; `\r\n` becomes `\n`;
 //! every byte that is not valid UTF-8 becomes one U+FFFD. When to flush (the
 //! 100 ms latency bound) is decided by the caller, which owns the clock.
+//! Secret values are masked here too, before any byte leaves the buffer.
+
+use std::sync::Arc;
 
 /// The largest chunk emitted while a command runs. Larger chunks mean fewer
 /// events and less JSON overhead under sustained output.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
+/// What a secret value becomes in the log (PROTOCOL §13.3).
+pub const MASK: &[u8] = b"[MASKED]";
+
 #[derive(Debug, Default)]
 pub struct Chunker {
     buf: Vec<u8>,
+    /// Values to mask, longest first.
+    secrets: Arc<Vec<Vec<u8>>>,
 }
 
 impl Chunker {
+    #[cfg(test)]
     pub fn new() -> Chunker {
+        Chunker::with_secrets(Arc::default())
+    }
+
+    /// A chunker that replaces each of `secrets` with `[MASKED]`, also when a
+    /// value arrives split across reads: a tail that may be the start of a
+    /// secret is held back like an unfinished character.
+    pub fn with_secrets(secrets: Arc<Vec<Vec<u8>>>) -> Chunker {
         Chunker {
             buf: Vec::with_capacity(4096),
+            secrets,
         }
     }
 
@@ -56,7 +73,7 @@ impl Chunker {
         if self.buf.len() < MAX_CHUNK {
             return None;
         }
-        let mut cut = safe_cut(&self.buf[..MAX_CHUNK]);
+        let mut cut = self.hold_secret_prefix(safe_cut(&self.buf[..MAX_CHUNK]));
         if cut == 0 {
             // Cannot happen with a 64 KiB window (a held-back tail is at most
             // 4 bytes), but never loop without progress.
@@ -68,7 +85,31 @@ impl Chunker {
     /// Everything that can be emitted without splitting a character or a
     /// `\r\n` pair; the held-back tail (at most 4 bytes) stays buffered.
     pub fn take_settled(&mut self) -> Option<String> {
-        let cut = safe_cut(&self.buf);
+        let cut = self.hold_secret_prefix(safe_cut(&self.buf));
+        (cut > 0).then(|| self.take(cut))
+    }
+
+    /// Moves `cut` back before a tail of `buf[..cut]` that may be the start
+    /// of a secret.
+    fn hold_secret_prefix(&self, cut: usize) -> usize {
+        let mut held = 0;
+        for secret in self.secrets.iter() {
+            let max = (secret.len() - 1).min(cut);
+            for n in (held + 1..=max).rev() {
+                if self.buf[cut - n..cut] == secret[..n] {
+                    held = n;
+                    break;
+                }
+            }
+        }
+        cut - held
+    }
+
+    /// Everything that waited long enough, an unfinished character
+    /// included, except a tail that may be the start of a secret: masking
+    /// wins over the latency bound.
+    pub fn take_forced(&mut self) -> Option<String> {
+        let cut = self.hold_secret_prefix(self.buf.len());
         (cut > 0).then(|| self.take(cut))
     }
 
@@ -79,10 +120,32 @@ impl Chunker {
     }
 
     fn take(&mut self, n: usize) -> String {
-        let s = render(&self.buf[..n]);
+        let s = if self.secrets.is_empty() {
+            render(&self.buf[..n])
+        } else {
+            render(&mask(&self.buf[..n], &self.secrets))
+        };
         self.buf.drain(..n);
         s
     }
+}
+
+/// Replaces every occurrence of a secret (longest first) with `[MASKED]`.
+pub fn mask(bytes: &[u8], secrets: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    'outer: while i < bytes.len() {
+        for secret in secrets {
+            if bytes[i..].starts_with(secret) {
+                out.extend_from_slice(MASK);
+                i += secret.len();
+                continue 'outer;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 /// The length of the longest prefix of `bytes` that ends neither inside a
@@ -223,6 +286,35 @@ mod tests {
             }
             assert_eq!(out, "héllo wörld €😀\nnext\n", "split at {split}");
         }
+    }
+
+    #[test]
+    fn secrets_are_masked_across_any_split() {
+        let secrets = Arc::new(vec![b"hunter22".to_vec(), b"s3cr".to_vec()]);
+        let text = b"pw=hunter22 and s3cr, hunter2 stays\n";
+        for split in 0..text.len() {
+            let mut c = Chunker::with_secrets(Arc::clone(&secrets));
+            let mut out = String::new();
+            c.push(&text[..split]);
+            if let Some(s) = c.take_settled() {
+                out.push_str(&s);
+            }
+            c.push(&text[split..]);
+            if let Some(s) = c.take_all() {
+                out.push_str(&s);
+            }
+            assert_eq!(
+                out, "pw=[MASKED] and [MASKED], hunter2 stays\n",
+                "split at {split}"
+            );
+        }
+        // A pause in the middle of a secret does not let its start out.
+        let mut c = Chunker::with_secrets(secrets);
+        c.push(b"x hunt");
+        assert_eq!(c.take_forced().unwrap(), "x ");
+        assert!(c.take_forced().is_none());
+        c.push(b"er22\n");
+        assert_eq!(c.take_all().unwrap(), "[MASKED]\n");
     }
 
     #[test]

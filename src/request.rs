@@ -96,10 +96,7 @@ pub struct Callbacks {
 pub struct Logger {
     #[serde(default, deserialize_with = "null_as_default")]
     pub method: String,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub url: String,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub token: String,
+    // `url` and `token` are for the push logger, which API mode refuses.
     #[serde(default, deserialize_with = "null_as_default")]
     pub max_size_in_bytes: i64,
 }

@@ -100,13 +100,18 @@ impl JobEntry {
         self.stop.stop();
     }
 
-    /// An archivator read counts only once `job_finished` is in the log.
+    /// Whether `job_finished` is in the log (even before the runner has
+    /// moved the job to teardown).
+    pub fn log_finished(&self) -> bool {
+        self.files.progress().finished
+    }
+
+    /// An archivator read counts only if it was served after `job_finished`
+    /// was written; the caller checked that before reading.
     pub fn mark_archived(&self) {
         let mut s = self.lock();
-        if matches!(s.state, JobState::TearingDown(_) | JobState::Finished(_)) {
-            s.archived = true;
-            self.changed.notify_all();
-        }
+        s.archived = true;
+        self.changed.notify_all();
     }
 
     pub fn info(&self) -> JobInfo {

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select_biased, Receiver};
@@ -84,6 +85,8 @@ pub struct Session {
     exit_status: Option<i32>,
     strip_exit_status_line: bool,
     scanner: MarkerScanner,
+    /// Values masked in every command's output.
+    secrets: Arc<Vec<Vec<u8>>>,
 }
 
 impl Session {
@@ -178,6 +181,7 @@ impl Session {
             nonce,
             exit_status: None,
             strip_exit_status_line: spec.strip_exit_status_line,
+            secrets: Arc::default(),
         };
         // The terminal echoes nothing, prompts are empty, history is not
         // written, and the job starts in HOME. Job control is off: bash then
@@ -234,6 +238,12 @@ impl Session {
         }
     }
 
+    /// Masks these values (longest first) in the output of later commands.
+    pub fn set_secrets(&mut self, mut secrets: Vec<Vec<u8>>) {
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.secrets = Arc::new(secrets);
+    }
+
     /// The pid of the session's process (bash, or the compose client).
     pub fn pid(&self) -> i32 {
         self.procs.session
@@ -258,10 +268,10 @@ impl Session {
         self.scanner.begin();
         if self.write_instruction(instruction.as_bytes()).is_err() {
             // The terminal is gone: the session is dying; its status follows.
-            return self.wait_for_exit(sink, &mut Chunker::new());
+            return self.wait_for_exit(sink, &mut Chunker::with_secrets(self.secrets.clone()));
         }
 
-        let mut chunker = Chunker::new();
+        let mut chunker = Chunker::with_secrets(self.secrets.clone());
         // When the oldest byte still buffered arrived.
         let mut pending_since: Option<Instant> = None;
         let mut held_once = false;
@@ -297,15 +307,21 @@ impl Session {
                     Err(_) => unreachable!("the waiter thread always reports"),
                 },
                 default(timeout) => {
-                    if held_once {
-                        if let Some(s) = chunker.take_all() { sink(s) }
-                    } else if let Some(s) = chunker.take_settled() {
+                    let due = if held_once { chunker.take_forced() } else { chunker.take_settled() };
+                    if let Some(s) = due {
                         sink(s);
                     }
                     // A held-back tail (part of a character, a `\r`) gets one
-                    // more interval to be completed, then goes out as it is.
-                    held_once = !chunker.is_empty() && !held_once;
-                    pending_since = (!chunker.is_empty()).then(Instant::now);
+                    // more interval to be completed, then goes out as it is;
+                    // what is left after that is the start of a secret, which
+                    // waits for more output or the end of the command.
+                    if chunker.is_empty() || held_once {
+                        held_once = false;
+                        pending_since = None;
+                    } else {
+                        held_once = true;
+                        pending_since = Some(Instant::now());
+                    }
                 }
             }
         }
