@@ -3,4 +3,5 @@
 //! `agent` binary and checks what every run must satisfy.
 
 mod run;
+mod serve;
 mod support;

@@ -1041,3 +1041,4 @@ pub fn wait_for_background_processes(job_id: &str) {
         "processes of job {job_id} without AGENT_JOB_MARK=<job_id>.: {unmarked:#?}"
     );
 }
+pub mod server;

@@ -1,0 +1,1359 @@
+//! Integration tests of `agent serve`: the real binary on its own port, driven
+//! over TLS the way a control plane drives it (PROTOCOL §§2, 6.3, 7, 11),
+//! plus our extensions (§13) and the fixes §12 demands. Every test starts its
+//! own agent; dropping it checks that no process of its jobs is left.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::server::{
+    parse_log_lines, poll_until, read_response_head, sign_jwt, unix_now, CallbackServer, TestAgent,
+    EVENT_TIMEOUT,
+};
+use crate::support::{env_export, log_of, no_files, normalize, result_export, step, Job};
+
+/// How long a callback may take to arrive when nothing delays it.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The job request of `job` with these callbacks.
+fn with_callbacks(job: &Job, finished: &str, teardown_finished: &str, token: &str) -> Value {
+    let mut value = job.to_value();
+    value["callbacks"] = json!({
+        "finished": finished,
+        "teardown_finished": teardown_finished,
+        "token": token,
+    });
+    value
+}
+
+/// The 401 body of §2.2: a JSON string followed by a newline.
+fn unauthorized_text(status: u16, body: &[u8]) -> String {
+    assert_eq!(
+        status,
+        401,
+        "expected 401, got {status}: {:?}",
+        String::from_utf8_lossy(body)
+    );
+    let text = std::str::from_utf8(body).expect("a UTF-8 401 body");
+    let json = text
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("the 401 body does not end with a newline: {text:?}"));
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::String(s)) => s,
+        other => panic!("the 401 body is not a JSON string: {text:?} ({other:?})"),
+    }
+}
+
+/// A bash loop that holds the command until `path` exists (at most 20 s).
+fn wait_for_file(path: &std::path::Path) -> String {
+    let path = path.display();
+    format!("for i in $(seq 1 400); do [ -e '{path}' ] && break; sleep 0.05; done; [ -e '{path}' ]")
+}
+
+/// The `jobs` entry of `GET /jobs` for `job_id`.
+fn listed(agent: &TestAgent, job_id: &str) -> Value {
+    let reply = agent.get("/jobs");
+    assert_eq!(reply.status, 200, "GET /jobs: {}", reply.text());
+    let list = reply.json();
+    let entries = list
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /jobs is not an array: {list}"));
+    entries
+        .iter()
+        .find(|j| j["job_id"] == job_id)
+        .unwrap_or_else(|| panic!("{job_id} is not in GET /jobs: {list}"))
+        .clone()
+}
+
+fn expected_stopped_log(directive: &str) -> Vec<crate::support::Ev> {
+    log_of(
+        vec![env_export(&[]), no_files(), step(directive, "", 1)],
+        "stopped",
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+
+#[test]
+fn is_alive_answers_yes_without_auth() {
+    let agent = TestAgent::start_default();
+    let reply = agent.client().get_anon("/is_alive");
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"yes"[..]));
+    // A bad token does not matter either.
+    let reply = agent.client().request(
+        "GET",
+        "/is_alive",
+        &[("Authorization", "Bearer x.y.z")],
+        b"",
+    );
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"yes"[..]));
+}
+
+#[test]
+fn status_follows_the_jobs() {
+    let agent = TestAgent::start_default();
+    let reply = agent.get("/status");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = reply.json();
+    assert_eq!(status["state"], "waiting-for-job", "{status}");
+    assert!(
+        status["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "{status}"
+    );
+    assert_eq!(
+        status["jobs"],
+        json!({"running": 0, "queued": 0, "capacity": 1}),
+        "{status}"
+    );
+
+    let job = Job::new("status").command("sleep 1000");
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_cmd_started(&job.job_id, "sleep 1000");
+    let status = agent.get("/status").json();
+    assert_eq!(status["state"], "job-received", "{status}");
+    assert_eq!(
+        status["jobs"],
+        json!({"running": 1, "queued": 0, "capacity": 1}),
+        "{status}"
+    );
+
+    assert_eq!(agent.post("/jobs/terminate", b"").status, 200);
+    agent.wait_for_job_finished(&job.job_id);
+    // §13.2: `job-received` only while a job is queued or running.
+    poll_until("/status back to waiting-for-job", EVENT_TIMEOUT, || {
+        let status = agent.get("/status").json();
+        status["state"] == "waiting-for-job" && status["jobs"]["running"] == 0
+    });
+}
+
+#[test]
+fn submitting_the_same_job_twice_is_idempotent() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("twice").command("echo hello");
+    agent.submit_ok(&job.to_value());
+    let again = agent.submit(&job.to_value());
+    assert_eq!(
+        (again.status, again.message().as_str()),
+        (200, "job is already running")
+    );
+    let events = agent.wait_for_job_finished(&job.job_id);
+    // Also after the job finished (§2.3), and the job does not run again.
+    let again = agent.submit(&job.to_value());
+    assert_eq!(
+        (again.status, again.message().as_str()),
+        (200, "job is already running")
+    );
+    assert_eq!(
+        normalize(&events),
+        log_of(
+            vec![
+                env_export(&[]),
+                no_files(),
+                step("echo hello", "hello\n", 0),
+                result_export(0),
+            ],
+            "passed"
+        )
+    );
+    let full = parse_log_lines(&agent.client().log(&job.job_id, None).body);
+    assert_eq!(full, events, "the log changed after the re-submission");
+}
+
+#[test]
+fn malformed_or_unsupported_requests_get_422_with_a_json_message() {
+    let agent = TestAgent::start_default();
+    let base = || Job::new("bad").command("echo hi").to_value();
+    let mut cases: Vec<(&str, Vec<u8>, String)> = Vec::new();
+    let mut add = |what: &'static str, value: Value| {
+        let id = value["job_id"].as_str().unwrap_or_default().to_owned();
+        cases.push((what, value.to_string().into_bytes(), id));
+    };
+    let mut wrong_type = base();
+    wrong_type["commands"] = json!("echo hi");
+    add("a wrong type", wrong_type);
+    let mut executor = base();
+    executor["executor"] = json!("kubernetes");
+    add("an unknown executor", executor);
+    let mut push = base();
+    push["logger"] = json!({"method": "push", "url": "https://example.invalid/logs", "token": "t"});
+    add("logger push", push);
+    let mut unknown_logger = base();
+    unknown_logger["logger"] = json!({"method": "carrier-pigeon"});
+    add("an unknown logger", unknown_logger);
+    let mut no_containers = base();
+    no_containers["executor"] = json!("dockercompose");
+    no_containers["compose"] = json!({"containers": []});
+    add("dockercompose with an empty container list", no_containers);
+    let mut no_compose = base();
+    no_compose["executor"] = json!("dockercompose");
+    add("dockercompose without compose", no_compose);
+    cases.push((
+        "a syntax error",
+        br#"{"job_id": "syntax", "commands": [{"directive": "echo"}"#.to_vec(),
+        "syntax".into(),
+    ));
+    cases.push(("an empty body", Vec::new(), String::new()));
+
+    for (what, body, job_id) in &cases {
+        let reply = agent.post("/jobs", body);
+        assert_eq!(
+            reply.status,
+            422,
+            "{what}: expected 422, got {}: {}",
+            reply.status,
+            reply.text()
+        );
+        let message = reply.message();
+        assert!(!message.is_empty(), "{what}: an empty message");
+        if !job_id.is_empty() {
+            // Not accepted: no job exists yet, so its log is 404.
+            let log = agent.client().log(job_id, None);
+            assert_eq!(log.status, 404, "{what}: the job's log: {}", log.text());
+        }
+    }
+    let status = agent.get("/status").json();
+    assert_eq!(status["state"], "waiting-for-job", "{status}");
+    assert_eq!(agent.get("/jobs").json(), json!([]));
+
+    // Nothing was reserved by the refused requests.
+    let good = Job::new("good").command("echo fine");
+    agent.submit_ok(&good.to_value());
+    let events = agent.wait_for_job_finished(&good.job_id);
+    assert_eq!(events.last().unwrap()["result"], "passed");
+}
+
+#[test]
+fn another_job_is_refused_while_one_runs_and_accepted_after_teardown() {
+    let agent = TestAgent::start_default();
+    let callbacks = CallbackServer::start();
+    let first = Job::new("first").command("sleep 1000");
+    agent.submit_ok(&with_callbacks(
+        &first,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "",
+    ));
+    agent.wait_for_cmd_started(&first.job_id, "sleep 1000");
+    let second = Job::new("second").command("echo second");
+    let refused = agent.submit(&second.to_value());
+    assert_eq!(
+        (refused.status, refused.message().as_str()),
+        (422, "another job is already running")
+    );
+
+    assert_eq!(agent.post("/jobs/terminate", b"").status, 200);
+    agent.wait_for_job_finished(&first.job_id);
+    callbacks.wait_for_path("/finished", 1, CALLBACK_TIMEOUT);
+    // Finished but not torn down (the archivator has not read the log yet).
+    let refused = agent.submit(&second.to_value());
+    assert_eq!(
+        (refused.status, refused.message().as_str()),
+        (422, "another job is already running")
+    );
+
+    assert_eq!(agent.client().archivator_read(&first.job_id).status, 200);
+    callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT);
+    poll_until("the second job to be accepted", EVENT_TIMEOUT, || {
+        let reply = agent.submit(&second.to_value());
+        match reply.status {
+            200 => true,
+            422 => false,
+            other => panic!("POST /jobs answered {other}: {}", reply.text()),
+        }
+    });
+    let events = agent.wait_for_job_finished(&second.job_id);
+    assert_eq!(events.last().unwrap()["result"], "passed");
+}
+
+#[test]
+fn job_log_is_404_before_any_job_and_403_for_another_id() {
+    let agent = TestAgent::start_default();
+    let reply = agent.client().log("nope", None);
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    assert_eq!(reply.message(), "job nope is not running");
+
+    let job = Job::new("log-ids").command("echo hi");
+    agent.submit_ok(&job.to_value());
+    let reply = agent.client().log("other", None);
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.message(), "job other is not running");
+
+    agent.wait_for_job_finished(&job.job_id);
+    let reply = agent.client().log(&job.job_id, None);
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "Content-Type {:?}",
+        reply.header("Content-Type")
+    );
+}
+
+#[test]
+fn start_from_selects_events_by_index() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("start-from")
+        .command("echo one")
+        .command("echo two")
+        .command("echo three");
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_job_finished(&job.job_id);
+    let full = agent.client().log(&job.job_id, None);
+    assert_eq!(full.status, 200);
+    let lines: Vec<&[u8]> = full.body.split_inclusive(|b| *b == b'\n').collect();
+    let n = lines.len();
+    assert!(n > 10, "a short log: {}", full.text());
+    for k in 0..=n {
+        let reply = agent.client().log(&job.job_id, Some(&k.to_string()));
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.text(),
+            String::from_utf8_lossy(&lines[k..].concat()),
+            "start_from={k}"
+        );
+    }
+    for beyond in [n + 1, n + 100, 1 << 40] {
+        let reply = agent.client().log(&job.job_id, Some(&beyond.to_string()));
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, ""),
+            "start_from={beyond}"
+        );
+    }
+    for means_zero in ["-1", "-100", "abc", "", "1.5", "0x2"] {
+        let reply = agent.client().log(&job.job_id, Some(means_zero));
+        assert_eq!(reply.status, 200, "start_from={means_zero:?}");
+        assert_eq!(
+            reply.body, full.body,
+            "start_from={means_zero:?} must mean 0"
+        );
+    }
+}
+
+#[test]
+fn log_polls_return_only_complete_lines() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("complete-lines")
+        .command("for i in $(seq 1 300); do echo line-$i-$(printf '%0200d' 0); sleep 0.003; done");
+    agent.submit_ok(&job.to_value());
+    let mut raw_polls = 0;
+    loop {
+        // `poll_log` checks every body: complete, compact JSON lines only.
+        let received = agent.poll_log(&job.job_id);
+        // So does a full read at the same moment.
+        parse_log_lines(&agent.client().log(&job.job_id, None).body);
+        raw_polls += 1;
+        if received.iter().any(|e| e["event"] == "job_finished") {
+            break;
+        }
+        assert!(raw_polls < 5000, "the job did not finish");
+    }
+    let incremental = agent.wait_for_job_finished(&job.job_id);
+    let full = parse_log_lines(&agent.client().log(&job.job_id, None).body);
+    assert_eq!(
+        incremental, full,
+        "incremental polls disagree with a full read"
+    );
+    let output: String = full
+        .iter()
+        .filter(|e| e["event"] == "cmd_output")
+        .filter_map(|e| e["output"].as_str())
+        .collect();
+    let expected: String = (1..=300)
+        .map(|i| format!("line-{i}-{}\n", "0".repeat(200)))
+        .collect();
+    assert!(
+        output.contains(&expected),
+        "the output lost or reordered lines"
+    );
+}
+
+#[test]
+fn log_stays_readable_after_teardown() {
+    let agent = TestAgent::start_default();
+    let callbacks = CallbackServer::start();
+    let first = Job::new("kept").command("echo kept");
+    agent.submit_ok(&with_callbacks(&first, "", &callbacks.url("/teardown"), ""));
+    let events = agent.wait_for_job_finished(&first.job_id);
+    let archived = agent.client().archivator_read(&first.job_id);
+    assert_eq!(archived.status, 200);
+    assert_eq!(parse_log_lines(&archived.body), events);
+    callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT);
+
+    let after = agent.client().log(&first.job_id, None);
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(after.body, archived.body, "the log changed at teardown");
+
+    // Still there once another job has run.
+    let second = Job::new("next").command("echo next");
+    poll_until("the next job to be accepted", EVENT_TIMEOUT, || {
+        agent.submit(&second.to_value()).status == 200
+    });
+    agent.wait_for_job_finished(&second.job_id);
+    let later = agent.client().log(&first.job_id, None);
+    assert_eq!((later.status, &later.body), (200, &archived.body));
+    assert_eq!(listed(&agent, &first.job_id)["result"], "passed");
+}
+
+#[test]
+fn stop_without_a_job_answers_200() {
+    let agent = TestAgent::start_default();
+    for path in ["/stop", "/jobs/terminate"] {
+        let reply = agent.post(path, b"");
+        assert_eq!(reply.status, 200, "POST {path}: {}", reply.text());
+        if !reply.body.is_empty() {
+            reply.message();
+        }
+    }
+    agent.assert_responsive();
+    assert_eq!(agent.get("/status").json()["state"], "waiting-for-job");
+}
+
+fn stop_a_running_job(route: impl Fn(&str) -> String) {
+    // Interactive bash ignores SIGTERM: a short grace period keeps a stop
+    // that relies on SIGKILL fast as well.
+    let agent = TestAgent::builder().stop_grace_period(2).start();
+    let job = Job::new("stopped")
+        .command("sleep 1000")
+        .command("echo never")
+        .always("echo epilogue");
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_cmd_started(&job.job_id, "sleep 1000");
+    let path = route(&job.job_id);
+    let reply = agent.post(&path, b"");
+    assert_eq!(reply.status, 200, "POST {path}: {}", reply.text());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(normalize(&events), expected_stopped_log("sleep 1000"));
+    assert_eq!(listed(&agent, &job.job_id)["result"], "stopped");
+}
+
+#[test]
+fn terminate_stops_a_running_job() {
+    stop_a_running_job(|_| "/jobs/terminate".into());
+}
+
+#[test]
+fn stop_stops_a_running_job() {
+    stop_a_running_job(|_| "/stop".into());
+}
+
+#[test]
+fn job_stop_route_stops_that_job() {
+    stop_a_running_job(|id| format!("/jobs/{id}/stop"));
+}
+
+#[test]
+fn jobs_routes_list_and_show_jobs() {
+    let agent = TestAgent::start_default();
+    assert_eq!(agent.get("/jobs").json(), json!([]));
+    let job = Job::new("listed").command("sleep 1000");
+    let before = unix_now();
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_cmd_started(&job.job_id, "sleep 1000");
+
+    let entry = listed(&agent, &job.job_id);
+    assert_eq!(agent.get("/jobs").json().as_array().map(Vec::len), Some(1));
+    assert_eq!(entry["state"], "running", "{entry}");
+    let queued_at = entry["queued_at"].as_i64().expect("an integer queued_at");
+    let started_at = entry["started_at"].as_i64().expect("an integer started_at");
+    assert!(before <= queued_at && queued_at <= started_at && started_at <= unix_now());
+    assert!(
+        entry.get("result").is_none() && entry.get("finished_at").is_none(),
+        "{entry}"
+    );
+    let one = agent.get(&format!("/jobs/{}", job.job_id));
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json(), entry);
+
+    for path in ["/jobs/unknown", "/jobs/unknown/stop"] {
+        let method = if path.ends_with("stop") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let bearer = format!("Bearer {}", agent.token());
+        let reply = agent
+            .client()
+            .request(method, path, &[("Authorization", &bearer)], b"");
+        assert!(
+            reply.status == 403 || reply.status == 404,
+            "{method} {path}: {} {}",
+            reply.status,
+            reply.text()
+        );
+    }
+
+    let stop = agent.post(&format!("/jobs/{}/stop", job.job_id), b"");
+    assert_eq!(stop.status, 200);
+    agent.wait_for_job_finished(&job.job_id);
+    let entry = listed(&agent, &job.job_id);
+    assert_eq!(
+        (entry["state"].as_str(), entry["result"].as_str()),
+        (Some("finished"), Some("stopped")),
+        "{entry}"
+    );
+    let finished_at = entry["finished_at"]
+        .as_i64()
+        .expect("an integer finished_at");
+    assert!(started_at <= finished_at && finished_at <= unix_now());
+}
+
+#[test]
+fn agent_logs_hold_access_lines() {
+    let agent = TestAgent::start_default();
+    let probe = agent.client().request(
+        "GET",
+        "/is_alive",
+        &[("User-Agent", "serve-test-probe/1")],
+        b"",
+    );
+    assert_eq!(probe.status, 200);
+    let mut body = String::new();
+    poll_until("the access line of the probe", EVENT_TIMEOUT, || {
+        let reply = agent.get("/agent_logs");
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .header("Content-Type")
+                .is_some_and(|t| t.starts_with("text/plain")),
+            "Content-Type {:?}",
+            reply.header("Content-Type")
+        );
+        body = reply.text();
+        body.contains("serve-test-probe/1")
+    });
+    let line = body
+        .lines()
+        .find(|l| l.contains("serve-test-probe/1"))
+        .expect("the probe's line");
+    assert!(
+        line.contains("127.0.0.1")
+            && line.contains(" - - [")
+            && line.contains("] \"GET /is_alive HTTP/1.1\" 200 3 \"-\" \"serve-test-probe/1\""),
+        "not a combined-format access line: {line:?}"
+    );
+    // The file of SEMAPHORE_AGENT_LOG_FILE_PATH is what is served (§12 item 21).
+    let on_disk = std::fs::read_to_string(agent.agent_log_path()).expect("the agent log file");
+    assert!(
+        on_disk.starts_with(&body),
+        "GET /agent_logs is not the agent log file"
+    );
+    assert!(!agent.root().join("tmp/agent_log").exists());
+}
+
+#[test]
+fn unknown_paths_wrong_methods_and_trailing_slashes() {
+    let agent = TestAgent::start_default();
+    let bearer = format!("Bearer {}", agent.token());
+    let auth: &[(&str, &str)] = &[("Authorization", &bearer)];
+    // Routing happens before authentication, so these need no token.
+    for headers in [&[][..], auth] {
+        for path in [
+            "/nope",
+            "/",
+            "/jobs/x/other",
+            "/job_logs",
+            "/jobs/x/log/more",
+        ] {
+            let reply = agent.client().request("GET", path, headers, b"");
+            assert_eq!(
+                (reply.status, reply.text().as_str()),
+                (404, "404 page not found\n"),
+                "GET {path}"
+            );
+        }
+        for (method, path) in [
+            ("POST", "/is_alive"),
+            ("GET", "/stop"),
+            ("GET", "/jobs/terminate"),
+            ("DELETE", "/jobs"),
+            ("PUT", "/status"),
+            ("POST", "/agent_logs"),
+            ("POST", "/jobs/x/log"),
+        ] {
+            let reply = agent.client().request(method, path, headers, b"");
+            assert_eq!(
+                (reply.status, reply.text().as_str()),
+                (405, ""),
+                "{method} {path}"
+            );
+        }
+        for (path, location) in [
+            ("/status/", "/status"),
+            ("/is_alive/", "/is_alive"),
+            ("/jobs/x/log/", "/jobs/x/log"),
+        ] {
+            let reply = agent.client().request("GET", path, headers, b"");
+            assert_eq!(reply.status, 301, "GET {path}: {}", reply.text());
+            assert_eq!(reply.header("Location"), Some(location), "GET {path}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Authentication (§2.2)
+
+#[test]
+fn auth_failures_get_401_with_a_json_string() {
+    let agent = TestAgent::start_default();
+    let secret = agent.secret().as_bytes().to_vec();
+    let hs256 = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let now = unix_now();
+    let canonical = agent.token().to_owned();
+    let (head, _) = canonical.rsplit_once('.').unwrap();
+    let tampered = format!(
+        "{}.{}",
+        sign_jwt(hs256, r#"{"admin":true}"#, &secret)
+            .rsplit_once('.')
+            .unwrap()
+            .0,
+        canonical.rsplit_once('.').unwrap().1
+    );
+    let cases: Vec<(&str, Option<String>, Option<&str>)> = vec![
+        (
+            "no header",
+            None,
+            Some("An authorization header is required"),
+        ),
+        (
+            "an empty header",
+            Some(String::new()),
+            Some("An authorization header is required"),
+        ),
+        (
+            "one part",
+            Some("Bearer".into()),
+            Some("Invalid authorization token"),
+        ),
+        (
+            "the token alone",
+            Some(canonical.clone()),
+            Some("Invalid authorization token"),
+        ),
+        (
+            "three parts",
+            Some(format!("Bearer {canonical} x")),
+            Some("Invalid authorization token"),
+        ),
+        (
+            "two spaces",
+            Some(format!("Bearer  {canonical}")),
+            Some("Invalid authorization token"),
+        ),
+        (
+            "one segment",
+            Some("Bearer abc".into()),
+            Some("token contains an invalid number of segments"),
+        ),
+        (
+            "a wrong secret",
+            Some(format!(
+                "Bearer {}",
+                sign_jwt(hs256, "{}", b"not-the-secret")
+            )),
+            Some("signature is invalid"),
+        ),
+        (
+            "a tampered payload",
+            Some(format!("Bearer {tampered}")),
+            Some("signature is invalid"),
+        ),
+        ("no signature", Some(format!("Bearer {head}.")), None),
+        (
+            "alg none",
+            Some(format!(
+                "Bearer {}",
+                sign_jwt(r#"{"alg":"none","typ":"JWT"}"#, "{}", &secret)
+            )),
+            Some("invalid authorization token"),
+        ),
+        (
+            "alg RS256",
+            Some(format!(
+                "Bearer {}",
+                sign_jwt(r#"{"alg":"RS256","typ":"JWT"}"#, "{}", &secret) + "c2ln"
+            )),
+            Some("invalid authorization token"),
+        ),
+        (
+            "an expired token",
+            Some(format!(
+                "Bearer {}",
+                sign_jwt(hs256, &format!(r#"{{"exp":{}}}"#, now - 3600), &secret)
+            )),
+            Some("token is expired"),
+        ),
+        (
+            "a token not valid yet",
+            Some(format!(
+                "Bearer {}",
+                sign_jwt(hs256, &format!(r#"{{"nbf":{}}}"#, now + 3600), &secret)
+            )),
+            None,
+        ),
+    ];
+    let job = Job::new("unauthorized").command("echo no");
+    // Wrong reasons are collected so that one report shows them all.
+    let mut wrong_reasons = Vec::new();
+    for (what, header, expected) in &cases {
+        for (method, path, body) in [
+            ("GET", "/status".to_owned(), Vec::new()),
+            ("GET", "/jobs".to_owned(), Vec::new()),
+            ("GET", "/agent_logs".to_owned(), Vec::new()),
+            ("GET", format!("/jobs/{}/log", job.job_id), Vec::new()),
+            (
+                "POST",
+                "/jobs".to_owned(),
+                job.to_value().to_string().into_bytes(),
+            ),
+            ("POST", "/stop".to_owned(), Vec::new()),
+        ] {
+            let headers: Vec<(&str, &str)> = header
+                .as_deref()
+                .map(|h| vec![("Authorization", h)])
+                .unwrap_or_default();
+            let reply = agent.client().request(method, &path, &headers, &body);
+            let text = unauthorized_text(reply.status, &reply.body);
+            match expected {
+                Some(expected) if text != *expected => wrong_reasons.push(format!(
+                    "{what}: {method} {path}: expected {expected:?}, got {text:?}"
+                )),
+                Some(_) => {}
+                None => assert!(!text.is_empty(), "{what}: an empty reason"),
+            }
+        }
+    }
+    let reply = agent
+        .client()
+        .post_anon("/jobs", job.to_value().to_string().as_bytes());
+    assert_eq!(
+        unauthorized_text(reply.status, &reply.body),
+        "An authorization header is required"
+    );
+    // None of those POSTs was accepted.
+    assert_eq!(agent.get("/jobs").json(), json!([]));
+
+    let accepted = [
+        ("the canonical token", format!("Bearer {canonical}")),
+        ("another scheme word", format!("Token {canonical}")),
+        (
+            "HS384",
+            format!(
+                "Bearer {}",
+                sign_jwt(r#"{"alg":"HS384","typ":"JWT"}"#, "{}", &secret)
+            ),
+        ),
+        (
+            "HS512",
+            format!(
+                "Bearer {}",
+                sign_jwt(r#"{"alg":"HS512","typ":"JWT"}"#, "{}", &secret)
+            ),
+        ),
+        (
+            "a token with valid times",
+            format!(
+                "Bearer {}",
+                sign_jwt(
+                    hs256,
+                    &format!(r#"{{"iat":{now},"nbf":{now},"exp":{}}}"#, now + 600),
+                    &secret
+                )
+            ),
+        ),
+        (
+            "a token of `agent token`",
+            format!("Bearer {}", agent.minted_token(60)),
+        ),
+    ];
+    for (what, header) in accepted {
+        let reply = agent
+            .client()
+            .request("GET", "/status", &[("Authorization", &header)], b"");
+        assert_eq!(reply.status, 200, "{what}: {}", reply.text());
+    }
+    wrong_reasons.dedup_by(|a, b| a.split(':').next() == b.split(':').next());
+    assert!(
+        wrong_reasons.is_empty(),
+        "401 reasons differ from §2.2 (first route of each case shown):\n{}",
+        wrong_reasons.join("\n")
+    );
+}
+
+#[test]
+fn short_secrets_work_with_the_canonical_token() {
+    let agent = TestAgent::builder().secret("myJwtToken").start();
+    assert_eq!(agent.get("/status").status, 200);
+    let hs512 = sign_jwt(r#"{"alg":"HS512","typ":"JWT"}"#, "{}", b"myJwtToken");
+    let reply = agent.client().request(
+        "GET",
+        "/status",
+        &[("Authorization", &format!("Bearer {hs512}"))],
+        b"",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // A near miss of the secret is refused (the reason's text is checked by
+    // `auth_failures_get_401_with_a_json_string`).
+    let wrong = sign_jwt(r#"{"alg":"HS256","typ":"JWT"}"#, "{}", b"myJwtTokem");
+    let reply = agent.client().request(
+        "GET",
+        "/status",
+        &[("Authorization", &format!("Bearer {wrong}"))],
+        b"",
+    );
+    assert!(!unauthorized_text(reply.status, &reply.body).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Several jobs (§13.2)
+
+#[test]
+fn three_jobs_run_at_once_a_fourth_waits_and_a_fifth_is_refused() {
+    let agent = TestAgent::builder()
+        .jobs(3)
+        .queue_size(1)
+        .archivator_timeout(1)
+        .start();
+    let running: Vec<Job> = (0..3)
+        .map(|i| Job::new(&format!("parallel-{i}")).command("sleep 1000"))
+        .collect();
+    for job in &running {
+        agent.submit_ok(&job.to_value());
+    }
+    for job in &running {
+        agent.wait_for_cmd_started(&job.job_id, "sleep 1000");
+    }
+    let queued = Job::new("queued").command("sleep 1000");
+    agent.submit_ok(&queued.to_value());
+    let log = agent.client().log(&queued.job_id, None);
+    assert_eq!((log.status, log.text().as_str()), (200, ""));
+    assert_eq!(listed(&agent, &queued.job_id)["state"], "queued");
+    assert_eq!(agent.job_state(&queued.job_id), "queued");
+    for job in &running {
+        assert_eq!(listed(&agent, &job.job_id)["state"], "running");
+    }
+    let status = agent.get("/status").json();
+    assert_eq!(status["state"], "job-received");
+    assert_eq!(
+        status["jobs"],
+        json!({"running": 3, "queued": 1, "capacity": 3}),
+        "{status}"
+    );
+
+    let refused = Job::new("refused").command("echo no");
+    let reply = agent.submit(&refused.to_value());
+    assert_eq!(
+        (reply.status, reply.message().as_str()),
+        (422, "agent is at capacity")
+    );
+
+    let stopped = &running[1];
+    let reply = agent.post(&format!("/jobs/{}/stop", stopped.job_id), b"");
+    assert_eq!(reply.status, 200);
+    let events = agent.wait_for_job_finished(&stopped.job_id);
+    assert_eq!(normalize(&events), expected_stopped_log("sleep 1000"));
+    // The queued job takes the free runner once the stopped one is torn down.
+    agent.wait_for_cmd_started(&queued.job_id, "sleep 1000");
+    for job in [&running[0], &running[2]] {
+        assert_eq!(agent.job_state(&job.job_id), "running");
+        let events = agent.poll_log(&job.job_id);
+        assert!(
+            !events.iter().any(|e| e["event"] == "job_finished"),
+            "{} finished too",
+            job.job_id
+        );
+        assert_eq!(events.last().unwrap()["directive"], "sleep 1000");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Callbacks (§7)
+
+#[test]
+fn callbacks_arrive_in_order_after_job_finished() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("callbacks").command("echo hello");
+    let client = agent.client().clone();
+    let job_id = job.job_id.clone();
+    let callbacks = CallbackServer::builder()
+        .on_request(move |request| {
+            (request.path == "/finished").then(|| {
+                format!(
+                    "job_finished in the log: {}",
+                    client.log_has_job_finished(&job_id)
+                )
+            })
+        })
+        .start();
+    let token = "callback-token-123";
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        token,
+    ));
+    let version = agent.get("/status").json()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let finished = callbacks.wait_for(1, CALLBACK_TIMEOUT)[0].clone();
+    assert_eq!(
+        (finished.method.as_str(), finished.path.as_str()),
+        ("POST", "/finished")
+    );
+    assert_eq!(finished.body_text(), r#"{"result": "passed"}"#);
+    assert_eq!(
+        finished.note.as_deref(),
+        Some("job_finished in the log: true"),
+        "§6.5: job_finished must be written before the finished callback"
+    );
+
+    // The teardown waits for the archivator's read.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        callbacks.requests().len(),
+        1,
+        "teardown before the archivator read"
+    );
+    let archived = agent.client().archivator_read(&job.job_id);
+    assert_eq!(archived.status, 200);
+    let requests = callbacks.wait_for(2, CALLBACK_TIMEOUT);
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    let teardown = &requests[1];
+    assert_eq!(
+        (teardown.method.as_str(), teardown.path.as_str()),
+        ("POST", "/teardown")
+    );
+    assert_eq!(teardown.body_text(), "{}");
+    for request in &requests {
+        assert_eq!(
+            request.header("Authorization"),
+            Some(format!("Bearer {token}").as_str()),
+            "{}",
+            request.path
+        );
+        assert_eq!(
+            request.header("User-Agent"),
+            Some(format!("SemaphoreAgent/{version}").as_str()),
+            "{}",
+            request.path
+        );
+        assert_eq!(request.header("Content-Type"), None, "{}", request.path);
+    }
+}
+
+#[test]
+fn finished_callback_reports_failed_and_stopped() {
+    let agent = TestAgent::builder().jobs(2).archivator_timeout(1).start();
+    let callbacks = CallbackServer::start();
+    let failing = Job::new("failing").command("false");
+    let stopped = Job::new("stopping").command("sleep 1000");
+    for job in [&failing, &stopped] {
+        agent.submit_ok(&with_callbacks(
+            job,
+            &callbacks.url(&format!("/finished/{}", job.job_id)),
+            "",
+            "",
+        ));
+    }
+    agent.wait_for_cmd_started(&stopped.job_id, "sleep 1000");
+    assert_eq!(
+        agent
+            .post(&format!("/jobs/{}/stop", stopped.job_id), b"")
+            .status,
+        200
+    );
+    for (job, result) in [(&failing, "failed"), (&stopped, "stopped")] {
+        let path = format!("/finished/{}", job.job_id);
+        let requests = callbacks.wait_for_path(&path, 1, CALLBACK_TIMEOUT);
+        assert_eq!(
+            requests[0].body_text(),
+            format!(r#"{{"result": "{result}"}}"#)
+        );
+        // No token in the request: no Authorization header.
+        assert_eq!(requests[0].header("Authorization"), None);
+    }
+}
+
+#[test]
+fn callback_is_retried_after_a_500() {
+    let agent = TestAgent::builder().callback_retry_attempts(5).start();
+    let callbacks = CallbackServer::builder().fail_first(1).start();
+    let job = Job::new("retried").command("echo hi");
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "",
+    ));
+    let finished = callbacks.wait_for_path("/finished", 2, CALLBACK_TIMEOUT);
+    assert_eq!(
+        finished.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 200]
+    );
+    for request in &finished {
+        assert_eq!(request.body_text(), r#"{"result": "passed"}"#);
+    }
+    let gap = finished[1].at - finished[0].at;
+    assert!(
+        gap >= Duration::from_millis(900) && gap < Duration::from_secs(10),
+        "the retry came {gap:?} after the 500 (expected about 1 s)"
+    );
+    assert_eq!(agent.client().archivator_read(&job.job_id).status, 200);
+    callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT);
+    let requests = callbacks.requests();
+    assert_eq!(
+        requests.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/finished", "/finished", "/teardown"]
+    );
+}
+
+#[test]
+fn callbacks_are_given_up_after_the_configured_attempts() {
+    let agent = TestAgent::builder()
+        .callback_retry_attempts(2)
+        .archivator_timeout(60)
+        .start();
+    let callbacks = CallbackServer::builder().fail_first(usize::MAX).start();
+    let job = Job::new("given-up").command("echo hi");
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "",
+    ));
+    // `job_finished` is written whatever the callback does (§7.2).
+    let events = agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(events.last().unwrap()["result"], "passed");
+    callbacks.wait_for_path("/finished", 2, CALLBACK_TIMEOUT);
+    assert_eq!(agent.client().archivator_read(&job.job_id).status, 200);
+    callbacks.wait_for_path("/teardown", 2, CALLBACK_TIMEOUT);
+    // The teardown completes: the single runner takes a new job.
+    let next = Job::new("after-given-up").command("echo next");
+    poll_until("the next job to be accepted", EVENT_TIMEOUT, || {
+        agent.submit(&next.to_value()).status == 200
+    });
+    agent.wait_for_job_finished(&next.job_id);
+    let paths: Vec<String> = callbacks.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/finished", "/finished", "/teardown", "/teardown"]);
+}
+
+#[test]
+fn empty_callback_urls_are_skipped() {
+    // With the default 300 attempts a retried empty URL would hold the job
+    // for five minutes.
+    let agent = TestAgent::builder().archivator_timeout(60).start();
+    let callbacks = CallbackServer::start();
+    let job = Job::new("no-finished-url").command("echo hi");
+    agent.submit_ok(&with_callbacks(&job, "", &callbacks.url("/teardown"), "t"));
+    agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(agent.client().archivator_read(&job.job_id).status, 200);
+    let requests = callbacks.wait_for(1, Duration::from_secs(5));
+    assert_eq!(requests[0].path, "/teardown");
+
+    let silent = Job::new("no-urls").command("echo hi");
+    poll_until(
+        "the next job to be accepted",
+        Duration::from_secs(5),
+        || agent.submit(&silent.to_value()).status == 200,
+    );
+    agent.wait_for_job_finished(&silent.job_id);
+    assert_eq!(agent.client().archivator_read(&silent.job_id).status, 200);
+    let last = Job::new("after-no-urls").command("echo hi");
+    poll_until(
+        "the job after that to be accepted",
+        Duration::from_secs(5),
+        || agent.submit(&last.to_value()).status == 200,
+    );
+    agent.wait_for_job_finished(&last.job_id);
+    assert_eq!(callbacks.requests().len(), 1, "{:#?}", callbacks.requests());
+}
+
+// ---------------------------------------------------------------------------
+// The archivator wait (§7.2 as amended by §12 item 6)
+
+#[test]
+fn teardown_waits_for_the_archivator_timeout_without_a_read() {
+    let agent = TestAgent::builder().archivator_timeout(2).start();
+    let callbacks = CallbackServer::start();
+    let job = Job::new("no-archivator").command("echo hi");
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "",
+    ));
+    let finished = callbacks.wait_for_path("/finished", 1, CALLBACK_TIMEOUT)[0].clone();
+    // Reads by other clients do not count, nor near misses of the name.
+    for name in ["Archivator", "archivator-proxy", ""] {
+        let reply = agent.client().get_with(
+            &format!("/jobs/{}/log", job.job_id),
+            &[("X-Client-Name", name)],
+        );
+        assert_eq!(reply.status, 200);
+    }
+    let teardown = callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT)[0].clone();
+    let gap = teardown.at - finished.at;
+    assert!(
+        gap >= Duration::from_millis(1800) && gap < Duration::from_secs(8),
+        "teardown_finished came {gap:?} after finished (expected about 2 s)"
+    );
+}
+
+#[test]
+fn archivator_read_after_job_finished_releases_teardown_at_once() {
+    let agent = TestAgent::builder().archivator_timeout(60).start();
+    let callbacks = CallbackServer::start();
+    let job = Job::new("archivator").command("echo hi");
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "",
+    ));
+    callbacks.wait_for_path("/finished", 1, CALLBACK_TIMEOUT);
+    let read_at = Instant::now();
+    let reply = agent.client().archivator_read(&job.job_id);
+    assert_eq!(reply.status, 200);
+    assert!(parse_log_lines(&reply.body)
+        .iter()
+        .any(|e| e["event"] == "job_finished"));
+    let teardown = callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT)[0].clone();
+    let gap = teardown.at.saturating_duration_since(read_at);
+    assert!(
+        gap < Duration::from_secs(2),
+        "teardown_finished came {gap:?} after the archivator read"
+    );
+}
+
+/// §11 with no finished callback: the control plane sees `job_finished`
+/// while polling and reads the log once more as the archivator.
+#[test]
+fn archivator_read_as_soon_as_job_finished_is_seen_releases_teardown() {
+    let agent = TestAgent::builder().archivator_timeout(60).start();
+    let callbacks = CallbackServer::start();
+    let job = Job::new("polling-archivator").command("echo hi");
+    agent.submit_ok(&with_callbacks(&job, "", &callbacks.url("/teardown"), ""));
+    agent.wait_for_job_finished(&job.job_id);
+    let read_at = Instant::now();
+    assert_eq!(agent.client().archivator_read(&job.job_id).status, 200);
+    let teardown = callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT)[0].clone();
+    let gap = teardown.at.saturating_duration_since(read_at);
+    assert!(
+        gap < Duration::from_secs(2),
+        "teardown_finished came {gap:?} after the archivator read"
+    );
+}
+
+#[test]
+fn archivator_read_during_the_job_does_not_release_teardown() {
+    let agent = TestAgent::builder().archivator_timeout(3).start();
+    let callbacks = CallbackServer::start();
+    let gate = agent.root().join("gate");
+    let hold = wait_for_file(&gate);
+    let job = Job::new("early-archivator").command(&hold);
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "",
+    ));
+    agent.wait_for_cmd_started(&job.job_id, &hold);
+    let early = agent.client().archivator_read(&job.job_id);
+    assert_eq!(early.status, 200);
+    assert!(!parse_log_lines(&early.body)
+        .iter()
+        .any(|e| e["event"] == "job_finished"));
+    std::fs::write(&gate, b"").expect("open the gate");
+    let finished = callbacks.wait_for_path("/finished", 1, CALLBACK_TIMEOUT)[0].clone();
+    assert_eq!(finished.body_text(), r#"{"result": "passed"}"#);
+    let teardown = callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT)[0].clone();
+    let gap = teardown.at - finished.at;
+    assert!(
+        gap >= Duration::from_millis(2500),
+        "teardown_finished came {gap:?} after finished: the mid-job archivator read released the wait"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Hostile clients (§2.1, §12 item 5)
+
+#[test]
+fn huge_declared_body_gets_413_and_the_agent_stays_small() {
+    let agent = TestAgent::start_default();
+    agent.assert_responsive();
+    let rss_before = agent.vm_rss_kib();
+    for _ in 0..5 {
+        let mut stream = agent.tls_stream();
+        let head = format!(
+            "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: 99999999999\r\n\r\n{{\"job_id\":",
+            agent.token()
+        );
+        stream.write_all(head.as_bytes()).expect("send the request");
+        stream.flush().expect("flush the request");
+        let (status, head) = read_response_head(&mut stream);
+        assert_eq!(status, 413, "{head}");
+        agent.assert_responsive();
+    }
+    let rss_after = agent.vm_rss_kib();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "VmRSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert_eq!(agent.get("/jobs").json(), json!([]));
+}
+
+#[test]
+fn max_request_bytes_bounds_the_body() {
+    let agent = TestAgent::builder().max_request_bytes(4096).start();
+    let big = Job::new("big-request").command(&format!("echo {}", "x".repeat(5000)));
+    let reply = agent.submit(&big.to_value());
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    let small = Job::new("small-request").command("echo small");
+    agent.submit_ok(&small.to_value());
+    agent.wait_for_job_finished(&small.job_id);
+    agent.assert_responsive();
+}
+
+#[test]
+fn idle_half_open_connections_do_not_block_others() {
+    // 200 idle connections stay under the connection cap.
+    let agent = TestAgent::builder()
+        .arg("--max-connections")
+        .arg("256")
+        .start();
+    let streams: Vec<_> = (0..200)
+        .map(|i| {
+            let stream = agent.tcp_stream();
+            if i % 2 == 0 {
+                // Half-closed: the client will never send anything more.
+                stream.shutdown(Shutdown::Write).expect("half-close");
+            }
+            stream
+        })
+        .collect();
+    for _ in 0..5 {
+        agent.assert_responsive();
+    }
+    assert_eq!(agent.get("/status").status, 200);
+    let job = Job::new("with-idle-connections").command("echo busy");
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_job_finished(&job.job_id);
+    drop(streams);
+    agent.assert_responsive();
+}
+
+#[test]
+fn dripping_clients_do_not_block_others() {
+    let agent = TestAgent::start_default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tls = agent.tls_stream();
+    let tcp = agent.tcp_stream();
+    let drippers = [
+        {
+            let stop = Arc::clone(&stop);
+            let mut tls = tls;
+            let head = format!(
+                "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+                agent.token()
+            );
+            thread::spawn(move || {
+                for byte in head.bytes() {
+                    if stop.load(Ordering::SeqCst) || tls.write_all(&[byte]).is_err() {
+                        break;
+                    }
+                    let _ = tls.flush();
+                    thread::sleep(Duration::from_secs(1));
+                }
+            })
+        },
+        {
+            let stop = Arc::clone(&stop);
+            let mut tcp = tcp;
+            // The start of a TLS ClientHello, a byte at a time.
+            let hello = [
+                0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ];
+            thread::spawn(move || {
+                for byte in hello {
+                    if stop.load(Ordering::SeqCst) || tcp.write_all(&[byte]).is_err() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                }
+            })
+        },
+    ];
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut probes = 0;
+    while Instant::now() < until {
+        agent.assert_responsive();
+        probes += 1;
+        thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for dripper in drippers {
+        dripper.join().expect("a dripper thread");
+    }
+    assert!(probes >= 5);
+    assert_eq!(agent.get("/status").status, 200);
+}
+
+#[test]
+fn a_client_that_never_reads_a_large_log_does_not_block_others() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("large-log").command(
+        "yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678 \
+         | head -c 100000000",
+    );
+    agent.submit_ok(&job.to_value());
+    poll_until("the 100 MB job to finish", Duration::from_secs(180), || {
+        agent.job_state(&job.job_id) == "finished"
+    });
+    let rss_before = agent.vm_rss_kib();
+    let mut stalled = agent.tls_stream();
+    let request = format!(
+        "GET /jobs/{}/log HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        job.job_id,
+        agent.token()
+    );
+    stalled
+        .write_all(request.as_bytes())
+        .expect("send the request");
+    stalled.flush().expect("flush the request");
+    let (status, head) = read_response_head(&mut stalled);
+    assert_eq!(status, 200, "{head}");
+    // Read a little, then never again.
+    let mut some = [0u8; 4096];
+    stalled.read_exact(&mut some).expect("the start of the log");
+
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        agent.assert_responsive();
+        thread::sleep(Duration::from_millis(200));
+    }
+    let events = agent.client().log(&job.job_id, Some("0"));
+    assert_eq!(events.status, 200);
+    // Another client downloads the whole log meanwhile.
+    assert!(
+        events.body.len() >= 100_000_000,
+        "the log is only {} bytes",
+        events.body.len()
+    );
+    let rss_during = agent.vm_rss_kib();
+    assert!(
+        rss_during < rss_before + 32 * 1024,
+        "VmRSS grew from {rss_before} KiB to {rss_during} KiB while a client stalled"
+    );
+    drop(stalled);
+    agent.assert_responsive();
+}
