@@ -15,7 +15,7 @@ pub struct Cli {
 pub enum Sub {
     Version(VersionArgs),
     Run(RunArgs),
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     Token(TokenArgs),
 }
 

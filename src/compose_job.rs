@@ -208,7 +208,7 @@ pub(crate) fn start(
     };
     give_work_dir_to_container_user(&mut session, spec.work_dir);
     steps.finished(STEP_START, 0, started_at);
-    Started::Ready(session)
+    Started::Ready(Box::new(session))
 }
 
 /// The container's user must read the env and command files in the

@@ -258,7 +258,7 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
 
 /// How starting the executor went.
 pub(crate) enum Started {
-    Ready(Session),
+    Ready(Box<Session>),
     Failed,
     Stopped,
 }
@@ -285,7 +285,7 @@ fn start_shell(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
             {
                 log::error!("job {}: {e}", spec.request.job_id);
             }
-            Started::Ready(s)
+            Started::Ready(Box::new(s))
         }
         Ok(None) => Started::Stopped,
         Err(e) => {

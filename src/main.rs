@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        cli::Sub::Serve(args) => match serve::serve(args) {
+        cli::Sub::Serve(args) => match serve::serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },

@@ -321,7 +321,7 @@ mod tests {
     fn last_line_stripping() {
         let mut c = Chunker::new();
         c.push(b"out\n17\r\n");
-        assert!(c.strip_last_line(b"7") == false);
+        assert!(!c.strip_last_line(b"7"));
         assert!(c.strip_last_line(b"17"));
         assert_eq!(c.take_all().unwrap(), "out\n");
     }

@@ -127,7 +127,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
     };
     let socket_dir = data_dir.join("run");
     let (front, server) = Front::start(addr, Arc::new(tls), &socket_dir, front_cfg)
-        .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| Error::Config(e.to_string()))?;
 
     let metrics = match (&args.statsd_host, args.statsd_port) {
         (Some(host), Some(port)) if !host.is_empty() => {
