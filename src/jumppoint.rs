@@ -36,6 +36,8 @@ pub enum Target {
 pub struct JumpPoint {
     home: PathBuf,
     added_keys: Vec<String>,
+    /// authorized_keys did not exist before: it goes when it is empty again.
+    created_keys_file: bool,
     profile_line: Option<String>,
     script: PathBuf,
     tmp_dir: PathBuf,
@@ -151,6 +153,13 @@ fn replace_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> 
     result
 }
 
+/// The permission bits of an existing file: a user's own choice is kept.
+fn existing_mode(path: &Path) -> Option<u32> {
+    fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777)
+}
+
 fn read_or_empty(path: &Path) -> std::io::Result<String> {
     match fs::read(path) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
@@ -232,6 +241,7 @@ impl JumpPoint {
         let mut jp = JumpPoint {
             home: home.to_path_buf(),
             added_keys: Vec::new(),
+            created_keys_file: false,
             profile_line: None,
             script: script_paths(tmp_dir, job_id).1,
             tmp_dir: tmp_dir.to_path_buf(),
@@ -245,6 +255,8 @@ impl JumpPoint {
                 .and_then(|_| fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)))
                 .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
             let path = ssh.join("authorized_keys");
+            jp.created_keys_file = !path.exists();
+            let mode = existing_mode(&path).unwrap_or(0o600);
             let mut text =
                 read_or_empty(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             if !text.is_empty() && !text.ends_with('\n') {
@@ -254,7 +266,7 @@ impl JumpPoint {
                 text.push_str(key);
                 text.push('\n');
             }
-            replace_file(&path, text.as_bytes(), 0o600)
+            replace_file(&path, text.as_bytes(), mode)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             jp.added_keys = keys;
         }
@@ -307,7 +319,13 @@ impl JumpPoint {
                 if !out.is_empty() {
                     out.push('\n');
                 }
-                if let Err(e) = replace_file(&path, out.as_bytes(), 0o600) {
+                let mode = existing_mode(&path).unwrap_or(0o600);
+                let result = if out.is_empty() && self.created_keys_file {
+                    fs::remove_file(&path)
+                } else {
+                    replace_file(&path, out.as_bytes(), mode)
+                };
+                if let Err(e) = result {
                     log::error!("cannot remove keys from {}: {e}", path.display());
                 }
             }
@@ -397,7 +415,8 @@ mod tests {
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        // The user's own mode of an existing file is kept.
+        assert_eq!(mode & 0o777, 0o644);
         assert!(tmp.join("ssh_jump_point-job_1").exists());
         assert!(tmp.join("ssh_jump_point").exists());
         drop(jp);
@@ -408,6 +427,16 @@ mod tests {
         assert!(!home.join(".bash_profile").exists());
         assert!(!tmp.join("ssh_jump_point-job_1").exists());
         assert!(!tmp.join("ssh_jump_point").exists());
+        // A keys file the job created is 0600 and goes with the job.
+        fs::remove_file(home.join(".ssh/authorized_keys")).unwrap();
+        let jp = JumpPoint::install(&home, &tmp, "j2", vec!["ssh-ed25519 K".into()], None).unwrap();
+        let mode = fs::metadata(home.join(".ssh/authorized_keys"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(jp);
+        assert!(!home.join(".ssh/authorized_keys").exists());
         fs::remove_dir_all(home).unwrap();
     }
 }

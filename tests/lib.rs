@@ -4,4 +4,5 @@
 
 mod run;
 mod serve;
+mod ssh;
 mod support;

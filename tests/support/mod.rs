@@ -1042,3 +1042,4 @@ pub fn wait_for_background_processes(job_id: &str) {
     );
 }
 pub mod server;
+pub mod sshd;
