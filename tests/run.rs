@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    b64, b64_wrapped, background_processes, env_export, log_of, no_files, result_export, step,
-    wait_for_background_processes, Ev, Job, Outcome, Running, Sandbox, ENV_STEP, FILES_STEP,
+    b64, b64_wrapped, background_processes, env_export, fields_of, log_of, no_files, result_export,
+    step, wait_for_background_processes, Ev, Job, Outcome, Running, Sandbox, ENV_STEP, FILES_STEP,
     JOB_TIMEOUT, RESULT_STEP,
 };
 
@@ -63,20 +63,7 @@ fn wait_for_file_command(path: &Path) -> String {
 }
 
 fn protocol_line(event: &serde_json::Value) -> String {
-    let fields: &[&str] = match event["event"].as_str().unwrap_or_default() {
-        "job_started" => &["event", "timestamp"],
-        "cmd_started" => &["event", "timestamp", "directive"],
-        "cmd_output" => &["event", "timestamp", "output"],
-        "cmd_finished" => &[
-            "event",
-            "timestamp",
-            "directive",
-            "exit_code",
-            "started_at",
-            "finished_at",
-        ],
-        _ => &["event", "timestamp", "result"],
-    };
+    let fields = fields_of(event["event"].as_str().unwrap_or_default()).expect("a known event");
     let body: Vec<String> = fields
         .iter()
         .map(|key| format!("{}:{}", serde_json::json!(key), event[*key]))

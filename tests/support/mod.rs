@@ -770,6 +770,25 @@ fn field_names(event: &Map<String, Value>) -> Vec<&str> {
 /// closed by a `cmd_finished` with the same directive before anything else
 /// starts, `cmd_output` only inside a step, `started_at <= finished_at`,
 /// timestamps never going back.
+/// The fields of each event, in the wire order of PROTOCOL §6.1.
+pub fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "job_started" => &["event", "timestamp"],
+        "cmd_started" => &["event", "timestamp", "directive"],
+        "cmd_output" => &["event", "timestamp", "output"],
+        "cmd_finished" => &[
+            "event",
+            "timestamp",
+            "directive",
+            "exit_code",
+            "started_at",
+            "finished_at",
+        ],
+        "job_finished" => &["event", "timestamp", "result"],
+        _ => return None,
+    })
+}
+
 pub fn check_invariants(events: &[Value], earliest: i64, latest: i64) -> Result<(), String> {
     let mut open_step: Option<String> = None;
     let mut last_timestamp = i64::MIN;
@@ -783,21 +802,9 @@ pub fn check_invariants(events: &[Value], earliest: i64, latest: i64) -> Result<
         let kind = event["event"]
             .as_str()
             .ok_or(format!("line {index} has no event"))?;
-        let mut expected = match kind {
-            "job_started" => vec!["event", "timestamp"],
-            "cmd_started" => vec!["event", "timestamp", "directive"],
-            "cmd_output" => vec!["event", "timestamp", "output"],
-            "cmd_finished" => vec![
-                "event",
-                "timestamp",
-                "directive",
-                "exit_code",
-                "started_at",
-                "finished_at",
-            ],
-            "job_finished" => vec!["event", "timestamp", "result"],
-            other => return Err(format!("line {index}: unknown event {other:?}")),
-        };
+        let mut expected = fields_of(kind)
+            .ok_or(format!("line {index}: unknown event {kind:?}"))?
+            .to_vec();
         expected.sort_unstable();
         if field_names(object) != expected {
             return Err(format!(
