@@ -60,7 +60,20 @@ pub fn detect_from(
     Some(ComposeTool::Standalone)
 }
 
+/// The tool found by an earlier job: asking costs about half a second.
+static DETECTED: std::sync::Mutex<Option<ComposeTool>> = std::sync::Mutex::new(None);
+
+/// §9.1 step 3, once per agent process (a failure is not remembered, so a
+/// tool installed later is found by the next job).
 pub fn detect() -> Option<ComposeTool> {
+    let mut cached = DETECTED.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.is_none() {
+        *cached = detect_now();
+    }
+    cached.clone()
+}
+
+fn detect_now() -> Option<ComposeTool> {
     let run = |argv: &[&str]| -> Option<String> {
         let out = Command::new(argv[0])
             .args(&argv[1..])
@@ -229,15 +242,19 @@ impl Project {
         argv
     }
 
-    /// §9.2 step 2: pulls missing images and starts the linked services.
-    pub fn pull_argv(&self) -> Vec<String> {
+    /// §9.2 step 2, for main: pulls its image (run only when it is missing).
+    pub fn pull_main_argv(&self) -> Vec<String> {
         let mut argv = self.base();
-        argv.extend([
-            "run".into(),
-            "--rm".into(),
-            self.main.clone(),
-            "true".into(),
-        ]);
+        argv.extend(["pull".into(), self.main.clone()]);
+        argv
+    }
+
+    /// §9.2 step 2, for the other containers: pulls what is missing and
+    /// starts them, so they are up before the session.
+    pub fn up_services_argv(&self, services: &[String]) -> Vec<String> {
+        let mut argv = self.base();
+        argv.extend(["up".into(), "-d".into()]);
+        argv.extend(services.iter().cloned());
         argv
     }
 
@@ -444,6 +461,18 @@ pub fn container_path(path: &str) -> String {
 }
 
 /// `--files host:dest,...` (§9.6): pairs whose host path exists.
+/// Whether the engine already has `image` (no pull needed).
+pub fn image_present(image: &str, docker_config: &Path) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", "--format", ".", image])
+        .env("DOCKER_CONFIG", docker_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub fn host_volumes(spec: Option<&str>) -> Vec<String> {
     let Some(spec) = spec else { return Vec::new() };
     spec.split(',')
@@ -558,8 +587,12 @@ mod tests {
         };
         assert_eq!(p.name, "agent-job-42-x-ab12");
         assert_eq!(
-            p.pull_argv().join(" "),
-            "docker-compose --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm main true"
+            p.pull_main_argv().join(" "),
+            "docker-compose --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml pull main"
+        );
+        assert_eq!(
+            p.up_services_argv(&["db".into(), "cache".into()]).join(" "),
+            "docker-compose --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml up -d db cache"
         );
         assert_eq!(
             p.session_argv().join(" "),
@@ -574,7 +607,7 @@ mod tests {
             ..p
         };
         assert!(plugin
-            .pull_argv()
+            .pull_main_argv()
             .join(" ")
             .starts_with("docker compose --ansi never"));
     }

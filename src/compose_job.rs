@@ -137,35 +137,46 @@ pub(crate) fn start(
         }
     }
 
-    // §9.2 step 2.
+    // §9.2 step 2: main's image when it is missing, then the other
+    // containers are pulled as needed and started; output goes to the log
+    // line by line as it comes.
     let started_at = steps.started(STEP_PULL);
     let pull_started = Instant::now();
-    let mut lines = Vec::new();
-    let outcome = run_lines(
-        project.command(&project.pull_argv()),
-        spec.mark,
-        &spec.stop.rx,
-        spec.grace,
-        &mut |line| lines.push(format!("{line}\n")),
-    );
-    // Lines are written after the step so a slow pull cannot interleave.
-    for line in &lines {
-        steps.output(line);
+    let others: Vec<String> = request.compose.containers[1..]
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let mut commands = Vec::new();
+    if !compose::image_present(&main.image, &project.docker_config) {
+        commands.push(project.pull_main_argv());
     }
-    let status = match outcome {
-        HostOutcome::Exited(s) => s,
-        HostOutcome::Stopped => {
-            steps.finished(STEP_PULL, 1, started_at);
-            return Started::Stopped;
+    if !others.is_empty() {
+        commands.push(project.up_services_argv(&others));
+    }
+    let mut status = 0;
+    for argv in commands {
+        let outcome = run_lines(
+            project.command(&argv),
+            spec.mark,
+            &spec.stop.rx,
+            spec.grace,
+            &mut |line| steps.output(&format!("{line}\n")),
+        );
+        status = match outcome {
+            HostOutcome::Exited(s) => s,
+            HostOutcome::Stopped => {
+                steps.finished(STEP_PULL, 1, started_at);
+                return Started::Stopped;
+            }
+            HostOutcome::SpawnFailed(e) => {
+                steps.output(&format!("cannot run {}: {e}\n", argv[0]));
+                127
+            }
+        };
+        if status != 0 {
+            break;
         }
-        HostOutcome::SpawnFailed(e) => {
-            steps.output(&format!(
-                "cannot run {}: {e}\n",
-                project.tool.argv().join(" ")
-            ));
-            127
-        }
-    };
+    }
     if let Some(metrics) = &spec.options.metrics {
         metrics.compose_pull(&main.image, status == 0, pull_started.elapsed());
     }

@@ -2204,8 +2204,12 @@ mod tests {
     }
 
     fn try_raw_client(harness: &Harness) -> io::Result<RawTls> {
+        try_raw_tls(harness.addr, &harness.cert_der)
+    }
+
+    fn try_raw_tls(addr: SocketAddr, cert_der: &CertificateDer<'static>) -> io::Result<RawTls> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(harness.cert_der.clone()).unwrap();
+        roots.add(cert_der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -2214,7 +2218,7 @@ mod tests {
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let tcp = TcpStream::connect(harness.addr).unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         tcp.set_write_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -2676,6 +2680,55 @@ mod tests {
         assert_eq!(harness.front.open_connections(), 0);
         assert!(read_until_close(&mut stream).is_empty());
         assert!(TcpStream::connect(harness.addr).is_err());
+    }
+
+    /// `tiny_http`'s task pool can leave a connection queued until another
+    /// of its connections ends; with one request per upstream connection
+    /// that is the end of some request, never an idle client's timeout.
+    #[test]
+    fn burst_of_keep_alive_clients_is_served_at_once() {
+        let _serial = serial();
+        let harness = harness(test_config());
+        let clients = 80;
+        let barrier = Arc::new(std::sync::Barrier::new(clients + 1));
+        let (done_tx, done_rx) = mpsc::channel();
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                let done_tx = done_tx.clone();
+                let addr = harness.addr;
+                let cert_der = harness.cert_der.clone();
+                thread::spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let stream = try_raw_tls(addr, &cert_der).unwrap();
+                    let mut reader = io::BufReader::new(stream);
+                    reader
+                        .get_mut()
+                        .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+                        .unwrap();
+                    let answer = read_response(&mut reader);
+                    done_tx.send((answer, started.elapsed())).unwrap();
+                    // Keep the connection open (idle) until the test ends.
+                    barrier.wait();
+                })
+            })
+            .collect();
+        barrier.wait();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..clients {
+            let (answer, elapsed) = done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a client was never answered");
+            assert_eq!(answer, (200, b"hello".to_vec()));
+            slowest = slowest.max(elapsed);
+        }
+        assert!(slowest < Duration::from_secs(2), "slowest took {slowest:?}");
+        assert_eq!(harness.front.open_connections(), clients);
+        barrier.wait();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 
     fn peer() -> SocketAddr {

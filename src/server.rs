@@ -6,6 +6,7 @@
 
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
@@ -112,18 +113,75 @@ fn serve_one(app: &App, mut request: Request) {
         Some(len as usize),
         None,
     );
-    let written = request.respond(response);
-    if written.is_ok() {
-        if let Some(after) = after {
-            after();
+    let finish = move || {
+        let written = request.respond(response);
+        if written.is_ok() {
+            if let Some(after) = after {
+                after();
+            }
+        }
+        log::info!(
+            target: "access",
+            "{peer} - - [{}] \"{method} {url} HTTP/1.1\" {status} {len} \"-\" \"{user_agent}\" {:.1}ms",
+            http_date(SystemTime::now()),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    };
+    // A large body is written by a thread of its own, so slow readers of big
+    // logs never occupy the workers that answer everyone else.
+    let slot = (len >= STREAM_THREAD_MIN_BYTES)
+        .then(StreamSlot::take)
+        .flatten();
+    let Some(slot) = slot else {
+        return finish();
+    };
+    // The work goes over a channel, so it is still ours if no thread starts.
+    let (tx, rx) = crossbeam_channel::bounded::<Box<dyn FnOnce() + Send>>(1);
+    let spawned = std::thread::Builder::new()
+        .name("http-stream".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _slot = slot;
+            if let Ok(finish) = rx.recv() {
+                finish();
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = tx.send(Box::new(finish));
+        }
+        Err(_) => finish(),
+    }
+}
+
+/// Bodies at least this large are streamed from a thread of their own.
+const STREAM_THREAD_MIN_BYTES: u64 = 256 * 1024;
+/// At most this many such threads at once; beyond, the worker streams.
+const MAX_STREAM_THREADS: usize = 128;
+static STREAM_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the streaming threads, given back on drop.
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Option<StreamSlot> {
+        let mut n = STREAM_THREADS.load(Ordering::Relaxed);
+        loop {
+            if n >= MAX_STREAM_THREADS {
+                return None;
+            }
+            match STREAM_THREADS.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(StreamSlot),
+                Err(actual) => n = actual,
+            }
         }
     }
-    log::info!(
-        target: "access",
-        "{peer} - - [{}] \"{method} {url} HTTP/1.1\" {status} {len} \"-\" \"{user_agent}\" {:.1}ms",
-        http_date(SystemTime::now()),
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        STREAM_THREADS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// `27/Nov/2026:17:00:00 +0000`, the combined log format's date.

@@ -32,6 +32,8 @@ use crate::procs::{JobProcesses, MARK_VAR};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a new session may take to print its readiness marker.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shell that is told to exit at the end of a job may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After bash exits, how long output still in flight is collected.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -411,6 +413,21 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // A job that ended normally lets its shell exit by itself first (a
+        // compose client then removes its container at once, instead of
+        // waiting out the grace period of a kill).
+        if self.exit_status.is_none() && self.write_instruction(b"exit 0\n").is_ok() {
+            let deadline = Instant::now() + CLOSE_TIMEOUT;
+            while let Ok(msg) = self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                if let Msg::Exited(code) = msg {
+                    self.exit_status = Some(code);
+                    break;
+                }
+            }
+        }
         // Whatever way the job ended, nothing it started outlives it.
         self.procs.kill_all(self.grace);
     }
