@@ -66,6 +66,8 @@ struct EntryState {
     started_at: Option<u64>,
     finished_at: Option<u64>,
     archived: bool,
+    /// The agent is shutting down: teardown waits for nobody.
+    released: bool,
 }
 
 pub struct JobEntry {
@@ -146,7 +148,7 @@ impl JobEntry {
     fn wait_archived(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
-        while !s.archived {
+        while !s.archived && !s.released {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -157,7 +159,12 @@ impl JobEntry {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        true
+        s.archived
+    }
+
+    fn release(&self) {
+        self.lock().released = true;
+        self.changed.notify_all();
     }
 }
 
@@ -259,6 +266,7 @@ impl Runner {
                 started_at: None,
                 finished_at: None,
                 archived: false,
+                released: false,
             }),
             changed: Condvar::new(),
         });
@@ -306,6 +314,19 @@ impl Runner {
             }
         }
         (running, queued)
+    }
+
+    /// For shutting down: stops every job and cuts teardown waits short.
+    pub fn shutdown(&self) {
+        self.stop_all();
+        for j in &self.table().jobs {
+            j.release();
+        }
+    }
+
+    /// No job is queued, running or tearing down.
+    pub fn is_idle(&self) -> bool {
+        self.table().active == 0
     }
 
     /// Stops every queued or running job; returns how many were asked.
@@ -389,7 +410,7 @@ impl Runner {
         ) {
             log::error!("job {}: {e}", entry.job_id);
         }
-        if !entry.wait_archived(self.cfg.archivator_timeout) {
+        if !entry.wait_archived(self.cfg.archivator_timeout) && !entry.lock().released {
             log::warn!(
                 "job {}: no archivator read within {:?}; tearing down anyway",
                 entry.job_id,

@@ -6,7 +6,9 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::api::App;
 use crate::auth::Authenticator;
@@ -141,12 +143,13 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         }
         _ => None,
     };
+    let grace = Duration::from_secs(args.stop_grace_period);
     let runner_cfg = RunnerConfig {
         jobs: args.jobs.max(1),
         queue_size: args.queue_size,
         data_dir: data_dir.clone(),
         home: config::home_dir(),
-        grace: Duration::from_secs(args.stop_grace_period),
+        grace,
         archivator_timeout: Duration::from_secs(args.archivator_timeout),
         callbacks: CallbackPolicy {
             attempts: args.callback_retry_attempts,
@@ -185,13 +188,35 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         agent_log,
         max_request_bytes: args.max_request_bytes,
     });
-    let workers = crate::server::start_workers(Arc::new(server), app, HTTP_WORKERS);
-    for w in workers {
-        let _ = w.join();
+    let runner = Arc::clone(&app.runner);
+    let _workers = crate::server::start_workers(Arc::new(server), app, HTTP_WORKERS);
+
+    // SIGTERM or SIGINT: stop every job, let them clean up (processes,
+    // containers), then exit. A job never outlives the agent.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::io("cannot install signal handlers", "SIGTERM", e))?;
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: stopping every job and shutting down");
+        runner.shutdown();
+        let deadline = Instant::now() + grace + SHUTDOWN_MARGIN;
+        while !runner.is_idle() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            // Jobs accepted meanwhile are stopped too.
+            runner.shutdown();
+        }
+        if !runner.is_idle() {
+            log::error!(
+                "jobs still tearing down {:?} after the stop; exiting anyway",
+                grace + SHUTDOWN_MARGIN
+            );
+        }
     }
     drop(front);
     Ok(())
 }
+
+/// How long shutdown waits for teardown beyond the stop grace period.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(30);
 
 /// SHA-256 of the first certificate's DER, as `AB:CD:...`.
 fn fingerprint(cert_pem: &[u8]) -> String {
