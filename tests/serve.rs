@@ -1357,3 +1357,34 @@ fn a_client_that_never_reads_a_large_log_does_not_block_others() {
     drop(stalled);
     agent.assert_responsive();
 }
+
+#[test]
+fn sigterm_stops_every_job_and_the_agent_exits() {
+    let agent = TestAgent::builder().jobs(2).start();
+    let first = Job::new("sigterm-a").command("sleep 1000 & setsid sleep 1000 & sleep 1000");
+    let second = Job::new("sigterm-b").command("sleep 1000");
+    agent.submit_ok(&first.to_value());
+    agent.submit_ok(&second.to_value());
+    agent.wait_for_cmd_started(&first.job_id, "sleep 1000 & setsid sleep 1000 & sleep 1000");
+    agent.wait_for_cmd_started(&second.job_id, "sleep 1000");
+    poll_until(
+        "the first job's three sleeps",
+        Duration::from_secs(10),
+        || {
+            crate::support::job_processes(&first.job_id)
+                .iter()
+                .filter(|p| p.cmdline.contains("sleep"))
+                .count()
+                >= 3
+        },
+    );
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe {
+        libc::kill(agent.pid(), libc::SIGTERM);
+    }
+    poll_until("the agent exits", Duration::from_secs(30), || {
+        !agent.is_running()
+    });
+    crate::support::assert_no_job_processes(&first.job_id);
+    crate::support::assert_no_job_processes(&second.job_id);
+}

@@ -725,6 +725,10 @@ impl TestAgent {
             .to_owned()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// True while the agent process has not exited.
     pub fn is_running(&self) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
