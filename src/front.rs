@@ -9,7 +9,8 @@
 //! agent's user can enter, and this module owns the public TCP port: it does
 //! the rustls handshake, reads each request head itself (several per
 //! connection with keep-alive), enforces the limits of [`FrontConfig`], and
-//! pipes plaintext to and from that socket, one socket per client connection.
+//! pipes plaintext to and from that socket over a fresh Unix connection for
+//! every request (see "One request per upstream connection" below).
 //! It answers `400`/`411`/`413`/`417`/`431`/`505` itself for requests that
 //! must not reach `tiny_http`, and it adds an `X-Agent-Peer: ip:port` header
 //! (replacing any the client sent) because `tiny_http` cannot see the peer
@@ -20,6 +21,29 @@
 //! that [`Front::start`] returns. Each client connection gets one thread with
 //! a small stack that multiplexes its two sockets with `poll(2)`; the number
 //! of connections is capped, so the number of threads is too.
+//!
+//! # One request per upstream connection
+//!
+//! `tiny_http` runs each accepted connection as one task of its task pool,
+//! and a task ends only when its connection has no more requests. The pool's
+//! `spawn` races: when one worker is waiting and several connections arrive
+//! at once, each `spawn` sees a waiting worker, queues its task and notifies
+//! one, but only one worker wakes; the other tasks stay queued until some
+//! running task ends. Were a task a whole keep-alive client connection, that
+//! could be the client's idle timeout (measured: 3 of 65 simultaneous
+//! clients answered only after 30 s). So the front opens a Unix connection
+//! when it forwards a request head, sends the request with
+//! `Connection: close`, relays the response until its framing says it is
+//! complete (or `tiny_http` closes a close-delimited one), and closes the
+//! connection; the next request on the same client connection gets a new
+//! one. With `Connection: close`, `tiny_http` ends the task as soon as it
+//! has parsed the head (and read the body, if it is of at most 1 KiB without
+//! `Expect: 100-continue`: those it reads itself), or else once the handler
+//! has dropped the request. A queued task thus waits for a request in
+//! flight, never for an idle client, and an idle client connection holds no
+//! upstream connection.
+//! Requests a client pipelines are forwarded one after the other: the next
+//! head is read only once the previous response is complete.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -31,7 +55,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -270,6 +294,8 @@ struct Shared {
     stop_rx: UnixStream,
     open: Mutex<usize>,
     all_closed: Condvar,
+    /// Connections to `tiny_http` currently open (one per request in flight).
+    upstreams: AtomicUsize,
 }
 
 impl Shared {
@@ -358,6 +384,7 @@ impl Front {
             stop_rx,
             open: Mutex::new(0),
             all_closed: Condvar::new(),
+            upstreams: AtomicUsize::new(0),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -398,6 +425,12 @@ impl Front {
     #[cfg(test)]
     pub fn open_connections(&self) -> usize {
         *self.shared.open_count()
+    }
+
+    /// Connections to `tiny_http` currently open.
+    #[cfg(test)]
+    pub fn open_upstreams(&self) -> usize {
+        self.shared.upstreams.load(Ordering::Acquire)
     }
 
     /// Stops accepting, closes every connection, and waits (boundedly) for
@@ -687,15 +720,9 @@ fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseReason {
     if let Err(reason) = handshake(shared, &tcp, &mut tls) {
         return reason;
     }
-    // Only now does the connection cost a `tiny_http` connection (and thread).
-    let up = match UnixStream::connect(&shared.socket_path) {
-        Ok(up) => up,
-        Err(err) => return CloseReason::Upstream(err),
-    };
-    if let Err(err) = up.set_nonblocking(true) {
-        return CloseReason::Upstream(err);
-    }
-    Session::new(shared, peer, tcp, tls, up).run()
+    // `tiny_http` sees nothing of the connection until a request head is
+    // complete.
+    Session::new(shared, peer, tcp, tls).run()
 }
 
 fn handshake(
@@ -754,7 +781,8 @@ fn handshake(
 #[derive(Debug)]
 enum Reading {
     /// Waiting for (the rest of) a request head; `started` is when its first
-    /// byte arrived.
+    /// byte arrived. While a request is in flight, the next head is not read
+    /// (and its clock does not start) until that response is complete.
     Head { started: Option<Instant> },
     /// Forwarding a request body.
     Body {
@@ -765,8 +793,9 @@ enum Reading {
     /// The client's last request (by its `Connection: close`, or HTTP/1.0)
     /// has been forwarded; anything it sends after is ignored.
     Done,
-    /// A request was refused; the answer goes out once the responses to the
-    /// requests before it are complete.
+    /// A request was refused; the answer goes out once the response to the
+    /// request before it is complete (pipelined heads are read only then
+    /// anyway).
     Refused {
         status: u16,
         answer: Option<Vec<u8>>,
@@ -783,14 +812,54 @@ enum Ending {
     Abort(CloseReason),
 }
 
-/// One established TLS connection and its `tiny_http` counterpart.
+/// The `tiny_http` connection that carries one request and its response.
+struct Upstream<'a> {
+    stream: UnixStream,
+    /// Counts this connection in [`Shared::upstreams`] while it is open.
+    shared: &'a Shared,
+    /// `tiny_http` closed its side (or reset the connection).
+    eof: bool,
+    /// `poll` reported a hang-up on the socket; it is then only polled when
+    /// we mean to read it, or it would wake us forever.
+    hup: bool,
+    /// The request is all out (or the client left mid-body).
+    write_shut: bool,
+}
+
+impl<'a> Upstream<'a> {
+    fn connect(shared: &'a Shared) -> io::Result<Upstream<'a>> {
+        // A blocking connect: it waits only while `tiny_http`'s accept queue
+        // is full, and its accept thread does nothing but accept.
+        let stream = UnixStream::connect(&shared.socket_path)?;
+        stream.set_nonblocking(true)?;
+        shared.upstreams.fetch_add(1, Ordering::AcqRel);
+        Ok(Upstream {
+            stream,
+            shared,
+            eof: false,
+            hup: false,
+            write_shut: false,
+        })
+    }
+}
+
+impl Drop for Upstream<'_> {
+    fn drop(&mut self) {
+        self.shared.upstreams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One established TLS connection, and the `tiny_http` connection of the
+/// request in flight, if any.
 struct Session<'a> {
     shared: &'a Shared,
     cfg: &'a FrontConfig,
     peer: SocketAddr,
     tcp: TcpStream,
     tls: ServerConnection,
-    up: UnixStream,
+    /// Open from the forwarding of a request head until its response is
+    /// complete and its body all forwarded.
+    up: Option<Upstream<'a>>,
 
     /// Plaintext from the client not yet forwarded: a partial head, or bytes
     /// that followed a head.
@@ -802,7 +871,6 @@ struct Session<'a> {
     reading: Reading,
     /// The client sent close_notify or closed TCP.
     client_eof: bool,
-    up_write_shut: bool,
 
     /// Read buffer for `tiny_http`'s output; released while idle.
     from_up: Vec<u8>,
@@ -810,10 +878,6 @@ struct Session<'a> {
     out: Vec<u8>,
     out_sent: usize,
     framer: ResponseFramer,
-    up_eof: bool,
-    /// `poll` reported a hang-up on the Unix socket; it is then only polled
-    /// when we mean to read it, or it would wake us forever.
-    up_hup: bool,
 
     /// Last time any byte moved in either direction.
     last_progress: Instant,
@@ -831,7 +895,6 @@ impl<'a> Session<'a> {
         peer: SocketAddr,
         tcp: TcpStream,
         tls: ServerConnection,
-        up: UnixStream,
     ) -> Session<'a> {
         let now = Instant::now();
         Session {
@@ -840,19 +903,16 @@ impl<'a> Session<'a> {
             peer,
             tcp,
             tls,
-            up,
+            up: None,
             inbuf: Vec::new(),
             to_up: Vec::new(),
             to_up_sent: 0,
             reading: Reading::Head { started: None },
             client_eof: false,
-            up_write_shut: false,
             from_up: Vec::new(),
             out: Vec::new(),
             out_sent: 0,
             framer: ResponseFramer::default(),
-            up_eof: false,
-            up_hup: false,
             last_progress: now,
             client_stall_since: now,
             up_stall_since: now,
@@ -862,11 +922,16 @@ impl<'a> Session<'a> {
 
     fn run(mut self) -> CloseReason {
         loop {
-            if let Err(reason) = self.pump() {
-                return reason;
-            }
-            if let Some(ending) = self.ending() {
-                return self.finish(ending);
+            let busy = match self.pump() {
+                Ok(busy) => busy,
+                Err(reason) => return reason,
+            };
+            // While busy, buffered input may still hold requests: the
+            // connection cannot be over yet.
+            if !busy {
+                if let Some(ending) = self.ending() {
+                    return self.finish(ending);
+                }
             }
             let now = Instant::now();
             let deadline = self.next_deadline(now);
@@ -878,15 +943,22 @@ impl<'a> Session<'a> {
             if self.is_idle() {
                 self.release_buffers();
             }
-            if let Err(reason) = self.wait(deadline.map(|(at, _)| at)) {
+            // Work may be left that no socket will announce (bytes already
+            // in our buffers or in rustls): then only look, do not sleep.
+            let wake_at = if busy {
+                Some(now)
+            } else {
+                deadline.map(|(at, _)| at)
+            };
+            if let Err(reason) = self.wait(wake_at) {
                 return reason;
             }
         }
     }
 
-    /// Moves bytes in every direction until nothing moves (or a bounded
-    /// number of rounds passed).
-    fn pump(&mut self) -> Result<(), CloseReason> {
+    /// Moves bytes in every direction until nothing moves, and says whether
+    /// it stopped only because a bounded number of rounds passed.
+    fn pump(&mut self) -> Result<bool, CloseReason> {
         for _ in 0..MAX_ROUNDS_PER_WAKE {
             let now = Instant::now();
             // Stall clocks run only while output is actually pending.
@@ -899,13 +971,30 @@ impl<'a> Session<'a> {
             let mut progress = self.flush_client()?;
             progress |= self.pump_upstream()?;
             progress |= self.flush_upstream()?;
+            progress |= self.end_exchange();
             progress |= self.pump_client()?;
             if !progress {
-                break;
+                return Ok(false);
             }
             self.last_progress = Instant::now();
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// The request in flight has been forwarded whole (or nothing is in
+    /// flight).
+    fn request_forwarded(&self) -> bool {
+        !matches!(self.reading, Reading::Body { .. }) && self.to_up.is_empty()
+    }
+
+    /// Closes the `tiny_http` connection once its request is all forwarded
+    /// and its response all read, which makes room for the next request.
+    fn end_exchange(&mut self) -> bool {
+        if self.up.is_some() && self.framer.is_idle() && self.request_forwarded() {
+            self.up = None;
+            return true;
+        }
+        false
     }
 
     /// Writes pending TLS records to the client.
@@ -932,15 +1021,18 @@ impl<'a> Session<'a> {
     /// download here.
     fn pump_upstream(&mut self) -> Result<bool, CloseReason> {
         let mut progress = self.feed_tls()?;
-        if self.up_eof || !self.out.is_empty() || self.tls.wants_write() {
+        if !self.out.is_empty() || self.tls.wants_write() {
             return Ok(progress);
         }
+        let Some(up) = self.up.as_mut().filter(|up| !up.eof) else {
+            return Ok(progress);
+        };
         if self.from_up.is_empty() {
             self.from_up = vec![0; IO_CHUNK];
         }
-        match (&self.up).read(&mut self.from_up) {
+        match (&up.stream).read(&mut self.from_up) {
             Ok(0) => {
-                self.up_eof = true;
+                up.eof = true;
                 self.framer.on_eof();
                 progress = true;
             }
@@ -958,7 +1050,7 @@ impl<'a> Session<'a> {
                 ) => {}
             // A reset from `tiny_http` ends its output like an EOF would.
             Err(_) => {
-                self.up_eof = true;
+                up.eof = true;
                 self.framer.on_eof();
                 progress = true;
             }
@@ -985,9 +1077,12 @@ impl<'a> Session<'a> {
 
     /// Writes pending request bytes to `tiny_http`.
     fn flush_upstream(&mut self) -> Result<bool, CloseReason> {
+        let Some(up) = self.up.as_mut() else {
+            return Ok(false);
+        };
         let mut progress = false;
         while self.to_up_sent < self.to_up.len() {
-            match (&self.up).write(&self.to_up[self.to_up_sent..]) {
+            match (&up.stream).write(&self.to_up[self.to_up_sent..]) {
                 Ok(0) => {
                     return Err(CloseReason::Upstream(io::ErrorKind::WriteZero.into()));
                 }
@@ -1005,13 +1100,13 @@ impl<'a> Session<'a> {
             self.to_up.clear();
             self.to_up_sent = 0;
         }
-        // Once no more requests will come, tell `tiny_http`, so it closes its
-        // side after the last response instead of waiting for another head.
-        let no_more_requests =
-            self.client_eof || matches!(self.reading, Reading::Done | Reading::Refused { .. });
-        if no_more_requests && self.to_up.is_empty() && !self.up_write_shut {
-            let _ = self.up.shutdown(Shutdown::Write);
-            self.up_write_shut = true;
+        // Nothing more will go this way: `Connection: close` already tells
+        // `tiny_http` not to wait for another head, and a body the client
+        // left unfinished then ends at once instead of at a timeout.
+        let sent_all = !matches!(self.reading, Reading::Body { .. }) || self.client_eof;
+        if sent_all && self.to_up.is_empty() && !up.write_shut {
+            let _ = up.stream.shutdown(Shutdown::Write);
+            up.write_shut = true;
         }
         Ok(progress)
     }
@@ -1023,8 +1118,11 @@ impl<'a> Session<'a> {
             return Ok(false);
         }
         let mut progress = self.take_input()?;
-        let wants_more = matches!(self.reading, Reading::Head { .. } | Reading::Body { .. });
-        if !self.to_up.is_empty() || !wants_more || self.client_eof || !self.tls.wants_read() {
+        if !self.to_up.is_empty()
+            || !self.wants_request_bytes()
+            || self.client_eof
+            || !self.tls.wants_read()
+        {
             return Ok(progress);
         }
         match self.tls.read_tls(&mut &self.tcp) {
@@ -1056,6 +1154,8 @@ impl<'a> Session<'a> {
         let mut progress = false;
         while self.to_up.is_empty() {
             match self.reading {
+                // The next request waits for the response to this one.
+                Reading::Head { .. } if self.up.is_some() => break,
                 Reading::Head { started } => {
                     // Empty lines between requests are allowed (RFC 9112 §2.2).
                     while self.inbuf.starts_with(b"\r\n") {
@@ -1067,7 +1167,7 @@ impl<'a> Session<'a> {
                         };
                     }
                     if let Some(end) = find_head_end(&self.inbuf) {
-                        self.on_head(end);
+                        self.on_head(end)?;
                         progress = true;
                         continue;
                     }
@@ -1133,14 +1233,16 @@ impl<'a> Session<'a> {
         Ok(progress)
     }
 
-    /// Handles a complete request head occupying `inbuf[..end]`.
-    fn on_head(&mut self, end: usize) {
+    /// Handles a complete request head occupying `inbuf[..end]`: opens a
+    /// `tiny_http` connection for it, or refuses it.
+    fn on_head(&mut self, end: usize) -> Result<(), CloseReason> {
         #[cfg(test)]
         if self.inbuf.starts_with(tests::PANIC_REQUEST) {
             panic!("test-triggered panic in a connection thread");
         }
         match plan_request(&self.inbuf[..end], self.peer, self.cfg.max_request_bytes) {
             Ok(plan) => {
+                self.up = Some(Upstream::connect(self.shared).map_err(CloseReason::Upstream)?);
                 self.inbuf.drain(..end);
                 self.to_up.extend_from_slice(&plan.head);
                 self.framer.expect(plan.expect);
@@ -1159,6 +1261,7 @@ impl<'a> Session<'a> {
             }
             Err(rejection) => self.refuse(rejection),
         }
+        Ok(())
     }
 
     fn body_allowance(&self, body_len: u64) -> Duration {
@@ -1187,35 +1290,40 @@ impl<'a> Session<'a> {
     /// Decides whether the connection is over.
     fn ending(&mut self) -> Option<Ending> {
         let flushed = self.out.is_empty() && !self.tls.wants_write();
-        if let Reading::Refused { status, answer } = &mut self.reading {
-            let status = *status;
-            if self.framer.is_idle() && flushed {
-                // Every earlier response is out; now ours, then close.
-                if let Some(answer) = answer.take() {
-                    let _ = self.tls.writer().write_all(&answer);
-                }
+        if !flushed {
+            return None;
+        }
+        if let Some(up) = &self.up {
+            // A request is in flight (`end_exchange` closes finished ones).
+            if !self.framer.is_idle() {
+                return up
+                    .eof
+                    .then_some(Ending::Abort(CloseReason::UpstreamTruncated));
+            }
+            // Its response is out but not all of its body went in:
+            // `tiny_http` closed early, or the client left mid-body. Either
+            // way no request can follow on this connection.
+            if up.eof || self.client_eof {
                 return Some(Ending::Graceful {
                     linger: true,
-                    reason: CloseReason::Refused(status),
+                    reason: CloseReason::Done,
                 });
-            }
-            if self.up_eof && flushed {
-                return Some(Ending::Abort(CloseReason::UpstreamTruncated));
             }
             return None;
         }
-        if self.up_eof && flushed {
-            return Some(if self.framer.is_idle() {
-                Ending::Graceful {
-                    linger: true,
-                    reason: CloseReason::Done,
-                }
-            } else {
-                Ending::Abort(CloseReason::UpstreamTruncated)
+        if let Reading::Refused { status, answer } = &mut self.reading {
+            // Every earlier response is out; now ours, then close.
+            let status = *status;
+            if let Some(answer) = answer.take() {
+                let _ = self.tls.writer().write_all(&answer);
+            }
+            return Some(Ending::Graceful {
+                linger: true,
+                reason: CloseReason::Refused(status),
             });
         }
         let client_finished = self.client_eof || matches!(self.reading, Reading::Done);
-        if client_finished && self.framer.is_idle() && self.to_up.is_empty() && flushed {
+        if client_finished {
             return Some(Ending::Graceful {
                 linger: !self.client_eof,
                 reason: CloseReason::Done,
@@ -1224,9 +1332,11 @@ impl<'a> Session<'a> {
         None
     }
 
-    /// No request is in progress in either direction.
+    /// No request is in progress in either direction (and so no `tiny_http`
+    /// connection is open).
     fn is_idle(&self) -> bool {
         matches!(self.reading, Reading::Head { started: None })
+            && self.up.is_none()
             && self.inbuf.is_empty()
             && self.to_up.is_empty()
             && self.out.is_empty()
@@ -1278,15 +1388,21 @@ impl<'a> Session<'a> {
         earliest
     }
 
+    /// The request state takes client bytes: a body, or the next head once
+    /// no request is in flight.
+    fn wants_request_bytes(&self) -> bool {
+        match self.reading {
+            Reading::Head { .. } => self.up.is_none(),
+            Reading::Body { .. } => true,
+            Reading::Done | Reading::Refused { .. } => false,
+        }
+    }
+
     fn wants_client_read(&self) -> bool {
-        matches!(self.reading, Reading::Head { .. } | Reading::Body { .. })
+        self.wants_request_bytes()
             && !self.client_eof
             && self.to_up.is_empty()
             && self.tls.wants_read()
-    }
-
-    fn wants_up_read(&self) -> bool {
-        !self.up_eof && self.out.is_empty() && !self.tls.wants_write()
     }
 
     fn wait(&mut self, deadline: Option<Instant>) -> Result<(), CloseReason> {
@@ -1297,20 +1413,21 @@ impl<'a> Session<'a> {
         if self.tls.wants_write() {
             tcp_events |= libc::POLLOUT;
         }
-        let up_read = self.wants_up_read();
-        let up_write = !self.to_up.is_empty();
+        let mut up_fd = -1;
         let mut up_events = 0;
-        if up_read {
-            up_events |= libc::POLLIN;
+        if let Some(up) = &self.up {
+            let up_read = !up.eof && self.out.is_empty() && !self.tls.wants_write();
+            let up_write = !self.to_up.is_empty();
+            if up_read {
+                up_events |= libc::POLLIN;
+            }
+            if up_write {
+                up_events |= libc::POLLOUT;
+            }
+            if up_read || (up_write && !up.hup) {
+                up_fd = up.stream.as_raw_fd();
+            }
         }
-        if up_write {
-            up_events |= libc::POLLOUT;
-        }
-        let up_fd = if up_read || (up_write && !self.up_hup) {
-            self.up.as_raw_fd()
-        } else {
-            -1
-        };
         let mut fds = [
             pollfd(self.tcp.as_raw_fd(), tcp_events),
             pollfd(up_fd, up_events),
@@ -1325,20 +1442,20 @@ impl<'a> Session<'a> {
         if fds[0].revents & HANGUP != 0 && fds[0].revents & libc::POLLIN == 0 {
             return Err(CloseReason::ClientGone);
         }
-        if fds[1].revents & HANGUP != 0 {
-            self.up_hup = true;
+        if let Some(up) = self.up.as_mut().filter(|_| fds[1].revents & HANGUP != 0) {
+            up.hup = true;
         }
         Ok(())
     }
 
     /// Ends the connection as `ending` says. `tiny_http` learns of it when
-    /// its socket closes with `self`.
+    /// its socket, if one is open, closes with `self`.
     fn finish(mut self, ending: Ending) -> CloseReason {
         let (linger, reason) = match ending {
             Ending::Abort(reason) => return reason,
             Ending::Graceful { linger, reason } => (linger, reason),
         };
-        let _ = self.up.shutdown(Shutdown::Both);
+        self.up = None;
         self.tls.send_close_notify();
         loop {
             match self.flush_client() {
@@ -1560,7 +1677,7 @@ fn is_tchar(byte: u8) -> bool {
 /// The rewrite drops hop-by-hop headers, which are ours to act on (and some
 /// would mislead `tiny_http`: `Connection: upgrade` hands it the raw stream,
 /// `TE: identity` makes it buffer a streamed response whole), drops any
-/// client-sent `X-Agent-Peer`, and adds the real one.
+/// client-sent `X-Agent-Peer`, and adds the real one and `Connection: close`.
 fn plan_request(head: &[u8], peer: SocketAddr, max_body: u64) -> Result<Plan, Rejection> {
     let Some(head) = head.strip_suffix(b"\r\n\r\n") else {
         return Err(Rejection::bad_request("incomplete request head"));
@@ -1679,9 +1796,9 @@ fn plan_request(head: &[u8], peer: SocketAddr, max_body: u64) -> Result<Plan, Re
     if content_length.is_some() {
         push_header(&mut forwarded, "Content-Length", &body_len.to_string());
     }
-    if !keep_alive {
-        push_header(&mut forwarded, "Connection", "close");
-    }
+    // Every request gets a `tiny_http` connection of its own (see the module
+    // doc); `keep_alive` is about the client's connection only.
+    push_header(&mut forwarded, "Connection", "close");
     push_header(&mut forwarded, PEER_HEADER, &peer.to_string());
     forwarded.push_str("\r\n");
     Ok(Plan {
@@ -1722,10 +1839,12 @@ enum Phase {
 }
 
 /// Follows `tiny_http`'s responses through the byte stream, so the front
-/// knows when every forwarded request has been answered: only then is a
-/// connection idle (a download in progress must not hit the idle timeout),
-/// and only then may a refusal be written after them. For HTTP/1.0 clients
-/// it also strips chunked framing.
+/// knows when the forwarded request has been answered: only then is its
+/// `tiny_http` connection closed, the next request read, and the client
+/// connection idle (a download in progress must not hit the idle timeout).
+/// `tiny_http` frames a response with `Content-Length` or chunked coding
+/// even though it then closes the connection; a response with neither ends
+/// at the close. For HTTP/1.0 clients it also strips chunked framing.
 #[derive(Debug)]
 struct ResponseFramer {
     pending: VecDeque<Expect>,
@@ -2724,11 +2843,210 @@ mod tests {
             slowest = slowest.max(elapsed);
         }
         assert!(slowest < Duration::from_secs(2), "slowest took {slowest:?}");
+        // Every client is still connected, and none holds a `tiny_http`
+        // connection (or task).
         assert_eq!(harness.front.open_connections(), clients);
+        assert!(wait_until(Duration::from_secs(2), || harness
+            .front
+            .open_upstreams()
+            == 0));
         barrier.wait();
         for thread in threads {
             thread.join().unwrap();
         }
+    }
+
+    #[test]
+    fn idle_keep_alive_client_holds_no_upstream_connection() {
+        let _serial = serial();
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        // Over 1 KiB, which `tiny_http` does not read eagerly; under 32 KiB,
+        // above which it would answer chunked.
+        let body = vec![b'x'; 20_000];
+        let mut request = format!(
+            "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        stream.write_all(&request).unwrap();
+        let mut reader = io::BufReader::new(stream);
+        let (status, echoed) = read_response(&mut reader);
+        assert!(
+            status == 200 && echoed == body,
+            "{status}, {} bytes",
+            echoed.len()
+        );
+        reader
+            .get_mut()
+            .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        // The client stays connected, idle: no `tiny_http` connection left.
+        assert!(wait_until(Duration::from_secs(2), || harness
+            .front
+            .open_upstreams()
+            == 0));
+        assert_eq!(harness.front.open_connections(), 1);
+        // A download in flight holds exactly one, and the connection goes on.
+        reader
+            .get_mut()
+            .write_all(b"GET /stream?bytes=10000000 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(2), || harness
+            .front
+            .open_upstreams()
+            == 1));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut received = 0;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            received += size;
+            if size == 0 {
+                break;
+            }
+        }
+        assert_eq!(received, 10_000_000);
+        assert!(wait_until(Duration::from_secs(2), || harness
+            .front
+            .open_upstreams()
+            == 0));
+        reader
+            .get_mut()
+            .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        assert_eq!(harness.front.open_connections(), 1);
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        let big = vec![b'y'; 5000];
+        let mut requests = b"GET /hello HTTP/1.1\r\n\r\n\
+            POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\nping\
+            \r\nGET /nowhere HTTP/1.1\r\n\r\n"
+            .to_vec();
+        requests.extend_from_slice(
+            format!(
+                "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                big.len()
+            )
+            .as_bytes(),
+        );
+        requests.extend_from_slice(&big);
+        requests.extend_from_slice(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(&requests).unwrap();
+        let answer = read_until_close(&mut stream);
+        let mut reader = io::BufReader::new(&answer[..]);
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        assert_eq!(read_response(&mut reader), (200, b"ping".to_vec()));
+        assert_eq!(read_response(&mut reader).0, 404);
+        let (status, echoed) = read_response(&mut reader);
+        assert!(
+            status == 200 && echoed == big,
+            "{status}, {} bytes",
+            echoed.len()
+        );
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        assert!(reader.fill_buf().unwrap().is_empty());
+        assert!(wait_until(Duration::from_secs(2), || harness
+            .front
+            .open_upstreams()
+            == 0));
+    }
+
+    #[test]
+    fn pipelined_requests_before_a_half_close_are_all_answered() {
+        let harness = harness(test_config());
+        let mut stream = raw_client(&harness);
+        stream
+            .write_all(
+                b"GET /hello HTTP/1.1\r\n\r\n\
+                  POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\npong\
+                  GET /hello HTTP/1.1\r\n\r\n",
+            )
+            .unwrap();
+        stream.conn.send_close_notify();
+        stream.flush().unwrap();
+        stream.sock.shutdown(Shutdown::Write).unwrap();
+        let answer = read_until_close(&mut stream);
+        let mut reader = io::BufReader::new(&answer[..]);
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        assert_eq!(read_response(&mut reader), (200, b"pong".to_vec()));
+        assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
+        assert!(reader.fill_buf().unwrap().is_empty());
+    }
+
+    /// What the front relies on: asked with `Connection: close`, `tiny_http`
+    /// frames its response (`Content-Length` or chunked), adds no
+    /// `Connection` header of its own (the front passes response heads on,
+    /// and one would end the client's keep-alive), and then closes.
+    #[test]
+    fn tiny_http_answers_connection_close_with_a_framed_response_then_closes() {
+        let harness = harness(test_config());
+        let exchange = |request: &[u8]| {
+            let mut up = UnixStream::connect(harness.front.socket_path()).unwrap();
+            up.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            up.write_all(request).unwrap();
+            // Reads to the end: times out (and fails) unless `tiny_http` closes.
+            let mut answer = Vec::new();
+            up.read_to_end(&mut answer).unwrap();
+            let split = find_head_end(&answer).unwrap();
+            let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+            assert!(
+                !head.to_ascii_lowercase().contains("\r\nconnection:"),
+                "{head}"
+            );
+            (head, answer[split..].to_vec())
+        };
+        let has = |head: &str, header: &str| head.to_ascii_lowercase().contains(header);
+        let (head, body) = exchange(b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(has(&head, "\r\ncontent-length: 5\r\n"), "{head}");
+        assert_eq!(body, b"hello");
+
+        let mut post =
+            b"POST /echo HTTP/1.1\r\nConnection: close\r\nContent-Length: 3000\r\n\r\n".to_vec();
+        post.extend(std::iter::repeat_n(b'z', 3000));
+        let (head, body) = exchange(&post);
+        assert!(has(&head, "\r\ncontent-length: 3000\r\n"), "{head}");
+        assert_eq!(body.len(), 3000);
+
+        let (head, body) = exchange(b"GET /stream?bytes=100 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(has(&head, "\r\ntransfer-encoding: chunked\r\n"), "{head}");
+        let mut framer = ResponseFramer::default();
+        framer.expect(Expect {
+            head_request: false,
+            dechunk: true,
+        });
+        let mut out = Vec::new();
+        framer.feed(head.as_bytes(), &mut out).unwrap();
+        assert!(framer.feed(&body, &mut out).is_ok() && framer.is_idle());
+        let dechunked = &out[find_head_end(&out).unwrap()..];
+        assert!(dechunked
+            .iter()
+            .enumerate()
+            .all(|(i, &byte)| byte == pattern_byte(i as u64)));
+        assert_eq!(dechunked.len(), 100);
+
+        let (head, body) =
+            exchange(b"HEAD /stream?bytes=100 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(has(&head, "\r\ntransfer-encoding: chunked\r\n"), "{head}");
+        assert!(body.is_empty());
     }
 
     fn peer() -> SocketAddr {
@@ -2777,9 +3095,14 @@ mod tests {
                 dechunk: true
             }
         );
+        // The client's connection stays open; `tiny_http`'s carries just this.
         let plan = plan_request(b"GET / HTTP/1.1\r\n\r\n", peer(), 100).unwrap();
         assert!(plan.keep_alive);
         assert_eq!(plan.body_len, 0);
+        assert_eq!(
+            String::from_utf8(plan.head).unwrap(),
+            "GET / HTTP/1.1\r\nConnection: close\r\nX-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
+        );
     }
 
     #[test]
