@@ -258,10 +258,15 @@ impl Project {
         argv
     }
 
-    /// §9.2 step 3: the session's bash in main.
+    /// §9.2 step 3: the session's bash in main. docker-compose v1 logs a
+    /// container's non-zero exit status as an error line of its own when
+    /// `run` ends; only critical messages keep that line out of the job log.
     pub fn session_argv(&self) -> Vec<String> {
         let work = self.work_dir.to_string_lossy();
         let mut argv = self.base();
+        if self.tool == ComposeTool::Standalone {
+            argv.splice(1..1, ["--log-level".to_string(), "CRITICAL".to_string()]);
+        }
         argv.extend([
             "run".into(),
             "--rm".into(),
@@ -596,7 +601,7 @@ mod tests {
         );
         assert_eq!(
             p.session_argv().join(" "),
-            "docker-compose --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm --name agent-job-42-x-ab12-main -v /var/run/docker.sock:/var/run/docker.sock -v /d/work:/d/work:ro main bash --noediting"
+            "docker-compose --log-level CRITICAL --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm --name agent-job-42-x-ab12-main -v /var/run/docker.sock:/var/run/docker.sock -v /d/work:/d/work:ro main bash --noediting"
         );
         assert!(p
             .down_argv(10)

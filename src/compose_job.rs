@@ -202,9 +202,8 @@ pub(crate) fn start(
         mark: spec.mark,
         stop: &spec.stop.rx,
         grace: spec.grace,
-        strip_exit_status_line: project.tool == compose::ComposeTool::Standalone,
     });
-    let mut session = match session {
+    let session = match session {
         Ok(Some(s)) => s,
         Ok(None) => {
             steps.finished(STEP_START, 1, started_at);
@@ -217,20 +216,36 @@ pub(crate) fn start(
             return Started::Failed;
         }
     };
-    give_work_dir_to_container_user(&mut session, spec.work_dir);
+    give_work_dir_to_container_user(&project, spec.work_dir);
     steps.finished(STEP_START, 0, started_at);
     Started::Ready(Box::new(session))
 }
 
 /// The container's user must read the env and command files in the
 /// read-only mount; they stay private to that user (and root).
-fn give_work_dir_to_container_user(session: &mut Session, work_dir: &Path) {
-    let ids = session.capture("printf '%s %s' \"$(id -u)\" \"$(id -g)\"");
+fn give_work_dir_to_container_user(project: &Project, work_dir: &Path) {
+    // Asked from the host: the session itself cannot source anything from
+    // the work dir before it belongs to the container's user.
+    let out = Command::new("docker")
+        .args([
+            "exec",
+            &project.container,
+            "bash",
+            "-c",
+            "printf '%s %s' \"$(id -u)\" \"$(id -g)\"",
+        ])
+        .env("DOCKER_CONFIG", &project.docker_config)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let ids = out
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     let Some((uid, gid)) = ids.as_deref().and_then(|s| {
         let (u, g) = s.trim().split_once(' ')?;
         Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?))
     }) else {
-        log::warn!("cannot read the container user's ids");
+        log::warn!("cannot read the ids of the user of {}", project.container);
         return;
     };
     if uid == 0 {

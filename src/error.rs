@@ -50,6 +50,11 @@ pub enum Error {
     },
     Request(RequestError),
     Config(String),
+    /// The job's shell died or stayed silent before it was ready.
+    SessionStart {
+        status: Option<i32>,
+        output: String,
+    },
 }
 
 impl Error {
@@ -71,6 +76,18 @@ impl fmt::Display for Error {
             Error::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
             Error::Request(e) => e.fmt(f),
             Error::Config(e) => f.write_str(e),
+            Error::SessionStart { status, output } => {
+                match status {
+                    Some(code) => {
+                        write!(f, "the shell exited with status {code} before it was ready")?
+                    }
+                    None => write!(f, "the shell was not ready in time")?,
+                }
+                if !output.is_empty() {
+                    write!(f, ":\n{output}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -80,7 +97,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } | Error::Spawn { source, .. } => Some(source),
             Error::Request(e) => Some(e),
-            Error::Config(_) => None,
+            Error::Config(_) | Error::SessionStart { .. } => None,
         }
     }
 }

@@ -851,6 +851,11 @@ impl Drop for Upstream<'_> {
 
 /// One established TLS connection, and the `tiny_http` connection of the
 /// request in flight, if any.
+/// After this many response bytes a connection counts as a bulk transfer.
+const BULK_BYTES: u64 = 1024 * 1024;
+/// The nice value of a bulk transfer's thread.
+const BULK_NICE: libc::c_int = 10;
+
 struct Session<'a> {
     shared: &'a Shared,
     cfg: &'a FrontConfig,
@@ -879,6 +884,8 @@ struct Session<'a> {
     out_sent: usize,
     framer: ResponseFramer,
 
+    /// Response bytes relayed on this connection, until it is marked bulk.
+    relayed: u64,
     /// Last time any byte moved in either direction.
     last_progress: Instant,
     /// Since when the client has been taking none of our pending output.
@@ -913,6 +920,7 @@ impl<'a> Session<'a> {
             out: Vec::new(),
             out_sent: 0,
             framer: ResponseFramer::default(),
+            relayed: 0,
             last_progress: now,
             client_stall_since: now,
             up_stall_since: now,
@@ -1041,6 +1049,7 @@ impl<'a> Session<'a> {
                     .feed(&self.from_up[..n], &mut self.out)
                     .map_err(CloseReason::Framing)?;
                 progress = true;
+                self.note_relayed(n);
                 self.feed_tls()?;
             }
             Err(err)
@@ -1056,6 +1065,25 @@ impl<'a> Session<'a> {
             }
         }
         Ok(progress)
+    }
+
+    /// A connection that has carried a lot (a big log download) yields the
+    /// CPU to others: its thread gets a lower scheduling priority, so short
+    /// requests such as `/is_alive` stay quick while bulk transfers share
+    /// what is left.
+    fn note_relayed(&mut self, n: usize) {
+        if self.relayed >= BULK_BYTES {
+            return;
+        }
+        self.relayed += n as u64;
+        if self.relayed >= BULK_BYTES {
+            // SAFETY: setpriority on this very thread (a tid is a valid
+            // PRIO_PROCESS target on Linux); lowering needs no privilege.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, BULK_NICE);
+            }
+        }
     }
 
     fn feed_tls(&mut self) -> Result<bool, CloseReason> {

@@ -273,7 +273,6 @@ fn start_shell(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
         mark: spec.mark,
         stop: &spec.stop.rx,
         grace: spec.grace,
-        strip_exit_status_line: false,
     });
     match session {
         Ok(Some(s)) => {

@@ -51,23 +51,6 @@ impl Chunker {
         self.buf.len()
     }
 
-    /// Removes `line` (with its line ending) when it is the buffer's last
-    /// line; returns whether it did.
-    pub fn strip_last_line(&mut self, line: &[u8]) -> bool {
-        for ending in [&b"\r\n"[..], b"\n"] {
-            let mut full = line.to_vec();
-            full.extend_from_slice(ending);
-            if self.buf.ends_with(&full) {
-                let start = self.buf.len() - full.len();
-                if start == 0 || self.buf[start - 1] == b'\n' {
-                    self.buf.truncate(start);
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
     /// A full chunk, if at least `MAX_CHUNK` bytes are buffered.
     pub fn take_full(&mut self) -> Option<String> {
         if self.buf.len() < MAX_CHUNK {
@@ -315,15 +298,6 @@ mod tests {
         assert!(c.take_forced().is_none());
         c.push(b"er22\n");
         assert_eq!(c.take_all().unwrap(), "[MASKED]\n");
-    }
-
-    #[test]
-    fn last_line_stripping() {
-        let mut c = Chunker::new();
-        c.push(b"out\n17\r\n");
-        assert!(!c.strip_last_line(b"7"));
-        assert!(c.strip_last_line(b"17"));
-        assert_eq!(c.take_all().unwrap(), "out\n");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::error::Error;
-use crate::output::Chunker;
+use crate::output::{render, Chunker};
 use crate::procs::{JobProcesses, MARK_VAR};
 
 /// No byte of output waits longer than this before it is in the log (§6.2).
@@ -70,9 +70,6 @@ pub struct SessionSpec<'a> {
     pub mark: &'a str,
     pub stop: &'a Receiver<()>,
     pub grace: Duration,
-    /// docker-compose v1 prints a container's non-zero exit status as a
-    /// last line after `run` ends; that line is not the job's output.
-    pub strip_exit_status_line: bool,
 }
 
 pub struct Session {
@@ -85,7 +82,6 @@ pub struct Session {
     cmd_path: PathBuf,
     /// Set once bash has exited.
     exit_status: Option<i32>,
-    strip_exit_status_line: bool,
     scanner: MarkerScanner,
     /// Values masked in every command's output.
     secrets: Arc<Vec<Vec<u8>>>,
@@ -182,7 +178,6 @@ impl Session {
             scanner: MarkerScanner::new(&nonce),
             nonce,
             exit_status: None,
-            strip_exit_status_line: spec.strip_exit_status_line,
             secrets: Arc::default(),
         };
         // The terminal echoes nothing, prompts are empty, history is not
@@ -221,20 +216,31 @@ impl Session {
                     }
                     Ok(Msg::Exited(code)) => {
                         session.exit_status = Some(code);
+                        // The rest of what it printed says why.
+                        let deadline = Instant::now() + DRAIN_TIMEOUT;
+                        while let Ok(Msg::Output(bytes)) = session
+                            .rx
+                            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        {
+                            seen.extend_from_slice(&bytes);
+                        }
                         session.kill();
-                        return Err(Error::Config(format!(
-                            "the bash session exited with status {code} before it was ready: {}",
-                            String::from_utf8_lossy(&seen).trim()
-                        )));
+                        // A terminal that still echoed shows the agent's own
+                        // instruction: that is no part of the reason.
+                        let output = render(&seen).replace(init.trim_end(), "");
+                        return Err(Error::SessionStart {
+                            status: Some(code),
+                            output: output.trim().to_string(),
+                        });
                     }
                     Err(_) => unreachable!("the waiter thread always reports"),
                 },
                 default(deadline.saturating_duration_since(Instant::now())) => {
                     session.kill();
-                    return Err(Error::Config(format!(
-                        "the bash session was not ready after {} s",
-                        READY_TIMEOUT.as_secs()
-                    )));
+                    return Err(Error::SessionStart {
+                        status: None,
+                        output: render(&seen).replace(init.trim_end(), "").trim().to_string(),
+                    });
                 }
             }
         }
@@ -345,9 +351,6 @@ impl Session {
         }
         self.drain_into(chunker);
         let status = self.exit_status.unwrap_or(1);
-        if self.strip_exit_status_line && status != 0 {
-            chunker.strip_last_line(status.to_string().as_bytes());
-        }
         while let Some(s) = chunker.take_full() {
             sink(s);
         }
