@@ -504,18 +504,21 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(s)
     }
 
+    fn env_vars(vars: &[(&str, &str)]) -> Vec<EnvVar> {
+        vars.iter()
+            .map(|(n, v)| EnvVar {
+                name: n.to_string(),
+                value: b64(v),
+                secret: false,
+            })
+            .collect()
+    }
+
     fn container(name: &str, env: &[(&str, &str)]) -> Container {
         Container {
             name: name.into(),
             image: "agent-test/bash:1".into(),
-            env_vars: env
-                .iter()
-                .map(|(n, v)| EnvVar {
-                    name: n.to_string(),
-                    value: b64(v),
-                    secret: false,
-                })
-                .collect(),
+            env_vars: env_vars(env),
             ..Container::default()
         }
     }
@@ -619,14 +622,7 @@ mod tests {
 
     fn creds(vars: &[(&str, &str)]) -> Credentials {
         Credentials {
-            env_vars: vars
-                .iter()
-                .map(|(n, v)| EnvVar {
-                    name: n.to_string(),
-                    value: b64(v),
-                    secret: false,
-                })
-                .collect(),
+            env_vars: env_vars(vars),
             files: vec![],
         }
     }

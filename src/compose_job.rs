@@ -279,7 +279,7 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
         steps.output(&format!("Setting up credentials for {}\n", login.what));
         for file in &login.files {
             let path = resolve_path(&file.path, spec.home);
-            if let Err(message) = write_host_file(&path, &file.content, &file.mode) {
+            if let Err(message) = crate::job::inject_file(&path, &file.content, &file.mode) {
                 steps.output(&message);
                 steps.finished(STEP_CREDENTIALS, 1, started_at);
                 return Some(false);
@@ -309,10 +309,6 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
     }
     steps.finished(STEP_CREDENTIALS, 0, started_at);
     Some(true)
-}
-
-fn write_host_file(path: &Path, content_b64: &str, mode: &str) -> Result<(), String> {
-    crate::job::inject_file(path, content_b64, mode)
 }
 
 /// §5.2 step 5 for compose (§9.5): staged on the host, copied in place by

@@ -252,21 +252,27 @@ mod tests {
         assert_eq!(safe_cut(&emoji[..3]), 0);
     }
 
+    /// Feeds `bytes` in two reads split at `split`, taking what is settled
+    /// in between, and returns everything emitted.
+    fn feed_split(mut c: Chunker, bytes: &[u8], split: usize) -> String {
+        let mut out = String::new();
+        c.push(&bytes[..split]);
+        if let Some(s) = c.take_settled() {
+            out.push_str(&s);
+        }
+        c.push(&bytes[split..]);
+        if let Some(s) = c.take_all() {
+            out.push_str(&s);
+        }
+        out
+    }
+
     #[test]
     fn chunker_reassembles_split_characters() {
         let text = "héllo wörld €😀\r\nnext\r\n";
         let bytes = text.as_bytes();
         for split in 0..bytes.len() {
-            let mut c = Chunker::new();
-            let mut out = String::new();
-            c.push(&bytes[..split]);
-            if let Some(s) = c.take_settled() {
-                out.push_str(&s);
-            }
-            c.push(&bytes[split..]);
-            if let Some(s) = c.take_all() {
-                out.push_str(&s);
-            }
+            let out = feed_split(Chunker::new(), bytes, split);
             assert_eq!(out, "héllo wörld €😀\nnext\n", "split at {split}");
         }
     }
@@ -276,16 +282,7 @@ mod tests {
         let secrets = Arc::new(vec![b"hunter22".to_vec(), b"s3cr".to_vec()]);
         let text = b"pw=hunter22 and s3cr, hunter2 stays\n";
         for split in 0..text.len() {
-            let mut c = Chunker::with_secrets(Arc::clone(&secrets));
-            let mut out = String::new();
-            c.push(&text[..split]);
-            if let Some(s) = c.take_settled() {
-                out.push_str(&s);
-            }
-            c.push(&text[split..]);
-            if let Some(s) = c.take_all() {
-                out.push_str(&s);
-            }
+            let out = feed_split(Chunker::with_secrets(Arc::clone(&secrets)), text, split);
             assert_eq!(
                 out, "pw=[MASKED] and [MASKED], hunter2 stays\n",
                 "split at {split}"
