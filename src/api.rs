@@ -178,14 +178,31 @@ fn status(app: &App) -> Reply {
     } else {
         "waiting-for-job"
     };
-    Reply::json(
-        200,
-        json!({
-            "state": state,
-            "version": crate::version::VERSION,
-            "jobs": {"running": running, "queued": queued, "capacity": app.runner.capacity()},
-        }),
-    )
+    // A struct, not json!, so the keys keep the reference's order.
+    #[derive(serde::Serialize)]
+    struct Status {
+        state: &'static str,
+        version: &'static str,
+        jobs: Jobs,
+    }
+    #[derive(serde::Serialize)]
+    struct Jobs {
+        running: usize,
+        queued: usize,
+        capacity: usize,
+    }
+    let status = Status {
+        state,
+        version: crate::version::VERSION,
+        jobs: Jobs {
+            running,
+            queued,
+            capacity: app.runner.capacity(),
+        },
+    };
+    let mut r = Reply::bytes(200, serde_json::to_vec(&status).unwrap_or_default());
+    r.content_type = Some("application/json");
+    r
 }
 
 fn submit(app: &App, body: &mut dyn Read) -> Reply {
