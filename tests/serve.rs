@@ -1388,3 +1388,63 @@ fn sigterm_stops_every_job_and_the_agent_exits() {
     crate::support::assert_no_job_processes(&first.job_id);
     crate::support::assert_no_job_processes(&second.job_id);
 }
+
+#[test]
+fn the_log_is_uploaded_through_the_artifact_cli_when_asked() {
+    // A stand-in `artifact` CLI on PATH records its arguments, environment
+    // and the file it was given.
+    let bin = tempfile::tempdir().expect("a temp dir");
+    let record = bin.path().join("record");
+    let script = format!(
+        "#!/usr/bin/env bash\n\
+         {{ printf '%s\\n' \"$*\" \"$SEMAPHORE_ARTIFACT_TOKEN\" \"$SEMAPHORE_ORGANIZATION_URL\" \"$SEMAPHORE_JOB_ID\"; }} > '{rec}.args'\n\
+         cp \"${{@: -1}}\" '{rec}.file'\n",
+        rec = record.display()
+    );
+    let cli = bin.path().join("artifact");
+    std::fs::write(&cli, script).expect("write the stand-in CLI");
+    std::fs::set_permissions(&cli, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make it executable");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let agent = TestAgent::builder().env("PATH", &path).start();
+    let job = Job::new("upload")
+        .env("SEMAPHORE_AGENT_UPLOAD_JOB_LOGS", "always")
+        .env("SEMAPHORE_ARTIFACT_TOKEN", "tok-123")
+        .env("SEMAPHORE_ORGANIZATION_URL", "https://org.example")
+        .env("SEMAPHORE_JOB_ID", "job-42")
+        .command("echo uploaded");
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_job_finished(&job.job_id);
+    agent.client().archivator_read(&job.job_id);
+    let args_file = bin.path().join("record.args");
+    poll_until("the artifact CLI runs", Duration::from_secs(20), || {
+        args_file.exists()
+    });
+    poll_until("the upload ends", Duration::from_secs(20), || {
+        agent.job_state(&job.job_id) == "finished" && bin.path().join("record.file").exists()
+    });
+    let args = std::fs::read_to_string(&args_file).expect("read the arguments");
+    let lines: Vec<&str> = args.lines().collect();
+    assert!(
+        lines[0].starts_with("push job --destination agent/job_logs.txt "),
+        "{args}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["tok-123", "https://org.example", "job-42"],
+        "{args}"
+    );
+    let text = std::fs::read_to_string(bin.path().join("record.file")).expect("read the upload");
+    assert!(
+        text.contains("echo uploaded\nuploaded\n"),
+        "the plain-text log: {text:?}"
+    );
+    assert!(
+        text.starts_with("Exporting environment variables\n"),
+        "{text:?}"
+    );
+}

@@ -361,6 +361,7 @@ pub struct AgentBuilder {
     max_request_bytes: Option<u64>,
     secret: Option<String>,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 impl AgentBuilder {
@@ -402,6 +403,12 @@ impl AgentBuilder {
 
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_owned());
+        self
+    }
+
+    /// An environment variable of the agent process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.extra_env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -496,6 +503,7 @@ impl TestAgent {
             .env_remove("AGENT_AUTH_TOKEN_SECRET")
             .env_remove("AGENT_DATA_DIR")
             .env_remove("SEMAPHORE_AGENT_LOG_LEVEL")
+            .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
