@@ -1448,3 +1448,67 @@ fn the_log_is_uploaded_through_the_artifact_cli_when_asked() {
         "{text:?}"
     );
 }
+
+#[test]
+fn the_pre_job_hook_runs_before_the_commands_and_its_failure_fails_the_job() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let hook = dir.path().join("hook.sh");
+    // The hook decides from a file whether it fails, so one agent serves both jobs.
+    let fail_flag = dir.path().join("fail");
+    std::fs::write(
+        &hook,
+        format!(
+            "echo hook ran\nexport FROM_HOOK=yes\n[ ! -e '{}' ]\n",
+            fail_flag.display()
+        ),
+    )
+    .expect("write the hook");
+    let agent = TestAgent::builder()
+        .arg("--pre-job-hook-path")
+        .arg(&hook.display().to_string())
+        .start();
+    let hook_step = "Running the pre-job hook configured in the agent";
+    let hook_output = format!(
+        "Running: source '{}'\nWarning: The agent is configured to fail the job if the pre-job hook fails.\nhook ran\n",
+        hook.display()
+    );
+
+    let passing = Job::new("hook-pass").command("echo $FROM_HOOK");
+    agent.submit_ok(&passing.to_value());
+    let events = agent.wait_for_job_finished(&passing.job_id);
+    assert_eq!(
+        normalize(&events),
+        log_of(
+            vec![
+                env_export(&[]),
+                no_files(),
+                step(hook_step, &hook_output, 0),
+                step("echo $FROM_HOOK", "yes\n", 0),
+                result_export(0),
+            ],
+            "passed"
+        )
+    );
+    agent.client().archivator_read(&passing.job_id);
+    poll_until("the first job's teardown", Duration::from_secs(20), || {
+        agent.job_state(&passing.job_id) == "finished"
+            && agent.get("/status").json()["state"] == "waiting-for-job"
+    });
+
+    std::fs::write(&fail_flag, "").expect("make the hook fail");
+    let failing = Job::new("hook-fail").command("echo never");
+    agent.submit_ok(&failing.to_value());
+    let events = agent.wait_for_job_finished(&failing.job_id);
+    assert_eq!(
+        normalize(&events),
+        log_of(
+            vec![
+                env_export(&[]),
+                no_files(),
+                step(hook_step, &hook_output, 1),
+                result_export(0),
+            ],
+            "failed"
+        )
+    );
+}
