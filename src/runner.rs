@@ -72,11 +72,11 @@ struct EntryState {
 
 pub struct JobEntry {
     pub job_id: String,
-    request: JobRequest,
     dir: JobDir,
     files: Arc<LogFiles>,
-    /// Taken by the runner when the job starts.
-    log: Mutex<Option<EventLog>>,
+    /// The request and the log writer, taken by the runner when the job
+    /// starts; a finished job keeps neither in memory.
+    pending: Mutex<Option<(JobRequest, EventLog)>>,
     stop: StopHandle,
     signal: StopSignal,
     queued_at: u64,
@@ -253,9 +253,8 @@ impl Runner {
         let (stop, signal) = job::stop_pair();
         let entry = Arc::new(JobEntry {
             job_id: request.job_id.clone(),
-            request,
             files: log.files(),
-            log: Mutex::new(Some(log)),
+            pending: Mutex::new(Some((request, log))),
             dir,
             stop,
             signal,
@@ -362,7 +361,12 @@ impl Runner {
     }
 
     fn run_entry(&self, entry: &Arc<JobEntry>) {
-        let Some(mut log) = entry.log.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let pending = entry
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some((request, mut log)) = pending else {
             return;
         };
         entry.set_state(JobState::Running);
@@ -378,7 +382,7 @@ impl Runner {
         let started = Instant::now();
         let result = job::run(
             JobSpec {
-                request: &entry.request,
+                request: &request,
                 work_dir: &entry.dir.work,
                 home: &self.cfg.home,
                 mark: &entry.dir.mark,
@@ -394,14 +398,20 @@ impl Runner {
         if let Some(metrics) = &self.cfg.options.metrics {
             metrics.job_finished(result, started.elapsed());
         }
-        self.teardown(entry, result, log);
+        self.teardown(entry, &request, result, log);
     }
 
     /// §7.2 as we amend it: the finished callback after `job_finished`, the
     /// bounded archivator wait, the log closed, the teardown callback, and
     /// the working files removed. Every step runs whatever failed before.
-    fn teardown(&self, entry: &Arc<JobEntry>, result: JobResult, log: EventLog) {
-        let cb = &entry.request.callbacks;
+    fn teardown(
+        &self,
+        entry: &Arc<JobEntry>,
+        request: &JobRequest,
+        result: JobResult,
+        log: EventLog,
+    ) {
+        let cb = &request.callbacks;
         if let Err(e) = callbacks::send(
             &cb.finished,
             &cb.token,
@@ -418,7 +428,7 @@ impl Runner {
             );
         }
         drop(log);
-        crate::artifact::upload_job_log(&entry.request, entry.files());
+        crate::artifact::upload_job_log(request, entry.files());
         if let Err(e) = callbacks::send(&cb.teardown_finished, &cb.token, "{}", &self.cfg.callbacks)
         {
             log::error!("job {}: {e}", entry.job_id);
