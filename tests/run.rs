@@ -1387,3 +1387,36 @@ fn background_jobs_print_no_job_control_notices() {
         "second\n"
     );
 }
+
+#[test]
+fn version_prints_the_crate_version_and_the_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("version")
+        .output()
+        .expect("run agent version");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let line = text.trim_end();
+    assert!(
+        line.starts_with(env!("CARGO_PKG_VERSION")),
+        "{line:?} should start with the crate version"
+    );
+    // Built from a git checkout (as the tests always are), the commit follows.
+    let in_checkout = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if in_checkout {
+        let commit = line
+            .strip_prefix(env!("CARGO_PKG_VERSION"))
+            .and_then(|rest| rest.strip_prefix(" ("))
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no commit in {line:?}"));
+        assert!(
+            commit.len() >= 12 && commit[..12].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{commit:?} is not a commit"
+        );
+    }
+}
