@@ -4,6 +4,7 @@
 //! line.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,7 +84,11 @@ fn tls_material(args: &ServeArgs, data_dir: &Path) -> Result<(Vec<u8>, Vec<u8>),
     if let (Ok(c), Ok(k)) = (std::fs::read(&cert), std::fs::read(&key)) {
         return Ok((c, k));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io("cannot create", &dir, e))?;
     let (c, k) = front::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(|e| Error::Config(format!("cannot make a self-signed certificate: {e}")))?;
     crate::job::write_private(&key, k.as_bytes())
