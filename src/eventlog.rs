@@ -116,6 +116,8 @@ pub struct EventLog {
     line: Vec<u8>,
     progress: Progress,
     observer: Option<Observer>,
+    /// The step started and not yet finished, with its start time.
+    open_step: Option<(String, u64)>,
 }
 
 impl EventLog {
@@ -142,7 +144,39 @@ impl EventLog {
             line: Vec::with_capacity(256),
             progress: Progress::default(),
             observer: None,
+            open_step: None,
         })
+    }
+
+    /// Ends the log of a job the agent could not carry on with: the open
+    /// step (or a step of its own) says why and fails, then `job_finished`.
+    pub fn close_after_failure(&mut self, message: &str) {
+        let now = now_secs();
+        let (directive, started_at) = self
+            .open_step
+            .clone()
+            .unwrap_or_else(|| ("Agent error".to_string(), now));
+        if self.open_step.is_none() {
+            self.write(&Event::CmdStarted {
+                timestamp: now,
+                directive: &directive,
+            });
+        }
+        self.write(&Event::CmdOutput {
+            timestamp: now,
+            output: message,
+        });
+        self.write(&Event::CmdFinished {
+            timestamp: now,
+            directive: &directive,
+            exit_code: 1,
+            started_at,
+            finished_at: now,
+        });
+        self.write(&Event::JobFinished {
+            timestamp: now,
+            result: JobResult::Failed.as_str(),
+        });
     }
 
     pub fn files(&self) -> Arc<LogFiles> {
@@ -176,6 +210,14 @@ impl EventLog {
         self.progress.bytes += self.line.len() as u64;
         self.progress.events += 1;
         self.progress.finished |= matches!(event, Event::JobFinished { .. });
+        match event {
+            Event::CmdStarted {
+                directive,
+                timestamp,
+            } => self.open_step = Some((directive.to_string(), *timestamp)),
+            Event::CmdFinished { .. } => self.open_step = None,
+            _ => {}
+        }
         *self
             .files
             .progress
@@ -215,6 +257,33 @@ mod tests {
             text,
             "{\"event\":\"cmd_finished\",\"timestamp\":3,\"directive\":\"echo <a>\",\"exit_code\":0,\"started_at\":1,\"finished_at\":2}\n"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failure_closes_the_open_step() {
+        let dir = temp_dir("failure");
+        let mut log = EventLog::create(&dir).unwrap();
+        log.write(&Event::CmdStarted {
+            timestamp: 5,
+            directive: "make",
+        });
+        log.close_after_failure("boom\n");
+        let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+        let events: Vec<&str> = text
+            .lines()
+            .map(|l| &l[..l.find(",\"timestamp").unwrap()])
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "{\"event\":\"cmd_started\"",
+                "{\"event\":\"cmd_output\"",
+                "{\"event\":\"cmd_finished\"",
+                "{\"event\":\"job_finished\""
+            ]
+        );
+        assert!(text.contains("\"directive\":\"make\",\"exit_code\":1,\"started_at\":5"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -380,18 +380,30 @@ impl Runner {
             waited
         );
         let started = Instant::now();
-        let result = job::run(
-            JobSpec {
-                request: &request,
-                work_dir: &entry.dir.work,
-                home: &self.cfg.home,
-                mark: &entry.dir.mark,
-                stop: entry.signal.clone(),
-                grace: self.cfg.grace,
-                options: &self.cfg.options,
-            },
-            &mut log,
-        );
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            job::run(
+                JobSpec {
+                    request: &request,
+                    work_dir: &entry.dir.work,
+                    home: &self.cfg.home,
+                    mark: &entry.dir.mark,
+                    stop: entry.signal.clone(),
+                    grace: self.cfg.grace,
+                    options: &self.cfg.options,
+                },
+                &mut log,
+            )
+        }));
+        // A bug in the agent fails the job, never the runner: the log says
+        // so and the teardown still runs (the session's guards have already
+        // killed what the job started while the panic unwound).
+        let result = run.unwrap_or_else(|_| {
+            log::error!("job {}: the agent failed while running it", entry.job_id);
+            log.close_after_failure(
+                "\nThe agent failed while running this job; see the agent log.\n",
+            );
+            JobResult::Failed
+        });
         // `job_finished` is in the log: readers may now archive it.
         entry.set_state(JobState::TearingDown(result));
         log::info!("job {} finished: {}", entry.job_id, result.as_str());
