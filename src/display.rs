@@ -43,7 +43,8 @@ impl Display {
             }
             Event::CmdStarted { directive, .. } => {
                 self.cmd_started = Instant::now();
-                format!("{}\n", self.paint("1;36", &format!("$ {directive}")))
+                let header = format!("$ {}", directive.trim_end());
+                format!("{}\n", self.paint("1;36", &header))
             }
             Event::CmdOutput { output, .. } => output.to_string(),
             Event::CmdFinished { exit_code, .. } => {
