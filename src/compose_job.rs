@@ -374,8 +374,7 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> 
         for (command, message) in checks {
             match session.run_silent(&command) {
                 Outcome::Finished(0) => {}
-                Outcome::Finished(s) | Outcome::SessionEnded(s) => return fail(steps, message, s),
-                Outcome::SessionGone | Outcome::Stopped => return fail(steps, message, 1),
+                other => return fail(steps, message, other.exit_code()),
             }
         }
     }

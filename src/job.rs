@@ -388,13 +388,12 @@ impl Steps<'_, '_> {
             }
         }
         session.set_secrets(secrets);
-        let status = match session.run_silent(&format!(
-            "source {}",
-            shell_quote(&env_file.to_string_lossy())
-        )) {
-            Outcome::Finished(status) | Outcome::SessionEnded(status) => status,
-            Outcome::SessionGone | Outcome::Stopped => 1,
-        };
+        let status = session
+            .run_silent(&format!(
+                "source {}",
+                shell_quote(&env_file.to_string_lossy())
+            ))
+            .exit_code();
         if status == 0 && self.spec.request.executor == "dockercompose" {
             // Login shells in main (the jump point) see the job's env vars.
             let env = shell_quote(&env_file.to_string_lossy());
@@ -474,16 +473,14 @@ impl Steps<'_, '_> {
                 output: &chunk,
             })
         });
-        let (status, step) = match outcome {
-            Outcome::Finished(s) | Outcome::SessionEnded(s) => (s, Step::Done(s)),
-            Outcome::SessionGone => (1, Step::Done(1)),
-            // §5.4: the command a stop ended reports 1, whatever killed it.
-            Outcome::Stopped => {
-                if let Some(reason) = self.spec.stop.reason() {
-                    self.output(&reason);
-                }
-                (1, Step::Stopped)
+        let status = outcome.exit_code();
+        let step = if outcome == Outcome::Stopped {
+            if let Some(reason) = self.spec.stop.reason() {
+                self.output(&reason);
             }
+            Step::Stopped
+        } else {
+            Step::Done(status)
         };
         self.finished(directive, status, started_at);
         step
@@ -531,13 +528,9 @@ impl Steps<'_, '_> {
         {
             log::warn!("cannot append to {}: {e}", env_file.display());
         }
-        let (status, stopped) = match session.run_silent(line.trim_end()) {
-            Outcome::Finished(s) | Outcome::SessionEnded(s) => (s, false),
-            Outcome::SessionGone => (1, false),
-            Outcome::Stopped => (1, true),
-        };
-        self.finished(STEP_EXPORT_ENV, status, started_at);
-        !stopped
+        let outcome = session.run_silent(line.trim_end());
+        self.finished(STEP_EXPORT_ENV, outcome.exit_code(), started_at);
+        outcome != Outcome::Stopped
     }
 }
 

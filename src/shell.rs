@@ -51,6 +51,17 @@ pub enum Outcome {
     Stopped,
 }
 
+impl Outcome {
+    /// The `exit_code` the log reports: the real status when there is one,
+    /// else 1 (a gone session, and a stop whatever killed the command, §5.4).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Finished(status) | Outcome::SessionEnded(status) => status,
+            Outcome::SessionGone | Outcome::Stopped => 1,
+        }
+    }
+}
+
 enum Msg {
     Output(Vec<u8>),
     Exited(i32),
