@@ -1020,6 +1020,33 @@ fn missing_image_fails_the_pull_step() {
     );
 }
 
+/// The start step failed with an explanation after the prescribed lines
+/// (§9.2 step 3), nothing of the session's initialisation in it, and the
+/// job failed right there; returns the step's output.
+fn assert_start_failed(job: &ComposeJob, outcome: &Outcome) -> String {
+    const LINES: &str = "Starting a new bash session.\nFailed to start the docker image\n";
+    let start = outcome.step(START_STEP);
+    let text = start.output();
+    assert!(
+        text.starts_with(LINES) && text.len() > LINES.len(),
+        "the start step does not explain the failure: {:#?}",
+        start.outputs
+    );
+    assert_no_initialisation(&text);
+    assert_log(
+        job,
+        &outcome.events,
+        log_of(
+            vec![
+                step(PULL_STEP, docker::PULL_OUTPUT, 0),
+                step(START_STEP, &text, 1),
+            ],
+            "failed",
+        ),
+    );
+    text
+}
+
 /// §4: nothing of the session's initialisation (the agent's own setup line,
 /// which the container's terminal echoes before `stty -echo` has run)
 /// reaches the job log.
@@ -1037,25 +1064,10 @@ fn image_without_bash_fails_the_start_step() {
     }
     let job = ComposeJob::new("nobash", Container::new("main", NOBASH_IMAGE)).command("echo never");
     let outcome = job.run();
-    let start = outcome.step(START_STEP);
-    let text = start.output();
+    let text = assert_start_failed(&job, &outcome);
     assert!(
-        text.starts_with("Starting a new bash session.\nFailed to start the docker image\n")
-            && text.contains("bash"),
-        "the start step does not explain the failure: {:#?}",
-        start.outputs
-    );
-    assert_no_initialisation(&text);
-    assert_log(
-        &job,
-        &outcome.events,
-        log_of(
-            vec![
-                step(PULL_STEP, docker::PULL_OUTPUT, 0),
-                step(START_STEP, &text, 1),
-            ],
-            "failed",
-        ),
+        text.contains("bash"),
+        "the reason does not name bash: {text:?}"
     );
 }
 
@@ -1070,30 +1082,10 @@ fn main_dying_before_the_session_is_ready_fails_the_start_step() {
         .entrypoint("sh -c '[ \"$0\" = true ] && exit 0; echo dying before bash; exit 3'");
     let job = ComposeJob::new("dying", main).command("echo never");
     let outcome = job.run();
-    let start = outcome.step(START_STEP);
-    let text = start.output();
-    assert!(
-        text.starts_with("Starting a new bash session.\nFailed to start the docker image\n")
-            && text.len()
-                > "Starting a new bash session.\nFailed to start the docker image\n".len(),
-        "the start step does not explain the failure: {:#?}",
-        start.outputs
-    );
+    let text = assert_start_failed(&job, &outcome);
     assert!(
         text.contains("dying before bash"),
         "the start step does not show what main printed: {text:?}"
-    );
-    assert_no_initialisation(&text);
-    assert_log(
-        &job,
-        &outcome.events,
-        log_of(
-            vec![
-                step(PULL_STEP, docker::PULL_OUTPUT, 0),
-                step(START_STEP, &text, 1),
-            ],
-            "failed",
-        ),
     );
 }
 
