@@ -180,7 +180,6 @@ fn bench_command_overhead() -> Result<Vec<Row>, Failure> {
     let bash = median(&bash_times);
     let agent = median(&agent_times);
     let ratio = ratio(agent, bash);
-    let overhead_ms = (agent.as_secs_f64() - bash.as_secs_f64()) * 1000.0 / N_COMMANDS as f64;
     let rss = median(&agent_rss);
     println!(
         "  median: bash {}, agent {} (ratio {ratio:.1}x), agent peak RSS {}",
@@ -188,8 +187,15 @@ fn bench_command_overhead() -> Result<Vec<Row>, Failure> {
         fmt_duration(agent),
         fmt_kib(rss),
     );
+    Ok(vec![overhead_row("per-command overhead", agent, bash)])
+}
+
+/// The per-command overhead of `N_COMMANDS` commands through the agent
+/// against plain bash, printed and as a summary row.
+fn overhead_row(title: &str, agent: Duration, bash: Duration) -> Row {
+    let overhead_ms = (agent.as_secs_f64() - bash.as_secs_f64()) * 1000.0 / N_COMMANDS as f64;
     let row = Row::at_most(
-        "per-command overhead",
+        title,
         Some((agent, bash)),
         overhead_ms,
         OVERHEAD_TARGET_MS,
@@ -204,7 +210,7 @@ fn bench_command_overhead() -> Result<Vec<Row>, Failure> {
         row.target,
         row.outcome,
     );
-    Ok(vec![row])
+    row
 }
 
 /// The throughput pipeline: 200 MB of output in lines of 99 characters.
@@ -474,24 +480,11 @@ fn bench_serve_overhead() -> Result<Vec<Row>, Failure> {
 
     let bash = median(&bash_times);
     let agent = median(&agent_times);
-    let overhead_ms = (agent.as_secs_f64() - bash.as_secs_f64()) * 1000.0 / N_COMMANDS as f64;
-    let row = Row::at_most(
+    Ok(vec![overhead_row(
         "per-command overhead via API",
-        Some((agent, bash)),
-        overhead_ms,
-        OVERHEAD_TARGET_MS,
-        "ms/cmd",
-        3,
-    );
-    println!(
-        "  overhead per command: ({} - {}) / {N_COMMANDS} = {}   target {}   {}",
-        fmt_duration(agent),
-        fmt_duration(bash),
-        row.figure,
-        row.target,
-        row.outcome,
-    );
-    Ok(vec![row])
+        agent,
+        bash,
+    )])
 }
 
 /// A command that prints when it ran, to the microsecond, from bash's own
