@@ -1,9 +1,10 @@
 //! Callbacks to the control plane (PROTOCOL §7.1): a POST with a fixed body,
 //! a bearer token when given, our User-Agent, a deadline per attempt, and a
-//! bounded number of attempts one second apart.
+//! bounded number of attempts one second apart, given up early when the
+//! agent is stopping.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How callbacks are sent.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub enum CallbackError {
         reason: String,
         attempts: u32,
     },
+    /// The agent is stopping: no further attempt after `attempts`.
+    GaveUp { url: String, attempts: u32 },
 }
 
 impl fmt::Display for CallbackError {
@@ -56,6 +59,10 @@ impl fmt::Display for CallbackError {
                 f,
                 "callback {url} failed: {reason} (gave up after {attempts} attempts)"
             ),
+            CallbackError::GaveUp { url, attempts } => write!(
+                f,
+                "callback {url} not delivered: the agent is stopping (after {attempts} attempts)"
+            ),
         }
     }
 }
@@ -68,12 +75,14 @@ pub fn finished_body(result: &str) -> String {
 }
 
 /// POSTs `body` to `url`; an empty URL is skipped without a request.
-/// `stop_early` is polled between attempts so a shutting-down agent can give up.
+/// `give_up` is polled between attempts and while waiting to retry, so that
+/// a stopping agent makes no further attempt; one attempt is always made.
 pub fn send(
     url: &str,
     token: &str,
     body: &str,
     policy: &CallbackPolicy,
+    give_up: &dyn Fn() -> bool,
 ) -> Result<(), CallbackError> {
     if url.is_empty() {
         return Ok(());
@@ -118,11 +127,30 @@ pub fn send(
                 });
             }
         }
-        if attempt < attempts {
-            std::thread::sleep(policy.retry_delay);
+        if attempt < attempts && !wait_to_retry(policy.retry_delay, give_up) {
+            return Err(CallbackError::GaveUp {
+                url: url.into(),
+                attempts: attempt,
+            });
         }
     }
     Err(last.expect("at least one attempt was made"))
+}
+
+/// Sleeps `delay` in short slices; false as soon as `give_up` says so.
+fn wait_to_retry(delay: Duration, give_up: &dyn Fn() -> bool) -> bool {
+    const SLICE: Duration = Duration::from_millis(50);
+    let deadline = Instant::now() + delay;
+    loop {
+        if give_up() {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(SLICE));
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +169,38 @@ mod tests {
             timeout: Duration::from_millis(10),
             retry_delay: Duration::from_secs(60),
         };
-        assert!(send("", "", "{}", &policy).is_ok());
+        assert!(send("", "", "{}", &policy, &|| false).is_ok());
+    }
+
+    #[test]
+    fn a_stopping_agent_makes_no_further_attempt() {
+        // Nothing listens on this port: every attempt fails at once.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let policy = CallbackPolicy {
+            attempts: 100,
+            timeout: Duration::from_secs(5),
+            retry_delay: Duration::from_secs(60),
+        };
+        let started = Instant::now();
+        let asked = std::cell::Cell::new(0);
+        let err = send(
+            &format!("http://127.0.0.1:{port}/finished"),
+            "",
+            "{}",
+            &policy,
+            &|| {
+                asked.set(asked.get() + 1);
+                asked.get() > 2
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, CallbackError::GaveUp { attempts: 1, .. }),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

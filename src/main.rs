@@ -31,8 +31,6 @@ mod workspace;
 
 use std::process::ExitCode;
 
-use eventlog::JobResult;
-
 /// Exit code of `agent run` when the job could not run at all.
 const EXIT_AGENT_ERROR: u8 = 2;
 
@@ -55,9 +53,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         cli::Sub::Run(args) => match run::run(args) {
-            Ok(JobResult::Passed) => ExitCode::SUCCESS,
-            Ok(JobResult::Failed) => ExitCode::from(1),
-            Ok(JobResult::Stopped) => ExitCode::from(3),
+            Ok(result) => ExitCode::from(run::exit_code(result)),
             Err(e) => fail(&e),
         },
     }

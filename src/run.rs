@@ -1,8 +1,11 @@
 //! `agent run <job file>`: one job on this host, shown live, for a person at
-//! a terminal. Ctrl-C (or SIGTERM) stops the job; the exit code says the
+//! a terminal. Ctrl-C (or SIGTERM) stops the job, and once the job has
+//! finished gives up the callbacks still being tried; the exit code says the
 //! result: 0 passed, 1 failed, 3 stopped (2 when the job could not run).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -54,12 +57,26 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| Error::io("cannot install signal handlers", "SIGINT", e))?;
     let signals_handle = signals.handle();
-    let stopper = std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            eprintln!("agent: signal {sig} received, stopping the job");
-            stop.stop();
-        }
-    });
+    // The exit code once the job has finished, `RUNNING` until then.
+    let finished = Arc::new(AtomicU8::new(RUNNING));
+    let stopper = {
+        let finished = Arc::clone(&finished);
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                let code = finished.load(Ordering::SeqCst);
+                if code == RUNNING {
+                    eprintln!("agent: signal {sig} received, stopping the job");
+                    stop.stop();
+                } else {
+                    // Only callbacks are left, and an attempt may block
+                    // for its whole timeout: leave now, nothing is lost.
+                    eprintln!("agent: signal {sig} received, giving up the callbacks");
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(i32::from(code));
+                }
+            }
+        })
+    };
 
     let home = config::home_dir();
     let result = job::run(
@@ -78,6 +95,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         &mut log,
     );
     dir.remove_work();
+    finished.store(exit_code(result), Ordering::SeqCst);
 
     // `agent run` has no archivator: the log counts as archived at once.
     let policy = CallbackPolicy {
@@ -89,11 +107,23 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         (&cb.finished, callbacks::finished_body(result.as_str())),
         (&cb.teardown_finished, "{}".to_string()),
     ] {
-        if let Err(e) = callbacks::send(url, &cb.token, &body, &policy) {
+        if let Err(e) = callbacks::send(url, &cb.token, &body, &policy, &|| false) {
             eprintln!("agent: {e}");
         }
     }
     signals_handle.close();
     let _ = stopper.join();
     Ok(result)
+}
+
+/// Stands for "the job is still running" where an exit code is kept.
+const RUNNING: u8 = u8::MAX;
+
+/// `agent run`'s exit code for a job's result.
+pub fn exit_code(result: JobResult) -> u8 {
+    match result {
+        JobResult::Passed => 0,
+        JobResult::Failed => 1,
+        JobResult::Stopped => 3,
+    }
 }

@@ -7,6 +7,7 @@
 //! its log archived, all through the small `JobEntry` structure.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -190,6 +191,8 @@ pub struct Runner {
     cfg: RunnerConfig,
     table: Mutex<Table>,
     queue: Sender<Arc<JobEntry>>,
+    /// Set by `shutdown`: callbacks make no further attempts.
+    stopping: AtomicBool,
 }
 
 impl Runner {
@@ -201,6 +204,7 @@ impl Runner {
             cfg,
             table: Mutex::new(Table::default()),
             queue: tx,
+            stopping: AtomicBool::new(false),
         });
         let threads = (0..runner.cfg.jobs.max(1))
             .map(|i| {
@@ -315,8 +319,10 @@ impl Runner {
         (running, queued)
     }
 
-    /// For shutting down: stops every job and cuts teardown waits short.
+    /// For shutting down: stops every job and cuts teardown waits and
+    /// callback retries short.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.stop_all();
         for j in &self.table().jobs {
             j.release();
@@ -424,11 +430,13 @@ impl Runner {
         log: EventLog,
     ) {
         let cb = &request.callbacks;
+        let stopping = || self.stopping.load(Ordering::SeqCst);
         if let Err(e) = callbacks::send(
             &cb.finished,
             &cb.token,
             &callbacks::finished_body(result.as_str()),
             &self.cfg.callbacks,
+            &stopping,
         ) {
             log::error!("job {}: {e}", entry.job_id);
         }
@@ -441,8 +449,13 @@ impl Runner {
         }
         drop(log);
         crate::artifact::upload_job_log(request, entry.files());
-        if let Err(e) = callbacks::send(&cb.teardown_finished, &cb.token, "{}", &self.cfg.callbacks)
-        {
+        if let Err(e) = callbacks::send(
+            &cb.teardown_finished,
+            &cb.token,
+            "{}",
+            &self.cfg.callbacks,
+            &stopping,
+        ) {
             log::error!("job {}: {e}", entry.job_id);
         }
         entry.dir.remove_work();

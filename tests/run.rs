@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::server::CallbackServer;
 use crate::support::{
     b64, b64_wrapped, background_processes, env_export, fields_of, log_of, no_files, result_export,
     step, wait_for_background_processes, Ev, Job, Outcome, Running, Sandbox, ENV_STEP, FILES_STEP,
@@ -1419,4 +1420,89 @@ fn version_prints_the_crate_version_and_the_commit() {
             "{commit:?} is not a commit"
         );
     }
+}
+
+/// The job file's text with callback URLs and a token.
+fn job_text_with_callbacks(job: &Job, finished: &str, teardown_finished: &str) -> String {
+    let mut value = job.to_value();
+    value["callbacks"] = serde_json::json!({
+        "finished": finished,
+        "teardown_finished": teardown_finished,
+        "token": "run-token",
+    });
+    serde_json::to_string_pretty(&value).expect("serialise the job")
+}
+
+#[test]
+fn callbacks_in_the_job_file_are_sent_when_the_job_ends() {
+    let sandbox = Sandbox::new();
+    let server = CallbackServer::start();
+    let job = Job::new("run-callbacks").command("false");
+    let text = job_text_with_callbacks(&job, &server.url("/finished"), &server.url("/teardown"));
+    let out = sandbox.run_text("job.json", &text, &job.job_id);
+    assert_eq!(out.exit_code(), Some(1), "stderr: {}", out.stderr);
+    assert_eq!(out.result(), "failed");
+    // `agent run` has sent both before it exits: nothing to wait for.
+    let requests = server.requests();
+    let seen: Vec<(&str, &str, String, Option<&str>)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.method.as_str(),
+                r.path.as_str(),
+                r.body_text(),
+                r.header("authorization"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "POST",
+                "/finished",
+                r#"{"result": "failed"}"#.to_owned(),
+                Some("Bearer run-token")
+            ),
+            (
+                "POST",
+                "/teardown",
+                "{}".to_owned(),
+                Some("Bearer run-token")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_signal_while_callbacks_are_retried_ends_agent_run_at_once() {
+    let sandbox = Sandbox::new();
+    // Every attempt is answered 500, so `agent run` would retry for a minute.
+    let server = CallbackServer::builder().fail_first(usize::MAX).start();
+    let job = Job::new("run-callbacks-signal").command("echo hi");
+    let text = job_text_with_callbacks(&job, &server.url("/finished"), &server.url("/teardown"));
+    let running = sandbox.spawn_text("job.json", &text, &job.job_id);
+    server.wait_for(1, EVENT_TIMEOUT);
+    let signalled = Instant::now();
+    running.signal(libc::SIGINT);
+    let out = running.finish(JOB_TIMEOUT);
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "agent run took {took:?} to end after SIGINT"
+    );
+    // The job had passed; the exit code still says so.
+    assert_eq!(out.exit_code(), Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.result(), "passed");
+    assert!(
+        out.stderr
+            .contains("signal 2 received, giving up the callbacks"),
+        "stderr: {}",
+        out.stderr
+    );
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.iter().all(|p| p == "/finished"),
+        "the teardown callback is not tried once the callbacks are given up: {paths:?}"
+    );
 }

@@ -1390,6 +1390,47 @@ fn sigterm_stops_every_job_and_the_agent_exits() {
 }
 
 #[test]
+fn sigterm_gives_up_callbacks_being_retried() {
+    // Every callback is answered 500: without the shutdown the agent would
+    // retry for five minutes.
+    let agent = TestAgent::builder().start();
+    let callbacks = CallbackServer::builder().fail_first(usize::MAX).start();
+    let job = Job::new("sigterm-callbacks").command("echo hi");
+    agent.submit_ok(&with_callbacks(
+        &job,
+        &callbacks.url("/finished"),
+        &callbacks.url("/teardown"),
+        "t",
+    ));
+    callbacks.wait_for(2, Duration::from_secs(20));
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe {
+        libc::kill(agent.pid(), libc::SIGTERM);
+    }
+    poll_until("the agent exits", Duration::from_secs(30), || {
+        !agent.is_running()
+    });
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the agent took {took:?} to exit after SIGTERM"
+    );
+    // One attempt of each callback is made even while stopping.
+    let paths: Vec<String> = callbacks.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths.last().map(String::as_str),
+        Some("/teardown"),
+        "{paths:?}"
+    );
+    assert_eq!(
+        paths.iter().filter(|p| *p == "/teardown").count(),
+        1,
+        "{paths:?}"
+    );
+}
+
+#[test]
 fn the_log_is_uploaded_through_the_artifact_cli_when_asked() {
     // A stand-in `artifact` CLI on PATH records its arguments, environment
     // and the file it was given.
