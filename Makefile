@@ -2,7 +2,10 @@
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
-BIN := target/release/agent
+# The release binary is linked statically (crt-static), so it runs on any
+# Linux of the same architecture without the libraries it was built with.
+HOST := $(shell rustc -vV | sed -n 's/^host: //p')
+BIN := target/$(HOST)/release/agent
 # Where `make serve` keeps job logs, its certificate and its JWT secret.
 DATA_DIR ?= $(HOME)/.local/state/agent
 
@@ -14,7 +17,7 @@ build:
 	$(CARGO) build
 
 release:
-	$(CARGO) build --release
+	RUSTFLAGS="$(RUSTFLAGS) -C target-feature=+crt-static" $(CARGO) build --release --target $(HOST)
 
 install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/agent
