@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use crate::support::server::CallbackServer;
 use crate::support::{
     b64, b64_wrapped, background_processes, env_export, fields_of, log_of, no_files, result_export,
-    step, wait_for_background_processes, Ev, Job, Outcome, Running, Sandbox, ENV_STEP, FILES_STEP,
-    JOB_TIMEOUT, RESULT_STEP,
+    step, wait_for_background_processes, with_callbacks, Ev, Job, Outcome, Running, Sandbox,
+    ENV_STEP, FILES_STEP, JOB_TIMEOUT, RESULT_STEP,
 };
 
 /// How long a test waits for an event of a job that is running normally.
@@ -1424,13 +1424,13 @@ fn version_prints_the_crate_version_and_the_commit() {
 
 /// The job file's text with callback URLs and a token.
 fn job_text_with_callbacks(job: &Job, finished: &str, teardown_finished: &str) -> String {
-    let mut value = job.to_value();
-    value["callbacks"] = serde_json::json!({
-        "finished": finished,
-        "teardown_finished": teardown_finished,
-        "token": "run-token",
-    });
-    serde_json::to_string_pretty(&value).expect("serialise the job")
+    serde_json::to_string_pretty(&with_callbacks(
+        job,
+        finished,
+        teardown_finished,
+        "run-token",
+    ))
+    .expect("serialise the job")
 }
 
 #[test]

@@ -16,21 +16,12 @@ use crate::support::server::{
     parse_log_lines, poll_until, read_response_head, sign_jwt, unix_now, CallbackServer, TestAgent,
     EVENT_TIMEOUT,
 };
-use crate::support::{env_export, log_of, no_files, normalize, result_export, step, Job};
+use crate::support::{
+    env_export, log_of, no_files, normalize, result_export, step, with_callbacks, Job,
+};
 
 /// How long a callback may take to arrive when nothing delays it.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The job request of `job` with these callbacks.
-fn with_callbacks(job: &Job, finished: &str, teardown_finished: &str, token: &str) -> Value {
-    let mut value = job.to_value();
-    value["callbacks"] = json!({
-        "finished": finished,
-        "teardown_finished": teardown_finished,
-        "token": token,
-    });
-    value
-}
 
 /// The 401 body of §2.2: a JSON string followed by a newline.
 fn unauthorized_text(status: u16, body: &[u8]) -> String {
@@ -1378,10 +1369,7 @@ fn sigterm_stops_every_job_and_the_agent_exits() {
                 >= 3
         },
     );
-    // SAFETY: kill(2) on the agent this test started.
-    unsafe {
-        libc::kill(agent.pid(), libc::SIGTERM);
-    }
+    agent.signal(libc::SIGTERM);
     poll_until("the agent exits", Duration::from_secs(30), || {
         !agent.is_running()
     });
@@ -1404,10 +1392,7 @@ fn sigterm_gives_up_callbacks_being_retried() {
     ));
     callbacks.wait_for(2, Duration::from_secs(20));
     let signalled = Instant::now();
-    // SAFETY: kill(2) on the agent this test started.
-    unsafe {
-        libc::kill(agent.pid(), libc::SIGTERM);
-    }
+    agent.signal(libc::SIGTERM);
     poll_until("the agent exits", Duration::from_secs(30), || {
         !agent.is_running()
     });

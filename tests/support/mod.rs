@@ -175,6 +175,17 @@ impl Job {
     }
 }
 
+/// The job request of `job` with these callbacks.
+pub fn with_callbacks(job: &Job, finished: &str, teardown_finished: &str, token: &str) -> Value {
+    let mut value = job.to_value();
+    value["callbacks"] = json!({
+        "finished": finished,
+        "teardown_finished": teardown_finished,
+        "token": token,
+    });
+    value
+}
+
 /// A temporary directory holding the job's HOME, the agent's data directory,
 /// TMPDIR and the job files. Removed on drop.
 pub struct Sandbox {

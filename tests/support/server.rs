@@ -733,8 +733,11 @@ impl TestAgent {
             .to_owned()
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the agent this test started; it is reaped only
+        // by `is_running` seeing it gone or by drop, so the pid is still its.
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid);
     }
 
     /// True while the agent process has not exited.
