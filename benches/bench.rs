@@ -230,8 +230,8 @@ const RSS_TARGET_MIB: f64 = 32.0;
 ///
 /// Two more figures, information rather than targets, show where the time
 /// goes. The job's stdout is a terminal, so `fold` is line-buffered and
-/// makes about two million 100-byte writes instead of a few thousand 4 KiB
-/// ones:
+/// makes about two million 100-byte writes instead of about fifty thousand
+/// 4 KiB ones:
 /// - "line-buffered": the same pipeline with `stdbuf -oL fold` into
 ///   /dev/null, the cost of those writes with no terminal at all;
 /// - "bare pty relay": the pipeline on a pseudo-terminal set up as the
@@ -259,23 +259,28 @@ fn bench_throughput() -> Result<Vec<Row>, Failure> {
         if !budget.allows_run(run) {
             break;
         }
-        let mut bash = Command::new("bash");
-        bash.arg("-c")
-            .arg(format!("{PIPELINE} > /dev/null"))
-            .current_dir(scratch.path());
-        let bash_run = measure_ok("bash", bash)?;
-
-        let mut line_buffered = Command::new("bash");
-        line_buffered
-            .arg("-c")
-            .arg(format!(
-                "{} > /dev/null",
-                PIPELINE.replace("| fold", "| stdbuf -oL fold")
-            ))
-            .current_dir(scratch.path());
-        let line_buffered_run = measure_ok("line-buffered bash", line_buffered)?;
+        let to_dev_null = |pipeline: &str| {
+            let mut bash = Command::new("bash");
+            bash.arg("-c")
+                .arg(format!("{pipeline} > /dev/null"))
+                .current_dir(scratch.path());
+            bash
+        };
+        let bash_run = measure_ok("bash", to_dev_null(PIPELINE))?;
+        let line_buffered_run = measure_ok(
+            "line-buffered bash",
+            to_dev_null(&PIPELINE.replace("| fold", "| stdbuf -oL fold")),
+        )?;
 
         let relay = pty_relay(PIPELINE, scratch.path())?;
+        // Lines of 99 `a` and a newline, and a last line of the rest without one.
+        let expected = PIPELINE_A_BYTES + PIPELINE_A_BYTES / 99;
+        if relay.bytes != expected {
+            return Err(Failure::new(format!(
+                "bare pty relay read {} bytes, expected {expected}",
+                relay.bytes
+            )));
+        }
 
         let agent_run = run_agent("throughput", &job)?;
         let mut a_bytes = 0u64;
@@ -309,7 +314,7 @@ fn bench_throughput() -> Result<Vec<Row>, Failure> {
         println!(
             "         line-buffered {}, bare pty relay {}",
             fmt_duration(line_buffered_run.wall),
-            fmt_duration(relay),
+            fmt_duration(relay.wall),
         );
         // Both CPU figures include the pipeline's processes, so their
         // difference is roughly what the agent and its pty cost.
@@ -323,7 +328,7 @@ fn bench_throughput() -> Result<Vec<Row>, Failure> {
         agent_times.push(agent_run.measured.wall);
         agent_rss.push(agent_run.measured.max_rss_kib);
         line_buffered_times.push(line_buffered_run.wall);
-        relay_times.push(relay);
+        relay_times.push(relay.wall);
     }
 
     let bash = median(&bash_times);
@@ -382,13 +387,19 @@ fn bench_throughput() -> Result<Vec<Row>, Failure> {
     ])
 }
 
+/// What `pty_relay` measured: wall time from spawn to reaping, and the bytes
+/// read from the terminal.
+struct Relayed {
+    wall: Duration,
+    bytes: u64,
+}
+
 /// Runs `bash -c <command>` with stdout and stderr on a new pseudo-terminal
 /// (its own session, the terminal its controlling one, no output
 /// post-processing, as in the agent's session) and reads the terminal in this
-/// process, counting bytes and nothing else. Returns the wall time from
-/// spawn to reaping; `measure`'s watchdog bounds it.
-fn pty_relay(command: &str, dir: &Path) -> Result<Duration, Failure> {
-    use std::os::fd::{FromRawFd, OwnedFd};
+/// process, counting bytes and nothing else. `measure`'s watchdog bounds it.
+fn pty_relay(command: &str, dir: &Path) -> Result<Relayed, Failure> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
 
     let (mut master, slave) = {
@@ -413,9 +424,9 @@ fn pty_relay(command: &str, dir: &Path) -> Result<Duration, Failure> {
     // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
     unsafe {
         let mut tio: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&slave), &mut tio) == 0 {
+        if libc::tcgetattr(slave.as_raw_fd(), &mut tio) == 0 {
             tio.c_oflag &= !libc::OPOST;
-            libc::tcsetattr(std::os::fd::AsRawFd::as_raw_fd(&slave), libc::TCSANOW, &tio);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio);
         }
     }
     let clone = |fd: &OwnedFd| fd.try_clone().map_err(|e| Failure::io("dup pty", e));
@@ -451,21 +462,17 @@ fn pty_relay(command: &str, dir: &Path) -> Result<Duration, Failure> {
         }
     });
     let measured = measure(cmd, false)?;
-    let total = reader.join().expect("pty reader does not panic");
+    let bytes = reader.join().expect("pty reader does not panic");
     if !measured.exit.is_success() {
         return Err(Failure::new(format!(
             "bare pty relay: bash {}",
             measured.exit
         )));
     }
-    // Lines of 99 `a` and a newline, and a last line of the rest without one.
-    let expected = PIPELINE_A_BYTES + PIPELINE_A_BYTES / 99;
-    if total != expected {
-        return Err(Failure::new(format!(
-            "bare pty relay read {total} bytes, expected {expected}"
-        )));
-    }
-    Ok(measured.wall)
+    Ok(Relayed {
+        wall: measured.wall,
+        bytes,
+    })
 }
 
 // ---------------------------------------------------------------------------
