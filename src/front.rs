@@ -50,7 +50,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -58,6 +58,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
+
+use crate::process::sys;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -86,7 +88,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// not reset the connection before the client has read our answer.
 const LINGER: Duration = Duration::from_secs(2);
 /// Accept queue length asked of the kernel.
-const LISTEN_BACKLOG: libc::c_int = 1024;
+const LISTEN_BACKLOG: i32 = 1024;
 /// How long [`Front::stop`] waits for connection threads to notice the stop.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// At most one "connection limit reached" warning per this period.
@@ -335,9 +337,7 @@ impl Front {
         // that, while the accept thread waits for a CPU, has its SYNs dropped
         // and retried only a second later. Listening again only resizes the
         // queue (the kernel caps it at net.core.somaxconn).
-        // SAFETY: plain syscall on a socket we own; a failure leaves the
-        // original backlog, which still works.
-        let _ = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+        sys::set_listen_backlog(listener.as_raw_fd(), LISTEN_BACKLOG);
 
         prepare_socket_dir(socket_dir)?;
         let socket_path = socket_dir.join(format!(
@@ -494,8 +494,7 @@ fn prepare_socket_dir(dir: &Path) -> Result<(), FrontError> {
     if !meta.file_type().is_dir() {
         return Err(insecure("it is not a directory (or it is a symbolic link)"));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = sys::effective_uid();
     if meta.uid() != euid {
         return Err(insecure("it belongs to another user"));
     }
@@ -538,10 +537,10 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
     };
     loop {
         let mut fds = [
-            pollfd(listener.as_raw_fd(), libc::POLLIN),
-            pollfd(shared.stop_rx.as_raw_fd(), libc::POLLIN),
+            sys::pollfd(listener.as_raw_fd(), sys::POLLIN),
+            sys::pollfd(shared.stop_rx.as_raw_fd(), sys::POLLIN),
         ];
-        if let Err(err) = poll_fds(&mut fds, None) {
+        if let Err(err) = sys::poll(&mut fds, None) {
             log::error!("front: poll on the listener failed: {err}");
             thread::sleep(Duration::from_millis(100));
         }
@@ -671,40 +670,6 @@ impl fmt::Display for CloseReason {
     }
 }
 
-fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-/// `poll(2)` until `deadline` (forever if `None`). An interrupted call counts
-/// as a wake-up; callers re-check their state after every return anyway.
-fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
-    let timeout_ms: libc::c_int = match deadline {
-        None => -1,
-        Some(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Round up, or a deadline less than 1 ms away would spin.
-            let ms = left.as_nanos().div_ceil(1_000_000);
-            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-        }
-    };
-    // SAFETY: `fds` is a valid, exclusively borrowed array of `pollfd` for the
-    // whole call, and its length is passed alongside.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
-const HANGUP: libc::c_short = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
-
 /// Runs one client connection to its end.
 fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseReason {
     if let Err(err) = tcp.set_nonblocking(true) {
@@ -739,7 +704,7 @@ fn handshake(
         if tls.wants_write() {
             match tls.write_tls(&mut &*tcp) {
                 Ok(_) => continue,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => events |= libc::POLLOUT,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => events |= sys::POLLOUT,
                 Err(err) => return Err(CloseReason::Client(err)),
             }
         }
@@ -754,7 +719,7 @@ fn handshake(
                     }
                     continue;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => events |= libc::POLLIN,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => events |= sys::POLLIN,
                 Err(err) => return Err(CloseReason::Client(err)),
             }
         }
@@ -763,14 +728,14 @@ fn handshake(
             return Err(CloseReason::ClientGone);
         }
         let mut fds = [
-            pollfd(tcp.as_raw_fd(), events),
-            pollfd(shared.stop_rx.as_raw_fd(), libc::POLLIN),
+            sys::pollfd(tcp.as_raw_fd(), events),
+            sys::pollfd(shared.stop_rx.as_raw_fd(), sys::POLLIN),
         ];
-        poll_fds(&mut fds, Some(deadline)).map_err(CloseReason::Poll)?;
+        sys::poll(&mut fds, Some(deadline)).map_err(CloseReason::Poll)?;
         if shared.is_stopping() {
             return Err(CloseReason::Stopped);
         }
-        if fds[0].revents & HANGUP != 0 && fds[0].revents & libc::POLLIN == 0 {
+        if fds[0].revents & sys::HANGUP != 0 && fds[0].revents & sys::POLLIN == 0 {
             return Err(CloseReason::ClientGone);
         }
     }
@@ -854,7 +819,7 @@ impl Drop for Upstream<'_> {
 /// After this many response bytes a connection counts as a bulk transfer.
 const BULK_BYTES: u64 = 1024 * 1024;
 /// The nice value of a bulk transfer's thread.
-const BULK_NICE: libc::c_int = 10;
+const BULK_NICE: i32 = 10;
 
 struct Session<'a> {
     shared: &'a Shared,
@@ -1077,12 +1042,7 @@ impl<'a> Session<'a> {
         }
         self.relayed += n as u64;
         if self.relayed >= BULK_BYTES {
-            // SAFETY: setpriority on this very thread (a tid is a valid
-            // PRIO_PROCESS target on Linux); lowering needs no privilege.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, BULK_NICE);
-            }
+            sys::nice_current_thread(BULK_NICE);
         }
     }
 
@@ -1436,10 +1396,10 @@ impl<'a> Session<'a> {
     fn wait(&mut self, deadline: Option<Instant>) -> Result<(), CloseReason> {
         let mut tcp_events = 0;
         if self.wants_client_read() {
-            tcp_events |= libc::POLLIN;
+            tcp_events |= sys::POLLIN;
         }
         if self.tls.wants_write() {
-            tcp_events |= libc::POLLOUT;
+            tcp_events |= sys::POLLOUT;
         }
         let mut up_fd = -1;
         let mut up_events = 0;
@@ -1447,30 +1407,34 @@ impl<'a> Session<'a> {
             let up_read = !up.eof && self.out.is_empty() && !self.tls.wants_write();
             let up_write = !self.to_up.is_empty();
             if up_read {
-                up_events |= libc::POLLIN;
+                up_events |= sys::POLLIN;
             }
             if up_write {
-                up_events |= libc::POLLOUT;
+                up_events |= sys::POLLOUT;
             }
             if up_read || (up_write && !up.hup) {
                 up_fd = up.stream.as_raw_fd();
             }
         }
         let mut fds = [
-            pollfd(self.tcp.as_raw_fd(), tcp_events),
-            pollfd(up_fd, up_events),
-            pollfd(self.shared.stop_rx.as_raw_fd(), libc::POLLIN),
+            sys::pollfd(self.tcp.as_raw_fd(), tcp_events),
+            sys::pollfd(up_fd, up_events),
+            sys::pollfd(self.shared.stop_rx.as_raw_fd(), sys::POLLIN),
         ];
-        poll_fds(&mut fds, deadline).map_err(CloseReason::Poll)?;
+        sys::poll(&mut fds, deadline).map_err(CloseReason::Poll)?;
         if self.shared.is_stopping() {
             return Err(CloseReason::Stopped);
         }
         // Without POLLIN there is nothing left to read that could explain the
         // hang-up: the peer reset the connection.
-        if fds[0].revents & HANGUP != 0 && fds[0].revents & libc::POLLIN == 0 {
+        if fds[0].revents & sys::HANGUP != 0 && fds[0].revents & sys::POLLIN == 0 {
             return Err(CloseReason::ClientGone);
         }
-        if let Some(up) = self.up.as_mut().filter(|_| fds[1].revents & HANGUP != 0) {
+        if let Some(up) = self
+            .up
+            .as_mut()
+            .filter(|_| fds[1].revents & sys::HANGUP != 0)
+        {
             up.hup = true;
         }
         Ok(())
@@ -1496,16 +1460,16 @@ impl<'a> Session<'a> {
                 return CloseReason::Timeout(Timer::ClientStall);
             }
             let mut fds = [
-                pollfd(self.tcp.as_raw_fd(), libc::POLLOUT),
-                pollfd(self.shared.stop_rx.as_raw_fd(), libc::POLLIN),
+                sys::pollfd(self.tcp.as_raw_fd(), sys::POLLOUT),
+                sys::pollfd(self.shared.stop_rx.as_raw_fd(), sys::POLLIN),
             ];
-            if let Err(err) = poll_fds(&mut fds, Some(deadline)) {
+            if let Err(err) = sys::poll(&mut fds, Some(deadline)) {
                 return CloseReason::Poll(err);
             }
             if self.shared.is_stopping() {
                 return CloseReason::Stopped;
             }
-            if fds[0].revents & HANGUP != 0 {
+            if fds[0].revents & sys::HANGUP != 0 {
                 return CloseReason::ClientGone;
             }
         }
@@ -1522,10 +1486,10 @@ impl<'a> Session<'a> {
         let mut sink = [0u8; 1024];
         while Instant::now() < deadline {
             let mut fds = [
-                pollfd(self.tcp.as_raw_fd(), libc::POLLIN),
-                pollfd(self.shared.stop_rx.as_raw_fd(), libc::POLLIN),
+                sys::pollfd(self.tcp.as_raw_fd(), sys::POLLIN),
+                sys::pollfd(self.shared.stop_rx.as_raw_fd(), sys::POLLIN),
             ];
-            if poll_fds(&mut fds, Some(deadline)).is_err() || self.shared.is_stopping() {
+            if sys::poll(&mut fds, Some(deadline)).is_err() || self.shared.is_stopping() {
                 return;
             }
             match (&self.tcp).read(&mut sink) {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::output::render;
+use crate::process::sys;
 use crate::procs::{JobProcesses, MARK_VAR};
 
 #[derive(Debug)]
@@ -76,10 +77,9 @@ pub fn run_lines(
         select_biased! {
             recv(stop) -> _ => {
                 let procs = JobProcesses::new(-1, mark);
-                // SAFETY: kill(2) on the child's own process group.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+                sys::kill(-(child.id() as i32), sys::SIGTERM);
                 procs.kill_all(grace);
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                sys::kill(-(child.id() as i32), sys::SIGKILL);
                 let _ = child.wait();
                 drop(rx);
                 let _ = reader_thread.join();

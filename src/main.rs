@@ -1,5 +1,6 @@
 //! The `agent` binary: parses arguments, sets up logging, runs the command,
 //! and is the only place that turns an error into a message and an exit code.
+#![deny(unsafe_code)]
 
 mod api;
 mod artifact;
@@ -19,6 +20,7 @@ mod jumppoint;
 mod logging;
 mod metrics;
 mod output;
+mod process;
 mod procs;
 mod request;
 mod run;

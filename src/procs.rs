@@ -10,6 +10,8 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
+use crate::process::sys;
+
 /// The environment variable every process of a job inherits.
 pub const MARK_VAR: &str = "AGENT_JOB_MARK";
 
@@ -66,9 +68,9 @@ impl JobProcesses {
         let started = Instant::now();
         let mut pids = self.list();
         for &pid in &pids {
-            signal(pid, libc::SIGTERM);
-            signal(pid, libc::SIGHUP);
-            signal(pid, libc::SIGCONT);
+            signal(pid, sys::SIGTERM);
+            signal(pid, sys::SIGHUP);
+            signal(pid, sys::SIGCONT);
         }
         while !pids.is_empty() && started.elapsed() < grace {
             std::thread::sleep(Duration::from_millis(10));
@@ -78,7 +80,7 @@ impl JobProcesses {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pids.is_empty() && Instant::now() < deadline {
             for &pid in &pids {
-                signal(pid, libc::SIGKILL);
+                signal(pid, sys::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(10));
             pids = self.list();
@@ -90,10 +92,7 @@ impl JobProcesses {
 }
 
 fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
-    }
+    sys::kill(pid, sig);
 }
 
 /// State letter and session id from /proc/<pid>/stat. The command name may

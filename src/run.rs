@@ -3,7 +3,7 @@
 //! finished gives up the callbacks still being tried; the exit code says the
 //! result: 0 passed, 1 failed, 3 stopped (2 when the job could not run).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +47,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
             let _ = out.flush();
         }));
     } else {
-        // SAFETY: isatty has no preconditions.
-        let color = unsafe { libc::isatty(1) } == 1;
+        let color = std::io::stdout().is_terminal();
         let mut display = Display::new(color);
         log.set_observer(Box::new(move |event, _| display.show(event)));
     }

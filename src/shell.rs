@@ -12,11 +12,10 @@
 //! thread reaps bash and reports its exit status. The job thread owns the
 //! `Session` and selects over output, exit and stop, with stop winning.
 
-use std::ffi::CStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,10 +25,16 @@ use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::error::Error;
 use crate::output::{render, Chunker};
+use crate::process::sys;
 use crate::procs::{JobProcesses, MARK_VAR};
 
 /// No byte of output waits longer than this before it is in the log (§6.2).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The size of the session's terminal.
+const TERM_SIZE: sys::TermSize = sys::TermSize {
+    rows: 40,
+    cols: 160,
+};
 /// How long a new session may take to print its readiness marker.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shell that is told to exit at the end of a job may take.
@@ -103,7 +108,7 @@ impl Session {
     /// arrived first (everything started is already killed).
     pub fn start(spec: SessionSpec<'_>) -> Result<Option<Session>, Error> {
         let nonce = random_hex(16);
-        let (master, slave) = open_pty().map_err(|e| Error::Spawn {
+        let (master, slave) = sys::open_pty(TERM_SIZE).map_err(|e| Error::Spawn {
             program: "a pseudo-terminal".into(),
             source: e,
         })?;
@@ -118,20 +123,7 @@ impl Session {
             .stdin(Stdio::from(slave.try_clone().map_err(spawn_err)?))
             .stdout(Stdio::from(slave.try_clone().map_err(spawn_err)?))
             .stderr(Stdio::from(slave));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Make the terminal the session's controlling terminal, so job
-                // control works and `[ -t 1 ]` is true.
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        sys::spawn_as_session_leader_on_tty(&mut cmd);
         let mut child = cmd.spawn().map_err(spawn_err)?;
         drop(cmd); // closes our copies of the slave side
         let pid = child.id() as i32;
@@ -149,7 +141,7 @@ impl Session {
                         Ok(mut n) => {
                             // Take what else is already waiting, without
                             // blocking: one message per burst, not per write.
-                            while n < buf.len() / 2 && readable_now(&reader) {
+                            while n < buf.len() / 2 && sys::readable_now(reader.as_raw_fd()) {
                                 match reader.read(&mut buf[n..]) {
                                     Ok(0) | Err(_) => break,
                                     Ok(m) => n += m,
@@ -555,18 +547,6 @@ fn tail_prefix<'a>(data: &'a [u8], marker: &[u8]) -> &'a [u8] {
     &[]
 }
 
-/// Whether a read from `file` would return data at once.
-fn readable_now(file: &File) -> bool {
-    let mut fds = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut fds, 1, 0) };
-    n == 1 && fds.revents & libc::POLLIN != 0
-}
-
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -621,50 +601,6 @@ fn spawn_err(e: std::io::Error) -> Error {
     Error::Spawn {
         program: "bash".into(),
         source: e,
-    }
-}
-
-/// Opens a pseudo-terminal pair, both ends close-on-exec (the child gets the
-/// slave through dup2, which clears the flag), echo off, a sane size.
-fn open_pty() -> std::io::Result<(File, OwnedFd)> {
-    // SAFETY: plain libc calls; every returned descriptor is checked and owned.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if master < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let master = OwnedFd::from_raw_fd(master);
-        if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut name = [0 as libc::c_char; 128];
-        if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let slave = libc::open(
-            CStr::from_ptr(name.as_ptr()).as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if slave < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let slave = OwnedFd::from_raw_fd(slave);
-        let mut tio: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(slave.as_raw_fd(), &mut tio) == 0 {
-            tio.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
-            // No output post-processing: `\n` is not turned into `\r\n`, which
-            // saves the kernel and the chunker work on every line.
-            tio.c_oflag &= !libc::OPOST;
-            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio);
-        }
-        let size = libc::winsize {
-            ws_row: 40,
-            ws_col: 160,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size);
-        Ok((File::from(master), slave))
     }
 }
 

@@ -1,0 +1,3 @@
+//! Processes of the agent and of its jobs: the raw OS calls they need.
+
+pub mod sys;
