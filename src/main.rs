@@ -3,33 +3,17 @@
 #![deny(unsafe_code)]
 
 mod api;
-mod artifact;
-mod auth;
-mod callbacks;
 mod cli;
-mod compose;
-mod compose_job;
+mod cmd;
 mod config;
-mod display;
 mod error;
-mod eventlog;
+mod executor;
 mod front;
-mod hostcmd;
 mod job;
-mod jumppoint;
 mod logging;
 mod metrics;
-mod output;
 mod process;
-mod procs;
-mod request;
-mod run;
-mod runner;
-mod serve;
-mod server;
-mod shell;
 mod version;
-mod workspace;
 
 use std::process::ExitCode;
 
@@ -43,19 +27,19 @@ fn main() -> ExitCode {
             println!("{}", version::long());
             ExitCode::SUCCESS
         }
-        cli::Sub::Token(args) => match serve::token(args) {
+        cli::Sub::Token(args) => match cmd::serve::token(args) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
-        cli::Sub::Serve(args) => match serve::serve(*args) {
+        cli::Sub::Serve(args) => match cmd::serve::serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        cli::Sub::Run(args) => match run::run(args) {
-            Ok(result) => ExitCode::from(run::exit_code(result)),
+        cli::Sub::Run(args) => match cmd::run::run(args) {
+            Ok(result) => ExitCode::from(cmd::run::exit_code(result)),
             Err(e) => fail(&e),
         },
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::eventlog::JobResult;
+use crate::job::eventlog::JobResult;
 
 pub struct Metrics {
     client: statsd::Client,

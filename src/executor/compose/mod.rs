@@ -4,19 +4,21 @@
 //! injection inside the container. Every failure is explained in the job
 //! log; the project guard removes the compose project on every way out.
 
+pub mod project;
+
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::compose::{self, FileOptions, Project};
-use crate::eventlog::now_secs;
-use crate::hostcmd::{run_lines, HostOutcome};
-use crate::job::{resolve_path, write_private, Started, Steps};
-use crate::jumppoint::{JumpPoint, Target};
-use crate::request::{decode_b64, parse_mode};
-use crate::shell::{shell_quote, Outcome, Session, SessionSpec};
+use self::project::{FileOptions, Project};
+use crate::executor::jumppoint::{JumpPoint, Target};
+use crate::job::eventlog::now_secs;
+use crate::job::lifecycle::{resolve_path, write_private, Started, Steps};
+use crate::job::request::{decode_b64, parse_mode};
+use crate::process::hostcmd::{run_lines, HostOutcome};
+use crate::process::session::{shell_quote, Outcome, Session, SessionSpec};
 
 pub const STEP_CREDENTIALS: &str = "Setting up image pull credentials";
 pub const STEP_PULL: &str = "Pulling docker images...";
@@ -76,7 +78,7 @@ pub(crate) fn start(
     }
 
     // §9.1 step 3.
-    let Some(tool) = compose::detect() else {
+    let Some(tool) = project::detect() else {
         steps.synthetic(
             STEP_DETECT,
             now_secs(),
@@ -89,7 +91,7 @@ pub(crate) fn start(
     // §9.1 step 4: the compose file, its project and the job's DOCKER_CONFIG.
     let main = &request.compose.containers[0];
     let nonce = spec.mark.rsplit('.').next().unwrap_or("0");
-    let name = compose::project_name(&request.job_id, nonce);
+    let name = project::project_name(&request.job_id, nonce);
     let project = Project {
         tool,
         container: format!("{name}-{}", main.name),
@@ -101,9 +103,9 @@ pub(crate) fn start(
     };
     let opts = FileOptions {
         kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
-        volumes: compose::host_volumes(spec.options.host_files.as_deref()),
+        volumes: project::host_volumes(spec.options.host_files.as_deref()),
     };
-    let written = compose::compose_file(&request.compose.containers, &opts)
+    let written = project::compose_file(&request.compose.containers, &opts)
         .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()))
         .and_then(|bytes| write_private(&project.file, &bytes).map_err(|e| e.to_string()))
         .and_then(|_| {
@@ -147,7 +149,7 @@ pub(crate) fn start(
         .map(|c| c.name.clone())
         .collect();
     let mut commands = Vec::new();
-    if !compose::image_present(&main.image, &project.docker_config) {
+    if !project::image_present(&main.image, &project.docker_config) {
         commands.push(project.pull_main_argv());
     }
     if !others.is_empty() {
@@ -268,7 +270,7 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
     let spec = steps.spec;
     let started_at = steps.started(STEP_CREDENTIALS);
     for entry in &spec.request.compose.image_pull_credentials {
-        let login = match compose::login_for(entry) {
+        let login = match project::login_for(entry) {
             Ok(l) => l,
             Err(line) => {
                 steps.output(&format!("{line}\n"));
@@ -279,14 +281,16 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
         steps.output(&format!("Setting up credentials for {}\n", login.what));
         for file in &login.files {
             let path = resolve_path(&file.path, spec.home);
-            if let Err(message) = crate::job::inject_file(&path, &file.content, &file.mode) {
+            if let Err(message) =
+                crate::job::lifecycle::inject_file(&path, &file.content, &file.mode)
+            {
                 steps.output(&message);
                 steps.finished(STEP_CREDENTIALS, 1, started_at);
                 return Some(false);
             }
         }
         steps.output(&format!("{}\n", login.script));
-        let cmd = compose::login_command(&login, &project.docker_config, spec.home);
+        let cmd = project::login_command(&login, &project.docker_config, spec.home);
         let mut lines = Vec::new();
         let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
             lines.push(format!("{line}\n"))
@@ -315,11 +319,11 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
 /// the container's bash. Paths are shown exactly as given.
 pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> bool {
     let spec = steps.spec;
-    let started_at = steps.started(crate::job::STEP_INJECT_FILES);
+    let started_at = steps.started(crate::job::lifecycle::STEP_INJECT_FILES);
     let stage_dir = spec.work_dir.join("files");
     let fail = |steps: &mut Steps<'_, '_>, line: String, status: i32| {
         steps.output(&line);
-        steps.finished(crate::job::STEP_INJECT_FILES, status, started_at);
+        steps.finished(crate::job::lifecycle::STEP_INJECT_FILES, status, started_at);
         false
     };
     for (i, file) in spec.request.files.iter().enumerate() {
@@ -351,7 +355,7 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> 
         if let Err(e) = staged_ok {
             return fail(steps, format!("Failed to stage the file: {e}\n"), 1);
         }
-        let dest = compose::container_path(&file.path);
+        let dest = project::container_path(&file.path);
         let staged_q = shell_quote(&staged.to_string_lossy());
         let checks = [
             (
@@ -378,7 +382,7 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> 
             }
         }
     }
-    steps.finished(crate::job::STEP_INJECT_FILES, 0, started_at);
+    steps.finished(crate::job::lifecycle::STEP_INJECT_FILES, 0, started_at);
     true
 }
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::shell::random_hex;
+use crate::process::session::random_hex;
 
 pub struct JobDir {
     pub root: PathBuf,

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
-use crate::callbacks::{self, CallbackPolicy};
 use crate::error::Error;
-use crate::eventlog::{now_secs, EventLog, JobResult, LogFiles};
-use crate::job::{self, AgentOptions, JobSpec, StopHandle, StopSignal};
-use crate::request::JobRequest;
-use crate::workspace::JobDir;
+use crate::job::callbacks::{self, CallbackPolicy};
+use crate::job::eventlog::{now_secs, EventLog, JobResult, LogFiles};
+use crate::job::lifecycle::{self, AgentOptions, JobSpec, StopHandle, StopSignal};
+use crate::job::request::JobRequest;
+use crate::job::workspace::JobDir;
 
 /// Finished jobs whose logs stay readable (§13.2: at least the last 100).
 const KEEP_FINISHED: usize = 100;
@@ -254,7 +254,7 @@ impl Runner {
                 return Submit::Failed(Error::io("cannot create the event log in", &dir.root, e))
             }
         };
-        let (stop, signal) = job::stop_pair();
+        let (stop, signal) = lifecycle::stop_pair();
         let entry = Arc::new(JobEntry {
             job_id: request.job_id.clone(),
             files: log.files(),
@@ -387,7 +387,7 @@ impl Runner {
         );
         let started = Instant::now();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            job::run(
+            lifecycle::run(
                 JobSpec {
                     request: &request,
                     work_dir: &entry.dir.work,
@@ -448,7 +448,7 @@ impl Runner {
             );
         }
         drop(log);
-        crate::artifact::upload_job_log(request, entry.files());
+        crate::job::artifact::upload_job_log(request, entry.files());
         if let Err(e) = callbacks::send(
             &cb.teardown_finished,
             &cb.token,

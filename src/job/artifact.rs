@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::eventlog::LogFiles;
-use crate::request::JobRequest;
+use crate::job::eventlog::LogFiles;
+use crate::job::request::JobRequest;
 
 const DEFAULT_MAX_SIZE: u64 = 16 * 1024 * 1024;
 const DEFAULT_COMPRESSION_SIZE: u64 = 100 * 1024 * 1024;

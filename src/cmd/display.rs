@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use crate::eventlog::Event;
+use crate::job::eventlog::Event;
 
 pub struct Display {
     color: bool,

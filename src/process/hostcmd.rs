@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
-use crate::output::render;
+use crate::process::output::render;
+use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys;
-use crate::procs::{JobProcesses, MARK_VAR};
 
 #[derive(Debug)]
 pub enum HostOutcome {

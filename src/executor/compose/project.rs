@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::request::{decode_b64, is_shell_identifier, Compose, Container, Credentials};
+use crate::job::request::{decode_b64, is_shell_identifier, Compose, Container, Credentials};
 
 /// Where the host's Docker socket is mounted in main (docker in docker).
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -362,7 +362,7 @@ pub struct Login {
     /// PATH, HOME and DOCKER_CONFIG added by the caller.
     pub env: BTreeMap<String, String>,
     /// Files to write on the host first (GCR's key file).
-    pub files: Vec<crate::request::File>,
+    pub files: Vec<crate::job::request::File>,
 }
 
 /// Resolves an entry's strategy from `DOCKER_CREDENTIAL_TYPE`. The error is
@@ -453,7 +453,7 @@ pub fn login_command(login: &Login, docker_config: &Path, home: &Path) -> Comman
 /// container's bash expands the tilde), else `~/<path>`; quoted for bash so
 /// spaces and quotes survive, with a leading `~` or `~/` left unquoted.
 pub fn container_path(path: &str) -> String {
-    use crate::shell::shell_quote;
+    use crate::process::session::shell_quote;
     if let Some(rest) = path.strip_prefix("~/") {
         format!("~/{}", shell_quote(rest))
     } else if path == "~" {
@@ -497,7 +497,7 @@ pub fn host_volumes(spec: Option<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::EnvVar;
+    use crate::job::request::EnvVar;
     use base64::Engine;
 
     fn b64(s: &str) -> String {

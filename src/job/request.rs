@@ -189,7 +189,8 @@ impl JobRequest {
             if self.compose.containers.is_empty() {
                 return Err(RequestError::NoContainers);
             }
-            crate::compose::validate(&self.compose).map_err(RequestError::Compose)?;
+            crate::executor::compose::project::validate(&self.compose)
+                .map_err(RequestError::Compose)?;
         }
         Ok(kind)
     }

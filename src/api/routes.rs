@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::auth::Authenticator;
-use crate::request::JobRequest;
-use crate::runner::{Runner, Submit};
+use crate::api::auth::Authenticator;
+use crate::job::request::JobRequest;
+use crate::job::runner::{Runner, Submit};
 
 /// What the handlers need; built once by `serve`.
 pub struct App {

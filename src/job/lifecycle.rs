@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::compose_job::{self, ProjectGuard};
-use crate::eventlog::{now_secs, Event, EventLog, JobResult};
-use crate::jumppoint::{self, JumpPoint, Target};
+use crate::executor::compose::{self, ProjectGuard};
+use crate::executor::jumppoint::{self, JumpPoint, Target};
+use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
+use crate::job::request::{decode_b64, is_shell_identifier, parse_mode, Command, JobRequest};
 use crate::metrics::Metrics;
-use crate::request::{decode_b64, is_shell_identifier, parse_mode, Command, JobRequest};
-use crate::shell::{shell_quote, shell_quote_bytes, Outcome, Session, SessionSpec};
+use crate::process::session::{shell_quote, shell_quote_bytes, Outcome, Session, SessionSpec};
 
 pub const STEP_EXPORT_ENV: &str = "Exporting environment variables";
 pub const STEP_INJECT_FILES: &str = "Injecting Files";
@@ -173,7 +173,7 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     // first and `compose down` runs after it, on every way out.
     let mut _project: Option<ProjectGuard> = None;
     let started = if compose {
-        compose_job::start(&mut steps, &mut _project, &jump_point)
+        compose::start(&mut steps, &mut _project, &jump_point)
     } else {
         start_shell(&mut steps, &jump_point)
     };
@@ -187,7 +187,7 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     let mut last_status = 0;
     let files_ok = |steps: &mut Steps<'_, '_>, session: &mut Session| {
         if compose {
-            compose_job::inject_files(steps, session)
+            compose::inject_files(steps, session)
         } else {
             steps.inject_files()
         }
@@ -540,7 +540,7 @@ const MIN_SECRET_LEN: usize = 4;
 /// Decodes, checks, de-duplicates (last wins) and sorts env vars by name;
 /// each value comes with its `secret` flag.
 fn decode_env(
-    vars: &[crate::request::EnvVar],
+    vars: &[crate::job::request::EnvVar],
 ) -> Result<BTreeMap<String, (Vec<u8>, bool)>, String> {
     let mut out = BTreeMap::new();
     for var in vars {
@@ -629,7 +629,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::EnvVar;
+    use crate::job::request::EnvVar;
 
     fn var(name: &str, value: &[u8]) -> EnvVar {
         use base64::Engine;

@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::api::App;
-use crate::auth::Authenticator;
-use crate::callbacks::CallbackPolicy;
+use crate::api::auth::Authenticator;
+use crate::api::routes::App;
 use crate::cli::{ServeArgs, TokenArgs};
 use crate::config;
 use crate::error::Error;
 use crate::front::{self, Front, FrontConfig};
-use crate::job::AgentOptions;
+use crate::job::callbacks::CallbackPolicy;
+use crate::job::lifecycle::AgentOptions;
+use crate::job::runner::{Runner, RunnerConfig};
 use crate::logging;
 use crate::metrics::Metrics;
-use crate::runner::{Runner, RunnerConfig};
 
 /// HTTP worker threads. Log downloads stream, so a few workers serve many
 /// pollers; slow clients are the front's problem, not the workers'.
@@ -91,7 +91,7 @@ fn tls_material(args: &ServeArgs, data_dir: &Path) -> Result<(Vec<u8>, Vec<u8>),
         .map_err(|e| Error::io("cannot create", &dir, e))?;
     let (c, k) = front::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(|e| Error::Config(format!("cannot make a self-signed certificate: {e}")))?;
-    crate::job::write_private(&key, k.as_bytes())
+    crate::job::lifecycle::write_private(&key, k.as_bytes())
         .map_err(|e| Error::io("cannot write", &key, e))?;
     std::fs::write(&cert, c.as_bytes()).map_err(|e| Error::io("cannot write", &cert, e))?;
     log::info!("made a self-signed certificate {}", cert.display());
@@ -194,7 +194,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         max_request_bytes: args.max_request_bytes,
     });
     let runner = Arc::clone(&app.runner);
-    let _workers = crate::server::start_workers(Arc::new(server), app, HTTP_WORKERS);
+    let _workers = crate::api::server::start_workers(Arc::new(server), app, HTTP_WORKERS);
 
     // SIGTERM or SIGINT: stop every job, let them clean up (processes,
     // containers), then exit. A job never outlives the agent.

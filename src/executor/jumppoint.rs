@@ -15,8 +15,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::request::decode_b64;
-use crate::shell::{random_hex, shell_quote};
+use crate::job::request::decode_b64;
+use crate::process::session::{random_hex, shell_quote};
 
 /// Serializes edits of the shared files between jobs.
 static EDIT_LOCK: Mutex<()> = Mutex::new(());

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::error::Error;
-use crate::output::{render, Chunker};
+use crate::process::output::{render, Chunker};
+use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys;
-use crate::procs::{JobProcesses, MARK_VAR};
 
 /// No byte of output waits longer than this before it is in the log (§6.2).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -266,7 +266,7 @@ impl Session {
         if self.exit_status.is_some() {
             return Outcome::SessionGone;
         }
-        if let Err(e) = crate::job::write_private(&self.cmd_path, directive.as_bytes()) {
+        if let Err(e) = crate::job::lifecycle::write_private(&self.cmd_path, directive.as_bytes()) {
             log::error!("cannot write {}: {e}", self.cmd_path.display());
             sink(format!("The agent could not write the command file: {e}\n"));
             return Outcome::Finished(1);

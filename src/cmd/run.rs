@@ -11,15 +11,15 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::callbacks::{self, CallbackPolicy};
 use crate::cli::RunArgs;
+use crate::cmd::display::Display;
 use crate::config;
-use crate::display::Display;
 use crate::error::Error;
-use crate::eventlog::{EventLog, JobResult};
-use crate::job::{self, AgentOptions, JobSpec};
-use crate::request::JobRequest;
-use crate::workspace::JobDir;
+use crate::job::callbacks::{self, CallbackPolicy};
+use crate::job::eventlog::{EventLog, JobResult};
+use crate::job::lifecycle::{self, AgentOptions, JobSpec};
+use crate::job::request::JobRequest;
+use crate::job::workspace::JobDir;
 
 pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     // The agent log goes to stderr only; warnings and errors by default.
@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         log.set_observer(Box::new(move |event, _| display.show(event)));
     }
 
-    let (stop, signal) = job::stop_pair();
+    let (stop, signal) = lifecycle::stop_pair();
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| Error::io("cannot install signal handlers", "SIGINT", e))?;
     let signals_handle = signals.handle();
@@ -78,7 +78,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     };
 
     let home = config::home_dir();
-    let result = job::run(
+    let result = lifecycle::run(
         JobSpec {
             request: &request,
             work_dir: &dir.work,

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use crate::api::{self, App, Body, Reply};
+use crate::api::routes::{self, App, Body, Reply};
 
 /// The header the front adds with the client's address.
 pub const PEER_HEADER: &str = "X-Agent-Peer";
@@ -61,9 +61,9 @@ fn serve_one(app: &App, mut request: Request) {
     let reply = {
         let body = request.as_reader();
         catch_unwind(AssertUnwindSafe(|| {
-            api::handle(
+            routes::handle(
                 app,
-                api::Req {
+                routes::Req {
                     method: &method,
                     path,
                     query,

@@ -1,0 +1,11 @@
+//! Jobs: the request and its validation, the lifecycle of one job over an
+//! executor, the event log, callbacks, the log upload, the job directory and
+//! the runner pool that runs several jobs at once.
+
+pub mod artifact;
+pub mod callbacks;
+pub mod eventlog;
+pub mod lifecycle;
+pub mod request;
+pub mod runner;
+pub mod workspace;
