@@ -13,6 +13,7 @@ mod job;
 mod logging;
 mod metrics;
 mod process;
+mod util;
 mod version;
 
 use std::process::ExitCode;

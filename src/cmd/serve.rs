@@ -91,7 +91,7 @@ fn tls_material(args: &ServeArgs, data_dir: &Path) -> Result<(Vec<u8>, Vec<u8>),
         .map_err(|e| Error::io("cannot create", &dir, e))?;
     let (c, k) = front::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])
         .map_err(|e| Error::Config(format!("cannot make a self-signed certificate: {e}")))?;
-    crate::job::lifecycle::write_private(&key, k.as_bytes())
+    crate::util::write_private(&key, k.as_bytes())
         .map_err(|e| Error::io("cannot write", &key, e))?;
     std::fs::write(&cert, c.as_bytes()).map_err(|e| Error::io("cannot write", &cert, e))?;
     log::info!("made a self-signed certificate {}", cert.display());

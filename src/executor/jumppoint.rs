@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::job::request::decode_b64;
-use crate::process::session::{random_hex, shell_quote};
+use crate::util::{id_slug, random_hex, shell_quote};
 
 /// Serializes edits of the shared files between jobs.
 static EDIT_LOCK: Mutex<()> = Mutex::new(());
@@ -112,16 +112,7 @@ pub fn script(job_id: &str, target: &Target, env_file: &Path) -> String {
 
 /// The jump point files' names: `/tmp/ssh_jump_point` and one per job.
 pub fn script_paths(tmp: &Path, job_id: &str) -> (PathBuf, PathBuf) {
-    let safe: String = job_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = id_slug(job_id, 128);
     (
         tmp.join("ssh_jump_point"),
         tmp.join(format!("ssh_jump_point-{safe}")),

@@ -23,7 +23,8 @@ use crate::executor::jumppoint::{self, JumpPoint, Target};
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::request::{decode_b64, is_shell_identifier, parse_mode, Command, JobRequest};
 use crate::metrics::Metrics;
-use crate::process::session::{shell_quote, shell_quote_bytes, Outcome, Session, SessionSpec};
+use crate::process::session::{Outcome, Session, SessionSpec};
+use crate::util::{shell_quote, shell_quote_bytes, write_private};
 
 pub const STEP_EXPORT_ENV: &str = "Exporting environment variables";
 pub const STEP_INJECT_FILES: &str = "Injecting Files";
@@ -602,27 +603,6 @@ pub(crate) fn inject_file(path: &Path, content_b64: &str, mode: &str) -> Result<
                 path.display()
             )
         })?;
-    Ok(())
-}
-
-/// Creates (or replaces) a file only its owner can read. The owner is the
-/// owner of its directory: a compose job's work dir belongs to the
-/// container's user, who must read the env and command files.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents)?;
-    if let Some(dir) = path.parent() {
-        let (dir_meta, file_meta) = (fs::metadata(dir)?, f.metadata()?);
-        if dir_meta.uid() != file_meta.uid() {
-            std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid()))?;
-        }
-    }
     Ok(())
 }
 

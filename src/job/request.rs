@@ -189,8 +189,7 @@ impl JobRequest {
             if self.compose.containers.is_empty() {
                 return Err(RequestError::NoContainers);
             }
-            crate::executor::compose::project::validate(&self.compose)
-                .map_err(RequestError::Compose)?;
+            validate_compose(&self.compose).map_err(RequestError::Compose)?;
         }
         Ok(kind)
     }
@@ -231,6 +230,53 @@ pub fn parse_mode(mode: &str) -> Option<u32> {
         return None;
     }
     u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// Is `name` usable as a compose service and container name?
+pub fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// Checks what the compose file needs before a job is accepted (§9.4).
+fn validate_compose(compose: &Compose) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for c in &compose.containers {
+        if !is_service_name(&c.name) {
+            return Err(format!(
+                "invalid container name '{}': use letters, digits, '_', '.' and '-'",
+                c.name
+            ));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(format!("container name '{}' is used twice", c.name));
+        }
+        if c.image.is_empty() {
+            return Err(format!("container '{}' has no image", c.name));
+        }
+        for v in &c.env_vars {
+            if !is_shell_identifier(&v.name) {
+                return Err(format!(
+                    "invalid environment variable name '{}' in container '{}'",
+                    v.name, c.name
+                ));
+            }
+            if decode_b64(&v.value).is_err() {
+                return Err(format!(
+                    "the value of environment variable '{}' in container '{}' is not valid base64",
+                    v.name, c.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -308,5 +354,24 @@ mod tests {
         assert_eq!(parse_mode("rw"), None);
         assert_eq!(parse_mode(""), None);
         assert_eq!(parse_mode("77777"), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(is_service_name("main"));
+        assert!(is_service_name("db-1.x_y"));
+        assert!(!is_service_name("a b"));
+        assert!(!is_service_name("-x"));
+        assert!(!is_service_name("a:b"));
+        let main = Container {
+            name: "main".into(),
+            image: "agent-test/bash:1".into(),
+            ..Container::default()
+        };
+        let compose = Compose {
+            containers: vec![main.clone(), main],
+            ..Compose::default()
+        };
+        assert!(validate_compose(&compose).unwrap_err().contains("twice"));
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::process::session::random_hex;
+use crate::util::{id_slug, random_hex};
 
 pub struct JobDir {
     pub root: PathBuf,
@@ -26,7 +26,7 @@ impl JobDir {
             .create(&jobs)
             .map_err(|e| Error::io("cannot create the data directory", &jobs, e))?;
         let nonce = random_hex(6);
-        let root = jobs.join(format!("{}.{nonce}", sanitize(job_id)));
+        let root = jobs.join(format!("{}.{nonce}", id_slug(job_id, 64)));
         let work = root.join("work");
         fs::DirBuilder::new()
             .recursive(true)
@@ -45,37 +45,5 @@ impl JobDir {
         if let Err(e) = fs::remove_dir_all(&self.work) {
             log::warn!("cannot remove {}: {e}", self.work.display());
         }
-    }
-}
-
-/// A job id as a file name: safe characters kept, the rest replaced, bounded.
-fn sanitize(job_id: &str) -> String {
-    let s: String = job_id
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() {
-        "job".into()
-    } else {
-        s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_become_safe_names() {
-        assert_eq!(sanitize("../../etc"), "______etc");
-        assert_eq!(sanitize(""), "job");
-        assert_eq!(sanitize("a-b_c9"), "a-b_c9");
     }
 }

@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::process::output::{render, Chunker};
 use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys;
+use crate::util::{random_hex, shell_quote};
 
 /// No byte of output waits longer than this before it is in the log (§6.2).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -266,7 +267,7 @@ impl Session {
         if self.exit_status.is_some() {
             return Outcome::SessionGone;
         }
-        if let Err(e) = crate::job::lifecycle::write_private(&self.cmd_path, directive.as_bytes()) {
+        if let Err(e) = crate::util::write_private(&self.cmd_path, directive.as_bytes()) {
             log::error!("cannot write {}: {e}", self.cmd_path.display());
             sink(format!("The agent could not write the command file: {e}\n"));
             return Outcome::Finished(1);
@@ -551,52 +552,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Single-quotes a string for bash; byte-exact for any content.
-pub fn shell_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// Single-quotes bytes for bash (values need not be UTF-8).
-pub fn shell_quote_bytes(bytes: &[u8], out: &mut Vec<u8>) {
-    out.push(b'\'');
-    for &b in bytes {
-        if b == b'\'' {
-            out.extend_from_slice(b"'\\''");
-        } else {
-            out.push(b);
-        }
-    }
-    out.push(b'\'');
-}
-
-pub fn random_hex(n_bytes: usize) -> String {
-    let mut buf = vec![0u8; n_bytes];
-    let ok = File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_ok();
-    if !ok {
-        // Uniqueness, not secrecy, is what the callers need.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (t >> ((i % 16) * 8)) as u8 ^ std::process::id() as u8;
-        }
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn spawn_err(e: std::io::Error) -> Error {
     Error::Spawn {
         program: "bash".into(),
@@ -636,13 +591,5 @@ mod tests {
             assert_eq!(out, b"x\x01y", "split at {split}");
             assert_eq!(st, Some(127), "split at {split}");
         }
-    }
-
-    #[test]
-    fn quoting_is_byte_exact() {
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        let mut out = Vec::new();
-        shell_quote_bytes(b"a'b", &mut out);
-        assert_eq!(out, b"'a'\\''b'");
     }
 }

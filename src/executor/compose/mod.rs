@@ -15,10 +15,11 @@ use std::time::Instant;
 use self::project::{FileOptions, Project};
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
-use crate::job::lifecycle::{resolve_path, write_private, Started, Steps};
+use crate::job::lifecycle::{resolve_path, Started, Steps};
 use crate::job::request::{decode_b64, parse_mode};
 use crate::process::hostcmd::{run_lines, HostOutcome};
-use crate::process::session::{shell_quote, Outcome, Session, SessionSpec};
+use crate::process::session::{Outcome, Session, SessionSpec};
+use crate::util::{shell_quote, write_private};
 
 pub const STEP_CREDENTIALS: &str = "Setting up image pull credentials";
 pub const STEP_PULL: &str = "Pulling docker images...";

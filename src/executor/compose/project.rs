@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::job::request::{decode_b64, is_shell_identifier, Compose, Container, Credentials};
+use crate::job::request::{decode_b64, Container, Credentials};
+use crate::util::id_slug;
 
 /// Where the host's Docker socket is mounted in main (docker in docker).
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -91,53 +92,6 @@ fn detect_now() -> Option<ComposeTool> {
     detect_from(None, run(&["docker-compose", "--version"]).as_deref())
 }
 
-/// Is `name` usable as a compose service and container name?
-pub fn is_service_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-}
-
-/// Checks what the compose file needs before a job is accepted.
-pub fn validate(compose: &Compose) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
-    for c in &compose.containers {
-        if !is_service_name(&c.name) {
-            return Err(format!(
-                "invalid container name '{}': use letters, digits, '_', '.' and '-'",
-                c.name
-            ));
-        }
-        if !seen.insert(c.name.as_str()) {
-            return Err(format!("container name '{}' is used twice", c.name));
-        }
-        if c.image.is_empty() {
-            return Err(format!("container '{}' has no image", c.name));
-        }
-        for v in &c.env_vars {
-            if !is_shell_identifier(&v.name) {
-                return Err(format!(
-                    "invalid environment variable name '{}' in container '{}'",
-                    v.name, c.name
-                ));
-            }
-            if decode_b64(&v.value).is_err() {
-                return Err(format!(
-                    "the value of environment variable '{}' in container '{}' is not valid base64",
-                    v.name, c.name
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Compose interpolates `$VAR` in every value; `$$` is a literal `$`.
 fn literal(s: &str) -> Value {
     Value::String(s.replace('$', "$$"))
@@ -200,9 +154,9 @@ pub fn compose_file(containers: &[Container], opts: &FileOptions) -> Result<Valu
 
 /// A compose project name from the job id: lowercase letters, digits, `-`.
 pub fn project_name(job_id: &str, nonce: &str) -> String {
-    let id: String = job_id
+    // Compose project names are lowercase letters, digits, `-` and `_`.
+    let id: String = id_slug(job_id, 40)
         .chars()
-        .take(40)
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_lowercase()
@@ -453,7 +407,7 @@ pub fn login_command(login: &Login, docker_config: &Path, home: &Path) -> Comman
 /// container's bash expands the tilde), else `~/<path>`; quoted for bash so
 /// spaces and quotes survive, with a leading `~` or `~/` left unquoted.
 pub fn container_path(path: &str) -> String {
-    use crate::process::session::shell_quote;
+    use crate::util::shell_quote;
     if let Some(rest) = path.strip_prefix("~/") {
         format!("~/{}", shell_quote(rest))
     } else if path == "~" {
@@ -566,20 +520,6 @@ mod tests {
         };
         let file = compose_file(&[container("main", &[])], &opts).unwrap();
         assert_eq!(file["services"]["main"]["devices"][0], "/dev/kvm:/dev/kvm");
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(is_service_name("main"));
-        assert!(is_service_name("db-1.x_y"));
-        assert!(!is_service_name("a b"));
-        assert!(!is_service_name("-x"));
-        assert!(!is_service_name("a:b"));
-        let compose = Compose {
-            containers: vec![container("main", &[]), container("main", &[])],
-            ..Compose::default()
-        };
-        assert!(validate(&compose).unwrap_err().contains("twice"));
     }
 
     #[test]

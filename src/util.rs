@@ -1,0 +1,120 @@
+//! Small helpers that several layers use and that know nothing of jobs:
+//! bash quoting, random names, private files, and the one rule that turns a
+//! job id into a name safe for paths and docker.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Single-quotes a string for bash; byte-exact for any content.
+pub fn shell_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Single-quotes bytes for bash (values need not be UTF-8).
+pub fn shell_quote_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(b'\'');
+    for &b in bytes {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+}
+
+pub fn random_hex(n_bytes: usize) -> String {
+    let mut buf = vec![0u8; n_bytes];
+    let ok = File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !ok {
+        // Uniqueness, not secrecy, is what the callers need.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8 ^ std::process::id() as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates (or replaces) a file only its owner can read. The owner is the
+/// owner of its directory: a compose job's work dir belongs to the
+/// container's user, who must read the env and command files.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    if let Some(dir) = path.parent() {
+        let (dir_meta, file_meta) = (fs::metadata(dir)?, f.metadata()?);
+        if dir_meta.uid() != file_meta.uid() {
+            std::os::unix::fs::chown(path, Some(dir_meta.uid()), Some(dir_meta.gid()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A job id as a name for files and containers: `[A-Za-z0-9._-]` kept, any
+/// other character replaced by `_`, at most `max_chars` characters; an id
+/// that leaves nothing (or only dots) becomes `job`.
+pub fn id_slug(job_id: &str, max_chars: usize) -> String {
+    let slug: String = job_id
+        .chars()
+        .take(max_chars)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if slug.chars().all(|c| c == '.') {
+        "job".into()
+    } else {
+        slug
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_is_byte_exact() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        let mut out = Vec::new();
+        shell_quote_bytes(b"a'b", &mut out);
+        assert_eq!(out, b"'a'\\''b'");
+    }
+
+    #[test]
+    fn slugs_are_safe_names() {
+        assert_eq!(id_slug("a b/c", 64), "a_b_c");
+        assert_eq!(id_slug("../../etc", 64), ".._.._etc");
+        assert_eq!(id_slug("..", 64), "job");
+        assert_eq!(id_slug("", 64), "job");
+        assert_eq!(id_slug("abcdef", 3), "abc");
+        assert_eq!(id_slug("1.2-x_Y", 64), "1.2-x_Y");
+    }
+}
