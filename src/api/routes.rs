@@ -218,13 +218,14 @@ fn submit(app: &App, body: &mut dyn Read) -> Reply {
         Ok(r) => r,
         Err(e) => return Reply::message(422, &e.to_string()),
     };
-    if let Err(e) = request.validate() {
-        return Reply::message(422, &e.to_string());
-    }
+    let executor = match request.validate() {
+        Ok(kind) => kind,
+        Err(e) => return Reply::message(422, &e.to_string()),
+    };
     if request.job_id.is_empty() {
         return Reply::message(422, "invalid job request: job_id is required");
     }
-    match app.runner.submit(request) {
+    match app.runner.submit(request, executor) {
         Submit::Accepted => Reply::message(200, "ok"),
         Submit::AlreadyKnown => Reply::message(200, "job is already running"),
         Submit::AnotherRunning => Reply::message(422, "another job is already running"),

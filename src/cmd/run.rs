@@ -17,8 +17,10 @@ use crate::config;
 use crate::error::Error;
 use crate::job::callbacks::{self, CallbackPolicy};
 use crate::job::eventlog::{EventLog, JobResult};
-use crate::job::lifecycle::{self, AgentOptions, JobSpec};
+use crate::job::lifecycle;
 use crate::job::request::JobRequest;
+use crate::job::spec::{AgentOptions, JobSpec};
+use crate::job::stop::stop_pair;
 use crate::job::workspace::JobDir;
 
 pub fn run(args: RunArgs) -> Result<JobResult, Error> {
@@ -27,7 +29,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     let bytes = std::fs::read(&args.job_file)
         .map_err(|e| Error::io("cannot read the job file", &args.job_file, e))?;
     let request = JobRequest::from_file_bytes(&bytes)?;
-    request.validate()?;
+    let executor = request.validate()?;
     let job_id = if request.job_id.is_empty() {
         "job".to_string()
     } else {
@@ -52,7 +54,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         log.set_observer(Box::new(move |event, _| display.show(event)));
     }
 
-    let (stop, signal) = lifecycle::stop_pair();
+    let (stop, signal) = stop_pair();
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| Error::io("cannot install signal handlers", "SIGINT", e))?;
     let signals_handle = signals.handle();
@@ -81,6 +83,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     let result = lifecycle::run(
         JobSpec {
             request: &request,
+            executor,
             work_dir: &dir.work,
             home: &home,
             mark: &dir.mark,

@@ -18,8 +18,8 @@ use crate::config;
 use crate::error::Error;
 use crate::front::{self, Front, FrontConfig};
 use crate::job::callbacks::CallbackPolicy;
-use crate::job::lifecycle::AgentOptions;
 use crate::job::runner::{Runner, RunnerConfig};
+use crate::job::spec::AgentOptions;
 use crate::logging;
 use crate::metrics::Metrics;
 

@@ -1,6 +1,75 @@
 //! Executors: where a job's session runs. The shell executor runs bash on
 //! this host; the compose executor runs it in the main container of a
-//! docker compose project. The SSH jump point leads into either.
+//! docker compose project. `Executor` is chosen once, from the validated
+//! request, and each step that differs between the two is one `match` here;
+//! the lifecycle (`job::lifecycle`) knows no executor by name. The SSH jump
+//! point leads into either.
 
 pub mod compose;
 pub mod jumppoint;
+pub mod shell;
+
+use std::path::Path;
+
+use crate::executor::compose::ProjectGuard;
+use crate::executor::jumppoint::JumpPoint;
+use crate::job::request::ExecutorKind;
+use crate::job::steps::{Started, Steps};
+use crate::process::session::Session;
+use crate::util::shell_quote;
+
+/// The executor of one job. Dropping it cleans up what it started outside
+/// the session (the compose project); drop it after the session.
+pub enum Executor {
+    Shell,
+    /// The compose project, once it exists.
+    Compose(Option<ProjectGuard>),
+}
+
+impl Executor {
+    pub fn new(kind: ExecutorKind) -> Executor {
+        match kind {
+            ExecutorKind::Shell => Executor::Shell,
+            ExecutorKind::DockerCompose => Executor::Compose(None),
+        }
+    }
+
+    /// The env file that login shells of the jump point source on this host:
+    /// only the shell executor's session runs here.
+    pub fn host_env_file<'a>(&self, env_file: &'a Path) -> Option<&'a Path> {
+        match self {
+            Executor::Shell => Some(env_file),
+            Executor::Compose(_) => None,
+        }
+    }
+
+    /// Prepare and start (§5.2 steps 2 and 3): on success the session is
+    /// ready for the job's commands.
+    pub(crate) fn start(&mut self, steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
+        match self {
+            Executor::Shell => shell::start(steps, jump_point),
+            Executor::Compose(project) => compose::start(steps, project, jump_point),
+        }
+    }
+
+    /// §5.2 step 5. Returns whether every file was injected.
+    pub(crate) fn inject_files(&self, steps: &mut Steps<'_, '_>, session: &mut Session) -> bool {
+        match self {
+            Executor::Shell => shell::inject_files(steps),
+            Executor::Compose(_) => compose::inject_files(steps, session),
+        }
+    }
+
+    /// After the env vars are exported: in a container, login shells (the
+    /// jump point) read them through the container user's profile.
+    pub(crate) fn env_exported(&self, session: &mut Session, env_file: &Path) {
+        match self {
+            Executor::Shell => {}
+            Executor::Compose(_) => {
+                let env = shell_quote(&env_file.to_string_lossy());
+                let line = shell_quote(&format!("[ -r {env} ] && . {env}"));
+                session.run_silent(&format!("printf '%s\\n' {line} >> ~/.bash_profile"));
+            }
+        }
+    }
+}

@@ -4,8 +4,13 @@
 
 pub mod artifact;
 pub mod callbacks;
+pub mod env;
 pub mod eventlog;
+pub mod files;
 pub mod lifecycle;
 pub mod request;
 pub mod runner;
+pub mod spec;
+pub mod steps;
+pub mod stop;
 pub mod workspace;

@@ -18,8 +18,10 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::job::callbacks::{self, CallbackPolicy};
 use crate::job::eventlog::{now_secs, EventLog, JobResult, LogFiles};
-use crate::job::lifecycle::{self, AgentOptions, JobSpec, StopHandle, StopSignal};
-use crate::job::request::JobRequest;
+use crate::job::lifecycle;
+use crate::job::request::{ExecutorKind, JobRequest};
+use crate::job::spec::{AgentOptions, JobSpec};
+use crate::job::stop::{stop_pair, StopHandle, StopSignal};
 use crate::job::workspace::JobDir;
 
 /// Finished jobs whose logs stay readable (§13.2: at least the last 100).
@@ -78,6 +80,7 @@ pub struct JobEntry {
     /// The request and the log writer, taken by the runner when the job
     /// starts; a finished job keeps neither in memory.
     pending: Mutex<Option<(JobRequest, EventLog)>>,
+    executor: ExecutorKind,
     stop: StopHandle,
     signal: StopSignal,
     queued_at: u64,
@@ -231,7 +234,8 @@ impl Runner {
         self.cfg.jobs
     }
 
-    pub fn submit(&self, request: JobRequest) -> Submit {
+    /// Accepts a validated request; `executor` is what its validation chose.
+    pub fn submit(&self, request: JobRequest, executor: ExecutorKind) -> Submit {
         let mut table = self.table();
         if table.jobs.iter().any(|j| j.job_id == request.job_id) {
             return Submit::AlreadyKnown;
@@ -254,11 +258,12 @@ impl Runner {
                 return Submit::Failed(Error::io("cannot create the event log in", &dir.root, e))
             }
         };
-        let (stop, signal) = lifecycle::stop_pair();
+        let (stop, signal) = stop_pair();
         let entry = Arc::new(JobEntry {
             job_id: request.job_id.clone(),
             files: log.files(),
             pending: Mutex::new(Some((request, log))),
+            executor,
             dir,
             stop,
             signal,
@@ -390,6 +395,7 @@ impl Runner {
             lifecycle::run(
                 JobSpec {
                     request: &request,
+                    executor: entry.executor,
                     work_dir: &entry.dir.work,
                     home: &self.cfg.home,
                     mark: &entry.dir.mark,

@@ -15,8 +15,9 @@ use std::time::Instant;
 use self::project::{FileOptions, Project};
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
-use crate::job::lifecycle::{resolve_path, Started, Steps};
+use crate::job::files::{inject_file, resolve_path};
 use crate::job::request::{decode_b64, parse_mode};
+use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
 use crate::process::hostcmd::{run_lines, HostOutcome};
 use crate::process::session::{Outcome, Session, SessionSpec};
 use crate::util::{shell_quote, write_private};
@@ -282,9 +283,7 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
         steps.output(&format!("Setting up credentials for {}\n", login.what));
         for file in &login.files {
             let path = resolve_path(&file.path, spec.home);
-            if let Err(message) =
-                crate::job::lifecycle::inject_file(&path, &file.content, &file.mode)
-            {
+            if let Err(message) = inject_file(&path, &file.content, &file.mode) {
                 steps.output(&message);
                 steps.finished(STEP_CREDENTIALS, 1, started_at);
                 return Some(false);
@@ -320,11 +319,11 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
 /// the container's bash. Paths are shown exactly as given.
 pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> bool {
     let spec = steps.spec;
-    let started_at = steps.started(crate::job::lifecycle::STEP_INJECT_FILES);
+    let started_at = steps.started(STEP_INJECT_FILES);
     let stage_dir = spec.work_dir.join("files");
     let fail = |steps: &mut Steps<'_, '_>, line: String, status: i32| {
         steps.output(&line);
-        steps.finished(crate::job::lifecycle::STEP_INJECT_FILES, status, started_at);
+        steps.finished(STEP_INJECT_FILES, status, started_at);
         false
     };
     for (i, file) in spec.request.files.iter().enumerate() {
@@ -383,7 +382,7 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> 
             }
         }
     }
-    steps.finished(crate::job::lifecycle::STEP_INJECT_FILES, 0, started_at);
+    steps.finished(STEP_INJECT_FILES, 0, started_at);
     true
 }
 

@@ -1,0 +1,61 @@
+//! The shell executor: the job's bash runs on this host as the agent's
+//! user, and files are written straight to their paths (§5.2 steps 3 and 5).
+
+use crate::executor::jumppoint::{JumpPoint, Target};
+use crate::job::eventlog::now_secs;
+use crate::job::files::{inject_file, resolve_path};
+use crate::job::steps::{Started, Steps, STEP_INJECT_FILES, STEP_START_SESSION};
+use crate::process::session::{Session, SessionSpec};
+
+/// Starts `bash --login` in the job's work dir and points the jump point at it.
+pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
+    let spec = steps.spec;
+    let started_at = now_secs();
+    let session = Session::start(SessionSpec {
+        argv: vec!["bash".into(), "--login".into(), "--noediting".into()],
+        env: Vec::new(),
+        work_dir: spec.work_dir,
+        mark: spec.mark,
+        stop: &spec.stop.rx,
+        grace: spec.grace,
+    });
+    match session {
+        Ok(Some(s)) => {
+            let target = Target::Shell {
+                session_pid: s.pid(),
+            };
+            if let Err(e) =
+                jump_point.write_script(&spec.request.job_id, &target, &spec.work_dir.join("env"))
+            {
+                log::error!("job {}: {e}", spec.request.job_id);
+            }
+            Started::Ready(Box::new(s))
+        }
+        Ok(None) => Started::Stopped,
+        Err(e) => {
+            steps.synthetic(STEP_START_SESSION, started_at, &[&format!("{e}\n")], 1);
+            Started::Failed
+        }
+    }
+}
+
+/// Writes the request's files on this host. Returns whether it succeeded.
+pub(crate) fn inject_files(steps: &mut Steps<'_, '_>) -> bool {
+    let spec = steps.spec;
+    let started_at = steps.started(STEP_INJECT_FILES);
+    for file in &spec.request.files {
+        let path = resolve_path(&file.path, spec.home);
+        steps.output(&format!(
+            "Injecting {} with file mode {}\n",
+            path.display(),
+            file.mode
+        ));
+        if let Err(message) = inject_file(&path, &file.content, &file.mode) {
+            steps.output(&message);
+            steps.finished(STEP_INJECT_FILES, 1, started_at);
+            return false;
+        }
+    }
+    steps.finished(STEP_INJECT_FILES, 0, started_at);
+    true
+}

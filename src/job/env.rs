@@ -1,0 +1,107 @@
+//! The job's environment variables: decoded, checked, de-duplicated and
+//! sorted (§5.2 step 4), and the env file the session sources.
+
+use std::collections::BTreeMap;
+
+use crate::job::request::{decode_b64, is_shell_identifier, EnvVar};
+use crate::util::shell_quote_bytes;
+
+/// Decoded variables by name: the value and whether it is a secret.
+pub type EnvVars = BTreeMap<String, (Vec<u8>, bool)>;
+
+/// Shorter secret values are not masked: they would match too much.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// Decodes, checks, de-duplicates (last wins) and sorts env vars by name;
+/// each value comes with its `secret` flag.
+pub fn decode_env(vars: &[EnvVar]) -> Result<EnvVars, String> {
+    let mut out = BTreeMap::new();
+    for var in vars {
+        if !is_shell_identifier(&var.name) {
+            return Err(format!(
+                "Invalid environment variable name '{}': a name must match [A-Za-z_][A-Za-z0-9_]*\n",
+                var.name
+            ));
+        }
+        let value = decode_b64(&var.value).map_err(|_| {
+            format!(
+                "Failed to decode the value of environment variable '{}': not valid base64\n",
+                var.name
+            )
+        })?;
+        out.insert(var.name.clone(), (value, var.secret));
+    }
+    Ok(out)
+}
+
+/// The env file the session sources: one `export NAME='value'` line per
+/// variable, values quoted byte-exact.
+pub fn env_file_contents(vars: &EnvVars) -> Vec<u8> {
+    let mut contents = Vec::new();
+    for (name, (value, _)) in vars {
+        contents.extend_from_slice(format!("export {name}=").as_bytes());
+        shell_quote_bytes(value, &mut contents);
+        contents.push(b'\n');
+    }
+    contents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::write_private;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn var(name: &str, value: &[u8]) -> EnvVar {
+        use base64::Engine;
+        EnvVar {
+            name: name.into(),
+            value: base64::engine::general_purpose::STANDARD.encode(value),
+            secret: false,
+        }
+    }
+
+    #[test]
+    fn env_is_sorted_and_deduplicated() {
+        let vars = decode_env(&[var("B", b"1"), var("A", b"2"), var("B", b"3")]).unwrap();
+        let names: Vec<_> = vars.keys().cloned().collect();
+        assert_eq!(names, ["A", "B"]);
+        assert_eq!(vars["B"].0, b"3");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = decode_env(&[var("A-B", b"x")]).unwrap_err();
+        assert!(err.contains("'A-B'"), "{err}");
+        let bad = EnvVar {
+            name: "TOKEN".into(),
+            value: "not base64!".into(),
+            secret: false,
+        };
+        let err = decode_env(&[bad]).unwrap_err();
+        assert!(err.contains("'TOKEN'"), "{err}");
+    }
+
+    #[test]
+    fn env_file_round_trips_through_bash() {
+        let dir = std::env::temp_dir().join(format!("agent-envfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let value = b"it's \"$HOME\" `id` \\n\nline2 $(x) !x";
+        let vars = decode_env(&[var("V", value)]).unwrap();
+        let contents = env_file_contents(&vars);
+        let file = dir.join("env");
+        write_private(&file, &contents).unwrap();
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("source {}; printf '%s' \"$V\"", file.display()))
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, value);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,37 @@
+//! What a job runs with besides its request: the agent's options for every
+//! job and the per-job places (work dir, home, process mark, stop signal).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::job::request::{ExecutorKind, JobRequest};
+use crate::job::stop::StopSignal;
+use crate::metrics::Metrics;
+
+/// What the agent's configuration adds to every job.
+#[derive(Default, Clone)]
+pub struct AgentOptions {
+    /// `--pre-job-hook-path`: sourced after the files are injected.
+    pub pre_job_hook: Option<PathBuf>,
+    /// `--expose-kvm-device`: add /dev/kvm to compose jobs when it exists.
+    pub expose_kvm: bool,
+    /// `--files host:dest,...` for compose jobs' main container.
+    pub host_files: Option<String>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Everything a job needs besides its request.
+pub struct JobSpec<'a> {
+    pub request: &'a JobRequest,
+    /// Where the job runs, as validated from the request.
+    pub executor: ExecutorKind,
+    /// Private directory for the job's working files (env file, commands).
+    pub work_dir: &'a Path,
+    /// The agent user's home: the session starts there, `~` in file paths.
+    pub home: &'a Path,
+    pub mark: &'a str,
+    pub stop: StopSignal,
+    pub grace: Duration,
+    pub options: &'a AgentOptions,
+}
