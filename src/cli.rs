@@ -1,4 +1,5 @@
-//! Command-line arguments (argh structs only; validation lives in config.rs).
+//! Command-line arguments: the argh structs only. `config.rs` turns them
+//! into a validated configuration.
 
 use argh::FromArgs;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ pub struct RunArgs {
     /// attempts per callback when the job file has callback URLs (default 60)
     #[argh(option, default = "60")]
     pub callback_retry_attempts: u32,
-    /// the job file (YAML or JSON, PROTOCOL §3)
+    /// the job file, YAML or JSON (its format: README, "Run one job from a file")
     #[argh(positional)]
     pub job_file: PathBuf,
 }

@@ -1,9 +1,15 @@
 //! Typed errors. Each variant says what failed and carries what is needed to
 //! explain it; only `main` turns them into a message and an exit code.
+//!
+//! Convention (shared with the front's `FrontError`): a message ends with
+//! its cause's message, and `source()` returns that cause, so `{e}` alone
+//! explains an error and the chain stays inspectable.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+
+use crate::front::FrontError;
 
 /// A job request that cannot be accepted (422 from the server, exit 2 from `agent run`).
 #[derive(Debug)]
@@ -49,7 +55,14 @@ pub enum Error {
         source: io::Error,
     },
     Request(RequestError),
-    Config(String),
+    /// No JWT secret was given.
+    NoSecret,
+    /// `--host` did not resolve to an address.
+    Resolve {
+        host: String,
+    },
+    /// The HTTPS front or its TLS material could not be set up.
+    Front(FrontError),
     /// The job's shell died or stayed silent before it was ready.
     SessionStart {
         status: Option<i32>,
@@ -75,7 +88,11 @@ impl fmt::Display for Error {
             }
             Error::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
             Error::Request(e) => e.fmt(f),
-            Error::Config(e) => f.write_str(e),
+            Error::NoSecret => f.write_str(
+                "no JWT secret: give --auth-token-secret, --auth-token-secret-file or AGENT_AUTH_TOKEN_SECRET",
+            ),
+            Error::Resolve { host } => write!(f, "cannot resolve --host {host}"),
+            Error::Front(e) => e.fmt(f),
             Error::SessionStart { status, output } => {
                 match status {
                     Some(code) => {
@@ -96,9 +113,18 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } | Error::Spawn { source, .. } => Some(source),
-            Error::Request(e) => Some(e),
-            Error::Config(_) | Error::SessionStart { .. } => None,
+            // Transparent wrappers: their message is the inner one, so the
+            // cause is the inner error's cause.
+            Error::Request(e) => e.source(),
+            Error::Front(e) => e.source(),
+            Error::NoSecret | Error::Resolve { .. } | Error::SessionStart { .. } => None,
         }
+    }
+}
+
+impl From<FrontError> for Error {
+    fn from(e: FrontError) -> Error {
+        Error::Front(e)
     }
 }
 

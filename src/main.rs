@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             println!("{}", version::long());
             ExitCode::SUCCESS
         }
-        cli::Sub::Token(args) => match cmd::serve::token(args) {
+        cli::Sub::Token(args) => match cmd::token::token(args) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -47,8 +47,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &error::Error) -> ExitCode {
-    log::error!("{e}");
-    eprintln!("agent: {e}");
+    logging::fatal(&e.to_string());
     ExitCode::from(EXIT_AGENT_ERROR)
 }
 

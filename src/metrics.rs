@@ -1,4 +1,4 @@
-//! StatsD metrics (PROTOCOL §10) with the watchman naming convention:
+//! StatsD metrics (docs/protocol.md §10) with the watchman naming convention:
 //! `tagged.<namespace>.<tag1>.<tag2>.<tag3>.<name>`, missing tags `no_tag`.
 //! Sent over UDP only when host and port are configured; a send never
 //! blocks or fails a job (UDP, resolved once at start-up).

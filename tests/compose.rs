@@ -1,4 +1,4 @@
-//! Integration tests of the docker-compose executor (PROTOCOL §9, §3.3, §10,
+//! Integration tests of the docker-compose executor (docs/protocol.md §9, §3.3, §10,
 //! and the fixes of §12 items 1, 12–16 and 20) on the real Docker engine:
 //! nothing is mocked. Jobs run with `agent run --json` (one job, checked by
 //! `support`) or `agent serve` (stops, concurrency, metrics). Every test

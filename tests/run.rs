@@ -1,5 +1,5 @@
 //! Integration tests of `agent run`: real jobs in a real bash session on the
-//! host, checked against the wire contract of PROTOCOL §§3–6. Every run is
+//! host, checked against the wire contract of docs/protocol.md §§3–6. Every run is
 //! also checked by the support module for the §6.1 invariants, stdout equal to
 //! the event log file, an exit code matching the result, and no process of
 //! the job left behind.

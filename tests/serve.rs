@@ -1,5 +1,5 @@
 //! Integration tests of `agent serve`: the real binary on its own port, driven
-//! over TLS the way a control plane drives it (PROTOCOL §§2, 6.3, 7, 11),
+//! over TLS the way a control plane drives it (docs/protocol.md §§2, 6.3, 7, 11),
 //! plus our extensions (§13) and the fixes §12 demands. Every test starts its
 //! own agent; dropping it checks that no process of its jobs is left.
 

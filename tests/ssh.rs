@@ -1,4 +1,4 @@
-//! Integration tests of the SSH jump point (PROTOCOL §8, §12 items 8 and 9,
+//! Integration tests of the SSH jump point (docs/protocol.md §8, §12 items 8 and 9,
 //! §13.2): a real sshd reads the `authorized_keys` of the agent's HOME, and a
 //! real `ssh` logs in with the job's key and runs
 //! `bash /tmp/ssh_jump_point-<job_id>`, which must land in the running job:

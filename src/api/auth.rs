@@ -1,4 +1,4 @@
-//! JWT authentication of the API (PROTOCOL §2.2): HMAC-signed tokens (HS256,
+//! JWT authentication of the API (docs/protocol.md §2.2): HMAC-signed tokens (HS256,
 //! HS384, HS512) with the agent's secret; `exp`, `nbf` and `iat` checked
 //! when present, with a small clock tolerance.
 //!

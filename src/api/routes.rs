@@ -1,5 +1,5 @@
-//! The HTTP API of PROTOCOL §2.3 and §13.2 as plain functions from a request
-//! to a reply. No tiny_http type appears here (server.rs adapts), so every
+//! The HTTP API of docs/protocol.md §2.3 and §13.2 as plain functions from a request
+//! to a reply. No tiny_http type appears here (`server` adapts), so every
 //! route can be read, and tested, on its own.
 
 use std::io::Read;

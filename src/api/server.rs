@@ -1,6 +1,6 @@
 //! The tiny_http side of the API: a fixed pool of worker threads that take
-//! requests from the server (behind the TLS front, front.rs), hand them to
-//! the plain handlers of api.rs, and write the replies. tiny_http types stay
+//! requests from the server (behind the HTTPS front), hand them to
+//! the plain handlers of `routes`, and write the replies. tiny_http types stay
 //! in this file. A panic in a handler becomes a 500, never a dead worker, and
 //! every request gets one access line in the agent log.
 

@@ -1,4 +1,4 @@
-//! SSH jump points into running jobs (PROTOCOL §8, §12 items 8 and 9):
+//! SSH jump points into running jobs (docs/protocol.md §8, §12 items 8 and 9):
 //! the job's public keys in the agent user's `~/.ssh/authorized_keys`,
 //! `/tmp/ssh_jump_point` and `/tmp/ssh_jump_point-<job_id>`, and one managed
 //! block in `~/.bash_profile` that makes login shells see the env vars of the

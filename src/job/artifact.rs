@@ -1,4 +1,4 @@
-//! The optional upload of a finished job's log as an artifact (PROTOCOL
+//! The optional upload of a finished job's log as an artifact (docs/protocol.md
 //! §6.7), through the `artifact` CLI when it is on PATH. Anything missing
 //! (policy, token, URL, CLI) skips the upload with a line in the agent log;
 //! an upload never fails or delays a job beyond the CLI's own run.

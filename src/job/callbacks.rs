@@ -1,4 +1,4 @@
-//! Callbacks to the control plane (PROTOCOL §7.1): a POST with a fixed body,
+//! Callbacks to the control plane (docs/protocol.md §7.1): a POST with a fixed body,
 //! a bearer token when given, our User-Agent, a deadline per attempt, and a
 //! bounded number of attempts one second apart, given up early when the
 //! agent is stopping.

@@ -1,4 +1,4 @@
-//! The job's event log (PROTOCOL §6.1): one compact JSON object per line,
+//! The job's event log (docs/protocol.md §6.1): one compact JSON object per line,
 //! written to disk as events happen, plus an index file of line offsets so a
 //! reader can start at event N in O(1) (§6.3) without rescanning the log.
 //!

@@ -1,4 +1,4 @@
-//! The job lifecycle of PROTOCOL §5.2 for the shell executor: start the
+//! The job lifecycle of docs/protocol.md §5.2 for the shell executor: start the
 //! session, export env vars, inject files, run commands until the first
 //! failure, decide the result (with the exit-130 self-stop), export it, run
 //! the epilogues, and write `job_finished`.

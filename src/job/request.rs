@@ -1,4 +1,4 @@
-//! The job request of PROTOCOL §3: serde types for the wire schema, the
+//! The job request of docs/protocol.md §3: serde types for the wire schema, the
 //! YAML/JSON job file of `agent run`, and the decoding of its base64 fields.
 //!
 //! This module knows nothing of sessions or logs: it turns bytes into a

@@ -1,6 +1,6 @@
 //! Jobs accepted by `agent serve`: admission (`--jobs N`, `--queue-size Q`),
 //! a bounded crossbeam queue to N runner threads, and each job's teardown
-//! (PROTOCOL §7.2 as amended by §12 item 6 and §13.2).
+//! (docs/protocol.md §7.2 as amended by §12 item 6 and §13.2).
 //!
 //! One owner per job: the runner thread that took it runs it and tears it
 //! down. The HTTP side only reads a job's state, asks it to stop, and marks

@@ -1,4 +1,4 @@
-//! Output chunking (PROTOCOL §6.2): turns the raw bytes a command prints on
+//! Output chunking (docs/protocol.md §6.2): turns the raw bytes a command prints on
 //! its terminal into `cmd_output` strings.
 //!
 //! Rules kept here: a chunk never ends inside a UTF-8 sequence that may still
@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// events and less JSON overhead under sustained output.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
-/// What a secret value becomes in the log (PROTOCOL §13.3).
+/// What a secret value becomes in the log (docs/protocol.md §13.3).
 pub const MASK: &[u8] = b"[MASKED]";
 
 #[derive(Debug, Default)]

@@ -1,11 +1,11 @@
-//! The persistent bash session of PROTOCOL §4.
+//! The persistent bash session of docs/protocol.md §4.
 //!
 //! One `bash --login` runs on a pseudo-terminal, as the leader of a session
 //! of its own. Each command is written to a file and `source`d by the session
 //! with stdin from /dev/null (so `cat` or `read` get end-of-file at once and
 //! never see the agent's instructions), framed by start and end markers that
 //! carry a per-session nonce; the end marker carries the exit status. Output
-//! between the markers goes through the chunker (output.rs) to a sink.
+//! between the markers goes through the chunker (`output`) to a sink.
 //!
 //! Threads: a reader thread copies the terminal into a bounded channel (so a
 //! fast writer is slowed down, never buffered without limit) and a waiter

@@ -1,4 +1,4 @@
-//! Test support for the docker-compose executor (PROTOCOL §9, §3.3, §10).
+//! Test support for the docker-compose executor (docs/protocol.md §9, §3.3, §10).
 //!
 //! It owns what the compose tests need around the real Docker engine: the
 //! gate (Docker and a compose tool present, the test images built by

@@ -1,8 +1,8 @@
 //! Test support for the integration tests of `agent run`.
 //!
-//! It builds job requests (PROTOCOL §3.1), runs the real `agent` binary on them
+//! It builds job requests (docs/protocol.md §3.1), runs the real `agent` binary on them
 //! inside a throw-away HOME, and checks what every run must satisfy whatever
-//! the job: the event-log invariants of PROTOCOL §6.1, stdout equal to the log
+//! the job: the event-log invariants of docs/protocol.md §6.1, stdout equal to the log
 //! file named on stderr, an exit code that matches the result, and no process
 //! of the job left behind. It knows the wire format and the command line, and
 //! nothing of the engine's insides: jobs are found on the host only through
@@ -154,7 +154,7 @@ impl Job {
         self
     }
 
-    /// The JSON job request (PROTOCOL §3.1).
+    /// The JSON job request (docs/protocol.md §3.1).
     pub fn to_value(&self) -> Value {
         json!({
             "job_id": self.job_id,
@@ -776,12 +776,12 @@ fn field_names(event: &Map<String, Value>) -> Vec<&str> {
     names
 }
 
-/// The invariants of PROTOCOL §6.1 (plus integer times within the run):
+/// The invariants of docs/protocol.md §6.1 (plus integer times within the run):
 /// `job_started` first, `job_finished` last and unique, each `cmd_started`
 /// closed by a `cmd_finished` with the same directive before anything else
 /// starts, `cmd_output` only inside a step, `started_at <= finished_at`,
 /// timestamps never going back.
-/// The fields of each event, in the wire order of PROTOCOL §6.1.
+/// The fields of each event, in the wire order of docs/protocol.md §6.1.
 pub fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "job_started" => &["event", "timestamp"],

@@ -1,4 +1,4 @@
-//! Test support for the integration tests of `agent serve` (PROTOCOL §§2, 7,
+//! Test support for the integration tests of `agent serve` (docs/protocol.md §§2, 7,
 //! 11, 13).
 //!
 //! `TestAgent` starts the real `agent` binary on port 0 with a throw-away HOME,
@@ -83,7 +83,7 @@ fn random_hex(n_bytes: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Tokens (PROTOCOL §2.2)
+// Tokens (docs/protocol.md §2.2)
 
 fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -960,7 +960,7 @@ fn render(events: &[Value]) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// The callback server (PROTOCOL §7.1)
+// The callback server (docs/protocol.md §7.1)
 
 /// One request the callback server received.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
 //! A real OpenSSH server and client for the tests of the SSH jump point
-//! (PROTOCOL §8, §13.2).
+//! (docs/protocol.md §8, §13.2).
 //!
 //! `Sshd` runs `/usr/sbin/sshd -D` as a child of the test on 127.0.0.1 with a
 //! configuration of the test's own: a host key made here, and keys read from

@@ -1,4 +1,4 @@
-//! The docker-compose executor's steps in the job lifecycle (PROTOCOL §9.1,
+//! The docker-compose executor's steps in the job lifecycle (docs/protocol.md §9.1,
 //! §9.2, §9.5): prepare (host setup commands, compose detection, the compose
 //! file), image pull credentials, the pull, the session in main, and file
 //! injection inside the container. Every failure is explained in the job

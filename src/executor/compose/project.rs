@@ -1,10 +1,11 @@
-//! The docker-compose executor (PROTOCOL §9, §3.3) as a lifecycle: a compose
-//! project per job, a compose file generated with serde, argv built by pure
-//! functions, credential logins into a per-job `DOCKER_CONFIG`, and a guard
-//! that runs `down --remove-orphans --volumes` on every way out.
+//! The docker and compose command lines of the compose executor
+//! (docs/protocol.md §9, §3.3): tool detection, a compose project per job, a
+//! compose file generated with serde, argv built by pure functions,
+//! credential logins into a per-job `DOCKER_CONFIG`, and the cleanup that
+//! runs `down --remove-orphans --volumes`.
 //!
-//! This module knows the docker and compose command lines; the job
-//! lifecycle (job.rs) decides when each step runs and how it is logged.
+//! This module knows command lines, not jobs: the executor (`mod.rs`)
+//! decides when each runs and how it is logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
