@@ -4,12 +4,13 @@
 //! the command and everything it started.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
+use crate::process::exit_code;
 use crate::process::output::render;
 use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys;
@@ -93,11 +94,7 @@ pub fn run_lines(
     }
     let _ = reader_thread.join();
     match child.wait() {
-        Ok(status) => HostOutcome::Exited(
-            status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-        ),
+        Ok(status) => HostOutcome::Exited(exit_code(status)),
         Err(e) => HostOutcome::SpawnFailed(e),
     }
 }

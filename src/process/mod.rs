@@ -8,3 +8,14 @@ pub mod output;
 pub mod procs;
 pub mod session;
 pub mod sys;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+/// A process's status as a shell reports it: the exit code, or 128 plus the
+/// signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}

@@ -15,7 +15,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::error::Error;
+use crate::process::exit_code;
 use crate::process::output::{render, Chunker};
 use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys;
@@ -163,9 +163,7 @@ impl Session {
             .name("session-waiter".into())
             .spawn(move || {
                 let code = match child.wait() {
-                    Ok(status) => status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                    Ok(status) => exit_code(status),
                     Err(_) => 1,
                 };
                 let _ = tx.send(Msg::Exited(code));

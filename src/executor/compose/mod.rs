@@ -4,6 +4,8 @@
 //! injection inside the container. Every failure is explained in the job
 //! log; the project guard removes the compose project on every way out.
 
+pub mod file;
+pub mod login;
 pub mod project;
 
 use std::fs;
@@ -12,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use self::project::{FileOptions, Project};
+use self::file::FileOptions;
+use self::project::Project;
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
 use crate::job::files::{inject_file, resolve_path};
@@ -105,9 +108,9 @@ pub(crate) fn start(
     };
     let opts = FileOptions {
         kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
-        volumes: project::host_volumes(spec.options.host_files.as_deref()),
+        volumes: file::host_volumes(spec.options.host_files.as_deref()),
     };
-    let written = project::compose_file(&request.compose.containers, &opts)
+    let written = file::compose_file(&request.compose.containers, &opts)
         .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()))
         .and_then(|bytes| write_private(&project.file, &bytes).map_err(|e| e.to_string()))
         .and_then(|_| {
@@ -272,7 +275,7 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
     let spec = steps.spec;
     let started_at = steps.started(STEP_CREDENTIALS);
     for entry in &spec.request.compose.image_pull_credentials {
-        let login = match project::login_for(entry) {
+        let login = match login::login_for(entry) {
             Ok(l) => l,
             Err(line) => {
                 steps.output(&format!("{line}\n"));
@@ -290,7 +293,7 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
             }
         }
         steps.output(&format!("{}\n", login.script));
-        let cmd = project::login_command(&login, &project.docker_config, spec.home);
+        let cmd = login::login_command(&login, &project.docker_config, spec.home);
         let mut lines = Vec::new();
         let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
             lines.push(format!("{line}\n"))
@@ -355,7 +358,7 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> 
         if let Err(e) = staged_ok {
             return fail(steps, format!("Failed to stage the file: {e}\n"), 1);
         }
-        let dest = project::container_path(&file.path);
+        let dest = file::container_path(&file.path);
         let staged_q = shell_quote(&staged.to_string_lossy());
         let checks = [
             (

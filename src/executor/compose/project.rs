@@ -7,14 +7,10 @@
 //! This module knows command lines, not jobs: the executor (`mod.rs`)
 //! decides when each runs and how it is logged.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
-
-use crate::job::request::{decode_b64, Container, Credentials};
 use crate::util::id_slug;
 
 /// Where the host's Docker socket is mounted in main (docker in docker).
@@ -91,66 +87,6 @@ fn detect_now() -> Option<ComposeTool> {
         return Some(tool);
     }
     detect_from(None, run(&["docker-compose", "--version"]).as_deref())
-}
-
-/// Compose interpolates `$VAR` in every value; `$$` is a literal `$`.
-fn literal(s: &str) -> Value {
-    Value::String(s.replace('$', "$$"))
-}
-
-/// Options of the compose file that come from the agent, not the job.
-#[derive(Debug, Clone, Default)]
-pub struct FileOptions {
-    /// Add `/dev/kvm` (only when the host has it and the flag allows it).
-    pub kvm: bool,
-    /// `--files host:dest` volumes for main.
-    pub volumes: Vec<String>,
-}
-
-/// The compose file (§9.4) as a JSON value: services in request order, every
-/// value literal (no interpolation), env values byte-exact.
-pub fn compose_file(containers: &[Container], opts: &FileOptions) -> Result<Value, String> {
-    let mut services = Map::new();
-    for (i, c) in containers.iter().enumerate() {
-        let mut svc = Map::new();
-        svc.insert("image".into(), literal(&c.image));
-        if opts.kvm {
-            svc.insert("devices".into(), json!(["/dev/kvm:/dev/kvm"]));
-        }
-        if !c.command.is_empty() {
-            svc.insert("command".into(), literal(&c.command));
-        }
-        if !c.user.is_empty() {
-            svc.insert("user".into(), literal(&c.user));
-        }
-        if !c.entrypoint.is_empty() {
-            svc.insert("entrypoint".into(), literal(&c.entrypoint));
-        }
-        if !c.env_vars.is_empty() {
-            let mut env = Map::new();
-            for v in &c.env_vars {
-                let value = decode_b64(&v.value)
-                    .map_err(|_| format!("cannot decode env var '{}' of '{}'", v.name, c.name))?;
-                let value = String::from_utf8(value).map_err(|_| {
-                    format!("env var '{}' of '{}' is not UTF-8 text", v.name, c.name)
-                })?;
-                env.insert(v.name.clone(), literal(&value));
-            }
-            svc.insert("environment".into(), Value::Object(env));
-        }
-        if i == 0 {
-            let others: Vec<Value> = containers[1..].iter().map(|o| literal(&o.name)).collect();
-            if !others.is_empty() {
-                svc.insert("links".into(), Value::Array(others));
-            }
-            if !opts.volumes.is_empty() {
-                let vols: Vec<Value> = opts.volumes.iter().map(|v| literal(v)).collect();
-                svc.insert("volumes".into(), Value::Array(vols));
-            }
-        }
-        services.insert(c.name.clone(), Value::Object(svc));
-    }
-    Ok(json!({ "version": "2.0", "services": services }))
 }
 
 /// A compose project name from the job id: lowercase letters, digits, `-`.
@@ -306,121 +242,6 @@ impl Project {
     }
 }
 
-/// One credential entry's login (§3.3).
-#[derive(Debug, Clone)]
-pub struct Login {
-    /// `Setting up credentials for <what>`.
-    pub what: &'static str,
-    /// The bash script run on the host, with `$VAR` references unexpanded.
-    pub script: String,
-    /// The entry's decoded env vars: the login's whole environment, with
-    /// PATH, HOME and DOCKER_CONFIG added by the caller.
-    pub env: BTreeMap<String, String>,
-    /// Files to write on the host first (GCR's key file).
-    pub files: Vec<crate::job::request::File>,
-}
-
-/// Resolves an entry's strategy from `DOCKER_CREDENTIAL_TYPE`. The error is
-/// the line §9.2 prescribes.
-pub fn login_for(entry: &Credentials) -> Result<Login, String> {
-    let mut env = BTreeMap::new();
-    for v in &entry.env_vars {
-        let value = decode_b64(&v.value)
-            .map_err(|_| format!("Failed to decode the value of '{}'", v.name))?;
-        env.insert(v.name.clone(), String::from_utf8_lossy(&value).into_owned());
-    }
-    let kind = env
-        .get("DOCKER_CREDENTIAL_TYPE")
-        .cloned()
-        .ok_or("Failed to resolve docker login strategy: DOCKER_CREDENTIAL_TYPE not set")?;
-    let (what, script) = match kind.as_str() {
-        "DockerHub" => (
-            "DockerHub",
-            "printf '%s' \"$DOCKERHUB_PASSWORD\" | docker login --username \"$DOCKERHUB_USERNAME\" --password-stdin".to_string(),
-        ),
-        "GenericDocker" => (
-            "Docker",
-            "printf '%s' \"$DOCKER_PASSWORD\" | docker login --username \"$DOCKER_USERNAME\" --password-stdin \"$DOCKER_URL\"".to_string(),
-        ),
-        "AWS_ECR" => ("ECR", ecr_script(env.contains_key("AWS_ACCOUNT_ID"))),
-        "GCR" => (
-            "GCR",
-            "docker login --username _json_key --password-stdin \"https://$GCR_HOSTNAME\" < /tmp/gcr/keyfile.json".to_string(),
-        ),
-        other => {
-            return Err(format!(
-                "Failed to resolve docker login strategy: unknown DOCKER_CREDENTIAL_TYPE: '{other}'"
-            ))
-        }
-    };
-    Ok(Login {
-        what,
-        script,
-        env,
-        files: if kind == "GCR" {
-            entry.files.clone()
-        } else {
-            Vec::new()
-        },
-    })
-}
-
-/// ECR: aws CLI 2 pipes `get-login-password` into docker login; aws CLI 1
-/// runs the login command `get-login` prints.
-fn ecr_script(has_account: bool) -> String {
-    let account = if has_account {
-        "\"$AWS_ACCOUNT_ID\""
-    } else {
-        "\"$(aws sts get-caller-identity --query Account --output text)\""
-    };
-    let registry_ids = if has_account {
-        " --registry-ids \"$AWS_ACCOUNT_ID\""
-    } else {
-        ""
-    };
-    format!(
-        "if aws --version 2>&1 | grep -q '^aws-cli/1\\.'; then \
-         $(aws ecr get-login --no-include-email --region \"$AWS_REGION\"{registry_ids}); \
-         else aws ecr get-login-password --region \"$AWS_REGION\" | \
-         docker login --username AWS --password-stdin {account}.dkr.ecr.\"$AWS_REGION\".amazonaws.com; fi"
-    )
-}
-
-/// The login's command: bash with the entry's env vars only, plus PATH, HOME
-/// and the job's DOCKER_CONFIG (so the login never touches ~/.docker).
-pub fn login_command(login: &Login, docker_config: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(&login.script)
-        .env_clear()
-        .envs(&login.env)
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        )
-        .env("HOME", home)
-        .env("DOCKER_CONFIG", docker_config)
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// The compose path rules (§9.5): absolute or `~`-prefixed as given (the
-/// container's bash expands the tilde), else `~/<path>`; quoted for bash so
-/// spaces and quotes survive, with a leading `~` or `~/` left unquoted.
-pub fn container_path(path: &str) -> String {
-    use crate::util::shell_quote;
-    if let Some(rest) = path.strip_prefix("~/") {
-        format!("~/{}", shell_quote(rest))
-    } else if path == "~" {
-        "~".into()
-    } else if path.starts_with('/') {
-        shell_quote(path)
-    } else {
-        format!("~/{}", shell_quote(path))
-    }
-}
-
-/// `--files host:dest,...` (§9.6): pairs whose host path exists.
 /// Whether the engine already has `image` (no pull needed).
 pub fn image_present(image: &str, docker_config: &Path) -> bool {
     Command::new("docker")
@@ -433,50 +254,9 @@ pub fn image_present(image: &str, docker_config: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-pub fn host_volumes(spec: Option<&str>) -> Vec<String> {
-    let Some(spec) = spec else { return Vec::new() };
-    spec.split(',')
-        .filter(|s| !s.is_empty())
-        .filter_map(|pair| {
-            let (host, dest) = pair.split_once(':')?;
-            if Path::new(host).exists() {
-                Some(format!("{host}:{dest}"))
-            } else {
-                log::warn!("--files: {host} does not exist; not mounted");
-                None
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::request::EnvVar;
-    use base64::Engine;
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
-    }
-
-    fn env_vars(vars: &[(&str, &str)]) -> Vec<EnvVar> {
-        vars.iter()
-            .map(|(n, v)| EnvVar {
-                name: n.to_string(),
-                value: b64(v),
-                secret: false,
-            })
-            .collect()
-    }
-
-    fn container(name: &str, env: &[(&str, &str)]) -> Container {
-        Container {
-            name: name.into(),
-            image: "agent-test/bash:1".into(),
-            env_vars: env_vars(env),
-            ..Container::default()
-        }
-    }
 
     #[test]
     fn detects_both_tools() {
@@ -493,34 +273,6 @@ mod tests {
         );
         assert_eq!(detect_from(None, None), None);
         assert_eq!(detect_from(None, Some("something else")), None);
-    }
-
-    #[test]
-    fn hostile_values_survive_the_compose_file() {
-        let nasty = "multi\nline: value # not a comment\n- \"quoted\" 'single' $HOME ${X} {a} * !tag &anchor";
-        let file = compose_file(
-            &[container("main", &[("NASTY", nasty)]), container("db", &[])],
-            &FileOptions::default(),
-        )
-        .unwrap();
-        let text = serde_json::to_string_pretty(&file).unwrap();
-        let back: Value = serde_yaml_ng::from_str(&text).unwrap();
-        let env = &back["services"]["main"]["environment"]["NASTY"];
-        // `$` is doubled for compose, which turns `$$` back into `$`.
-        assert_eq!(env.as_str().unwrap().replace("$$", "$"), nasty);
-        assert_eq!(back["services"]["main"]["links"][0], "db");
-        assert!(back["services"]["main"].get("devices").is_none());
-        assert!(back["services"]["db"].get("links").is_none());
-    }
-
-    #[test]
-    fn kvm_only_when_asked() {
-        let opts = FileOptions {
-            kvm: true,
-            volumes: vec![],
-        };
-        let file = compose_file(&[container("main", &[])], &opts).unwrap();
-        assert_eq!(file["services"]["main"]["devices"][0], "/dev/kvm:/dev/kvm");
     }
 
     #[test]
@@ -559,94 +311,5 @@ mod tests {
             .pull_main_argv()
             .join(" ")
             .starts_with("docker compose --ansi never"));
-    }
-
-    fn creds(vars: &[(&str, &str)]) -> Credentials {
-        Credentials {
-            env_vars: env_vars(vars),
-            files: vec![],
-        }
-    }
-
-    #[test]
-    fn login_strategies() {
-        let hub = login_for(&creds(&[
-            ("DOCKER_CREDENTIAL_TYPE", "DockerHub"),
-            ("DOCKERHUB_USERNAME", "u"),
-            ("DOCKERHUB_PASSWORD", "p"),
-        ]))
-        .unwrap();
-        assert_eq!(hub.what, "DockerHub");
-        assert!(hub
-            .script
-            .contains("docker login --username \"$DOCKERHUB_USERNAME\" --password-stdin"));
-        assert_eq!(hub.env["DOCKERHUB_PASSWORD"], "p");
-
-        let generic = login_for(&creds(&[
-            ("DOCKER_CREDENTIAL_TYPE", "GenericDocker"),
-            ("DOCKER_URL", "127.0.0.1:5000"),
-        ]))
-        .unwrap();
-        assert_eq!(generic.what, "Docker");
-        assert!(generic.script.ends_with("--password-stdin \"$DOCKER_URL\""));
-
-        let ecr = login_for(&creds(&[
-            ("DOCKER_CREDENTIAL_TYPE", "AWS_ECR"),
-            ("AWS_REGION", "eu-west-1"),
-        ]))
-        .unwrap();
-        assert_eq!(ecr.what, "ECR");
-        assert!(ecr.script.contains("aws sts get-caller-identity"));
-        assert!(ecr
-            .script
-            .contains("$(aws ecr get-login --no-include-email --region \"$AWS_REGION\")"));
-        let ecr = login_for(&creds(&[
-            ("DOCKER_CREDENTIAL_TYPE", "AWS_ECR"),
-            ("AWS_ACCOUNT_ID", "123"),
-        ]))
-        .unwrap();
-        assert!(ecr.script.contains("--registry-ids \"$AWS_ACCOUNT_ID\""));
-        assert!(ecr
-            .script
-            .contains("\"$AWS_ACCOUNT_ID\".dkr.ecr.\"$AWS_REGION\".amazonaws.com"));
-
-        let gcr = login_for(&creds(&[("DOCKER_CREDENTIAL_TYPE", "GCR")])).unwrap();
-        assert!(gcr.script.contains("https://$GCR_HOSTNAME"));
-        assert!(gcr.script.contains("/tmp/gcr/keyfile.json"));
-
-        assert_eq!(
-            login_for(&creds(&[])).unwrap_err(),
-            "Failed to resolve docker login strategy: DOCKER_CREDENTIAL_TYPE not set"
-        );
-        assert_eq!(
-            login_for(&creds(&[("DOCKER_CREDENTIAL_TYPE", "Quay")])).unwrap_err(),
-            "Failed to resolve docker login strategy: unknown DOCKER_CREDENTIAL_TYPE: 'Quay'"
-        );
-    }
-
-    #[test]
-    fn login_environment_is_only_the_entry() {
-        std::env::set_var("AGENT_TEST_LEAK", "x");
-        let login = login_for(&creds(&[
-            ("DOCKER_CREDENTIAL_TYPE", "DockerHub"),
-            ("DOCKERHUB_USERNAME", "u"),
-        ]))
-        .unwrap();
-        let cmd = login_command(&login, Path::new("/cfg"), Path::new("/home/a"));
-        let envs: BTreeMap<String, String> = cmd
-            .get_envs()
-            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
-            .collect();
-        assert_eq!(envs["DOCKER_CONFIG"], "/cfg");
-        assert_eq!(envs["DOCKERHUB_USERNAME"], "u");
-        assert!(envs.contains_key("PATH"));
-        assert!(!envs.contains_key("AGENT_TEST_LEAK"));
-    }
-
-    #[test]
-    fn container_paths() {
-        assert_eq!(container_path("/etc/a b"), "'/etc/a b'");
-        assert_eq!(container_path("~/x y"), "~/'x y'");
-        assert_eq!(container_path("rel/p"), "~/'rel/p'");
     }
 }
