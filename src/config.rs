@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::ServeArgs;
 use crate::error::Error;
-use crate::front;
+use crate::http;
 
 /// What `agent serve` runs with, validated.
 pub struct ServeConfig {
@@ -31,7 +31,7 @@ impl ServeConfig {
         let data_dir = data_dir(args.data_dir.clone());
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io("cannot create", &data_dir, e))?;
         let (cert_pem, key_pem) = tls_material(args, &data_dir)?;
-        let tls = front::load_tls_config(&cert_pem, &key_pem)?;
+        let tls = http::load_tls_config(&cert_pem, &key_pem)?;
         let addr = (args.host.as_str(), args.port)
             .to_socket_addrs()
             .ok()
@@ -115,7 +115,7 @@ fn tls_material(args: &ServeArgs, data_dir: &Path) -> Result<(Vec<u8>, Vec<u8>),
         .mode(0o700)
         .create(&dir)
         .map_err(|e| Error::io("cannot create", &dir, e))?;
-    let (c, k) = front::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let (c, k) = http::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])?;
     crate::util::write_private(&key, k.as_bytes())
         .map_err(|e| Error::io("cannot write", &key, e))?;
     std::fs::write(&cert, c.as_bytes()).map_err(|e| Error::io("cannot write", &cert, e))?;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::front::FrontError;
+use crate::http::FrontError;
 
 /// A job request that cannot be accepted (422 from the server, exit 2 from `agent run`).
 #[derive(Debug)]

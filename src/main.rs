@@ -8,7 +8,7 @@ mod cmd;
 mod config;
 mod error;
 mod executor;
-mod front;
+mod http;
 mod job;
 mod logging;
 mod metrics;

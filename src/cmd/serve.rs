@@ -12,7 +12,7 @@ use crate::api::routes::App;
 use crate::cli::ServeArgs;
 use crate::config::{self, ServeConfig};
 use crate::error::Error;
-use crate::front::{Front, FrontConfig};
+use crate::http::{Front, FrontConfig};
 use crate::job::callbacks::CallbackPolicy;
 use crate::job::runner::{Runner, RunnerConfig};
 use crate::job::spec::AgentOptions;
