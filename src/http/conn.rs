@@ -59,11 +59,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
+use super::FrontError;
 use crate::process::sys;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConnection;
 
 /// The header through which `tiny_http` learns the client's address.
@@ -137,143 +136,6 @@ impl Default for FrontConfig {
             max_connections: 256,
         }
     }
-}
-
-/// What went wrong while setting up the front or its TLS material.
-#[derive(Debug)]
-pub enum FrontError {
-    /// The public TCP address could not be bound.
-    Bind { addr: SocketAddr, source: io::Error },
-    /// The private socket directory could not be created or inspected.
-    SocketDir { path: PathBuf, source: io::Error },
-    /// The private socket directory exists but others could reach into it.
-    InsecureSocketDir { path: PathBuf, reason: &'static str },
-    /// The private Unix socket could not be bound.
-    UnixBind { path: PathBuf, source: io::Error },
-    /// `tiny_http` refused the Unix listener.
-    Upstream {
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A thread could not be started.
-    Spawn {
-        what: &'static str,
-        source: io::Error,
-    },
-    /// The certificate PEM could not be parsed.
-    CertificatePem {
-        source: rustls::pki_types::pem::Error,
-    },
-    /// The certificate PEM holds no certificate.
-    NoCertificate,
-    /// The private key PEM holds no usable key.
-    KeyPem {
-        source: rustls::pki_types::pem::Error,
-    },
-    /// rustls rejected the certificate and key (e.g. they do not match).
-    Tls { source: rustls::Error },
-    /// A self-signed certificate could not be generated.
-    SelfSigned { source: rcgen::Error },
-}
-
-// As in error.rs, the message carries its cause, so `{e}` alone explains it.
-impl fmt::Display for FrontError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrontError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            FrontError::SocketDir { path, source } => write!(
-                f,
-                "cannot prepare socket directory {}: {source}",
-                path.display()
-            ),
-            FrontError::InsecureSocketDir { path, reason } => {
-                write!(f, "socket directory {} is unsafe: {reason}", path.display())
-            }
-            FrontError::UnixBind { path, source } => {
-                write!(f, "cannot bind Unix socket {}: {source}", path.display())
-            }
-            FrontError::Upstream { source } => write!(f, "cannot start the HTTP server: {source}"),
-            FrontError::Spawn { what, source } => {
-                write!(f, "cannot start the {what} thread: {source}")
-            }
-            FrontError::CertificatePem { source } => {
-                write!(f, "cannot parse the certificate PEM: {source}")
-            }
-            FrontError::NoCertificate => write!(f, "the certificate PEM holds no certificate"),
-            FrontError::KeyPem { source } => {
-                write!(f, "cannot find a private key in the key PEM: {source}")
-            }
-            FrontError::Tls { source } => {
-                write!(f, "the certificate and key are not usable: {source}")
-            }
-            FrontError::SelfSigned { source } => {
-                write!(f, "cannot generate a self-signed certificate: {source}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for FrontError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            FrontError::Bind { source, .. }
-            | FrontError::SocketDir { source, .. }
-            | FrontError::UnixBind { source, .. }
-            | FrontError::Spawn { source, .. } => Some(source),
-            FrontError::Upstream { source } => Some(&**source),
-            FrontError::CertificatePem { source } | FrontError::KeyPem { source } => Some(source),
-            FrontError::Tls { source } => Some(source),
-            FrontError::SelfSigned { source } => Some(source),
-            FrontError::InsecureSocketDir { .. } | FrontError::NoCertificate => None,
-        }
-    }
-}
-
-/// Builds the rustls server configuration from a PEM certificate chain and a
-/// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC). TLS 1.2 and 1.3 only, no
-/// client certificates, ALPN `http/1.1`.
-pub fn load_tls_config(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<rustls::ServerConfig, FrontError> {
-    let certs = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| FrontError::CertificatePem { source })?;
-    if certs.is_empty() {
-        return Err(FrontError::NoCertificate);
-    }
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| FrontError::KeyPem { source })?;
-    // An explicit provider: the process-wide default is ambiguous as soon as
-    // any dependency enables a second rustls backend.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|source| FrontError::Tls { source })?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|source| FrontError::Tls { source })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// Generates a self-signed ECDSA P-256 certificate valid for `hostnames`
-/// (DNS names or IP addresses) and returns `(cert_pem, key_pem)`.
-pub fn self_signed(hostnames: &[impl AsRef<str>]) -> Result<(String, String), FrontError> {
-    let names: Vec<String> = hostnames
-        .iter()
-        .map(|name| name.as_ref().to_string())
-        .collect();
-    let mut params =
-        rcgen::CertificateParams::new(names).map_err(|source| FrontError::SelfSigned { source })?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "agent (self-signed)");
-    let key = rcgen::KeyPair::generate().map_err(|source| FrontError::SelfSigned { source })?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|source| FrontError::SelfSigned { source })?;
-    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// The running front: an accept thread plus one thread per open connection.
@@ -2112,6 +1974,9 @@ impl ResponseFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{load_tls_config, self_signed};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
     use std::io::BufRead;
     use std::sync::mpsc;
 
@@ -3223,25 +3088,6 @@ mod tests {
         assert!(!framer.is_idle());
         framer.on_eof();
         assert!(framer.is_idle());
-    }
-
-    #[test]
-    fn tls_material_is_checked() {
-        let (cert, key) = self_signed(&["localhost".to_string()]).unwrap();
-        let (_, other_key) = self_signed(&["localhost"]).unwrap();
-        assert!(load_tls_config(cert.as_bytes(), key.as_bytes()).is_ok());
-        assert!(matches!(
-            load_tls_config(b"", key.as_bytes()),
-            Err(FrontError::NoCertificate)
-        ));
-        assert!(matches!(
-            load_tls_config(cert.as_bytes(), cert.as_bytes()),
-            Err(FrontError::KeyPem { .. })
-        ));
-        assert!(matches!(
-            load_tls_config(cert.as_bytes(), other_key.as_bytes()),
-            Err(FrontError::Tls { .. })
-        ));
     }
 
     #[test]

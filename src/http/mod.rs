@@ -1,5 +1,9 @@
 //! The TLS-terminating HTTPS front (see conn.rs for now).
 
 mod conn;
+mod error;
+mod tls;
 
-pub(crate) use conn::{load_tls_config, self_signed, Front, FrontConfig, FrontError};
+pub(crate) use conn::{Front, FrontConfig};
+pub(crate) use error::FrontError;
+pub(crate) use tls::{load_tls_config, self_signed};
