@@ -47,32 +47,22 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
-
-use super::FrontError;
-use crate::process::sys;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::listener::{FrontConfig, Shared};
+use crate::process::sys;
 
 use rustls::ServerConnection;
 
 /// The header through which `tiny_http` learns the client's address.
 const PEER_HEADER: &str = "X-Agent-Peer";
 
-/// Stack of a connection thread. The deepest path is a rustls handshake with
-/// ring, which needs a few tens of KiB; only touched pages cost memory.
-const CONN_STACK_BYTES: usize = 256 * 1024;
-/// Stack of the accept thread, which only accepts and spawns.
-const ACCEPT_STACK_BYTES: usize = 128 * 1024;
 /// Unit of plaintext moved at once in either direction. rustls holds at most
 /// about one TLS record (16 KiB) on each side besides this, which keeps a busy
 /// connection well under 100 KiB.
@@ -86,403 +76,13 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// still sends for this long, so that closing a socket with unread data does
 /// not reset the connection before the client has read our answer.
 const LINGER: Duration = Duration::from_secs(2);
-/// Accept queue length asked of the kernel.
-const LISTEN_BACKLOG: i32 = 1024;
-/// How long [`Front::stop`] waits for connection threads to notice the stop.
-const STOP_WAIT: Duration = Duration::from_secs(5);
-/// At most one "connection limit reached" warning per this period.
-const CAP_WARN_PERIOD: Duration = Duration::from_secs(10);
 /// A connection thread returns to its deadline checks after this many rounds
 /// of uninterrupted progress, so a fast download cannot starve them.
 const MAX_ROUNDS_PER_WAKE: usize = 64;
 
-/// Limits enforced on every client connection.
-#[derive(Debug, Clone)]
-pub struct FrontConfig {
-    /// Larger declared request bodies get `413` without being read.
-    pub max_request_bytes: u64,
-    /// Larger request heads (request line and headers) get `431`.
-    pub max_head_bytes: usize,
-    /// A request head must be complete this long after its first byte.
-    pub head_timeout: Duration,
-    /// A connection with no request in progress is closed after this long.
-    pub idle_timeout: Duration,
-    /// Every request body gets this long, plus `body_bytes / body_min_rate`
-    /// seconds, from the end of its head.
-    pub body_timeout: Duration,
-    /// Bytes per second a body may be as slow as on top of `body_timeout`
-    /// (0: `body_timeout` alone bounds every body).
-    pub body_min_rate: u64,
-    /// A connection whose pending output makes no progress for this long is
-    /// closed. Slow downloads that progress are never cut off.
-    pub write_stall_timeout: Duration,
-    /// The TLS handshake must be done this long after the TCP accept.
-    pub handshake_timeout: Duration,
-    /// Connections beyond this many are closed as soon as they are accepted.
-    pub max_connections: usize,
-}
-
-impl Default for FrontConfig {
-    fn default() -> FrontConfig {
-        FrontConfig {
-            max_request_bytes: 32 * 1024 * 1024,
-            max_head_bytes: 16 * 1024,
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
-            body_min_rate: 256 * 1024,
-            write_stall_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            max_connections: 256,
-        }
-    }
-}
-
-/// The running front: an accept thread plus one thread per open connection.
-/// Dropping it stops both.
-pub struct Front {
-    local_addr: SocketAddr,
-    shared: Arc<Shared>,
-    /// Shutting this down makes `Shared::stop_rx` readable, which wakes every
-    /// thread blocked in `poll` at once.
-    stop_tx: Option<UnixStream>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-/// What the accept thread and the connection threads share.
-struct Shared {
-    cfg: FrontConfig,
-    tls: Arc<rustls::ServerConfig>,
-    socket_path: PathBuf,
-    stopping: AtomicBool,
-    stop_rx: UnixStream,
-    open: Mutex<usize>,
-    all_closed: Condvar,
-    /// Connections to `tiny_http` currently open (one per request in flight).
-    upstreams: AtomicUsize,
-}
-
-impl Shared {
-    fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    fn open_count(&self) -> MutexGuard<'_, usize> {
-        // The count stays meaningful even if a holder panicked.
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Makes socket names unique when one process starts several fronts (tests).
-static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
-
-impl Front {
-    /// Binds `addr` (port 0 allowed) and a private Unix socket inside
-    /// `socket_dir` (created with mode 0700 if missing; refused if others can
-    /// enter it), and returns the front plus the `tiny_http::Server` that
-    /// listens on that socket.
-    pub fn start(
-        addr: SocketAddr,
-        tls: Arc<rustls::ServerConfig>,
-        socket_dir: &Path,
-        cfg: FrontConfig,
-    ) -> Result<(Front, tiny_http::Server), FrontError> {
-        let listener =
-            TcpListener::bind(addr).map_err(|source| FrontError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| FrontError::Bind { addr, source })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| FrontError::Bind { addr, source })?;
-        // std listens with a backlog of 128: a burst of connections beyond
-        // that, while the accept thread waits for a CPU, has its SYNs dropped
-        // and retried only a second later. Listening again only resizes the
-        // queue (the kernel caps it at net.core.somaxconn).
-        sys::set_listen_backlog(listener.as_raw_fd(), LISTEN_BACKLOG);
-
-        prepare_socket_dir(socket_dir)?;
-        let socket_path = socket_dir.join(format!(
-            "http-{}-{}.sock",
-            std::process::id(),
-            SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A file of this name can only be left over from a dead process that
-        // had our pid.
-        match fs::remove_file(&socket_path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(FrontError::UnixBind {
-                    path: socket_path,
-                    source,
-                })
-            }
-        }
-        let unix_listener =
-            UnixListener::bind(&socket_path).map_err(|source| FrontError::UnixBind {
-                path: socket_path.clone(),
-                source,
-            })?;
-        // The directory already keeps others out; this is belt and braces.
-        fs::set_permissions(&socket_path, fs::Permissions::from_mode(0o600)).map_err(|source| {
-            FrontError::UnixBind {
-                path: socket_path.clone(),
-                source,
-            }
-        })?;
-        let server = tiny_http::Server::from_listener(unix_listener, None)
-            .map_err(|source| FrontError::Upstream { source })?;
-
-        let (stop_tx, stop_rx) = UnixStream::pair().map_err(|source| FrontError::Spawn {
-            what: "front accept",
-            source,
-        })?;
-        let shared = Arc::new(Shared {
-            cfg,
-            tls,
-            socket_path,
-            stopping: AtomicBool::new(false),
-            stop_rx,
-            open: Mutex::new(0),
-            all_closed: Condvar::new(),
-            upstreams: AtomicUsize::new(0),
-        });
-        let acceptor = {
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name("front-accept".to_string())
-                .stack_size(ACCEPT_STACK_BYTES)
-                .spawn(move || accept_loop(listener, &shared))
-                .map_err(|source| FrontError::Spawn {
-                    what: "front accept",
-                    source,
-                })?
-        };
-        log::debug!(
-            "front listening on {local_addr}, forwarding to {}",
-            shared.socket_path.display()
-        );
-        let front = Front {
-            local_addr,
-            shared,
-            stop_tx: Some(stop_tx),
-            acceptor: Some(acceptor),
-        };
-        Ok((front, server))
-    }
-
-    /// The bound public address (with the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Where `tiny_http` listens.
-    #[cfg(test)]
-    pub fn socket_path(&self) -> &Path {
-        &self.shared.socket_path
-    }
-
-    /// Client connections currently open (accepted and not yet closed).
-    #[cfg(test)]
-    pub fn open_connections(&self) -> usize {
-        *self.shared.open_count()
-    }
-
-    /// Connections to `tiny_http` currently open.
-    #[cfg(test)]
-    pub fn open_upstreams(&self) -> usize {
-        self.shared.upstreams.load(Ordering::Acquire)
-    }
-
-    /// Stops accepting, closes every connection, and waits (boundedly) for
-    /// the connection threads to end. Idempotent.
-    pub fn stop(&mut self) {
-        let Some(stop_tx) = self.stop_tx.take() else {
-            return;
-        };
-        self.shared.stopping.store(true, Ordering::Release);
-        let _ = stop_tx.shutdown(Shutdown::Both);
-        drop(stop_tx);
-        if let Some(acceptor) = self.acceptor.take() {
-            if acceptor.join().is_err() {
-                log::error!("front accept thread panicked");
-            }
-        }
-        let give_up = Instant::now() + STOP_WAIT;
-        let mut open = self.shared.open_count();
-        while *open > 0 {
-            let left = give_up.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                log::warn!("front stopped with {} connection(s) still closing", *open);
-                break;
-            }
-            open = self
-                .shared
-                .all_closed
-                .wait_timeout(open, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Creates `dir` (mode 0700) if needed and checks that only we can use it:
-/// whoever can enter it can talk plain HTTP to `tiny_http`, bypassing TLS and
-/// every limit here.
-fn prepare_socket_dir(dir: &Path) -> Result<(), FrontError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| FrontError::SocketDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    let meta = fs::symlink_metadata(dir).map_err(|source| FrontError::SocketDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let insecure = |reason| FrontError::InsecureSocketDir {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    if !meta.file_type().is_dir() {
-        return Err(insecure("it is not a directory (or it is a symbolic link)"));
-    }
-    let euid = sys::effective_uid();
-    if meta.uid() != euid {
-        return Err(insecure("it belongs to another user"));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(insecure(
-            "other users have access to it (it must be mode 0700)",
-        ));
-    }
-    Ok(())
-}
-
-/// Rate-limits the warning about refused connections.
-struct CapWarning {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl CapWarning {
-    fn note(&mut self, limit: usize) {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < CAP_WARN_PERIOD => self.suppressed += 1,
-            _ => {
-                log::warn!(
-                    "connection limit ({limit}) reached; closing new connections \
-                     ({} more refused since the last warning)",
-                    self.suppressed
-                );
-                self.last = Some(now);
-                self.suppressed = 0;
-            }
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
-    let mut cap_warning = CapWarning {
-        last: None,
-        suppressed: 0,
-    };
-    loop {
-        let mut fds = [
-            sys::pollfd(listener.as_raw_fd(), sys::POLLIN),
-            sys::pollfd(shared.stop_rx.as_raw_fd(), sys::POLLIN),
-        ];
-        if let Err(err) = sys::poll(&mut fds, None) {
-            log::error!("front: poll on the listener failed: {err}");
-            thread::sleep(Duration::from_millis(100));
-        }
-        if shared.is_stopping() {
-            return;
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => admit(shared, stream, peer, &mut cap_warning),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(err) => {
-                    // Typically EMFILE: the pending connection stays queued,
-                    // so back off instead of spinning on a readable listener.
-                    log::warn!("front: accept failed: {err}");
-                    thread::sleep(Duration::from_millis(100));
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Holds one of the `max_connections` slots; released when the connection
-/// thread ends, however it ends (including by panic).
-struct Slot {
-    shared: Arc<Shared>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.shared.open_count();
-        *open = open.saturating_sub(1);
-        if *open == 0 {
-            self.shared.all_closed.notify_all();
-        }
-    }
-}
-
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, cap_warning: &mut CapWarning) {
-    {
-        let mut open = shared.open_count();
-        if *open >= shared.cfg.max_connections {
-            drop(open);
-            // Closing at once costs nothing; answering 503 would first cost a
-            // TLS handshake, which is what an attacker wants us to spend.
-            drop(stream);
-            cap_warning.note(shared.cfg.max_connections);
-            return;
-        }
-        *open += 1;
-    }
-    let slot = Slot {
-        shared: Arc::clone(shared),
-    };
-    let spawned = thread::Builder::new()
-        .name("front-conn".to_string())
-        .stack_size(CONN_STACK_BYTES)
-        .spawn(move || {
-            let shared = Arc::clone(&slot.shared);
-            let outcome = panic::catch_unwind(AssertUnwindSafe(|| serve(&shared, stream, peer)));
-            match outcome {
-                Ok(reason) => log::debug!("front: {peer}: closed: {reason}"),
-                Err(_) => log::error!("front: {peer}: connection thread panicked"),
-            }
-            drop(slot);
-        });
-    // On failure the closure, and with it the slot and the stream, is dropped.
-    if let Err(err) = spawned {
-        log::warn!("front: cannot start a connection thread for {peer}: {err}");
-    }
-}
-
 /// Why a connection ended; logged at debug level.
 #[derive(Debug)]
-enum CloseReason {
+pub(super) enum CloseReason {
     /// Orderly end: the client or `tiny_http` ended it after a response.
     Done,
     /// We refused a request with this status and closed.
@@ -501,7 +101,7 @@ enum CloseReason {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
+pub(super) enum Timer {
     Handshake,
     Head,
     Idle,
@@ -533,7 +133,7 @@ impl fmt::Display for CloseReason {
 }
 
 /// Runs one client connection to its end.
-fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseReason {
+pub(super) fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseReason {
     if let Err(err) = tcp.set_nonblocking(true) {
         return CloseReason::Client(err);
     }
@@ -1668,7 +1268,7 @@ fn plan_request(head: &[u8], peer: SocketAddr, max_body: u64) -> Result<Plan, Re
 
 /// Why `tiny_http`'s output could not be followed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum FramingError {
+pub(super) enum FramingError {
     /// A response arrived with no request waiting for it.
     Unsolicited,
     HeadTooLarge,
@@ -1974,11 +1574,16 @@ impl ResponseFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{load_tls_config, self_signed};
+    use crate::http::{load_tls_config, self_signed, Front, FrontError};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
+    use std::fs;
     use std::io::BufRead;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
     use std::sync::mpsc;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+    use std::thread::{self, JoinHandle};
 
     /// A request head that makes the connection thread panic (see `on_head`).
     pub(super) const PANIC_REQUEST: &[u8] = b"GET /__front_test_panic ";

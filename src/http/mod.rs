@@ -2,8 +2,9 @@
 
 mod conn;
 mod error;
+mod listener;
 mod tls;
 
-pub(crate) use conn::{Front, FrontConfig};
 pub(crate) use error::FrontError;
+pub(crate) use listener::{Front, FrontConfig};
 pub(crate) use tls::{load_tls_config, self_signed};

@@ -1,0 +1,418 @@
+//! The public TCP listener: [`Front`] binds it and the private Unix socket
+//! `tiny_http` listens on, admits at most `max_connections` client
+//! connections (closing the others at once), and gives each a thread that
+//! runs [`conn::serve`]. Stopping wakes every thread through one socket pair.
+
+use std::fs;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::conn;
+use super::FrontError;
+use crate::process::sys;
+
+/// Stack of a connection thread. The deepest path is a rustls handshake with
+/// ring, which needs a few tens of KiB; only touched pages cost memory.
+const CONN_STACK_BYTES: usize = 256 * 1024;
+/// Stack of the accept thread, which only accepts and spawns.
+const ACCEPT_STACK_BYTES: usize = 128 * 1024;
+/// Accept queue length asked of the kernel.
+const LISTEN_BACKLOG: i32 = 1024;
+/// How long [`Front::stop`] waits for connection threads to notice the stop.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// At most one "connection limit reached" warning per this period.
+const CAP_WARN_PERIOD: Duration = Duration::from_secs(10);
+
+/// Limits enforced on every client connection.
+#[derive(Debug, Clone)]
+pub(crate) struct FrontConfig {
+    /// Larger declared request bodies get `413` without being read.
+    pub(crate) max_request_bytes: u64,
+    /// Larger request heads (request line and headers) get `431`.
+    pub(crate) max_head_bytes: usize,
+    /// A request head must be complete this long after its first byte.
+    pub(crate) head_timeout: Duration,
+    /// A connection with no request in progress is closed after this long.
+    pub(crate) idle_timeout: Duration,
+    /// Every request body gets this long, plus `body_bytes / body_min_rate`
+    /// seconds, from the end of its head.
+    pub(crate) body_timeout: Duration,
+    /// Bytes per second a body may be as slow as on top of `body_timeout`
+    /// (0: `body_timeout` alone bounds every body).
+    pub(crate) body_min_rate: u64,
+    /// A connection whose pending output makes no progress for this long is
+    /// closed. Slow downloads that progress are never cut off.
+    pub(crate) write_stall_timeout: Duration,
+    /// The TLS handshake must be done this long after the TCP accept.
+    pub(crate) handshake_timeout: Duration,
+    /// Connections beyond this many are closed as soon as they are accepted.
+    pub(crate) max_connections: usize,
+}
+
+impl Default for FrontConfig {
+    fn default() -> FrontConfig {
+        FrontConfig {
+            max_request_bytes: 32 * 1024 * 1024,
+            max_head_bytes: 16 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            body_min_rate: 256 * 1024,
+            write_stall_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+/// The running front: an accept thread plus one thread per open connection.
+/// Dropping it stops both.
+pub(crate) struct Front {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Shutting this down makes `Shared::stop_rx` readable, which wakes every
+    /// thread blocked in `poll` at once.
+    stop_tx: Option<UnixStream>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// What the accept thread and the connection threads share.
+pub(super) struct Shared {
+    pub(super) cfg: FrontConfig,
+    pub(super) tls: Arc<rustls::ServerConfig>,
+    pub(super) socket_path: PathBuf,
+    stopping: AtomicBool,
+    pub(super) stop_rx: UnixStream,
+    open: Mutex<usize>,
+    all_closed: Condvar,
+    /// Connections to `tiny_http` currently open (one per request in flight).
+    pub(super) upstreams: AtomicUsize,
+}
+
+impl Shared {
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn open_count(&self) -> MutexGuard<'_, usize> {
+        // The count stays meaningful even if a holder panicked.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Makes socket names unique when one process starts several fronts (tests).
+static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Front {
+    /// Binds `addr` (port 0 allowed) and a private Unix socket inside
+    /// `socket_dir` (created with mode 0700 if missing; refused if others can
+    /// enter it), and returns the front plus the `tiny_http::Server` that
+    /// listens on that socket.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        socket_dir: &Path,
+        cfg: FrontConfig,
+    ) -> Result<(Front, tiny_http::Server), FrontError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| FrontError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| FrontError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| FrontError::Bind { addr, source })?;
+        // std listens with a backlog of 128: a burst of connections beyond
+        // that, while the accept thread waits for a CPU, has its SYNs dropped
+        // and retried only a second later. Listening again only resizes the
+        // queue (the kernel caps it at net.core.somaxconn).
+        sys::set_listen_backlog(listener.as_raw_fd(), LISTEN_BACKLOG);
+
+        prepare_socket_dir(socket_dir)?;
+        let socket_path = socket_dir.join(format!(
+            "http-{}-{}.sock",
+            std::process::id(),
+            SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        // A file of this name can only be left over from a dead process that
+        // had our pid.
+        match fs::remove_file(&socket_path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(FrontError::UnixBind {
+                    path: socket_path,
+                    source,
+                })
+            }
+        }
+        let unix_listener =
+            UnixListener::bind(&socket_path).map_err(|source| FrontError::UnixBind {
+                path: socket_path.clone(),
+                source,
+            })?;
+        // The directory already keeps others out; this is belt and braces.
+        fs::set_permissions(&socket_path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            FrontError::UnixBind {
+                path: socket_path.clone(),
+                source,
+            }
+        })?;
+        let server = tiny_http::Server::from_listener(unix_listener, None)
+            .map_err(|source| FrontError::Upstream { source })?;
+
+        let (stop_tx, stop_rx) = UnixStream::pair().map_err(|source| FrontError::Spawn {
+            what: "front accept",
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            cfg,
+            tls,
+            socket_path,
+            stopping: AtomicBool::new(false),
+            stop_rx,
+            open: Mutex::new(0),
+            all_closed: Condvar::new(),
+            upstreams: AtomicUsize::new(0),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("front-accept".to_string())
+                .stack_size(ACCEPT_STACK_BYTES)
+                .spawn(move || accept_loop(listener, &shared))
+                .map_err(|source| FrontError::Spawn {
+                    what: "front accept",
+                    source,
+                })?
+        };
+        log::debug!(
+            "front listening on {local_addr}, forwarding to {}",
+            shared.socket_path.display()
+        );
+        let front = Front {
+            local_addr,
+            shared,
+            stop_tx: Some(stop_tx),
+            acceptor: Some(acceptor),
+        };
+        Ok((front, server))
+    }
+
+    /// The bound public address (with the real port when 0 was asked for).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where `tiny_http` listens.
+    #[cfg(test)]
+    pub(super) fn socket_path(&self) -> &Path {
+        &self.shared.socket_path
+    }
+
+    /// Client connections currently open (accepted and not yet closed).
+    #[cfg(test)]
+    pub(super) fn open_connections(&self) -> usize {
+        *self.shared.open_count()
+    }
+
+    /// Connections to `tiny_http` currently open.
+    #[cfg(test)]
+    pub(super) fn open_upstreams(&self) -> usize {
+        self.shared.upstreams.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, closes every connection, and waits (boundedly) for
+    /// the connection threads to end. Idempotent.
+    pub(crate) fn stop(&mut self) {
+        let Some(stop_tx) = self.stop_tx.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = stop_tx.shutdown(Shutdown::Both);
+        drop(stop_tx);
+        if let Some(acceptor) = self.acceptor.take() {
+            if acceptor.join().is_err() {
+                log::error!("front accept thread panicked");
+            }
+        }
+        let give_up = Instant::now() + STOP_WAIT;
+        let mut open = self.shared.open_count();
+        while *open > 0 {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("front stopped with {} connection(s) still closing", *open);
+                break;
+            }
+            open = self
+                .shared
+                .all_closed
+                .wait_timeout(open, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates `dir` (mode 0700) if needed and checks that only we can use it:
+/// whoever can enter it can talk plain HTTP to `tiny_http`, bypassing TLS and
+/// every limit here.
+fn prepare_socket_dir(dir: &Path) -> Result<(), FrontError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| FrontError::SocketDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let meta = fs::symlink_metadata(dir).map_err(|source| FrontError::SocketDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let insecure = |reason| FrontError::InsecureSocketDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if !meta.file_type().is_dir() {
+        return Err(insecure("it is not a directory (or it is a symbolic link)"));
+    }
+    let euid = sys::effective_uid();
+    if meta.uid() != euid {
+        return Err(insecure("it belongs to another user"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(insecure(
+            "other users have access to it (it must be mode 0700)",
+        ));
+    }
+    Ok(())
+}
+
+/// Rate-limits the warning about refused connections.
+struct CapWarning {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl CapWarning {
+    fn note(&mut self, limit: usize) {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < CAP_WARN_PERIOD => self.suppressed += 1,
+            _ => {
+                log::warn!(
+                    "connection limit ({limit}) reached; closing new connections \
+                     ({} more refused since the last warning)",
+                    self.suppressed
+                );
+                self.last = Some(now);
+                self.suppressed = 0;
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    let mut cap_warning = CapWarning {
+        last: None,
+        suppressed: 0,
+    };
+    loop {
+        let mut fds = [
+            sys::pollfd(listener.as_raw_fd(), sys::POLLIN),
+            sys::pollfd(shared.stop_rx.as_raw_fd(), sys::POLLIN),
+        ];
+        if let Err(err) = sys::poll(&mut fds, None) {
+            log::error!("front: poll on the listener failed: {err}");
+            thread::sleep(Duration::from_millis(100));
+        }
+        if shared.is_stopping() {
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => admit(shared, stream, peer, &mut cap_warning),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(err) => {
+                    // Typically EMFILE: the pending connection stays queued,
+                    // so back off instead of spinning on a readable listener.
+                    log::warn!("front: accept failed: {err}");
+                    thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Holds one of the `max_connections` slots; released when the connection
+/// thread ends, however it ends (including by panic).
+struct Slot {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.shared.open_count();
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            self.shared.all_closed.notify_all();
+        }
+    }
+}
+
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, cap_warning: &mut CapWarning) {
+    {
+        let mut open = shared.open_count();
+        if *open >= shared.cfg.max_connections {
+            drop(open);
+            // Closing at once costs nothing; answering 503 would first cost a
+            // TLS handshake, which is what an attacker wants us to spend.
+            drop(stream);
+            cap_warning.note(shared.cfg.max_connections);
+            return;
+        }
+        *open += 1;
+    }
+    let slot = Slot {
+        shared: Arc::clone(shared),
+    };
+    let spawned = thread::Builder::new()
+        .name("front-conn".to_string())
+        .stack_size(CONN_STACK_BYTES)
+        .spawn(move || {
+            let shared = Arc::clone(&slot.shared);
+            let outcome =
+                panic::catch_unwind(AssertUnwindSafe(|| conn::serve(&shared, stream, peer)));
+            match outcome {
+                Ok(reason) => log::debug!("front: {peer}: closed: {reason}"),
+                Err(_) => log::error!("front: {peer}: connection thread panicked"),
+            }
+            drop(slot);
+        });
+    // On failure the closure, and with it the slot and the stream, is dropped.
+    if let Err(err) = spawned {
+        log::warn!("front: cannot start a connection thread for {peer}: {err}");
+    }
+}
