@@ -2,7 +2,9 @@
 
 mod conn;
 mod error;
+mod framing;
 mod listener;
+mod request_head;
 mod tls;
 
 pub(crate) use error::FrontError;
