@@ -416,3 +416,38 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, cap_warning:
         log::warn!("front: cannot start a connection thread for {peer}: {err}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::tests::test_config;
+    use crate::http::{load_tls_config, self_signed};
+
+    #[test]
+    fn socket_dir_must_be_private() {
+        let (cert, key) = self_signed(&["localhost"]).unwrap();
+        let tls = Arc::new(load_tls_config(cert.as_bytes(), key.as_bytes()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let open_dir = dir.path().join("open");
+        fs::create_dir(&open_dir).unwrap();
+        fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let refused = Front::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&tls),
+            &open_dir,
+            test_config(),
+        );
+        assert!(matches!(
+            refused.err(),
+            Some(FrontError::InsecureSocketDir { .. })
+        ));
+        let private = dir.path().join("a/b");
+        let (front, server) =
+            Front::start("127.0.0.1:0".parse().unwrap(), tls, &private, test_config()).unwrap();
+        let mode = fs::metadata(&private).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(front.socket_path().starts_with(&private));
+        drop(front);
+        drop(server);
+    }
+}

@@ -10,3 +10,6 @@ mod tls;
 pub(crate) use error::FrontError;
 pub(crate) use listener::{Front, FrontConfig};
 pub(crate) use tls::{load_tls_config, self_signed};
+
+#[cfg(test)]
+mod tests;
