@@ -14,9 +14,7 @@ use std::time::{Instant, SystemTime};
 use tiny_http::{Header, Request, Response, StatusCode};
 
 use crate::api::routes::{self, App, Body, Reply};
-
-/// The header the front adds with the client's address.
-pub const PEER_HEADER: &str = "X-Agent-Peer";
+use crate::http::PEER_HEADER;
 
 pub fn start_workers(
     server: Arc<tiny_http::Server>,

@@ -1,49 +1,14 @@
-//! The TLS-terminating, hardening front-end of the HTTP server.
-//!
-//! The agent's HTTP handlers run on a blocking `tiny_http` 0.12 server. That
-//! crate's own TLS support pins rustls 0.20 / ring 0.16 (both under RustSec
-//! advisories), and it trusts its clients: a request dropped with an unread
-//! body allocates a buffer of the whole declared `Content-Length`, nothing has
-//! a read or write deadline, and a request head may be of any size. So
-//! `tiny_http` listens only on a Unix socket in a directory that only the
-//! agent's user can enter, and this module owns the public TCP port: it does
-//! the rustls handshake, reads each request head itself (several per
-//! connection with keep-alive), enforces the limits of [`FrontConfig`], and
-//! pipes plaintext to and from that socket over a fresh Unix connection for
-//! every request (see "One request per upstream connection" below).
-//! It answers `400`/`411`/`413`/`417`/`431`/`505` itself for requests that
-//! must not reach `tiny_http`, and it adds an `X-Agent-Peer: ip:port` header
-//! (replacing any the client sent) because `tiny_http` cannot see the peer
-//! of a Unix socket.
-//!
-//! This module knows nothing of routes, authentication or jobs; the server
-//! module receives plain `tiny_http::Request`s from the `tiny_http::Server`
-//! that [`Front::start`] returns. Each client connection gets one thread with
-//! a small stack that multiplexes its two sockets with `poll(2)`; the number
-//! of connections is capped, so the number of threads is too.
-//!
-//! # One request per upstream connection
-//!
-//! `tiny_http` runs each accepted connection as one task of its task pool,
-//! and a task ends only when its connection has no more requests. The pool's
-//! `spawn` races: when one worker is waiting and several connections arrive
-//! at once, each `spawn` sees a waiting worker, queues its task and notifies
-//! one, but only one worker wakes; the other tasks stay queued until some
-//! running task ends. Were a task a whole keep-alive client connection, that
-//! could be the client's idle timeout (measured: 3 of 65 simultaneous
-//! clients answered only after 30 s). So the front opens a Unix connection
-//! when it forwards a request head, sends the request with
-//! `Connection: close`, relays the response until its framing says it is
-//! complete (or `tiny_http` closes a close-delimited one), and closes the
-//! connection; the next request on the same client connection gets a new
-//! one. With `Connection: close`, `tiny_http` ends the task as soon as it
-//! has parsed the head (and read the body, if it is of at most 1 KiB without
-//! `Expect: 100-continue`: those it reads itself), or else once the handler
-//! has dropped the request. A queued task thus waits for a request in
-//! flight, never for an idle client, and an idle client connection holds no
-//! upstream connection.
-//! Requests a client pipelines are forwarded one after the other: the next
-//! head is read only once the previous response is complete.
+//! One client connection, from the TCP accept to the close: [`serve`] does
+//! the rustls handshake, then a [`Session`] runs the connection's state
+//! machine on one thread, multiplexing the client socket and the `tiny_http`
+//! connection of the request in flight with `poll(2)`. It reads request heads
+//! (several per connection with keep-alive) and hands each to
+//! `request_head.rs`, forwards what may pass, answers what may not, enforces
+//! the deadlines of [`FrontConfig`], and ends the connection gracefully or
+//! by abort. The `tiny_http` side (one Unix connection per request, the
+//! response relay through `framing.rs`) is in `conn/upstream.rs`.
+
+mod upstream;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -52,8 +17,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod upstream;
-
 use super::framing::{FramingError, ResponseFramer};
 use super::listener::{FrontConfig, Shared};
 use super::request_head::{find_head_end, plan_request, Rejection};
@@ -61,9 +24,6 @@ use crate::process::sys;
 use upstream::Upstream;
 
 use rustls::ServerConnection;
-
-/// The header through which `tiny_http` learns the client's address.
-pub(super) const PEER_HEADER: &str = "X-Agent-Peer";
 
 /// Unit of plaintext moved at once in either direction. rustls holds at most
 /// about one TLS record (16 KiB) on each side besides this, which keeps a busy

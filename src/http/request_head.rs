@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use super::conn::PEER_HEADER;
 use super::framing::Expect;
+use super::PEER_HEADER;
 
 /// The index just past the blank line that ends a request head.
 pub(super) fn find_head_end(buf: &[u8]) -> Option<usize> {

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-use super::conn::PEER_HEADER;
 use super::framing::{Expect, ResponseFramer};
 use super::request_head::find_head_end;
+use super::PEER_HEADER;
 use super::{load_tls_config, self_signed, Front, FrontConfig};
 
 /// A request head that makes the connection thread panic (see `on_head`).
