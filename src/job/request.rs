@@ -279,6 +279,28 @@ fn validate_compose(compose: &Compose) -> Result<(), String> {
     Ok(())
 }
 
+/// Request values for unit tests of the modules that read requests.
+#[cfg(test)]
+pub mod test_values {
+    use super::EnvVar;
+    use base64::Engine;
+
+    pub fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// Env vars from `(name, value)` pairs, values encoded.
+    pub fn env_vars(vars: &[(&str, &str)]) -> Vec<EnvVar> {
+        vars.iter()
+            .map(|(n, v)| EnvVar {
+                name: n.to_string(),
+                value: b64(v),
+                secret: false,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

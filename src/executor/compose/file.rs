@@ -106,22 +106,7 @@ pub fn host_volumes(spec: Option<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::request::EnvVar;
-    use base64::Engine;
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
-    }
-
-    fn env_vars(vars: &[(&str, &str)]) -> Vec<EnvVar> {
-        vars.iter()
-            .map(|(n, v)| EnvVar {
-                name: n.to_string(),
-                value: b64(v),
-                secret: false,
-            })
-            .collect()
-    }
+    use crate::job::request::test_values::env_vars;
 
     fn container(name: &str, env: &[(&str, &str)]) -> Container {
         Container {

@@ -109,23 +109,7 @@ pub fn login_command(login: &Login, docker_config: &Path, home: &Path) -> Comman
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
-
-    use crate::job::request::EnvVar;
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
-    }
-
-    fn env_vars(vars: &[(&str, &str)]) -> Vec<EnvVar> {
-        vars.iter()
-            .map(|(n, v)| EnvVar {
-                name: n.to_string(),
-                value: b64(v),
-                secret: false,
-            })
-            .collect()
-    }
+    use crate::job::request::test_values::env_vars;
 
     fn creds(vars: &[(&str, &str)]) -> Credentials {
         Credentials {
