@@ -1,0 +1,123 @@
+//! `make bench`: measures the release `agent` binary against plain bash doing
+//! the same work, in the same process, and checks the figures against the
+//! performance targets.
+//!
+//! Each `bench_*` function prints a titled block and returns rows for the
+//! summary table printed at the end. Every figure is the median of `RUNS`
+//! runs (fewer if a benchmark exceeds its time budget); agent and baseline
+//! runs are interleaved so that drift in machine load affects both alike. A
+//! missed target prints `MISSED` but does not fail the process, so that every
+//! figure is always printed. A benchmark that could not
+//! measure at all (the agent failed the job, timed out, or wrote an event log
+//! that does not show the work done) prints `ERROR`, and the process exits 1
+//! after the summary: a figure taken from a failing job would be worthless.
+//!
+//! The first two benchmarks run the agent as `agent run --json --data-dir
+//! <tmp> <job.json>` with stdout discarded and `HOME` in a scratch directory
+//! that is removed afterwards. Its wall time is measured from spawn to
+//! reaping; its peak RSS comes from `wait4`'s `ru_maxrss`.
+//!
+//! The others start `agent serve` on 127.0.0.1 port 0 (a certificate made
+//! here with rcgen, a JWT from `agent token`, HOME, data dir and agent log in
+//! a scratch directory) and drive it over HTTPS with ureq, as a control plane
+//! would: `POST /jobs`, then `GET /jobs/{id}/log?start_from=N` until
+//! `job_finished`. Every job's whole log is then read through the API and
+//! must show the job passed with the work done. The docker compose benchmark
+//! runs only when a compose tool and the image `agent-test/bash:1` exist,
+//! and prints `SKIPPED` with the reason otherwise.
+//!
+//! `cargo bench --bench bench -- <word>...` runs only the benchmarks whose
+//! title contains one of the words.
+
+mod agent_run;
+mod compose;
+mod events;
+mod latency;
+mod measure;
+mod pollers;
+mod report;
+mod scratch;
+mod serve;
+mod server;
+mod throughput;
+
+use std::time::Duration;
+
+use report::{print_summary, Failure, Outcome, Row};
+
+/// The agent binary built by `cargo bench` (bench profile, i.e. release).
+const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+
+/// Names another agent binary to measure instead (say, an older build).
+pub const AGENT_OVERRIDE_VAR: &str = "AGENT_BENCH_BIN";
+
+pub fn agent_binary() -> String {
+    std::env::var(AGENT_OVERRIDE_VAR).unwrap_or_else(|_| AGENT.to_owned())
+}
+
+/// How many times each measurement is repeated; the median is reported.
+pub const RUNS: usize = 3;
+
+/// Once a benchmark has spent this long, it takes no further runs and reports
+/// the median of those it has, so that a slow engine cannot make `make bench`
+/// take many minutes.
+pub const BENCH_BUDGET: Duration = Duration::from_secs(45);
+
+/// Upper bound for one run of anything; a run that takes longer is stopped
+/// and the benchmark reports an error instead of hanging `make bench`.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// After SIGTERM on timeout, how long the agent gets before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+type BenchFn = fn() -> Result<Vec<Row>, Failure>;
+
+fn main() {
+    println!("agent benchmarks");
+    println!(
+        "  binary: {} (override with {AGENT_OVERRIDE_VAR})",
+        agent_binary()
+    );
+    println!("  each figure is the median of {RUNS} runs; baselines run in this process");
+    println!();
+
+    let benches: [(&str, BenchFn); 8] = [
+        ("per-command overhead", throughput::bench_command_overhead),
+        ("throughput", throughput::bench_throughput),
+        ("idle RSS of agent serve", serve::bench_idle_rss),
+        (
+            "per-command overhead via the API",
+            serve::bench_serve_overhead,
+        ),
+        ("job start via the API", serve::bench_serve_start),
+        ("log tail latency", latency::bench_log_tail),
+        ("GET /is_alive under 64 log pollers", pollers::bench_pollers),
+        ("docker compose executor", compose::bench_compose),
+    ];
+    // `cargo bench --bench bench -- log` runs the benchmarks whose title
+    // contains `log`; cargo itself passes `--bench`, which is not a filter.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let mut rows = Vec::new();
+    for (title, bench) in benches {
+        if !filters.is_empty() && !filters.iter().any(|f| title.contains(f.as_str())) {
+            continue;
+        }
+        println!("== {title} ==");
+        match bench() {
+            Ok(bench_rows) => rows.extend(bench_rows),
+            Err(failure) => {
+                println!("  ERROR: {failure}");
+                rows.push(Row::error(title));
+            }
+        }
+        println!();
+    }
+
+    print_summary(&rows);
+    if rows.iter().any(|row| row.outcome == Outcome::Error) {
+        std::process::exit(1);
+    }
+}
