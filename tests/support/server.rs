@@ -14,10 +14,15 @@
 //! kills the agent and anything left, so one failure does not leak into the
 //! rest of the suite. Like the rest of `support`, it knows the wire format and
 //! the command line, not the agent's insides.
+//!
+//! The benchmarks (`benches/bench`) start their servers with `TestAgent` too.
+//! For them the builder can name another binary, the client can stream a
+//! reply to a sink and return a failure instead of panicking, and a failing
+//! benchmark can keep the agent's directory.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,10 +182,11 @@ pub struct ApiClient {
     cert_pem: Arc<Vec<u8>>,
     http: ureq::Agent,
     token: String,
+    timeout: Duration,
 }
 
 impl ApiClient {
-    fn new(base: String, cert_pem: Arc<Vec<u8>>, token: String) -> ApiClient {
+    fn new(base: String, cert_pem: Arc<Vec<u8>>, token: String, timeout: Duration) -> ApiClient {
         let cert = ureq::tls::Certificate::from_pem(&cert_pem)
             .expect("parse the test certificate")
             .to_owned();
@@ -189,7 +195,7 @@ impl ApiClient {
             .build();
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
-            .timeout_global(Some(HTTP_TIMEOUT))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .build();
@@ -198,6 +204,7 @@ impl ApiClient {
             cert_pem,
             http: ureq::Agent::new_with_config(config),
             token,
+            timeout,
         }
     }
 
@@ -207,6 +214,7 @@ impl ApiClient {
             self.base.clone(),
             Arc::clone(&self.cert_pem),
             self.token.clone(),
+            self.timeout,
         )
     }
 
@@ -218,6 +226,24 @@ impl ApiClient {
         &self.token
     }
 
+    /// Sends a request with exactly the headers given.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(body.to_vec()).expect("a valid request");
+        self.http.run(request)
+    }
+
     /// Any request, with exactly the headers given (no token added).
     pub fn request(
         &self,
@@ -226,16 +252,8 @@ impl ApiClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path));
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(body.to_vec()).expect("a valid request");
         let mut response = self
-            .http
-            .run(request)
+            .send(method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"));
         let headers = response
             .headers()
@@ -258,6 +276,52 @@ impl ApiClient {
             headers,
             body,
         }
+    }
+
+    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
+    /// Any request, with exactly the headers given, whose body goes to
+    /// `sink` piece by piece as it arrives instead of being kept; returns
+    /// the status. A failure is returned rather than a panic, for callers
+    /// that report it and go on (the benchmarks), and a log of hundreds of
+    /// megabytes is never held in memory.
+    pub fn request_streamed(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u16, String> {
+        let mut response = self
+            .send(method, path, headers, body)
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let mut reader = response.body_mut().as_reader();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read the reply to {method} {path}: {e}")),
+            };
+            sink(&buf[..n]).map_err(|e| format!("keep the reply to {path}: {e}"))?;
+        }
+        Ok(status)
+    }
+
+    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
+    /// `GET` with the token and more headers, streamed as `request_streamed`.
+    pub fn get_streamed(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u16, String> {
+        let bearer = self.bearer();
+        let mut all = vec![("Authorization", bearer.as_str())];
+        all.extend_from_slice(headers);
+        self.request_streamed("GET", path, &all, b"", sink)
     }
 
     fn bearer(&self) -> String {
@@ -362,6 +426,8 @@ pub struct AgentBuilder {
     secret: Option<String>,
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
+    binary: Option<String>,
+    http_timeout: Option<Duration>,
 }
 
 impl AgentBuilder {
@@ -412,6 +478,22 @@ impl AgentBuilder {
         self
     }
 
+    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
+    /// The agent binary to run (default: the one cargo built for this
+    /// package), say an older build to compare with.
+    pub fn binary(mut self, path: &str) -> Self {
+        self.binary = Some(path.to_owned());
+        self
+    }
+
+    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
+    /// The deadline of each request of the agent's client (default
+    /// `HTTP_TIMEOUT`).
+    pub fn http_timeout(mut self, timeout: Duration) -> Self {
+        self.http_timeout = Some(timeout);
+        self
+    }
+
     pub fn start(self) -> TestAgent {
         TestAgent::start(self)
     }
@@ -421,7 +503,10 @@ impl AgentBuilder {
 pub struct TestAgent {
     child: Mutex<Child>,
     pid: i32,
+    binary: String,
     dir: tempfile::TempDir,
+    /// Set by `keep_files`: the directory outlives the agent.
+    keep_dir: AtomicBool,
     secret: String,
     client: ApiClient,
     /// Unix seconds just before the agent started.
@@ -463,7 +548,11 @@ impl TestAgent {
         fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write the key");
 
         let secret = options.secret.clone().unwrap_or_else(|| random_hex(32));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
+        let binary = options
+            .binary
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_agent").to_owned());
+        let mut command = Command::new(&binary);
         command
             .arg("serve")
             .args(["--host", "127.0.0.1", "--port", "0"])
@@ -549,11 +638,14 @@ impl TestAgent {
             format!("https://127.0.0.1:{port}"),
             cert_pem,
             canonical_token(secret.as_bytes()),
+            options.http_timeout.unwrap_or(HTTP_TIMEOUT),
         );
         TestAgent {
             child: Mutex::new(child),
             pid,
+            binary,
             dir,
+            keep_dir: AtomicBool::new(false),
             secret,
             client,
             started_secs,
@@ -588,13 +680,32 @@ impl TestAgent {
         self.dir.path()
     }
 
+    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
+    /// Keeps the agent's directory (HOME, data, logs, stderr) after the
+    /// agent is dropped, for a failure to point at; returns its path.
+    pub fn keep_files(&self) -> &Path {
+        self.keep_dir.store(true, Ordering::SeqCst);
+        self.dir.path()
+    }
+
+    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
+    /// The agent's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub fn agent_log_path(&self) -> PathBuf {
         self.dir.path().join("agent_log")
     }
 
+    /// The file the agent's stderr goes to.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.txt")
+    }
+
     /// What the agent wrote on stderr so far, for failure messages.
     pub fn stderr_text(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
+        fs::read_to_string(self.stderr_path()).unwrap_or_default()
     }
 
     /// The token the client sends (the canonical one, signed here).
@@ -604,7 +715,7 @@ impl TestAgent {
 
     /// A token printed by `agent token` for this agent's secret.
     pub fn minted_token(&self, ttl_secs: u64) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let output = Command::new(&self.binary)
             .arg("token")
             .arg("--auth-token-secret")
             .arg(&self.secret)
@@ -893,6 +1004,9 @@ impl Drop for TestAgent {
         }
         if let Some(handle) = self.stdout_thread.take() {
             let _ = handle.join();
+        }
+        if self.keep_dir.load(Ordering::SeqCst) {
+            self.dir.disable_cleanup(true);
         }
         if let Some(problem) = problem {
             panic!(
