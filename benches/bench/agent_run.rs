@@ -108,7 +108,7 @@ pub fn run_agent(label: &str, job: &Value) -> Result<AgentRun, Failure> {
 
 /// Finds the job's event log under the data directory: a file whose first
 /// line is a `job_started` event. The file name is the engine's business.
-pub fn find_event_log(data_dir: &Path) -> Result<PathBuf, Failure> {
+fn find_event_log(data_dir: &Path) -> Result<PathBuf, Failure> {
     let mut files = Vec::new();
     collect_files(data_dir, &mut files).map_err(|e| Failure::io("list data directory", e))?;
     let mut logs: Vec<(u64, PathBuf)> = files
@@ -132,7 +132,7 @@ pub fn find_event_log(data_dir: &Path) -> Result<PathBuf, Failure> {
     }
 }
 
-pub fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let file_type = entry.file_type()?;
@@ -146,7 +146,7 @@ pub fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 /// The `event` of a file's first line, if that line is a JSON event.
-pub fn first_event(path: &Path) -> Option<String> {
+fn first_event(path: &Path) -> Option<String> {
     let file = File::open(path).ok()?;
     let mut line = Vec::new();
     BufReader::new(file.take(64 * 1024))

@@ -12,21 +12,22 @@ use crate::events::count_ok_steps;
 use crate::measure::{measure, measure_ok, measure_output, Budget};
 use crate::report::{fmt_duration, median, Failure, Row};
 use crate::serve::{parse_stamps, since, span, STAMP};
-use crate::server::{job_body, Serve, SERVE_JOB_FLAGS};
+use crate::server::{wait_finished, Serve};
+use crate::support::docker::BASH_IMAGE;
 use crate::throughput::N_COMMANDS;
 use crate::RUNS;
 
 /// The image of the compose benchmark (tests/docker/images.sh builds it).
-pub const COMPOSE_IMAGE: &str = "agent-test/bash:1";
+const COMPOSE_IMAGE: &str = BASH_IMAGE;
 
 /// Target: agent overhead per command inside a compose job's container.
-pub const COMPOSE_OVERHEAD_TARGET_MS: f64 = 2.0;
+const COMPOSE_OVERHEAD_TARGET_MS: f64 = 2.0;
 
 /// Target: how much later than a bare `compose run` the first command runs.
-pub const COMPOSE_START_TARGET_MS: f64 = 500.0;
+const COMPOSE_START_TARGET_MS: f64 = 500.0;
 
 /// How long one compose job may take (it includes `compose down`).
-pub const COMPOSE_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+const COMPOSE_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The docker-compose executor, when this host can run it: per-command
 /// overhead inside the container and job start, against the same work
@@ -52,9 +53,9 @@ pub fn bench_compose() -> Result<Vec<Row>, Failure> {
         "  job: dockercompose, main {COMPOSE_IMAGE}: `{STAMP}`, {N_COMMANDS} x `true`, `{STAMP}`"
     );
     println!("  baselines: `docker run --rm {COMPOSE_IMAGE} bash -c` of the same lines; `{tool_text} run --rm main true`");
-    let serve = Serve::start("compose", &SERVE_JOB_FLAGS)?;
+    let serve = Serve::for_jobs()?;
     let client = serve.client();
-    let compose_file = serve.scratch.path().join("docker-compose.yml");
+    let compose_file = serve.root().join("docker-compose.yml");
     let file_text = json!({
         "version": "2.0",
         "services": { "main": { "image": COMPOSE_IMAGE } },
@@ -98,24 +99,28 @@ pub fn bench_compose() -> Result<Vec<Row>, Failure> {
         docker
             .args(["run", "--rm", COMPOSE_IMAGE, "bash", "-c", &script])
             .stderr(Stdio::null());
-        let (_, output) = measure_output("docker run", docker, &serve.scratch.path().join("out"))?;
+        let (_, output) = measure_output("docker run", docker, &serve.root().join("out"))?;
         let base_stamps = parse_stamps(&output)?;
         let base_cmd = span(&base_stamps)?;
 
         let job_id = format!("compose-{run}");
-        let body = job_body(&json!({
+        let job = json!({
             "job_id": job_id,
             "executor": "dockercompose",
             "compose": { "containers": [{ "name": "main", "image": COMPOSE_IMAGE }] },
             "commands": commands,
-        }));
+        });
         let posted_at = SystemTime::now();
         let posted = Instant::now();
-        client.post_job(&body)?;
-        let finished =
-            client.wait_finished(&job_id, Duration::from_millis(50), COMPOSE_JOB_TIMEOUT)?;
+        serve.post_job(&job)?;
+        let finished = wait_finished(
+            client,
+            &job_id,
+            Duration::from_millis(50),
+            COMPOSE_JOB_TIMEOUT,
+        )?;
         let mut output = String::new();
-        let summary = serve.passed_log(&client, &job_id, |directive, text| {
+        let summary = serve.passed_log(&job_id, |directive, text| {
             if directive == STAMP {
                 output.push_str(text);
             }
@@ -185,7 +190,7 @@ pub fn bench_compose() -> Result<Vec<Row>, Failure> {
 }
 
 /// The compose command line to use, or why the compose benchmark cannot run.
-pub fn compose_tool() -> Result<Vec<String>, String> {
+fn compose_tool() -> Result<Vec<String>, String> {
     let works = |argv: &[&str]| {
         let mut cmd = Command::new(argv[0]);
         cmd.args(&argv[1..]).stderr(Stdio::null());

@@ -8,56 +8,56 @@ use serde_json::{json, Value};
 
 use crate::events::{count_ok_steps, LineTracker};
 use crate::report::{fmt_duration, fmt_duration_fine, median, ratio, Failure, Row};
-use crate::server::{job_body, Serve, SERVE_JOB_FLAGS};
+use crate::server::{get_streamed, wait_finished, Serve};
 use crate::RUN_TIMEOUT;
 
 /// Commands in the job that makes the long log; each `echo x` makes three
 /// events (`cmd_started`, one `cmd_output`, `cmd_finished`). Output is
 /// flushed at the end of a command, every 100 ms or every 64 KiB, so many
 /// short commands are the cheapest way to many events.
-pub const BIG_LOG_COMMANDS: usize = 67_000;
+const BIG_LOG_COMMANDS: usize = 67_000;
 
 /// The long log must have at least this many events.
-pub const BIG_LOG_MIN_EVENTS: u64 = 200_000;
+const BIG_LOG_MIN_EVENTS: u64 = 200_000;
 
 /// Commands of the short log's job: about 100 events in all.
-pub const SMALL_LOG_COMMANDS: usize = 31;
+const SMALL_LOG_COMMANDS: usize = 31;
 
 /// The command of both log jobs.
-pub const ECHO: &str = "echo x";
+const ECHO: &str = "echo x";
 
 /// How long the job that makes the long log may take.
-pub const BIG_LOG_TIMEOUT: Duration = Duration::from_secs(240);
+const BIG_LOG_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Timed tail reads of each log; the median is reported.
-pub const TAIL_SAMPLES: usize = 20;
+const TAIL_SAMPLES: usize = 20;
 
 /// Events asked for by each tail read.
-pub const TAIL_EVENTS: u64 = 10;
+const TAIL_EVENTS: u64 = 10;
 
 /// Target: a tail read of the long log, in milliseconds.
-pub const TAIL_TARGET_MS: f64 = 5.0;
+const TAIL_TARGET_MS: f64 = 5.0;
 
 /// Target: tail read of the long log over that of the short log.
-pub const TAIL_RATIO_TARGET: f64 = 1.2;
+const TAIL_RATIO_TARGET: f64 = 1.2;
 
 /// Log tail latency: `GET /jobs/{id}/log?start_from=<events - 10>` of a
 /// finished job with over 200 000 events, against the same read of a job
 /// with about 100 events, on one kept-alive TLS connection.
 pub fn bench_log_tail() -> Result<Vec<Row>, Failure> {
     println!("  logs: {BIG_LOG_COMMANDS} x `{ECHO}` (3 events each) and {SMALL_LOG_COMMANDS} x `{ECHO}`; GET /jobs/{{id}}/log?start_from=<events - {TAIL_EVENTS}>, median of {TAIL_SAMPLES}, one kept-alive connection");
-    let serve = Serve::start("log-tail", &SERVE_JOB_FLAGS)?;
+    let serve = Serve::for_jobs()?;
     let client = serve.client();
     let echo_job = |job_id: &str, n: usize| {
         let commands: Vec<Value> = (0..n).map(|_| json!({ "directive": ECHO })).collect();
-        job_body(&json!({ "job_id": job_id, "commands": commands }))
+        json!({ "job_id": job_id, "commands": commands })
     };
     let (big_id, small_id) = ("log-big", "log-small");
     let posted = Instant::now();
-    client.post_job(&echo_job(big_id, BIG_LOG_COMMANDS))?;
-    client.post_job(&echo_job(small_id, SMALL_LOG_COMMANDS))?;
-    let small = client.wait_finished(small_id, Duration::from_millis(100), RUN_TIMEOUT)?;
-    let big = client.wait_finished(big_id, Duration::from_millis(500), BIG_LOG_TIMEOUT)?;
+    serve.post_job(&echo_job(big_id, BIG_LOG_COMMANDS))?;
+    serve.post_job(&echo_job(small_id, SMALL_LOG_COMMANDS))?;
+    let small = wait_finished(client, small_id, Duration::from_millis(100), RUN_TIMEOUT)?;
+    let big = wait_finished(client, big_id, Duration::from_millis(500), BIG_LOG_TIMEOUT)?;
     let big_wall = big.at - posted;
     println!(
         "  the long log's job took {} ({:.3} ms per command, polled every 500 ms)",
@@ -68,7 +68,7 @@ pub fn bench_log_tail() -> Result<Vec<Row>, Failure> {
         (big_id, BIG_LOG_COMMANDS, &big),
         (small_id, SMALL_LOG_COMMANDS, &small),
     ] {
-        let summary = serve.passed_log(&client, job_id, |_, _| {})?;
+        let summary = serve.passed_log(job_id, |_, _| {})?;
         let n_ok = count_ok_steps(&summary, ECHO);
         if n_ok != n {
             return Err(serve.failed(Failure::new(format!(
@@ -97,7 +97,7 @@ pub fn bench_log_tail() -> Result<Vec<Row>, Failure> {
         let path = format!("/jobs/{job_id}/log?start_from={}", events - TAIL_EVENTS);
         let mut lines = LineTracker::default();
         let started = Instant::now();
-        let status = client.get_streamed(&path, None, &mut |bytes| {
+        let status = get_streamed(client, &path, &[], &mut |bytes| {
             lines.feed(bytes);
             Ok(())
         })?;

@@ -17,17 +17,24 @@
 //! that is removed afterwards. Its wall time is measured from spawn to
 //! reaping; its peak RSS comes from `wait4`'s `ru_maxrss`.
 //!
-//! The others start `agent serve` on 127.0.0.1 port 0 (a certificate made
-//! here with rcgen, a JWT from `agent token`, HOME, data dir and agent log in
-//! a scratch directory) and drive it over HTTPS with ureq, as a control plane
-//! would: `POST /jobs`, then `GET /jobs/{id}/log?start_from=N` until
+//! The others start `agent serve` on 127.0.0.1 port 0 with the integration
+//! tests' `TestAgent` (a certificate made with rcgen, a JWT signed with the
+//! server's secret, HOME, data dir and agent log in a directory of its own)
+//! and drive it over HTTPS with its `ApiClient`, as a control plane would:
+//! `POST /jobs`, then `GET /jobs/{id}/log?start_from=N` until
 //! `job_finished`. Every job's whole log is then read through the API and
-//! must show the job passed with the work done. The docker compose benchmark
+//! must show the job passed with the work done; dropping the server checks
+//! that no process of its jobs is left. The docker compose benchmark
 //! runs only when a compose tool and the image `agent-test/bash:1` exist,
 //! and prints `SKIPPED` with the reason otherwise.
 //!
 //! `cargo bench --bench bench -- <word>...` runs only the benchmarks whose
 //! title contains one of the words.
+//!
+//! This file runs the benchmarks and prints the summary. Each benchmark has
+//! a file by subject (`throughput`, `serve`, `latency`, `pollers`,
+//! `compose`); `measure`, `agent_run`, `server`, `events`, `scratch` and
+//! `report` are what they share.
 
 mod agent_run;
 mod compose;
@@ -41,6 +48,13 @@ mod serve;
 mod server;
 mod throughput;
 
+/// The integration tests' support: the benchmarks start `agent serve` with
+/// its `TestAgent` and talk to it with its `ApiClient`.
+#[path = "../../tests/support/mod.rs"]
+#[allow(dead_code, reason = "the benchmarks use a part of it")]
+mod support;
+
+use std::panic;
 use std::time::Duration;
 
 use report::{print_summary, Failure, Outcome, Row};
@@ -49,7 +63,7 @@ use report::{print_summary, Failure, Outcome, Row};
 const AGENT: &str = env!("CARGO_BIN_EXE_agent");
 
 /// Names another agent binary to measure instead (say, an older build).
-pub const AGENT_OVERRIDE_VAR: &str = "AGENT_BENCH_BIN";
+const AGENT_OVERRIDE_VAR: &str = "AGENT_BENCH_BIN";
 
 pub fn agent_binary() -> String {
     std::env::var(AGENT_OVERRIDE_VAR).unwrap_or_else(|_| AGENT.to_owned())
@@ -106,7 +120,7 @@ fn main() {
             continue;
         }
         println!("== {title} ==");
-        match bench() {
+        match run_caught(bench) {
             Ok(bench_rows) => rows.extend(bench_rows),
             Err(failure) => {
                 println!("  ERROR: {failure}");
@@ -120,4 +134,18 @@ fn main() {
     if rows.iter().any(|row| row.outcome == Outcome::Error) {
         std::process::exit(1);
     }
+}
+
+/// Runs one benchmark. The tests' support, which starts `agent serve`,
+/// reports a problem by panicking, as a test would; here that panic becomes
+/// the benchmark's failure, so that the other benchmarks still run.
+fn run_caught(bench: BenchFn) -> Result<Vec<Row>, Failure> {
+    panic::catch_unwind(bench).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(Failure::new(format!("panicked: {message}")))
+    })
 }

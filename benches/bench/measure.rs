@@ -142,7 +142,7 @@ pub fn watchdog(
     }
 }
 
-pub fn timeval_duration(tv: libc::timeval) -> Duration {
+fn timeval_duration(tv: libc::timeval) -> Duration {
     let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
     let micros = u64::try_from(tv.tv_usec).unwrap_or(0);
     Duration::from_secs(secs) + Duration::from_micros(micros)

@@ -10,29 +10,30 @@ use serde_json::json;
 
 use crate::events::{count_ok_steps, LineTracker};
 use crate::report::{fmt_bytes, fmt_duration, fmt_duration_fine, Failure, Row};
-use crate::server::{job_body, Client, Serve, SERVE_JOB_FLAGS};
+use crate::server::{get_streamed, is_alive, Serve};
+use crate::support::server::ApiClient;
 
 /// Clients polling the log at once.
-pub const POLLERS: usize = 64;
+const POLLERS: usize = 64;
 
 /// The job the pollers follow: 100 MB in lines of 99 characters.
-pub const POLLED_PIPELINE: &str = r"head -c 100000000 /dev/zero | tr '\0' a | fold -w 99";
+const POLLED_PIPELINE: &str = r"head -c 100000000 /dev/zero | tr '\0' a | fold -w 99";
 
 /// `a` bytes the polled pipeline prints.
-pub const POLLED_A_BYTES: u64 = 100_000_000;
+const POLLED_A_BYTES: u64 = 100_000_000;
 
 /// A poller whose last poll brought nothing new waits this long before the
 /// next one, so that an idle moment is not a busy loop of empty reads.
-pub const POLL_IDLE: Duration = Duration::from_millis(10);
+const POLL_IDLE: Duration = Duration::from_millis(10);
 
 /// Between the starts of two timed `GET /is_alive`.
-pub const ALIVE_INTERVAL: Duration = Duration::from_millis(20);
+const ALIVE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Target: 99th percentile of `GET /is_alive` under the pollers, in ms.
-pub const ALIVE_P99_TARGET_MS: f64 = 50.0;
+const ALIVE_P99_TARGET_MS: f64 = 50.0;
 
 /// How long the pollers may take to read the whole log.
-pub const POLLERS_TIMEOUT: Duration = Duration::from_secs(180);
+const POLLERS_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// 64 clients, each in its own thread and on its own connection, follow the
 /// log of a job printing 100 MB (`GET /jobs/{id}/log?start_from=<lines so
@@ -49,18 +50,18 @@ pub const POLLERS_TIMEOUT: Duration = Duration::from_secs(180);
 pub fn bench_pollers() -> Result<Vec<Row>, Failure> {
     println!("  job: `{POLLED_PIPELINE}`; {POLLERS} clients poll its log until job_finished (pausing {} ms after an empty read); one client times GET /is_alive every {} ms",
         POLL_IDLE.as_millis(), ALIVE_INTERVAL.as_millis());
-    let serve = Serve::start("pollers", &SERVE_JOB_FLAGS)?;
+    let serve = Serve::for_jobs()?;
     let job_id = "polled";
-    let body = job_body(&json!({
+    let job = json!({
         "job_id": job_id,
         "commands": [{ "directive": POLLED_PIPELINE }],
-    }));
+    });
 
     let connecting = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..=POLLERS {
-        let client = serve.client();
-        client.is_alive()?;
+        let client = serve.client().fresh();
+        is_alive(&client)?;
         clients.push(client);
     }
     println!(
@@ -70,8 +71,7 @@ pub fn bench_pollers() -> Result<Vec<Row>, Failure> {
     );
     let alive_client = clients.pop().expect("POLLERS + 1 clients");
 
-    let client = serve.client();
-    client.post_job(&body)?;
+    serve.post_job(&job)?;
     let started = Instant::now();
     let deadline = started + POLLERS_TIMEOUT;
     let stop_alive = Arc::new(AtomicBool::new(false));
@@ -81,7 +81,7 @@ pub fn bench_pollers() -> Result<Vec<Row>, Failure> {
             let mut samples = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 let sent = Instant::now();
-                alive_client.is_alive()?;
+                is_alive(&alive_client)?;
                 samples.push(sent.elapsed());
                 if let Some(pause) = (sent + ALIVE_INTERVAL).checked_duration_since(Instant::now())
                 {
@@ -112,7 +112,7 @@ pub fn bench_pollers() -> Result<Vec<Row>, Failure> {
     let samples = samples.map_err(|e| serve.failed(e))?;
 
     let mut a_bytes = 0u64;
-    let summary = serve.passed_log(&client, job_id, |directive, output| {
+    let summary = serve.passed_log(job_id, |directive, output| {
         if directive == POLLED_PIPELINE {
             a_bytes += output.bytes().filter(|&b| b == b'a').count() as u64;
         }
@@ -171,12 +171,12 @@ pub fn bench_pollers() -> Result<Vec<Row>, Failure> {
 
 /// Follows a job's log as a poller does; returns the events read once the
 /// last of them is `job_finished`.
-pub fn follow_log(client: &Client, job_id: &str, deadline: Instant) -> Result<u64, Failure> {
+fn follow_log(client: &ApiClient, job_id: &str, deadline: Instant) -> Result<u64, Failure> {
     let mut lines = LineTracker::default();
     loop {
         let before = lines.lines;
         let path = format!("/jobs/{job_id}/log?start_from={before}");
-        let status = client.get_streamed(&path, None, &mut |bytes| {
+        let status = get_streamed(client, &path, &[], &mut |bytes| {
             lines.feed(bytes);
             Ok(())
         })?;
@@ -200,7 +200,7 @@ pub fn follow_log(client: &Client, job_id: &str, deadline: Instant) -> Result<u6
 }
 
 /// The value of `p` percent of sorted samples (nearest rank).
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

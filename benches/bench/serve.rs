@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 use crate::events::count_ok_steps;
 use crate::measure::{measure_ok, Budget};
 use crate::report::{fmt_duration, fmt_kib, median, Failure, Row};
-use crate::server::{job_body, Serve, SERVE_JOB_FLAGS};
+use crate::server::{wait_finished, Serve};
 use crate::throughput::{overhead_row, N_COMMANDS};
 use crate::{RUNS, RUN_TIMEOUT};
 
 /// Target: RSS of an idle `agent serve`, in MiB.
-pub const IDLE_RSS_TARGET_MIB: f64 = 8.0;
+const IDLE_RSS_TARGET_MIB: f64 = 8.0;
 
 /// Idle RSS: `agent serve` started on port 0 with a certificate made here,
 /// measured once it printed its `listening on` line and answered one
@@ -29,7 +29,7 @@ pub fn bench_idle_rss() -> Result<Vec<Row>, Failure> {
         if !budget.allows_run(run) {
             break;
         }
-        let serve = Serve::start("idle-rss", &[])?;
+        let serve = Serve::idle()?;
         let status = serve.proc_status()?;
         let field = |name: &str| {
             status_field(&status, name)
@@ -62,7 +62,7 @@ pub fn bench_idle_rss() -> Result<Vec<Row>, Failure> {
 
 /// How often a client polls a job's log while waiting for `job_finished`
 /// in the timed benchmarks; the wall time is late by at most about this.
-pub const FINISH_POLL: Duration = Duration::from_millis(10);
+const FINISH_POLL: Duration = Duration::from_millis(10);
 
 /// Per-command overhead through the API: 1000 `true` commands posted to
 /// `POST /jobs`, timed from just before the POST until a poll of the log
@@ -72,9 +72,9 @@ pub fn bench_serve_overhead() -> Result<Vec<Row>, Failure> {
         "  job: {N_COMMANDS} x `true` by POST /jobs, timed to `job_finished` in GET /jobs/{{id}}/log (polled every {} ms); baseline: `bash script`",
         FINISH_POLL.as_millis()
     );
-    let serve = Serve::start("serve-overhead", &SERVE_JOB_FLAGS)?;
+    let serve = Serve::for_jobs()?;
     let client = serve.client();
-    let script = serve.scratch.path().join("script.sh");
+    let script = serve.root().join("script.sh");
     fs::write(&script, "true\n".repeat(N_COMMANDS))
         .map_err(|e| Failure::io("write baseline script", e))?;
     let commands: Vec<Value> = (0..N_COMMANDS)
@@ -89,16 +89,16 @@ pub fn bench_serve_overhead() -> Result<Vec<Row>, Failure> {
             break;
         }
         let mut bash = Command::new("bash");
-        bash.arg(&script).current_dir(serve.scratch.path());
+        bash.arg(&script).current_dir(serve.root());
         let bash_run = measure_ok("bash", bash)?;
 
         let job_id = format!("overhead-{run}");
-        let body = job_body(&json!({ "job_id": job_id, "commands": commands }));
+        let job = json!({ "job_id": job_id, "commands": commands });
         let posted = Instant::now();
-        client.post_job(&body)?;
-        let finished = client.wait_finished(&job_id, FINISH_POLL, RUN_TIMEOUT)?;
+        serve.post_job(&job)?;
+        let finished = wait_finished(client, &job_id, FINISH_POLL, RUN_TIMEOUT)?;
         let wall = finished.at - posted;
-        let summary = serve.passed_log(&client, &job_id, |_, _| {})?;
+        let summary = serve.passed_log(&job_id, |_, _| {})?;
         let n_true = count_ok_steps(&summary, "true");
         if n_true != N_COMMANDS {
             return Err(serve.failed(Failure::new(format!(
@@ -131,13 +131,13 @@ pub fn bench_serve_overhead() -> Result<Vec<Row>, Failure> {
 pub const STAMP: &str = "echo $EPOCHREALTIME";
 
 /// Target: from POST /jobs to the first user command, in milliseconds.
-pub const START_TARGET_MS: f64 = 50.0;
+const START_TARGET_MS: f64 = 50.0;
 
 /// Job start through the API: a job whose only command is `STAMP`, timed
 /// from the client's clock just before the POST to the command's stamp.
 pub fn bench_serve_start() -> Result<Vec<Row>, Failure> {
     println!("  job: `{STAMP}` by POST /jobs; from the client's clock before the POST to the command's stamp");
-    let serve = Serve::start("serve-start", &SERVE_JOB_FLAGS)?;
+    let serve = Serve::for_jobs()?;
     let client = serve.client();
     let mut latencies = Vec::new();
     let budget = Budget::start();
@@ -146,15 +146,15 @@ pub fn bench_serve_start() -> Result<Vec<Row>, Failure> {
             break;
         }
         let job_id = format!("start-{run}");
-        let body = job_body(&json!({
+        let job = json!({
             "job_id": job_id,
             "commands": [{ "directive": STAMP }],
-        }));
+        });
         let posted = SystemTime::now();
-        client.post_job(&body)?;
-        client.wait_finished(&job_id, FINISH_POLL, RUN_TIMEOUT)?;
+        serve.post_job(&job)?;
+        wait_finished(client, &job_id, FINISH_POLL, RUN_TIMEOUT)?;
         let mut output = String::new();
-        let summary = serve.passed_log(&client, &job_id, |directive, text| {
+        let summary = serve.passed_log(&job_id, |directive, text| {
             if directive == STAMP {
                 output.push_str(text);
             }
@@ -232,7 +232,7 @@ pub fn span(stamps: &[SystemTime]) -> Result<Duration, Failure> {
 }
 
 /// A `Name:   <n> kB` or `Name:   <n>` field of /proc/<pid>/status.
-pub fn status_field(status: &str, name: &str) -> Option<u64> {
+fn status_field(status: &str, name: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(':')?;
         value.split_whitespace().next()?.parse().ok()

@@ -22,7 +22,7 @@ use crate::RUNS;
 pub const N_COMMANDS: usize = 1000;
 
 /// Target: agent overhead per command, in milliseconds.
-pub const OVERHEAD_TARGET_MS: f64 = 1.0;
+const OVERHEAD_TARGET_MS: f64 = 1.0;
 
 /// Per-command overhead: 1000 `true` commands through `agent run`, against
 /// bash running a script of the same 1000 lines (bash start-up included).
@@ -112,16 +112,16 @@ pub fn overhead_row(title: &str, agent: Duration, bash: Duration) -> Row {
 }
 
 /// The throughput pipeline: 200 MB of output in lines of 99 characters.
-pub const PIPELINE: &str = r"head -c 200000000 /dev/zero | tr '\0' a | fold -w 99";
+const PIPELINE: &str = r"head -c 200000000 /dev/zero | tr '\0' a | fold -w 99";
 
 /// How many `a` bytes the pipeline prints; the event log must hold them all.
-pub const PIPELINE_A_BYTES: u64 = 200_000_000;
+const PIPELINE_A_BYTES: u64 = 200_000_000;
 
 /// Target: agent wall time over bash wall time for the pipeline.
-pub const THROUGHPUT_TARGET_RATIO: f64 = 2.0;
+const THROUGHPUT_TARGET_RATIO: f64 = 2.0;
 
 /// Target: peak RSS of the agent process while it logs the pipeline, in MiB.
-pub const RSS_TARGET_MIB: f64 = 32.0;
+const RSS_TARGET_MIB: f64 = 32.0;
 
 /// Throughput: the pipeline through `agent run`, against `bash -c` sending
 /// the same pipeline to /dev/null; and the agent's peak RSS meanwhile.
@@ -287,7 +287,7 @@ pub fn bench_throughput() -> Result<Vec<Row>, Failure> {
 
 /// What `pty_relay` measured: wall time from spawn to reaping, and the bytes
 /// read from the terminal.
-pub struct Relayed {
+struct Relayed {
     pub wall: Duration,
     pub bytes: u64,
 }
@@ -296,7 +296,7 @@ pub struct Relayed {
 /// (its own session, the terminal its controlling one, no output
 /// post-processing, as in the agent's session) and reads the terminal in this
 /// process, counting bytes and nothing else. `measure`'s watchdog bounds it.
-pub fn pty_relay(command: &str, dir: &Path) -> Result<Relayed, Failure> {
+fn pty_relay(command: &str, dir: &Path) -> Result<Relayed, Failure> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
 
