@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::server::CallbackServer;
+use crate::support::callback::CallbackServer;
 use crate::support::{
     b64, b64_wrapped, background_processes, env_export, fields_of, log_of, no_files, result_export,
     step, wait_for_background_processes, with_callbacks, Ev, Job, Outcome, Running, Sandbox,

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::server::{
-    parse_log_lines, poll_until, read_response_head, sign_jwt, unix_now, CallbackServer, TestAgent,
-    EVENT_TIMEOUT,
-};
+use crate::support::callback::CallbackServer;
+use crate::support::client::{parse_log_lines, sign_jwt};
+use crate::support::server::{poll_until, read_response_head, unix_now, TestAgent, EVENT_TIMEOUT};
 use crate::support::{
     env_export, log_of, no_files, normalize, result_export, step, with_callbacks, Job,
 };

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::events::{count_ok_steps, LineTracker};
 use crate::report::{fmt_bytes, fmt_duration, fmt_duration_fine, Failure, Row};
 use crate::server::{get_streamed, is_alive, Serve};
-use crate::support::server::ApiClient;
+use crate::support::client::ApiClient;
 
 /// Clients polling the log at once.
 const POLLERS: usize = 64;

@@ -18,7 +18,8 @@ use serde_json::Value;
 use crate::agent_binary;
 use crate::events::{summarize_log, LineTracker, LogSummary};
 use crate::report::{fmt_duration, indent, read_tail, Failure};
-use crate::support::server::{ApiClient, TestAgent};
+use crate::support::client::ApiClient;
+use crate::support::server::TestAgent;
 
 /// The JWT secret of every `agent serve` the benchmarks start.
 const SERVE_SECRET: &str = "agent-bench-secret-0123456789abcdef0123456789";

@@ -1059,6 +1059,8 @@ pub fn wait_for_background_processes(job_id: &str) {
         "processes of job {job_id} without AGENT_JOB_MARK=<job_id>.: {unmarked:#?}"
     );
 }
+pub mod callback;
+pub mod client;
 pub mod docker;
 pub mod server;
 pub mod sshd;
