@@ -20,6 +20,12 @@ pub enum RequestError {
     UnknownLogger(String),
     NoContainers,
     Compose(String),
+    /// A callback URL the agent could never call (§7.1).
+    CallbackUrl {
+        field: &'static str,
+        url: String,
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for RequestError {
@@ -36,6 +42,9 @@ impl fmt::Display for RequestError {
                 write!(f, "a dockercompose job needs at least one container")
             }
             RequestError::Compose(e) => write!(f, "invalid compose request: {e}"),
+            RequestError::CallbackUrl { field, url, reason } => {
+                write!(f, "invalid callbacks.{field} {url:?}: {reason}")
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
-use crate::job::files::{inject_file, resolve_path};
+use crate::job::files::{first_bad, inject_file, resolve_path};
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES, STEP_START_SESSION};
 use crate::process::session::{Session, SessionSpec};
 
@@ -43,7 +43,19 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
 pub(crate) fn inject_files(steps: &mut Steps<'_, '_>) -> bool {
     let spec = steps.spec;
     let started_at = steps.started(STEP_INJECT_FILES);
-    for file in &spec.request.files {
+    let files = &spec.request.files;
+    if let Some((i, message)) = first_bad(files.iter().map(|f| (&*f.content, &*f.mode))) {
+        let path = resolve_path(&files[i].path, spec.home);
+        steps.output(&format!(
+            "Injecting {} with file mode {}\n",
+            path.display(),
+            files[i].mode
+        ));
+        steps.output(&message);
+        steps.finished(STEP_INJECT_FILES, 1, started_at);
+        return false;
+    }
+    for file in files {
         let path = resolve_path(&file.path, spec.home);
         steps.output(&format!(
             "Injecting {} with file mode {}\n",

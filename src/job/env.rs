@@ -29,6 +29,14 @@ pub fn decode_env(vars: &[EnvVar]) -> Result<EnvVars, String> {
                 var.name
             )
         })?;
+        // A shell variable ends at its first NUL byte: the value would be
+        // cut short without a word.
+        if value.contains(&0) {
+            return Err(format!(
+                "The value of environment variable '{}' contains a NUL byte, which no shell variable can hold\n",
+                var.name
+            ));
+        }
         out.insert(var.name.clone(), (value, var.secret));
     }
     Ok(out)
@@ -81,6 +89,8 @@ mod tests {
         };
         let err = decode_env(&[bad]).unwrap_err();
         assert!(err.contains("'TOKEN'"), "{err}");
+        let err = decode_env(&[var("NUL", b"a\0b")]).unwrap_err();
+        assert!(err.contains("'NUL'") && err.contains("NUL byte"), "{err}");
     }
 
     #[test]

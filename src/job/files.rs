@@ -23,12 +23,32 @@ pub fn resolve_path(path: &str, home: &Path) -> PathBuf {
     home.join(path)
 }
 
+/// Checks one file's mode and content; the error is the step's output line.
+pub(crate) fn check_file(content_b64: &str, mode: &str) -> Result<(), String> {
+    parse_mode(mode).ok_or_else(|| format!("bad file permission '{mode}'\n"))?;
+    decode_b64(content_b64)
+        .map_err(|_| "Failed to decode the content of the file.\n".to_string())?;
+    Ok(())
+}
+
+/// The first of `files` (content, mode) whose mode or content is bad, with
+/// the reason: every file is checked before the first is written (§5.2
+/// step 5).
+pub(crate) fn first_bad<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<(usize, String)> {
+    files
+        .into_iter()
+        .enumerate()
+        .find_map(|(i, (content, mode))| check_file(content, mode).err().map(|e| (i, e)))
+}
+
 /// Writes one injected file. The mode and the content are checked before
 /// anything touches the disk, so a bad request leaves nothing behind.
 pub(crate) fn inject_file(path: &Path, content_b64: &str, mode: &str) -> Result<(), String> {
-    let mode_bits = parse_mode(mode).ok_or_else(|| format!("bad file permission '{mode}'\n"))?;
-    let content = decode_b64(content_b64)
-        .map_err(|_| "Failed to decode the content of the file.\n".to_string())?;
+    check_file(content_b64, mode)?;
+    let mode_bits = parse_mode(mode).unwrap_or(0o600);
+    let content = decode_b64(content_b64).unwrap_or_default();
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)
             .map_err(|e| format!("Failed to create directory {}: {e}\n", dir.display()))?;

@@ -5,7 +5,7 @@
 //! `JobRequest` and answers questions about it (decoded env vars, file modes).
 
 use base64::Engine;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::RequestError;
 
@@ -82,7 +82,7 @@ pub struct File {
     pub mode: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Callbacks {
     #[serde(default, deserialize_with = "null_as_default")]
     pub finished: String,
@@ -185,6 +185,17 @@ impl JobRequest {
             "push" => return Err(RequestError::PushLogger),
             other => return Err(RequestError::UnknownLogger(other.to_string())),
         }
+        let cb = &self.callbacks;
+        for (field, url) in [
+            ("finished", &cb.finished),
+            ("teardown_finished", &cb.teardown_finished),
+        ] {
+            check_callback_url(url).map_err(|reason| RequestError::CallbackUrl {
+                field,
+                url: url.clone(),
+                reason,
+            })?;
+        }
         if kind == ExecutorKind::DockerCompose {
             if self.compose.containers.is_empty() {
                 return Err(RequestError::NoContainers);
@@ -202,6 +213,23 @@ impl JobRequest {
             .find(|v| v.name == name)
             .and_then(|v| decode_b64(&v.value).ok())
     }
+}
+
+/// A callback URL must be empty (no callback) or an `http` or `https` URL
+/// with a host (§7.1): anything else could never be called, and would only
+/// be retried until the attempts run out.
+fn check_callback_url(url: &str) -> Result<(), &'static str> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|_| "not a valid URL")?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("the scheme must be http or https");
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the URL has no host");
+    }
+    Ok(())
 }
 
 /// Decodes standard base64, ignoring CR and LF inside the text (§3.1).
@@ -349,6 +377,33 @@ mod tests {
         assert!(matches!(r.validate(), Err(RequestError::NoContainers)));
         let r = JobRequest::from_json(br#"{}"#).unwrap();
         assert_eq!(r.validate().unwrap(), ExecutorKind::Shell);
+    }
+
+    #[test]
+    fn callback_urls_must_be_callable() {
+        for good in [
+            "",
+            "http://127.0.0.1:9/x",
+            "https://cp.example.com/finished?a=1",
+        ] {
+            assert_eq!(check_callback_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "file:///etc/passwd",
+            "ht tp://x",
+            "http://[::1",
+            "/relative",
+            "ftp://h/x",
+        ] {
+            assert!(check_callback_url(bad).is_err(), "{bad}");
+        }
+        let r =
+            JobRequest::from_json(br#"{"callbacks":{"teardown_finished":"file:///x"}}"#).unwrap();
+        let err = r.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid callbacks.teardown_finished"),
+            "{err}"
+        );
     }
 
     #[test]

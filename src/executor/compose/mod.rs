@@ -329,25 +329,30 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>, session: &mut Session) -> 
         steps.finished(STEP_INJECT_FILES, status, started_at);
         false
     };
+    // Every mode and content is checked before the first file is written.
+    let bad = spec.request.files.iter().find_map(|file| {
+        let line = if parse_mode(&file.mode).is_none() {
+            format!("Failed to set file mode to {}\n", file.mode)
+        } else if decode_b64(&file.content).is_err() {
+            "Failed to decode the content of the file.\n".to_string()
+        } else {
+            return None;
+        };
+        Some((file, line))
+    });
+    if let Some((file, line)) = bad {
+        steps.output(&format!(
+            "Injecting {} with file mode {}\n",
+            file.path, file.mode
+        ));
+        return fail(steps, line, 1);
+    }
     for (i, file) in spec.request.files.iter().enumerate() {
         steps.output(&format!(
             "Injecting {} with file mode {}\n",
             file.path, file.mode
         ));
-        if parse_mode(&file.mode).is_none() {
-            return fail(
-                steps,
-                format!("Failed to set file mode to {}\n", file.mode),
-                1,
-            );
-        }
-        let Ok(content) = decode_b64(&file.content) else {
-            return fail(
-                steps,
-                "Failed to decode the content of the file.\n".into(),
-                1,
-            );
-        };
+        let content = decode_b64(&file.content).unwrap_or_default();
         let staged: PathBuf = stage_dir.join(i.to_string());
         let staged_ok = fs::DirBuilder::new()
             .recursive(true)
