@@ -256,7 +256,7 @@ fn job_log(app: &App, job_id: &str, query: &str, client_name: Option<&str>) -> R
     let finished = entry.log_finished();
     let mut r = match entry.files().read_from(start_from) {
         Ok(reader) => {
-            let len = reader.limit();
+            let len = reader.size();
             let mut r = Reply::bytes(200, Vec::new());
             r.body = Body::Stream(Box::new(reader), len);
             r

@@ -4,15 +4,25 @@
 //!
 //! Memory does not grow with the amount of output: lines go straight to the
 //! file and offsets to the index file; only two counters stay in memory.
+//! When a write fails (a full disk), the job's output is dropped from then
+//! on, and only its steps, a line saying why and `job_finished` are kept in
+//! memory until they can be written (§6.8); readers see them all the same.
+//!
+//! Directives are masked here (§13.3), so every reader of an event, the
+//! live display of `agent run` included, sees the masked text.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+pub use crate::job::logfiles::LogFiles;
+use crate::job::logfiles::Published;
+use crate::process::output::mask;
 
 /// The result of a job, as `job_finished` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +70,44 @@ pub enum Event<'a> {
     },
 }
 
+impl<'a> Event<'a> {
+    /// The same event with another directive (for a step's events).
+    fn with_directive<'b>(&self, new: &'b str) -> Event<'b>
+    where
+        'a: 'b,
+    {
+        match *self {
+            Event::CmdStarted { timestamp, .. } => Event::CmdStarted {
+                timestamp,
+                directive: new,
+            },
+            Event::CmdFinished {
+                timestamp,
+                exit_code,
+                started_at,
+                finished_at,
+                ..
+            } => Event::CmdFinished {
+                timestamp,
+                directive: new,
+                exit_code,
+                started_at,
+                finished_at,
+            },
+            ref other => other.clone(),
+        }
+    }
+
+    fn directive(&self) -> Option<&'a str> {
+        match *self {
+            Event::CmdStarted { directive, .. } | Event::CmdFinished { directive, .. } => {
+                Some(directive)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Integer Unix seconds, truncated (§5.3).
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -68,56 +116,36 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// How much of the log is complete: readers never see a half-written line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Progress {
-    pub events: u64,
-    pub bytes: u64,
-    /// `job_finished` is in the log.
-    pub finished: bool,
-}
-
-/// What readers share with the writer.
-#[derive(Debug)]
-pub struct LogFiles {
-    pub log_path: PathBuf,
-    pub index_path: PathBuf,
-    progress: Mutex<Progress>,
-}
-
-impl LogFiles {
-    pub fn progress(&self) -> Progress {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Opens a reader over the complete lines from event `start_from` to the
-    /// current end. Costs two small reads, whatever the log's length.
-    pub fn read_from(&self, start_from: u64) -> io::Result<io::Take<File>> {
-        let progress = self.progress();
-        let mut log = File::open(&self.log_path)?;
-        if start_from >= progress.events {
-            return Ok(log.take(0));
-        }
-        let index = File::open(&self.index_path)?;
-        let mut offset = [0u8; 8];
-        index.read_exact_at(&mut offset, start_from * 8)?;
-        let offset = u64::from_le_bytes(offset);
-        log.seek(SeekFrom::Start(offset))?;
-        Ok(log.take(progress.bytes.saturating_sub(offset)))
-    }
-}
+/// The step that explains a failure outside any step of the job.
+pub const STEP_AGENT_ERROR: &str = "Agent error";
 
 type Observer = Box<dyn FnMut(&Event<'_>, &[u8]) + Send>;
+
+/// Why the log could not be written, and what is still owed to the reader.
+struct Broken {
+    /// The line that says why (§6.8).
+    reason: String,
+    /// The reason is not in the log yet: it goes into the next step.
+    reason_owed: bool,
+}
 
 pub struct EventLog {
     log: File,
     index: File,
     files: Arc<LogFiles>,
     line: Vec<u8>,
-    progress: Progress,
+    /// Complete lines on disk, and their bytes.
+    disk_events: u64,
+    disk_bytes: u64,
     observer: Option<Observer>,
     /// The step started and not yet finished, with its start time.
     open_step: Option<(String, u64)>,
+    /// Masked in directives (`cmd_started`, `cmd_finished`), longest first.
+    secrets: Arc<Vec<Vec<u8>>>,
+    /// Set by the first failed write: the job's output is no longer kept.
+    broken: Option<Broken>,
+    /// Told once, when the first write fails.
+    on_broken: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl EventLog {
@@ -131,21 +159,40 @@ impl EventLog {
                 .truncate(true)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(p)
         };
-        Ok(EventLog {
-            log: open(&log_path)?,
-            index: open(&index_path)?,
-            files: Arc::new(LogFiles {
-                log_path,
-                index_path,
-                progress: Mutex::new(Progress::default()),
-            }),
+        Ok(EventLog::with_files(
+            open(&log_path)?,
+            open(&index_path)?,
+            LogFiles::new(log_path, index_path, Published::default()),
+            None,
+        ))
+    }
+
+    fn with_files(
+        log: File,
+        index: File,
+        files: LogFiles,
+        open_step: Option<(String, u64)>,
+    ) -> EventLog {
+        let (disk_events, disk_bytes) = {
+            let p = files.lock();
+            (p.disk_events, p.disk_bytes)
+        };
+        EventLog {
+            log,
+            index,
+            files: Arc::new(files),
             line: Vec::with_capacity(256),
-            progress: Progress::default(),
+            disk_events,
+            disk_bytes,
             observer: None,
-            open_step: None,
-        })
+            open_step,
+            secrets: Arc::default(),
+            broken: None,
+            on_broken: None,
+        }
     }
 
     /// Ends the log of a job the agent could not carry on with: the open
@@ -155,7 +202,7 @@ impl EventLog {
         let (directive, started_at) = self
             .open_step
             .clone()
-            .unwrap_or_else(|| ("Agent error".to_string(), now));
+            .unwrap_or_else(|| (STEP_AGENT_ERROR.to_string(), now));
         if self.open_step.is_none() {
             self.write(&Event::CmdStarted {
                 timestamp: now,
@@ -183,48 +230,386 @@ impl EventLog {
         Arc::clone(&self.files)
     }
 
-    /// Called with every event and its line (without the newline) after it
-    /// is on disk; `agent run` uses it to show the job live.
+    /// Called with every event and its line (without the newline) once it
+    /// is in the log; `agent run` uses it to show the job live.
     pub fn set_observer(&mut self, observer: Observer) {
         self.observer = Some(observer);
     }
 
-    pub fn write(&mut self, event: &Event<'_>) {
-        self.line.clear();
-        // Serializing these plain structs cannot fail.
-        let _ = serde_json::to_writer(&mut self.line, event);
-        self.line.push(b'\n');
-        let offset = self.progress.bytes.to_le_bytes();
-        // A full disk must not kill the job; the agent log says what was lost.
-        if let Err(e) = self
-            .log
-            .write_all(&self.line)
-            .and_then(|_| self.index.write_all(&offset))
-        {
-            log::error!(
-                "cannot write the event log {}: {e}",
-                self.files.log_path.display()
-            );
-            return;
+    /// Values to mask in directives from now on (§13.3).
+    pub fn set_secrets(&mut self, secrets: Arc<Vec<Vec<u8>>>) {
+        self.secrets = secrets;
+    }
+
+    /// `text` with every secret value replaced by `[MASKED]`.
+    pub fn masked(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_string();
         }
-        self.progress.bytes += self.line.len() as u64;
-        self.progress.events += 1;
-        self.progress.finished |= matches!(event, Event::JobFinished { .. });
+        String::from_utf8_lossy(&mask(text.as_bytes(), &self.secrets)).into_owned()
+    }
+
+    /// Called once, from the writing thread, when a write first fails.
+    pub fn on_broken(&mut self, callback: Box<dyn FnMut() + Send>) {
+        self.on_broken = Some(callback);
+    }
+
+    /// Whether a write has failed: the job must end `failed` (§6.8).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    pub fn write(&mut self, event: &Event<'_>) {
+        let masked = event
+            .directive()
+            .filter(|_| !self.secrets.is_empty())
+            .map(|d| self.masked(d));
+        let with_masked;
+        let event = match &masked {
+            Some(directive) => {
+                with_masked = event.with_directive(directive);
+                &with_masked
+            }
+            None => event,
+        };
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        // Serializing these plain structs cannot fail.
+        let _ = serde_json::to_writer(&mut line, event);
+        line.push(b'\n');
+        if self.broken.is_some() {
+            self.write_while_broken(event, &line);
+        } else {
+            match self.append(&line) {
+                Ok(()) => self.accepted(event, &line),
+                Err(e) => self.break_at(event, &line, e),
+            }
+        }
+        self.line = line;
+    }
+
+    /// Appends one line and its index entry; on failure both files are
+    /// cut back to their last complete line.
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        let offset = self.disk_bytes.to_le_bytes();
+        let written = self
+            .log
+            .write_all(line)
+            .and_then(|_| self.index.write_all(&offset));
+        if let Err(e) = written {
+            let _ = self.log.set_len(self.disk_bytes);
+            let _ = self.log.seek(SeekFrom::Start(self.disk_bytes));
+            let _ = self.index.set_len(self.disk_events * 8);
+            let _ = self.index.seek(SeekFrom::Start(self.disk_events * 8));
+            return Err(e);
+        }
+        self.disk_bytes += line.len() as u64;
+        self.disk_events += 1;
+        let mut p = self.files.lock();
+        p.disk_events = self.disk_events;
+        p.disk_bytes = self.disk_bytes;
+        Ok(())
+    }
+
+    /// Bookkeeping once `event` is in the log, on disk or in memory.
+    fn accepted(&mut self, event: &Event<'_>, line: &[u8]) {
         match event {
             Event::CmdStarted {
                 directive,
                 timestamp,
             } => self.open_step = Some((directive.to_string(), *timestamp)),
             Event::CmdFinished { .. } => self.open_step = None,
+            Event::JobFinished { .. } => self.files.lock().finished = true,
             _ => {}
         }
-        *self
-            .files
-            .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = self.progress;
         if let Some(observer) = self.observer.as_mut() {
-            observer(event, &self.line[..self.line.len() - 1]);
+            observer(event, &line[..line.len() - 1]);
+        }
+    }
+
+    /// The first failed write (§6.8): from now on output is dropped, and
+    /// the steps, a line saying why and `job_finished` are kept in memory
+    /// until they can be written.
+    fn break_at(&mut self, event: &Event<'_>, line: &[u8], error: io::Error) {
+        log::error!(
+            "cannot write the event log {}: {error}; the job ends as failed",
+            self.files.log_path.display()
+        );
+        self.broken = Some(Broken {
+            reason: format!(
+                "\nThe agent could not write the log of this job ({error}): the job ends as failed, its commands are stopped and their further output is not kept.\n"
+            ),
+            reason_owed: true,
+        });
+        if let Some(mut callback) = self.on_broken.take() {
+            callback();
+        }
+        match event {
+            Event::CmdOutput { .. } => {
+                if self.open_step.is_some() {
+                    self.owe_reason_now();
+                }
+            }
+            Event::CmdFinished { .. } => {
+                self.owe_reason_now();
+                self.keep(event, line.to_vec());
+            }
+            _ => self.write_while_broken(event, line),
+        }
+        self.flush_tail();
+    }
+
+    fn write_while_broken(&mut self, event: &Event<'_>, line: &[u8]) {
+        let owed = self.broken.as_ref().is_some_and(|b| b.reason_owed);
+        match event {
+            Event::CmdOutput { .. } => return,
+            Event::JobFinished { .. } if owed => {
+                let now = now_secs();
+                let started = Event::CmdStarted {
+                    timestamp: now,
+                    directive: STEP_AGENT_ERROR,
+                };
+                self.keep_event(&started);
+                self.owe_reason_now();
+                self.keep_event(&Event::CmdFinished {
+                    timestamp: now,
+                    directive: STEP_AGENT_ERROR,
+                    exit_code: 1,
+                    started_at: now,
+                    finished_at: now,
+                });
+                self.keep(event, line.to_vec());
+            }
+            Event::CmdStarted { .. } if owed => {
+                self.keep(event, line.to_vec());
+                self.owe_reason_now();
+            }
+            _ => self.keep(event, line.to_vec()),
+        }
+        self.flush_tail();
+    }
+
+    /// Puts the reason into the open step.
+    fn owe_reason_now(&mut self) {
+        let Some(reason) = self.broken.as_mut().map(|b| {
+            b.reason_owed = false;
+            b.reason.clone()
+        }) else {
+            return;
+        };
+        self.keep_event(&Event::CmdOutput {
+            timestamp: now_secs(),
+            output: &reason,
+        });
+    }
+
+    fn keep_event(&mut self, event: &Event<'_>) {
+        let mut line = serde_json::to_vec(event).unwrap_or_default();
+        line.push(b'\n');
+        self.keep(event, line);
+    }
+
+    /// Keeps a line in memory after those on disk.
+    fn keep(&mut self, event: &Event<'_>, line: Vec<u8>) {
+        {
+            let mut p = self.files.lock();
+            p.tail.extend_from_slice(&line);
+            let end = p.tail.len();
+            p.tail_ends.push(end);
+        }
+        self.accepted(event, &line);
+    }
+
+    /// Moves the lines kept in memory to disk, as far as space allows.
+    fn flush_tail(&mut self) {
+        loop {
+            let line = {
+                let p = self.files.lock();
+                match p.tail_ends.first() {
+                    Some(&end) => p.tail[..end].to_vec(),
+                    None => return,
+                }
+            };
+            if self.append(&line).is_err() {
+                return;
+            }
+            let mut p = self.files.lock();
+            p.tail.drain(..line.len());
+            p.tail_ends.remove(0);
+            for end in p.tail_ends.iter_mut() {
+                *end -= line.len();
+            }
+        }
+    }
+}
+
+/// What an existing log says about its job.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogSummary {
+    /// The timestamp of `job_started`.
+    pub started_at: Option<u64>,
+    /// The result and timestamp of `job_finished`.
+    pub finished: Option<(JobResult, u64)>,
+}
+
+impl JobResult {
+    fn from_wire(text: &str) -> Option<JobResult> {
+        match text {
+            "passed" => Some(JobResult::Passed),
+            "failed" => Some(JobResult::Failed),
+            "stopped" => Some(JobResult::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of a line that recovery needs.
+#[derive(serde::Deserialize)]
+struct LineHead {
+    event: String,
+    #[serde(default)]
+    timestamp: u64,
+    #[serde(default)]
+    directive: Option<String>,
+    #[serde(default)]
+    result: Option<String>,
+}
+
+fn starts_step_or_job(line: &[u8]) -> bool {
+    !line.starts_with(b"{\"event\":\"cmd_output\"")
+}
+
+fn paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (dir.join("events.jsonl"), dir.join("events.idx"))
+}
+
+impl LogFiles {
+    /// The files of a finished job's log left by an earlier agent, read
+    /// without scanning them: `None` when the last line is not
+    /// `job_finished` (then `EventLog::reopen` repairs it).
+    pub fn finished_in(dir: &Path) -> io::Result<Option<(LogFiles, LogSummary)>> {
+        let (log_path, index_path) = paths(dir);
+        let log = File::open(&log_path)?;
+        let len = log.metadata()?.len();
+        let index_len = std::fs::metadata(&index_path)?.len();
+        let mut tail = vec![0u8; len.min(4096) as usize];
+        let from = len - tail.len() as u64;
+        std::os::unix::fs::FileExt::read_exact_at(&log, &mut tail, from)?;
+        let Some(body) = tail.strip_suffix(b"\n") else {
+            return Ok(None);
+        };
+        let last = &body[body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)..];
+        let Ok(head) = serde_json::from_slice::<LineHead>(last) else {
+            return Ok(None);
+        };
+        let Some(result) = head.result.as_deref().and_then(JobResult::from_wire) else {
+            return Ok(None);
+        };
+        if head.event != "job_finished" {
+            return Ok(None);
+        }
+        let mut first = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(io::Read::take(log, 4096)),
+            &mut first,
+        )?;
+        let started_at = serde_json::from_str::<LineHead>(&first)
+            .ok()
+            .filter(|h| h.event == "job_started")
+            .map(|h| h.timestamp);
+        let published = Published {
+            disk_events: index_len / 8,
+            disk_bytes: len,
+            finished: true,
+            ..Published::default()
+        };
+        Ok(Some((
+            LogFiles::new(log_path, index_path, published),
+            LogSummary {
+                started_at,
+                finished: Some((result, head.timestamp)),
+            },
+        )))
+    }
+}
+
+impl EventLog {
+    /// Opens for writing the log of a job an earlier agent did not finish
+    /// (§7.3): a line cut short is dropped, the index is rebuilt from the
+    /// lines, and the open step is found, so the log can be ended properly.
+    pub fn reopen(dir: &Path) -> io::Result<(EventLog, LogSummary)> {
+        use io::BufRead;
+        let (log_path, index_path) = paths(dir);
+        let mut log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log_path)?;
+        let index = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&index_path)?;
+        let mut offsets = io::BufWriter::new(index);
+        let mut summary = LogSummary::default();
+        let mut open_step = None;
+        let (mut events, mut bytes) = (0u64, 0u64);
+        {
+            let mut reader = io::BufReader::new(&log);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line)?;
+                if n == 0 || !line.ends_with(b"\n") {
+                    break;
+                }
+                offsets.write_all(&bytes.to_le_bytes())?;
+                bytes += n as u64;
+                events += 1;
+                if !starts_step_or_job(&line) {
+                    continue;
+                }
+                let Ok(head) = serde_json::from_slice::<LineHead>(&line) else {
+                    continue;
+                };
+                match head.event.as_str() {
+                    "job_started" => summary.started_at = Some(head.timestamp),
+                    "cmd_started" => {
+                        open_step = Some((head.directive.unwrap_or_default(), head.timestamp))
+                    }
+                    "cmd_finished" => open_step = None,
+                    "job_finished" => {
+                        summary.finished = head
+                            .result
+                            .as_deref()
+                            .and_then(JobResult::from_wire)
+                            .map(|r| (r, head.timestamp))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let index = offsets.into_inner().map_err(|e| e.into_error())?;
+        log.set_len(bytes)?;
+        log.seek(SeekFrom::Start(bytes))?;
+        let published = Published {
+            disk_events: events,
+            disk_bytes: bytes,
+            finished: summary.finished.is_some(),
+            ..Published::default()
+        };
+        let files = LogFiles::new(log_path, index_path, published);
+        Ok((EventLog::with_files(log, index, files, open_step), summary))
+    }
+}
+
+impl Drop for EventLog {
+    /// A last attempt to put what is kept in memory on disk.
+    fn drop(&mut self) {
+        if self.broken.is_some() {
+            self.flush_tail();
         }
     }
 }
@@ -232,6 +617,134 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::path::PathBuf;
+
+    fn events_of(files: &LogFiles, from: u64) -> Vec<serde_json::Value> {
+        let mut text = String::new();
+        files
+            .read_from(from)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn directives_are_masked() {
+        let dir = temp_dir("mask");
+        let mut log = EventLog::create(&dir).unwrap();
+        log.set_secrets(Arc::new(vec![b"hunter22".to_vec()]));
+        log.write(&Event::CmdStarted {
+            timestamp: 1,
+            directive: "echo hunter22",
+        });
+        log.write(&Event::CmdFinished {
+            timestamp: 1,
+            directive: "echo hunter22",
+            exit_code: 0,
+            started_at: 1,
+            finished_at: 1,
+        });
+        let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+        assert_eq!(text.matches("echo [MASKED]").count(), 2, "{text}");
+        assert!(!text.contains("hunter22"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_keeps_steps_and_the_reason_in_memory() {
+        let dir = temp_dir("full");
+        let full = || OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let files = LogFiles::new(dir.join("none"), dir.join("none.idx"), Published::default());
+        let mut log = EventLog::with_files(full(), full(), files, None);
+        let broken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&broken);
+        log.on_broken(Box::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        log.write(&Event::JobStarted { timestamp: 1 });
+        log.write(&Event::CmdStarted {
+            timestamp: 1,
+            directive: "yes",
+        });
+        for _ in 0..3 {
+            log.write(&Event::CmdOutput {
+                timestamp: 1,
+                output: "y\n",
+            });
+        }
+        log.write(&Event::CmdFinished {
+            timestamp: 2,
+            directive: "yes",
+            exit_code: 130,
+            started_at: 1,
+            finished_at: 2,
+        });
+        log.write(&Event::JobFinished {
+            timestamp: 2,
+            result: "failed",
+        });
+        assert!(log.is_broken());
+        assert_eq!(broken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let files = log.files();
+        let events = events_of(&files, 0);
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "job_started",
+                "cmd_started",
+                "cmd_output",
+                "cmd_finished",
+                "job_finished"
+            ]
+        );
+        assert!(events[2]["output"]
+            .as_str()
+            .unwrap()
+            .contains("could not write the log of this job (No space left on device"));
+        assert!(files.progress().finished);
+        assert_eq!(events_of(&files, 3).len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_cut_short_is_reopened_and_ended() {
+        let dir = temp_dir("reopen");
+        {
+            let mut log = EventLog::create(&dir).unwrap();
+            log.write(&Event::JobStarted { timestamp: 1 });
+            log.write(&Event::CmdStarted {
+                timestamp: 2,
+                directive: "make",
+            });
+        }
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join("events.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"event\":\"cmd_out").unwrap();
+        assert!(LogFiles::finished_in(&dir).unwrap().is_none());
+        let (mut log, summary) = EventLog::reopen(&dir).unwrap();
+        assert_eq!(summary.started_at, Some(1));
+        assert!(summary.finished.is_none());
+        log.close_after_failure("restarted\n");
+        drop(log);
+        let (files, summary) = LogFiles::finished_in(&dir).unwrap().unwrap();
+        assert_eq!(summary.finished.map(|f| f.0), Some(JobResult::Failed));
+        let events = events_of(&files, 0);
+        assert_eq!(events.len(), 5);
+        assert_eq!(events[3]["directive"], "make");
+        assert_eq!(events[3]["started_at"], 2);
+        assert_eq!(events_of(&files, 4)[0]["event"], "job_finished");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =

@@ -2,6 +2,8 @@
 //! own steps, and `Steps`, which writes `cmd_started`, `cmd_output` and
 //! `cmd_finished` for a synthetic step or for a command run in the session.
 
+use std::sync::Arc;
+
 use crate::job::eventlog::{now_secs, Event, EventLog};
 use crate::job::request::Command;
 use crate::job::spec::JobSpec;
@@ -36,6 +38,21 @@ pub(crate) struct Steps<'a, 'b> {
 impl<'a, 'b> Steps<'a, 'b> {
     pub(crate) fn new(log: &'a mut EventLog, spec: &'a JobSpec<'b>) -> Self {
         Steps { log, spec }
+    }
+
+    /// Masks `secrets` from now on in the output of commands and in the
+    /// directives of steps (§13.3).
+    pub(crate) fn set_secrets(&mut self, session: &mut Session, mut secrets: Vec<Vec<u8>>) {
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let secrets = Arc::new(secrets);
+        session.set_secrets(Arc::clone(&secrets));
+        self.log.set_secrets(secrets);
+    }
+
+    /// Whether the log could not be written: the job stops its commands
+    /// and ends `failed` (§6.8).
+    pub(crate) fn log_broken(&self) -> bool {
+        self.log.is_broken()
     }
 
     pub(crate) fn output(&mut self, text: &str) {
@@ -104,7 +121,8 @@ impl<'a, 'b> Steps<'a, 'b> {
         };
         let started_at = self.started(directive);
         if !command.alias.is_empty() {
-            self.output(&format!("Running: {}\n", command.directive));
+            let shown = self.log.masked(&command.directive);
+            self.output(&format!("Running: {shown}\n"));
         }
         if let Some(line) = preamble {
             self.output(line);

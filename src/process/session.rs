@@ -102,6 +102,8 @@ pub struct Session {
     scanner: MarkerScanner,
     /// Values masked in every command's output.
     secrets: Arc<Vec<Vec<u8>>>,
+    /// Interrupts the running command (`interrupt_on`).
+    interrupt: Receiver<()>,
 }
 
 impl Session {
@@ -181,6 +183,7 @@ impl Session {
             nonce,
             exit_status: None,
             secrets: Arc::default(),
+            interrupt: crossbeam_channel::never(),
         };
         // The terminal echoes nothing, prompts are empty, history is not
         // written, and the job starts in HOME. Job control is off: bash then
@@ -248,10 +251,18 @@ impl Session {
         }
     }
 
-    /// Masks these values (longest first) in the output of later commands.
-    pub fn set_secrets(&mut self, mut secrets: Vec<Vec<u8>>) {
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        self.secrets = Arc::new(secrets);
+    /// Masks these values, sorted longest first, in the output of later
+    /// commands.
+    pub fn set_secrets(&mut self, secrets: Arc<Vec<Vec<u8>>>) {
+        self.secrets = secrets;
+    }
+
+    /// A message on `interrupt` interrupts the running command as Ctrl-C at
+    /// its terminal would (SIGINT to the foreground), without ending the
+    /// session: later commands still run. Messages sent before a command
+    /// starts are ignored.
+    pub fn interrupt_on(&mut self, interrupt: Receiver<()>) {
+        self.interrupt = interrupt;
     }
 
     /// The pid of the session's process (bash, or the compose client).
@@ -276,6 +287,7 @@ impl Session {
             path = shell_quote(&self.cmd_path.to_string_lossy()),
         );
         self.scanner.begin();
+        while self.interrupt.try_recv().is_ok() {}
         if self.write_instruction(instruction.as_bytes()).is_err() {
             // The terminal is gone: the session is dying; its status follows.
             return self.wait_for_exit(sink, &mut Chunker::with_secrets(self.secrets.clone()));
@@ -295,6 +307,11 @@ impl Session {
                     self.drain_into(&mut chunker);
                     if let Some(s) = chunker.take_all() { sink(s) }
                     return Outcome::Stopped;
+                }
+                recv(self.interrupt) -> _ => {
+                    // The terminal's interrupt character: the kernel sends
+                    // SIGINT to whatever runs in the foreground.
+                    let _ = self.write_instruction(b"\x03");
                 }
                 recv(self.rx) -> msg => match msg {
                     Ok(Msg::Output(bytes)) => {
