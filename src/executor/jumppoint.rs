@@ -1,9 +1,10 @@
 //! SSH jump points into running jobs (docs/protocol.md §8, §12 items 8 and 9):
-//! the job's public keys in the agent user's `~/.ssh/authorized_keys`,
-//! `/tmp/ssh_jump_point` and `/tmp/ssh_jump_point-<job_id>`, and one managed
-//! block in `~/.bash_profile` that makes login shells see the env vars of the
-//! running jobs. Everything a job added is taken away again when its guard
-//! drops; lines others wrote are left alone.
+//! the job's public keys in the agent user's `~/.ssh/authorized_keys`, and
+//! `/tmp/ssh_jump_point` and `/tmp/ssh_jump_point-<job_id>`, scripts that
+//! carry the job's env vars themselves: no file that other jobs' sessions
+//! or other logins read ever holds them. Everything a job added is taken
+//! away again when its guard drops, or by the next agent after a crash;
+//! lines others wrote are left alone.
 //!
 //! Files are replaced atomically (a temporary file renamed over the old
 //! one), so a concurrent reader never sees half a file, and every change
@@ -16,14 +17,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::job::request::decode_b64;
-use crate::util::{id_slug, random_hex, shell_quote};
+use crate::util::{id_slug, random_hex, shell_quote, write_private};
 
 /// Serializes edits of the shared files between jobs.
 static EDIT_LOCK: Mutex<()> = Mutex::new(());
 
+/// The block earlier versions of the agent kept in `~/.bash_profile`, with
+/// a line per running job; only removed now (after a crash of such a version).
 const BLOCK_BEGIN: &str =
     "# >>> agent: env vars of running jobs (managed; removed when they end) >>>";
 const BLOCK_END: &str = "# <<< agent <<<";
+
+/// The keys a job added, as recorded for the next agent.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct AddedKeys {
+    keys: Vec<String>,
+    created_keys_file: bool,
+}
 
 /// Where the jump point leads.
 pub enum Target {
@@ -38,7 +48,6 @@ pub struct JumpPoint {
     added_keys: Vec<String>,
     /// authorized_keys did not exist before: it goes when it is empty again.
     created_keys_file: bool,
-    profile_line: Option<String>,
     script: PathBuf,
     tmp_dir: PathBuf,
 }
@@ -72,8 +81,16 @@ pub fn decode_keys(keys: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// The jump point script (§8): env vars, then a login shell or the given
-/// command, on the host in the job's current directory or inside main.
+/// What an interactive session through a shell job's jump point reads at
+/// start: the startup files of a login shell, then the job's env vars on
+/// top, in the order the job's own session has them.
+/// `AGENT_JUMP_POINT_ENV` names the env file.
+const INTERACTIVE_RC: &str = "[ -f /etc/profile ] && . /etc/profile; \
+for f in ~/.bash_profile ~/.bash_login ~/.profile; do if [ -f \"$f\" ]; then . \"$f\"; break; fi; done; \
+[ -r \"$AGENT_JUMP_POINT_ENV\" ] && . \"$AGENT_JUMP_POINT_ENV\"; unset AGENT_JUMP_POINT_ENV";
+
+/// The jump point script (§8): the job's env vars, then a shell or the
+/// given command, on the host in the job's current directory or inside main.
 pub fn script(job_id: &str, target: &Target, env_file: &Path) -> String {
     let env = shell_quote(&env_file.to_string_lossy());
     match target {
@@ -82,8 +99,14 @@ pub fn script(job_id: &str, target: &Target, env_file: &Path) -> String {
              # SSH jump point into job {job}\n\
              [ -r {env} ] && . {env}\n\
              cd \"$(readlink /proc/{session_pid}/cwd 2>/dev/null || echo ~)\" 2>/dev/null || cd ~\n\
-             if [ $# -eq 0 ]; then exec bash --login; else exec \"$@\"; fi\n",
+             if [ $# -gt 0 ]; then exec \"$@\"; fi\n\
+             if [ -t 0 ]; then\n\
+             \texport AGENT_JUMP_POINT_ENV={env}\n\
+             \texec bash --rcfile <(printf '%s\\n' {rc}) -i\n\
+             fi\n\
+             exec bash --login\n",
             job = job_id.replace('\n', " "),
+            rc = shell_quote(INTERACTIVE_RC),
         ),
         Target::Container { name } => {
             let name = shell_quote(name);
@@ -159,24 +182,6 @@ fn read_or_empty(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// Adds `line` inside the managed block of a profile's text.
-fn profile_with_line(text: &str, line: &str) -> String {
-    let (mut before, mut lines, after) = split_block(text);
-    if lines.is_empty() && before.is_empty() && after.is_empty() {
-        // A profile made by us: keep ~/.profile working, which bash reads
-        // only when there is no ~/.bash_profile.
-        lines.push("[ -f ~/.profile ] && . ~/.profile".to_string());
-    }
-    lines.push(line.to_string());
-    if !before.is_empty() && !before.ends_with('\n') {
-        before.push('\n');
-    }
-    format!(
-        "{before}{BLOCK_BEGIN}\n{}\n{BLOCK_END}\n{after}",
-        lines.join("\n")
-    )
-}
-
 /// Removes `line` from the managed block; the block goes when it holds
 /// nothing of a job any more.
 fn profile_without_line(text: &str, line: &str) -> String {
@@ -216,65 +221,108 @@ fn split_block(text: &str) -> (String, Vec<String>, String) {
     (text[..start].to_string(), lines, after.to_string())
 }
 
+/// Removes the line sourcing `env_file` from the block an earlier version
+/// of the agent kept in `~/.bash_profile` (left there by a crash).
+pub fn remove_legacy_profile_line(home: &Path, env_file: &Path) {
+    let _guard = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let profile = home.join(".bash_profile");
+    let Ok(text) = read_or_empty(&profile) else {
+        return;
+    };
+    let line = format!(
+        "[ -r {env} ] && . {env}",
+        env = shell_quote(&env_file.to_string_lossy())
+    );
+    let out = profile_without_line(&text, &line);
+    if out == text {
+        return;
+    }
+    let result = if out.is_empty() {
+        fs::remove_file(&profile)
+    } else {
+        replace_file(
+            &profile,
+            out.as_bytes(),
+            existing_mode(&profile).unwrap_or(0o644),
+        )
+    };
+    match result {
+        Ok(()) => log::info!("removed a line of a crashed job from {}", profile.display()),
+        Err(e) => log::error!("cannot restore {}: {e}", profile.display()),
+    }
+}
+
 impl JumpPoint {
-    /// Installs the keys and the profile line. The script follows with
-    /// `write_script` once the target is known.
-    /// `env_file` is None for compose jobs: their env vars belong inside
-    /// the container, not in the host's login shells.
+    /// Installs the keys. The script follows with `write_script` once the
+    /// target is known. The keys are first written to `record` (in the
+    /// job's private directory), so that the next agent can remove them
+    /// should this one crash (docs/protocol.md §7.3).
     pub fn install(
         home: &Path,
         tmp_dir: &Path,
         job_id: &str,
         keys: Vec<String>,
-        env_file: Option<&Path>,
+        record: &Path,
     ) -> Result<JumpPoint, String> {
         let _guard = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut jp = JumpPoint {
             home: home.to_path_buf(),
             added_keys: Vec::new(),
             created_keys_file: false,
-            profile_line: None,
             script: script_paths(tmp_dir, job_id).1,
             tmp_dir: tmp_dir.to_path_buf(),
         };
-        if !keys.is_empty() {
-            let ssh = home.join(".ssh");
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&ssh)
-                .and_then(|_| fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)))
-                .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
-            let path = ssh.join("authorized_keys");
-            jp.created_keys_file = !path.exists();
-            let mode = existing_mode(&path).unwrap_or(0o600);
-            let mut text =
-                read_or_empty(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            if !text.is_empty() && !text.ends_with('\n') {
-                text.push('\n');
-            }
-            for key in &keys {
-                text.push_str(key);
-                text.push('\n');
-            }
-            replace_file(&path, text.as_bytes(), mode)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            jp.added_keys = keys;
-        }
-        let Some(env_file) = env_file else {
+        if keys.is_empty() {
             return Ok(jp);
+        }
+        let ssh = home.join(".ssh");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ssh)
+            .and_then(|_| fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
+        let path = ssh.join("authorized_keys");
+        jp.created_keys_file = !path.exists();
+        let added = AddedKeys {
+            keys: keys.clone(),
+            created_keys_file: jp.created_keys_file,
         };
-        let line = format!(
-            "[ -r {env} ] && . {env}",
-            env = shell_quote(&env_file.to_string_lossy())
-        );
-        let profile = home.join(".bash_profile");
-        let text = read_or_empty(&profile)
-            .map_err(|e| format!("cannot read {}: {e}", profile.display()))?;
-        replace_file(&profile, profile_with_line(&text, &line).as_bytes(), 0o644)
-            .map_err(|e| format!("cannot write {}: {e}", profile.display()))?;
-        jp.profile_line = Some(line);
+        serde_json::to_vec(&added)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_private(record, &bytes))
+            .map_err(|e| format!("cannot write {}: {e}", record.display()))?;
+        let mode = existing_mode(&path).unwrap_or(0o600);
+        let mut text =
+            read_or_empty(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for key in &keys {
+            text.push_str(key);
+            text.push('\n');
+        }
+        replace_file(&path, text.as_bytes(), mode)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        jp.added_keys = keys;
         Ok(jp)
+    }
+
+    /// The jump point of a job an earlier agent did not finish, from the
+    /// `record` its `install` wrote: dropping it removes the job's keys
+    /// (one occurrence each) and scripts.
+    pub fn left_behind(home: &Path, tmp_dir: &Path, job_id: &str, record: &Path) -> JumpPoint {
+        let added: AddedKeys = fs::read(record)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        JumpPoint {
+            home: home.to_path_buf(),
+            added_keys: added.keys,
+            created_keys_file: added.created_keys_file,
+            script: script_paths(tmp_dir, job_id).1,
+            tmp_dir: tmp_dir.to_path_buf(),
+        }
     }
 
     /// Writes `/tmp/ssh_jump_point-<job_id>` and `/tmp/ssh_jump_point`.
@@ -322,20 +370,6 @@ impl JumpPoint {
             }
             self.added_keys.clear();
         }
-        if let Some(line) = self.profile_line.take() {
-            let profile = self.home.join(".bash_profile");
-            if let Ok(text) = read_or_empty(&profile) {
-                let out = profile_without_line(&text, &line);
-                let result = if out.is_empty() {
-                    fs::remove_file(&profile)
-                } else {
-                    replace_file(&profile, out.as_bytes(), 0o644)
-                };
-                if let Err(e) = result {
-                    log::error!("cannot restore {}: {e}", profile.display());
-                }
-            }
-        }
         // The shared /tmp/ssh_jump_point goes only if it is still ours.
         let latest = self.tmp_dir.join("ssh_jump_point");
         if let (Ok(a), Ok(b)) = (fs::read(&latest), fs::read(&self.script)) {
@@ -358,19 +392,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn profile_block_round_trips() {
+    fn a_legacy_profile_line_is_removed() {
+        let home = std::env::temp_dir().join(format!("agent-jp-legacy-{}", std::process::id()));
+        fs::create_dir_all(&home).unwrap();
         let original = "export PATH=$PATH:/opt/bin\n";
-        let a = profile_with_line(original, "[ -r /a ] && . /a");
-        let ab = profile_with_line(&a, "[ -r /b ] && . /b");
-        assert!(ab.starts_with(original));
-        assert_eq!(ab.matches(BLOCK_BEGIN).count(), 1);
-        let b = profile_without_line(&ab, "[ -r /a ] && . /a");
-        assert!(b.contains("/b") && !b.contains("/a ]"));
-        assert_eq!(profile_without_line(&b, "[ -r /b ] && . /b"), original);
-        // A profile the agent created goes away entirely.
-        let made = profile_with_line("", "[ -r /a ] && . /a");
-        assert!(made.contains(". ~/.profile"));
-        assert_eq!(profile_without_line(&made, "[ -r /a ] && . /a"), "");
+        let block = format!(
+            "{original}{BLOCK_BEGIN}\n[ -f ~/.profile ] && . ~/.profile\n[ -r '/d/a/env' ] && . '/d/a/env'\n[ -r '/d/b/env' ] && . '/d/b/env'\n{BLOCK_END}\n"
+        );
+        fs::write(home.join(".bash_profile"), &block).unwrap();
+        remove_legacy_profile_line(&home, Path::new("/d/a/env"));
+        let left = fs::read_to_string(home.join(".bash_profile")).unwrap();
+        assert!(
+            left.contains("/d/b/env") && !left.contains("/d/a/env"),
+            "{left}"
+        );
+        remove_legacy_profile_line(&home, Path::new("/d/b/env"));
+        assert_eq!(
+            fs::read_to_string(home.join(".bash_profile")).unwrap(),
+            original
+        );
+        fs::remove_dir_all(home).unwrap();
+    }
+
+    #[test]
+    fn the_shell_script_carries_the_env_into_every_kind_of_session() {
+        let dir = std::env::temp_dir().join(format!("agent-jp-script-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let env = dir.join("env");
+        fs::write(&env, "export JOB_VAR='it'\\''s'\n").unwrap();
+        let text = script("j", &Target::Shell { session_pid: 1 }, &env);
+        let path = dir.join("jp");
+        fs::write(&path, &text).unwrap();
+        let out = std::process::Command::new("bash")
+            .arg(&path)
+            .args(["bash", "-c", "printf '%s' \"$JOB_VAR\""])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's");
+        // The interactive rc file is valid bash and ends with the env file.
+        let rc = std::process::Command::new("bash")
+            .args(["-c", &format!("{INTERACTIVE_RC}\nprintf '%s' \"$JOB_VAR\"")])
+            .env("AGENT_JUMP_POINT_ENV", &env)
+            .env("HOME", &dir)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&rc.stdout), "it's");
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -390,12 +457,13 @@ mod tests {
         fs::create_dir_all(&tmp).unwrap();
         fs::write(home.join(".ssh/authorized_keys"), "ssh-rsa OTHER\n").unwrap();
         let env = home.join("env");
+        let record = home.join("keys.json");
         let jp = JumpPoint::install(
             &home,
             &tmp,
             "job/1",
             vec!["ssh-ed25519 MINE".into()],
-            Some(&env),
+            &record,
         )
         .unwrap();
         jp.write_script("job/1", &Target::Shell { session_pid: 1 }, &env)
@@ -410,7 +478,9 @@ mod tests {
         assert_eq!(mode & 0o777, 0o644);
         assert!(tmp.join("ssh_jump_point-job_1").exists());
         assert!(tmp.join("ssh_jump_point").exists());
-        drop(jp);
+        // What a crashed agent left is found from the record alone.
+        std::mem::forget(jp);
+        drop(JumpPoint::left_behind(&home, &tmp, "job/1", &record));
         assert_eq!(
             fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
             "ssh-rsa OTHER\n"
@@ -420,7 +490,8 @@ mod tests {
         assert!(!tmp.join("ssh_jump_point").exists());
         // A keys file the job created is 0600 and goes with the job.
         fs::remove_file(home.join(".ssh/authorized_keys")).unwrap();
-        let jp = JumpPoint::install(&home, &tmp, "j2", vec!["ssh-ed25519 K".into()], None).unwrap();
+        let jp =
+            JumpPoint::install(&home, &tmp, "j2", vec!["ssh-ed25519 K".into()], &record).unwrap();
         let mode = fs::metadata(home.join(".ssh/authorized_keys"))
             .unwrap()
             .permissions()

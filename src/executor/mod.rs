@@ -34,15 +34,6 @@ impl Executor {
         }
     }
 
-    /// The env file that login shells of the jump point source on this host:
-    /// only the shell executor's session runs here.
-    pub fn host_env_file<'a>(&self, env_file: &'a Path) -> Option<&'a Path> {
-        match self {
-            Executor::Shell => Some(env_file),
-            Executor::Compose(_) => None,
-        }
-    }
-
     /// Prepare and start (§5.2 steps 2 and 3): on success the session is
     /// ready for the job's commands.
     pub(crate) fn start(&mut self, steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {

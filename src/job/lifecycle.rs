@@ -27,7 +27,9 @@ use crate::process::session::{Outcome, Session};
 use crate::util::{shell_quote, write_private};
 
 /// Where the jump point scripts go; the `sem` CLI relies on this path.
-const JUMP_POINT_DIR: &str = "/tmp";
+pub const JUMP_POINT_DIR: &str = "/tmp";
+/// The keys a job's jump point added, in its work dir, for crash recovery.
+pub const JUMP_POINT_RECORD: &str = "jump_point.json";
 
 /// Runs the job to `job_finished` and returns its result.
 pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
@@ -48,7 +50,18 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
             }
         })
     });
-    let result = run_steps(&spec, log);
+    // §6.8: a failed write of the log interrupts the running command.
+    let (interrupt, interrupted) = bounded::<()>(1);
+    log.on_broken(Box::new(move || {
+        let _ = interrupt.try_send(());
+    }));
+    let result = run_steps(&spec, log, interrupted);
+    // The result must match the log: one that could not be written fails.
+    let result = if log.is_broken() {
+        JobResult::Failed
+    } else {
+        result
+    };
     drop(limit_done);
     if let Some(timer) = timer {
         let _ = timer.join();
@@ -60,7 +73,11 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
     result
 }
 
-fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
+fn run_steps(
+    spec: &JobSpec<'_>,
+    log: &mut EventLog,
+    interrupted: crossbeam_channel::Receiver<()>,
+) -> JobResult {
     let mut steps = Steps::new(log, spec);
     if spec.stop.is_requested() {
         return JobResult::Stopped;
@@ -69,15 +86,14 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     // first and the executor's cleanup (`compose down`) after it, on every
     // way out.
     let mut executor = Executor::new(spec.executor);
-    // Prepare (§5.2 step 2): the jump point's keys and profile line.
-    let env_file = spec.work_dir.join("env");
+    // Prepare (§5.2 step 2): the jump point's keys.
     let jump_point = jumppoint::decode_keys(&spec.request.ssh_public_keys).and_then(|keys| {
         JumpPoint::install(
             spec.home,
             Path::new(JUMP_POINT_DIR),
             &spec.request.job_id,
             keys,
-            executor.host_env_file(&env_file),
+            &spec.work_dir.join(JUMP_POINT_RECORD),
         )
     });
     let jump_point = match jump_point {
@@ -92,6 +108,7 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
         Started::Failed => return JobResult::Failed,
         Started::Stopped => return JobResult::Stopped,
     };
+    session.interrupt_on(interrupted);
 
     // Steps 4 to 7: stop at the first failure, then go to the result export.
     let mut last_status = 0;
@@ -109,6 +126,9 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     }
     if last_status == 0 {
         for command in &spec.request.commands {
+            if steps.log_broken() {
+                break;
+            }
             match steps.command(&mut session, command) {
                 Step::Stopped => return JobResult::Stopped,
                 Step::Done(0) => {}
@@ -121,6 +141,11 @@ fn run_steps(spec: &JobSpec<'_>, log: &mut EventLog) -> JobResult {
     }
     if spec.stop.is_requested() {
         return JobResult::Stopped;
+    }
+    // §6.8: whatever the last command said, the job fails and its
+    // epilogues are attempted.
+    if steps.log_broken() {
+        last_status = 1;
     }
 
     // Step 8: the exit-130 self-stop skips the export and the epilogues.
@@ -191,7 +216,7 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
             secrets.push(value.clone());
         }
     }
-    session.set_secrets(secrets);
+    steps.set_secrets(session, secrets);
     let status = session
         .run_silent(&format!(
             "source {}",
@@ -254,7 +279,7 @@ fn export_result(steps: &mut Steps<'_, '_>, session: &mut Session, result: JobRe
     let started_at = steps.started(STEP_EXPORT_ENV);
     steps.output("Exporting SEMAPHORE_JOB_RESULT\n");
     let line = format!("export SEMAPHORE_JOB_RESULT={}\n", result.as_str());
-    // Keep the env file complete for login shells of the job (§8).
+    // Keep the env file complete for the job's jump point (§8).
     let env_file = steps.spec.work_dir.join("env");
     if let Err(e) = OpenOptions::new()
         .append(true)
