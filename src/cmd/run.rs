@@ -21,7 +21,7 @@ use crate::job::lifecycle;
 use crate::job::request::JobRequest;
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::stop_pair;
-use crate::job::workspace::JobDir;
+use crate::job::workspace::{JobDir, JobRecord};
 
 pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     // The agent log goes to stderr only; warnings and errors by default.
@@ -36,7 +36,9 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         request.job_id.clone()
     };
     let data_dir = config::data_dir(args.data_dir);
-    let dir = JobDir::create(&data_dir, &job_id)?;
+    let mut record = JobRecord::new(&request, executor);
+    record.job_id = job_id.clone();
+    let dir = JobDir::create(&data_dir, &record)?;
     let mut log = EventLog::create(&dir.root)
         .map_err(|e| Error::io("cannot create the event log in", &dir.root, e))?;
     eprintln!("agent: event log: {}", log.files().log_path.display());

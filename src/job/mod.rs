@@ -8,6 +8,8 @@ pub mod env;
 pub mod eventlog;
 pub mod files;
 pub mod lifecycle;
+pub mod logfiles;
+pub mod recovery;
 pub mod request;
 pub mod runner;
 pub mod spec;

@@ -19,10 +19,11 @@ use crate::error::Error;
 use crate::job::callbacks::{self, CallbackPolicy};
 use crate::job::eventlog::{now_secs, EventLog, JobResult, LogFiles};
 use crate::job::lifecycle;
+use crate::job::recovery::{self, Earlier};
 use crate::job::request::{ExecutorKind, JobRequest};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::{stop_pair, StopHandle, StopSignal};
-use crate::job::workspace::JobDir;
+use crate::job::workspace::{JobDir, JobRecord};
 
 /// Finished jobs whose logs stay readable (§13.2: at least the last 100).
 const KEEP_FINISHED: usize = 100;
@@ -196,11 +197,15 @@ pub struct Runner {
     queue: Sender<Arc<JobEntry>>,
     /// Set by `shutdown`: callbacks make no further attempts.
     stopping: AtomicBool,
+    /// The threads sending the callbacks of jobs cut short by a crash.
+    owed_callbacks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Runner {
-    /// Starts `cfg.jobs` runner threads.
+    /// Takes over the jobs an earlier agent left (§7.3), then starts
+    /// `cfg.jobs` runner threads.
     pub fn start(cfg: RunnerConfig) -> (Arc<Runner>, Vec<JoinHandle<()>>) {
+        let earlier = recovery::take_over(&cfg.data_dir, &cfg.home, cfg.grace);
         let capacity = cfg.jobs + cfg.queue_size;
         let (tx, rx) = bounded(capacity.max(1));
         let runner = Arc::new(Runner {
@@ -208,7 +213,9 @@ impl Runner {
             table: Mutex::new(Table::default()),
             queue: tx,
             stopping: AtomicBool::new(false),
+            owed_callbacks: Mutex::new(Vec::new()),
         });
+        runner.adopt(earlier);
         let threads = (0..runner.cfg.jobs.max(1))
             .map(|i| {
                 let runner = Arc::clone(&runner);
@@ -248,7 +255,8 @@ impl Runner {
                 Submit::AtCapacity
             };
         }
-        let dir = match JobDir::create(&self.cfg.data_dir, &request.job_id) {
+        let record = JobRecord::new(&request, executor);
+        let dir = match JobDir::create(&self.cfg.data_dir, &record) {
             Ok(d) => d,
             Err(e) => return Submit::Failed(e),
         };
@@ -350,6 +358,78 @@ impl Runner {
             }
         }
         n
+    }
+
+    /// Lists the jobs of an earlier agent as finished ones, prunes them like
+    /// any others, and sends the callbacks of those a crash cut short.
+    fn adopt(self: &Arc<Self>, earlier: Vec<Earlier>) {
+        let mut table = self.table();
+        for job in earlier {
+            if job.crashed {
+                self.send_owed_callbacks(&job.record);
+            }
+            let (stop, signal) = stop_pair();
+            table.jobs.push(Arc::new(JobEntry {
+                job_id: job.record.job_id.clone(),
+                dir: job.dir,
+                files: job.files,
+                pending: Mutex::new(None),
+                executor: match job.record.compose_main {
+                    Some(_) => ExecutorKind::DockerCompose,
+                    None => ExecutorKind::Shell,
+                },
+                stop,
+                signal,
+                queued_at: job.record.accepted_at,
+                queued_instant: Instant::now(),
+                state: Mutex::new(EntryState {
+                    state: JobState::Finished(job.result),
+                    started_at: job.started_at,
+                    finished_at: Some(job.finished_at),
+                    archived: true,
+                    released: true,
+                }),
+                changed: Condvar::new(),
+            }));
+        }
+        self.evict(&mut table);
+    }
+
+    /// The finished and teardown callbacks of a job cut short, on a thread
+    /// of their own: retries must not hold up the start.
+    fn send_owed_callbacks(self: &Arc<Self>, record: &JobRecord) {
+        let cb = record.callbacks.clone();
+        if cb.finished.is_empty() && cb.teardown_finished.is_empty() {
+            return;
+        }
+        let runner = Arc::clone(self);
+        let job_id = record.job_id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("owed-callbacks".into())
+            .spawn(move || {
+                let stopping = || runner.stopping.load(Ordering::SeqCst);
+                for (url, body) in [
+                    (
+                        &cb.finished,
+                        callbacks::finished_body(JobResult::Failed.as_str()),
+                    ),
+                    (&cb.teardown_finished, "{}".to_string()),
+                ] {
+                    if let Err(e) =
+                        callbacks::send(url, &cb.token, &body, &runner.cfg.callbacks, &stopping)
+                    {
+                        log::error!("job {job_id}: {e}");
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => self
+                .owed_callbacks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle),
+            Err(e) => log::error!("cannot start a thread for owed callbacks: {e}"),
+        }
     }
 
     fn evict(&self, table: &mut Table) {

@@ -1,24 +1,68 @@
 //! Per-job directories under the data dir: `jobs/<id>.<nonce>/` holds the
-//! event log (kept after the job) and `work/` (env file, command file; removed
-//! at teardown). Both are private to the agent's user, and the nonce makes
-//! the names unpredictable, so two jobs or agents never collide.
+//! event log and `job.json` (kept after the job) and `work/` (env file,
+//! command file; removed at teardown). Both are private to the agent's
+//! user, and the nonce makes the names unpredictable, so two jobs or agents
+//! never collide.
+//!
+//! `job.json` records, at accept time, what a later agent needs to clean up
+//! after a crash and to tell the control plane (docs/protocol.md §7.3): the
+//! job id, the callbacks, the compose main container. The process that runs
+//! the job holds an exclusive lock on it for as long as it knows the job,
+//! so a directory whose lock can be taken belongs to no living agent.
 
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
+use crate::job::eventlog::now_secs;
+use crate::job::request::{Callbacks, ExecutorKind, JobRequest};
+use crate::process::sys;
 use crate::util::{id_slug, random_hex};
+
+const RECORD: &str = "job.json";
+
+/// What is recorded about a job when it is accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub accepted_at: u64,
+    /// The main container's service name, for a compose job.
+    #[serde(default)]
+    pub compose_main: Option<String>,
+    #[serde(default)]
+    pub callbacks: Callbacks,
+}
+
+impl JobRecord {
+    pub fn new(request: &JobRequest, executor: ExecutorKind) -> JobRecord {
+        JobRecord {
+            job_id: request.job_id.clone(),
+            accepted_at: now_secs(),
+            compose_main: match executor {
+                ExecutorKind::Shell => None,
+                ExecutorKind::DockerCompose => {
+                    request.compose.containers.first().map(|c| c.name.clone())
+                }
+            },
+            callbacks: request.callbacks.clone(),
+        }
+    }
+}
 
 pub struct JobDir {
     pub root: PathBuf,
     pub work: PathBuf,
     /// The value of `AGENT_JOB_MARK` for the job's processes.
     pub mark: String,
+    /// `job.json`, locked while this process knows the job.
+    _lock: File,
 }
 
 impl JobDir {
-    pub fn create(data_dir: &Path, job_id: &str) -> Result<JobDir, Error> {
+    pub fn create(data_dir: &Path, record: &JobRecord) -> Result<JobDir, Error> {
         let jobs = data_dir.join("jobs");
         fs::DirBuilder::new()
             .recursive(true)
@@ -26,24 +70,104 @@ impl JobDir {
             .create(&jobs)
             .map_err(|e| Error::io("cannot create the data directory", &jobs, e))?;
         let nonce = random_hex(6);
-        let root = jobs.join(format!("{}.{nonce}", id_slug(job_id, 64)));
+        let root = jobs.join(format!("{}.{nonce}", id_slug(&record.job_id, 64)));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(|e| Error::io("cannot create the job directory", &root, e))?;
+        let path = root.join(RECORD);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|f| {
+                // A new file: nobody else can hold its lock yet.
+                sys::try_lock_exclusive(&f)?;
+                serde_json::to_writer(&f, record)?;
+                Ok(f)
+            })
+            .map_err(|e| Error::io("cannot write", &path, e))?;
         let work = root.join("work");
         fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o700)
             .create(&work)
             .map_err(|e| Error::io("cannot create the job directory", &work, e))?;
         Ok(JobDir {
             root,
             work,
-            mark: format!("{job_id}.{nonce}"),
+            mark: format!("{}.{nonce}", record.job_id),
+            _lock: lock,
         })
+    }
+
+    /// Takes over a directory no living agent holds; `None` when one does
+    /// (or when it has no record, or an unreadable one).
+    pub fn take_over(root: &Path) -> Option<(JobDir, JobRecord)> {
+        let path = root.join(RECORD);
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ok()?;
+        if !sys::try_lock_exclusive(&file).unwrap_or(false) {
+            return None;
+        }
+        let record: JobRecord = match serde_json::from_reader(&file) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("cannot read {}: {e}", path.display());
+                return None;
+            }
+        };
+        let name = root.file_name()?.to_str()?;
+        let nonce = name.rsplit_once('.')?.1;
+        let dir = JobDir {
+            root: root.to_path_buf(),
+            work: root.join("work"),
+            mark: format!("{}.{nonce}", record.job_id),
+            _lock: file,
+        };
+        Some((dir, record))
+    }
+
+    /// The random part of the directory's name (and of the mark).
+    pub fn nonce(&self) -> &str {
+        self.mark.rsplit('.').next().unwrap_or("0")
     }
 
     /// Removes the working files (secrets included); the log stays.
     pub fn remove_work(&self) {
-        if let Err(e) = fs::remove_dir_all(&self.work) {
-            log::warn!("cannot remove {}: {e}", self.work.display());
+        match fs::remove_dir_all(&self.work) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove {}: {e}", self.work.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_locked_while_its_job_is_known() {
+        let data = std::env::temp_dir().join(format!("agent-workspace-{}", std::process::id()));
+        let request = JobRequest::from_json(br#"{"job_id":"a.b c"}"#).unwrap();
+        let record = JobRecord::new(&request, ExecutorKind::Shell);
+        let dir = JobDir::create(&data, &record).unwrap();
+        assert!(dir.mark.starts_with("a.b c."));
+        assert!(JobDir::take_over(&dir.root).is_none());
+        let root = dir.root.clone();
+        let mark = dir.mark.clone();
+        drop(dir);
+        let (dir, record) = JobDir::take_over(&root).unwrap();
+        assert_eq!(
+            (dir.mark.as_str(), record.job_id.as_str()),
+            (mark.as_str(), "a.b c")
+        );
+        fs::remove_dir_all(data).unwrap();
     }
 }

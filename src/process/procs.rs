@@ -32,6 +32,13 @@ impl JobProcesses {
         }
     }
 
+    /// The processes carrying `mark` only: those of a job whose session
+    /// leader is gone (an agent that crashed).
+    pub fn marked(mark: &str) -> JobProcesses {
+        // No process has session id -1.
+        JobProcesses::new(-1, mark)
+    }
+
     /// The live (non-zombie) processes of the job, the agent itself excluded.
     pub fn list(&self) -> Vec<i32> {
         let me = std::process::id() as i32;

@@ -1,6 +1,6 @@
 //! The one module that talks to the operating system through raw `libc`
 //! calls: `poll(2)`, pseudo-terminals, sessions, signals, socket backlog,
-//! thread priority. Every `unsafe` block of the agent is here, each with the
+//! thread priority, file locks. Every `unsafe` block of the agent is here, each with the
 //! reason it is sound; the rest of the crate is `#![deny(unsafe_code)]` and
 //! calls these safe wrappers.
 #![allow(unsafe_code)]
@@ -62,6 +62,23 @@ pub fn readable_now(fd: RawFd) -> bool {
 pub fn set_listen_backlog(fd: RawFd, backlog: i32) {
     // SAFETY: plain syscall on a socket the caller owns.
     let _ = unsafe { libc::listen(fd, backlog) };
+}
+
+/// Takes an exclusive `flock(2)` on an open file without waiting: true when
+/// taken, false when another open file description holds a lock. The lock
+/// goes when the file is closed, or when its process dies.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: plain syscall on a descriptor the borrowed file keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// The effective user id of this process.

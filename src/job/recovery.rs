@@ -1,0 +1,213 @@
+//! What `agent serve` does at start with the jobs an earlier agent left in
+//! the data dir (docs/protocol.md §7.3). A job whose log has no
+//! `job_finished` was cut short by a crash: every process carrying its mark
+//! is killed, its compose project removed, its SSH keys and jump point
+//! scripts (and a profile line of an older agent) taken away, its working
+//! files (the env file with its secrets) deleted, and its log ended with a
+//! line saying so and `job_finished` `failed`. The runner pool then knows
+//! every earlier job as a finished one, sends the callbacks the crash
+//! swallowed, and prunes old directories as it always does.
+//!
+//! Directories that a living agent holds (an `agent run`, another serve)
+//! are locked (`workspace`) and left alone.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::executor::compose::project::{self, Project};
+use crate::executor::jumppoint::{remove_legacy_profile_line, JumpPoint};
+use crate::job::eventlog::{now_secs, Event, EventLog, JobResult, LogFiles, LogSummary};
+use crate::job::lifecycle::{JUMP_POINT_DIR, JUMP_POINT_RECORD};
+use crate::job::workspace::{JobDir, JobRecord};
+use crate::process::procs::JobProcesses;
+
+/// What the log of a job cut short by a crash ends with.
+pub const RESTARTED: &str = "\nThe agent was restarted while this job was running: the job was ended, its processes were killed and what it left on the host was removed.\n";
+
+/// A directory without a record this old is an earlier agent's, not one
+/// being created right now.
+const UNRECORDED_AGE: Duration = Duration::from_secs(60);
+
+/// A job of an earlier agent, now finished.
+pub struct Earlier {
+    pub dir: JobDir,
+    pub record: JobRecord,
+    pub files: Arc<LogFiles>,
+    pub started_at: Option<u64>,
+    pub finished_at: u64,
+    pub result: JobResult,
+    /// It was cut short: its callbacks are still owed.
+    pub crashed: bool,
+}
+
+/// Takes over every job directory no living agent holds, oldest first.
+pub fn take_over(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Earlier> {
+    let jobs = data_dir.join("jobs");
+    let Ok(entries) = fs::read_dir(&jobs) else {
+        return Vec::new();
+    };
+    let mut earlier: Vec<Earlier> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| take_over_one(&e.path(), home, grace))
+        .collect();
+    earlier.sort_by(|a, b| {
+        (a.record.accepted_at, &a.dir.root).cmp(&(b.record.accepted_at, &b.dir.root))
+    });
+    let crashed = earlier.iter().filter(|e| e.crashed).count();
+    if !earlier.is_empty() {
+        log::info!(
+            "took over {} job(s) of an earlier agent, {crashed} of them cut short",
+            earlier.len()
+        );
+    }
+    earlier
+}
+
+fn take_over_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
+    let (dir, record) = JobDir::take_over(root).or_else(|| record_unrecorded(root))?;
+    if let Ok(Some((files, summary))) = LogFiles::finished_in(root) {
+        // A teardown cut short may have left the working files.
+        dir.remove_work();
+        return finished(dir, record, Arc::new(files), summary);
+    }
+    let reopened = if root.join("events.jsonl").exists() {
+        EventLog::reopen(root)
+    } else {
+        EventLog::create(root).map(|log| (log, LogSummary::default()))
+    };
+    let (mut log, summary) = match reopened {
+        Ok(reopened) => reopened,
+        Err(e) => {
+            log::error!("cannot repair the log in {}: {e}", root.display());
+            return None;
+        }
+    };
+    if summary.finished.is_some() {
+        dir.remove_work();
+        return finished(dir, record, log.files(), summary);
+    }
+    log::warn!(
+        "job {} was cut short by an earlier agent; cleaning up after it",
+        record.job_id
+    );
+    clean_host(&dir, &record, home, grace);
+    dir.remove_work();
+    let now = now_secs();
+    if summary.started_at.is_none() {
+        log.write(&Event::JobStarted { timestamp: now });
+    }
+    log.close_after_failure(RESTARTED);
+    let files = log.files();
+    drop(log);
+    Some(Earlier {
+        dir,
+        record,
+        files,
+        started_at: summary.started_at.or(Some(now)),
+        finished_at: now,
+        result: JobResult::Failed,
+        crashed: true,
+    })
+}
+
+fn finished(
+    dir: JobDir,
+    record: JobRecord,
+    files: Arc<LogFiles>,
+    summary: LogSummary,
+) -> Option<Earlier> {
+    let (result, finished_at) = summary.finished?;
+    Some(Earlier {
+        dir,
+        record,
+        files,
+        started_at: summary.started_at,
+        finished_at,
+        result,
+        crashed: false,
+    })
+}
+
+/// A job directory of an agent that wrote no record (an older version):
+/// it gets one, made from its name, so it is pruned and listed like the
+/// others. Its processes cannot be found without the full job id.
+fn record_unrecorded(root: &Path) -> Option<(JobDir, JobRecord)> {
+    let meta = fs::symlink_metadata(root.join("events.jsonl")).ok()?;
+    let modified = meta.modified().ok()?;
+    let age = SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default();
+    if age < UNRECORDED_AGE || root.join("job.json").exists() {
+        return None;
+    }
+    let name = root.file_name()?.to_str()?;
+    let (slug, _nonce) = name.rsplit_once('.')?;
+    let accepted_at = modified
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let record = JobRecord {
+        job_id: slug.to_string(),
+        accepted_at,
+        compose_main: None,
+        callbacks: Default::default(),
+    };
+    let path = root.join("job.json");
+    let written = serde_json::to_vec(&record)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::util::write_private(&path, &bytes));
+    if let Err(e) = written {
+        log::warn!("cannot write {}: {e}", path.display());
+        return None;
+    }
+    JobDir::take_over(root)
+}
+
+/// Everything the job put on the host outside its directory.
+fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
+    let processes = JobProcesses::marked(&dir.mark);
+    let left = processes.list();
+    if !left.is_empty() {
+        log::warn!("job {}: killing processes {left:?} it left", record.job_id);
+        processes.kill_all(grace);
+    }
+    if let Some(main) = &record.compose_main {
+        down_project(dir, record, main, grace);
+    }
+    drop(JumpPoint::left_behind(
+        home,
+        Path::new(JUMP_POINT_DIR),
+        &record.job_id,
+        &dir.work.join(JUMP_POINT_RECORD),
+    ));
+    remove_legacy_profile_line(home, &dir.work.join("env"));
+}
+
+/// Removes the job's compose project (containers, networks, volumes).
+fn down_project(dir: &JobDir, record: &JobRecord, main: &str, grace: Duration) {
+    let file = dir.work.join("docker-compose.yml");
+    if !file.exists() {
+        // The project is created from this file: without it, none exists.
+        return;
+    }
+    let Some(tool) = project::detect() else {
+        log::error!(
+            "job {}: no compose tool found to remove its project",
+            record.job_id
+        );
+        return;
+    };
+    let name = project::project_name(&record.job_id, dir.nonce());
+    Project {
+        tool,
+        container: format!("{name}-{main}"),
+        name,
+        file,
+        main: main.to_string(),
+        work_dir: dir.work.clone(),
+        docker_config: dir.work.join("docker-config"),
+    }
+    .cleanup(grace);
+}
