@@ -308,11 +308,13 @@ impl Session {
                     if let Some(s) = chunker.take_all() { sink(s) }
                     return Outcome::Stopped;
                 }
-                recv(self.interrupt) -> _ => {
+                recv(self.interrupt) -> msg => match msg {
                     // The terminal's interrupt character: the kernel sends
                     // SIGINT to whatever runs in the foreground.
-                    let _ = self.write_instruction(b"\x03");
-                }
+                    Ok(()) => { let _ = self.write_instruction(b"\x03"); }
+                    // Nobody can interrupt any more.
+                    Err(_) => self.interrupt = crossbeam_channel::never(),
+                },
                 recv(self.rx) -> msg => match msg {
                     Ok(Msg::Output(bytes)) => {
                         let end = self.scanner.feed(&bytes, &mut |b| chunker.push(b));
