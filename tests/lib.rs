@@ -3,7 +3,11 @@
 //! `agent` binary and checks what every run must satisfy.
 
 mod compose;
+mod crash;
+mod disk;
+mod isolation;
 mod run;
 mod serve;
 mod ssh;
 mod support;
+mod validation;

@@ -102,6 +102,7 @@ pub struct AgentBuilder {
     extra_env: Vec<(String, String)>,
     binary: Option<String>,
     http_timeout: Option<Duration>,
+    root: Option<PathBuf>,
 }
 
 impl AgentBuilder {
@@ -168,6 +169,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Runs in `root`, the directory of an earlier agent of the test (its
+    /// HOME and data dir), instead of a new one; that agent removes it.
+    pub fn root(mut self, root: &Path) -> Self {
+        self.root = Some(root.to_owned());
+        self
+    }
+
     pub fn start(self) -> TestAgent {
         TestAgent::start(self)
     }
@@ -178,7 +186,9 @@ pub struct TestAgent {
     child: Mutex<Child>,
     pid: i32,
     binary: String,
-    dir: tempfile::TempDir,
+    /// The directory the agent runs in, when this agent made it.
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
     /// Set by `keep_files`: the directory outlives the agent.
     keep_dir: AtomicBool,
     secret: String,
@@ -203,12 +213,19 @@ impl TestAgent {
     }
 
     fn start(options: AgentBuilder) -> TestAgent {
-        let dir = tempfile::Builder::new()
-            .prefix("agent-serve-it-")
-            .tempdir()
-            .expect("create a temporary directory");
+        let (dir, root) = match &options.root {
+            Some(root) => (None, root.clone()),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("agent-serve-it-")
+                    .tempdir()
+                    .expect("create a temporary directory");
+                let root = dir.path().to_owned();
+                (Some(dir), root)
+            }
+        };
         for sub in ["home", "data", "tmp"] {
-            fs::create_dir(dir.path().join(sub)).expect("create the agent's directories");
+            fs::create_dir_all(root.join(sub)).expect("create the agent's directories");
         }
         let certified = rcgen::generate_simple_self_signed(vec![
             "127.0.0.1".to_owned(),
@@ -216,8 +233,8 @@ impl TestAgent {
         ])
         .expect("make a self-signed certificate");
         let cert_pem = certified.cert.pem().into_bytes();
-        let cert_path = dir.path().join("server.crt");
-        let key_path = dir.path().join("server.key");
+        let cert_path = root.join("server.crt");
+        let key_path = root.join("server.key");
         fs::write(&cert_path, &cert_pem).expect("write the certificate");
         fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write the key");
 
@@ -233,7 +250,7 @@ impl TestAgent {
             .arg("--auth-token-secret")
             .arg(&secret)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(root.join("data"))
             .arg("--tls-cert-path")
             .arg(&cert_path)
             .arg("--tls-key-path")
@@ -255,19 +272,20 @@ impl TestAgent {
             }
         }
         command.args(&options.extra_args);
-        let stderr = fs::File::create(dir.path().join("stderr.txt")).expect("create stderr.txt");
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("stderr.txt"))
+            .expect("create stderr.txt");
         command
-            .env("HOME", dir.path().join("home"))
-            .env("TMPDIR", dir.path().join("tmp"))
-            .env(
-                "SEMAPHORE_AGENT_LOG_FILE_PATH",
-                dir.path().join("agent_log"),
-            )
+            .env("HOME", root.join("home"))
+            .env("TMPDIR", root.join("tmp"))
+            .env("SEMAPHORE_AGENT_LOG_FILE_PATH", root.join("agent_log"))
             .env_remove("AGENT_AUTH_TOKEN_SECRET")
             .env_remove("AGENT_DATA_DIR")
             .env_remove("SEMAPHORE_AGENT_LOG_LEVEL")
             .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
-            .current_dir(dir.path())
+            .current_dir(&root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -302,7 +320,7 @@ impl TestAgent {
                 let _ = stdout_thread.join();
                 panic!(
                     "the agent printed no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}",
-                    fs::read_to_string(dir.path().join("stderr.txt")).unwrap_or_default()
+                    fs::read_to_string(root.join("stderr.txt")).unwrap_or_default()
                 );
             }
         };
@@ -319,6 +337,7 @@ impl TestAgent {
             pid,
             binary,
             dir,
+            root,
             keep_dir: AtomicBool::new(false),
             secret,
             client,
@@ -347,11 +366,11 @@ impl TestAgent {
     }
 
     pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
+        self.root.as_path().join("home")
     }
 
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        self.root.as_path()
     }
 
     #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
@@ -359,7 +378,7 @@ impl TestAgent {
     /// agent is dropped, for a failure to point at; returns its path.
     pub fn keep_files(&self) -> &Path {
         self.keep_dir.store(true, Ordering::SeqCst);
-        self.dir.path()
+        self.root.as_path()
     }
 
     #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
@@ -369,12 +388,12 @@ impl TestAgent {
     }
 
     pub fn agent_log_path(&self) -> PathBuf {
-        self.dir.path().join("agent_log")
+        self.root.as_path().join("agent_log")
     }
 
     /// The file the agent's stderr goes to.
     pub fn stderr_path(&self) -> PathBuf {
-        self.dir.path().join("stderr.txt")
+        self.root.as_path().join("stderr.txt")
     }
 
     /// What the agent wrote on stderr so far, for failure messages.
@@ -679,8 +698,9 @@ impl Drop for TestAgent {
         if let Some(handle) = self.stdout_thread.take() {
             let _ = handle.join();
         }
-        if self.keep_dir.load(Ordering::SeqCst) {
-            self.dir.disable_cleanup(true);
+        let keep = self.keep_dir.load(Ordering::SeqCst);
+        if let Some(dir) = self.dir.as_mut().filter(|_| keep) {
+            dir.disable_cleanup(true);
         }
         if let Some(problem) = problem {
             panic!(

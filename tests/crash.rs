@@ -1,0 +1,200 @@
+//! An agent killed with SIGKILL in the middle of a job, and the next agent
+//! on the same data dir and HOME (docs/protocol.md §7.3): nothing of the
+//! job is left on the host, its log ends `failed` with a line saying why,
+//! its callbacks arrive, and later jobs know nothing of it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::callback::CallbackServer;
+use crate::support::docker::{self, ComposeJob, Container, ProjectWatch};
+use crate::support::server::{unix_now, TestAgent, EVENT_TIMEOUT};
+use crate::support::{
+    b64, background_processes, check_invariants, job_processes, wait_for_background_processes,
+    wait_until, with_callbacks, Job,
+};
+
+const SECRET: &str = "crash-secret-0451";
+const OTHER_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOfTheUserxxxxxxxxxxxxxxxxxxxxx user@host";
+const JOB_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJobKeyOfTheCrashTestxxxxxxxxxxxxxxxxxx crash-test";
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The request: the job's env var `SECA` secret, `JOB_KEY` for its jump
+/// point, callbacks to `server`.
+fn request(job: &Job, server: &CallbackServer) -> Value {
+    let mut value = with_callbacks(
+        job,
+        &server.url("/finished"),
+        &server.url("/teardown"),
+        "cb-token",
+    );
+    value["ssh_public_keys"] = json!([b64(JOB_KEY)]);
+    for var in value["env_vars"].as_array_mut().expect("env_vars") {
+        if var["name"] == "SECA" {
+            var["secret"] = json!(true);
+        }
+    }
+    value
+}
+
+/// The env files of every job under the data dir.
+fn env_files(root: &Path) -> Vec<PathBuf> {
+    let Ok(jobs) = fs::read_dir(root.join("data/jobs")) else {
+        return Vec::new();
+    };
+    jobs.flatten()
+        .map(|d| d.path().join("work/env"))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn jump_point(job_id: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/ssh_jump_point-{job_id}"))
+}
+
+/// Kills the agent as a crash would, and waits until it is gone.
+fn crash(agent: &TestAgent) {
+    agent.signal(libc::SIGKILL);
+    wait_until("the agent to die", CLEANUP_TIMEOUT, || !agent.is_running());
+}
+
+/// The job's log through the second agent's API, checked against §6.1.
+fn log_after_restart(first: &TestAgent, second: &TestAgent, job_id: &str) -> Vec<Value> {
+    let events = second.poll_log(job_id);
+    if let Err(problem) = check_invariants(&events, first.started_secs, unix_now() + 1) {
+        panic!("the log of {job_id} breaks §6.1: {problem}\n{events:#?}");
+    }
+    events
+}
+
+#[test]
+fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
+    let server = CallbackServer::start();
+    let first = TestAgent::builder().stop_grace_period(2).start();
+    let home = first.home();
+    fs::create_dir_all(home.join(".ssh")).expect("create ~/.ssh");
+    fs::write(home.join(".ssh/authorized_keys"), format!("{OTHER_KEY}\n"))
+        .expect("seed authorized_keys");
+
+    let job = Job::new("crash");
+    // Plain and `setsid` background processes, found by the job's mark.
+    let background = background_processes(&job.job_id);
+    let job = job
+        .env("SECA", SECRET)
+        .command(&background)
+        .command("echo ready; sleep 1000");
+    first.submit_ok(&request(&job, &server));
+    first.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"] == "ready\n"
+    });
+    wait_for_background_processes(&job.job_id);
+    let keys = fs::read_to_string(home.join(".ssh/authorized_keys")).expect("read the keys");
+    assert!(
+        keys.contains(JOB_KEY),
+        "the job's key was not added: {keys}"
+    );
+    assert!(jump_point(&job.job_id).exists());
+    assert_eq!(env_files(first.root()).len(), 1);
+
+    crash(&first);
+    assert!(
+        !job_processes(&job.job_id).is_empty(),
+        "the crash should have left the job's processes"
+    );
+
+    let second = TestAgent::builder().root(first.root()).start();
+    wait_until("the job's processes to be killed", CLEANUP_TIMEOUT, || {
+        job_processes(&job.job_id).is_empty()
+    });
+    assert_eq!(
+        fs::read_to_string(home.join(".ssh/authorized_keys")).expect("read the keys"),
+        format!("{OTHER_KEY}\n")
+    );
+    assert!(!jump_point(&job.job_id).exists());
+    let latest = fs::read_to_string("/tmp/ssh_jump_point").unwrap_or_default();
+    assert!(
+        !latest.contains(&job.job_id),
+        "/tmp/ssh_jump_point is still the job's"
+    );
+    assert_eq!(env_files(first.root()), Vec::<PathBuf>::new());
+    let profile = fs::read_to_string(home.join(".bash_profile")).unwrap_or_default();
+    assert!(!profile.contains("/work/env"), "~/.bash_profile: {profile}");
+
+    // Its log ends like that of any failed job, with the reason.
+    let events = log_after_restart(&first, &second, &job.job_id);
+    let last = events.last().expect("events");
+    assert_eq!(
+        (&last["event"], &last["result"]),
+        (&json!("job_finished"), &json!("failed"))
+    );
+    let closing = &events[events.len() - 3..events.len() - 1];
+    assert_eq!(closing[0]["event"], "cmd_output");
+    assert!(closing[0]["output"]
+        .as_str()
+        .is_some_and(|o| o.contains("The agent was restarted while this job was running")));
+    assert_eq!(
+        (&closing[1]["directive"], &closing[1]["exit_code"]),
+        (&json!("echo ready; sleep 1000"), &json!(1))
+    );
+    let info = second.get(&format!("/jobs/{}", job.job_id)).json();
+    assert_eq!(
+        (&info["state"], &info["result"]),
+        (&json!("finished"), &json!("failed"))
+    );
+
+    // Its callbacks arrive, finished before teardown_finished.
+    let finished = server.wait_for_path("/finished", 1, EVENT_TIMEOUT);
+    assert_eq!(finished[0].body_text(), "{\"result\": \"failed\"}");
+    assert_eq!(finished[0].header("Authorization"), Some("Bearer cb-token"));
+    let teardown = server.wait_for_path("/teardown", 1, EVENT_TIMEOUT);
+    assert!(finished[0].at <= teardown[0].at);
+
+    // A new job runs and cannot see the secret.
+    let next = Job::new("after-crash")
+        .command("echo \"[$SECA]\"")
+        .command("bash --login -c 'echo \"[$SECA]\"'");
+    second.submit_ok(&next.to_value());
+    let events = second.wait_for_job_finished(&next.job_id);
+    let output: String = events.iter().filter_map(|e| e["output"].as_str()).collect();
+    assert!(
+        output.contains("[]\n[]\n") && !output.contains(SECRET),
+        "{output:?}"
+    );
+    assert_eq!(events.last().expect("events")["result"], "passed");
+}
+
+#[test]
+fn a_restarted_agent_removes_the_compose_project_of_a_job_cut_short() {
+    if !docker::ready() {
+        return;
+    }
+    let server = CallbackServer::start();
+    let first = TestAgent::builder().stop_grace_period(2).start();
+    let job = ComposeJob::new("crash-compose", Container::new("main", docker::BASH_IMAGE))
+        .service(Container::new("db", docker::BASH_IMAGE).command("sleep 1000"))
+        .command("echo ready; sleep 1000");
+    let project = ProjectWatch::new(&job.project_prefix());
+    let mut value = job.to_value();
+    value["callbacks"] = json!({ "finished": server.url("/finished") });
+    first.submit_ok(&value);
+    first.wait_for_event(job.job_id(), docker::COMPOSE_JOB_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"] == "ready\n"
+    });
+    assert_eq!(project.containers().len(), 2, "main and db run");
+
+    crash(&first);
+    let second = TestAgent::builder().root(first.root()).start();
+    project.assert_gone();
+    wait_until("the job's processes to be killed", CLEANUP_TIMEOUT, || {
+        job_processes(job.job_id()).is_empty()
+    });
+    let events = log_after_restart(&first, &second, job.job_id());
+    assert_eq!(events.last().expect("events")["result"], "failed");
+    let finished = server.wait_for_path("/finished", 1, EVENT_TIMEOUT);
+    assert_eq!(finished[0].body_text(), "{\"result\": \"failed\"}");
+}

@@ -1,0 +1,139 @@
+//! A job whose event log cannot be written (docs/protocol.md §6.8): the
+//! data dir's job directories on a real 2 MiB tmpfs that the job's output
+//! fills. The job ends `failed` with a line saying why, its commands stop,
+//! its epilogues are attempted, the API's result matches the log, and the
+//! next job, once there is room, starts clean.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::server::{unix_now, TestAgent, EVENT_TIMEOUT};
+use crate::support::{check_invariants, Job};
+
+/// A tmpfs mounted for one test; unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `path`.
+    /// Needs root: without it the test is skipped with a printed reason,
+    /// except under `AGENT_REQUIRE_DOCKER=1` (CI), where that fails it.
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let reason = "mounting a tmpfs needs root";
+            if std::env::var("AGENT_REQUIRE_DOCKER").as_deref() == Ok("1") {
+                panic!("AGENT_REQUIRE_DOCKER=1 but {reason}");
+            }
+            eprintln!("skipped: {reason}");
+            return None;
+        }
+        fs::create_dir_all(path).expect("create the mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs on {} failed",
+            path.display()
+        );
+        Some(Tmpfs {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: the agent may still hold a file open while it exits.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn outputs(events: &[Value]) -> String {
+    events.iter().filter_map(|e| e["output"].as_str()).collect()
+}
+
+fn directives(events: &[Value], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .filter_map(|e| e["directive"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_fails_the_job_loudly_and_the_next_one_starts_clean() {
+    let agent = TestAgent::builder().archivator_timeout(5).start();
+    let jobs = agent.root().join("data/jobs");
+    let Some(tmpfs) = Tmpfs::mount(&jobs, "2m") else {
+        return;
+    };
+    // Half of the room is taken, so the test can give it back later.
+    let filler = tmpfs.path.join("filler");
+    fs::write(&filler, vec![b'f'; 1024 * 1024]).expect("write the filler");
+
+    let flood = "yes | head -c 50000000";
+    let job = Job::new("disk-full")
+        .command(flood)
+        .command("echo never-runs")
+        .always("echo epilogue");
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| e["event"] == "job_finished");
+    let events = agent.poll_log(&job.job_id);
+    if let Err(problem) = check_invariants(&events, agent.started_secs, unix_now() + 1) {
+        panic!("the log breaks §6.1: {problem}\n{events:#?}");
+    }
+    let last = events.last().expect("events");
+    assert_eq!(last["result"], "failed");
+    assert_eq!(agent.job_state(&job.job_id), "finished");
+    let info = agent.get(&format!("/jobs/{}", job.job_id)).json();
+    assert_eq!(
+        info["result"], last["result"],
+        "the API and the log disagree"
+    );
+
+    let text = outputs(&events);
+    assert!(
+        text.contains("could not write the log of this job") && text.contains("No space left"),
+        "no line says why the job failed: {:?}",
+        &text[text.len().saturating_sub(400)..]
+    );
+    let started = directives(&events, "cmd_started");
+    assert!(started.iter().any(|d| d == flood));
+    assert!(
+        !started.iter().any(|d| d == "echo never-runs"),
+        "{started:?}"
+    );
+    assert!(
+        started.iter().any(|d| d == "echo epilogue"),
+        "the epilogue was not attempted: {started:?}"
+    );
+    let flood_end = events
+        .iter()
+        .find(|e| e["event"] == "cmd_finished" && e["directive"] == flood)
+        .expect("the flood's cmd_finished");
+    assert_ne!(flood_end["exit_code"], json!(0));
+
+    // The teardown ends once the archivator has read the log.
+    let read = agent.client().archivator_read(&job.job_id);
+    assert_eq!(read.status, 200);
+    fs::remove_file(&filler).expect("give the room back");
+    let next = Job::new("after-disk-full").command("echo clean");
+    crate::support::wait_until("the first job's teardown", EVENT_TIMEOUT, || {
+        agent.submit(&next.to_value()).message() == "ok"
+    });
+    let events = agent.wait_for_job_finished(&next.job_id);
+    assert_eq!(events.last().expect("events")["result"], "passed");
+    assert!(outputs(&events).contains("clean\n"));
+    assert!(!outputs(&events).contains("could not write"));
+    drop(agent);
+    drop(tmpfs);
+}

@@ -1,0 +1,109 @@
+//! Requests the agent could never carry out as asked: refused at
+//! `POST /jobs` when that can be known there (callback URLs, §7.1), else
+//! failed in their step before anything is done (every file checked
+//! before the first is written, §5.2 step 5; a NUL in an env value,
+//! §5.2 step 4).
+
+use serde_json::json;
+
+use crate::support::docker::{self, ComposeJob, Container};
+use crate::support::server::TestAgent;
+use crate::support::{with_callbacks, Job, Sandbox, ENV_STEP, FILES_STEP};
+
+#[test]
+fn callback_urls_that_cannot_be_called_are_refused() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("bad-callback").command("true");
+    for (field, url) in [
+        ("finished", "file:///etc/passwd"),
+        ("finished", "ht tp://x"),
+        ("teardown_finished", "http://[::1"),
+        ("teardown_finished", "/relative/path"),
+    ] {
+        let mut value = job.to_value();
+        value["callbacks"] = json!({ field: url });
+        let reply = agent.submit(&value);
+        assert_eq!(reply.status, 422, "{url}: {}", reply.text());
+        assert!(
+            reply
+                .message()
+                .starts_with(&format!("invalid callbacks.{field} ")),
+            "{url}: {}",
+            reply.message()
+        );
+    }
+    // Nothing of them was accepted: the id is still free.
+    let value = with_callbacks(&job, "http://127.0.0.1:9/f", "", "");
+    agent.submit_ok(&value);
+    agent.wait_for_job_finished(&job.job_id);
+}
+
+#[test]
+fn a_bad_second_file_leaves_the_first_unwritten() {
+    let sandbox = Sandbox::new();
+    let job = Job::new("bad-second-file")
+        .file("first.txt", "one", "0644")
+        .file("second.txt", "two", "9z")
+        .command("echo never-runs");
+    let outcome = sandbox.run(&job);
+    assert_eq!(outcome.result(), "failed");
+    let step = outcome.step(FILES_STEP);
+    let second = sandbox.home().join("second.txt");
+    assert_eq!(
+        (step.output(), step.exit_code),
+        (
+            format!(
+                "Injecting {} with file mode 9z\nbad file permission '9z'\n",
+                second.display()
+            ),
+            1
+        )
+    );
+    assert!(!sandbox.home().join("first.txt").exists());
+    assert!(!second.exists());
+}
+
+#[test]
+fn a_bad_second_file_fails_a_compose_job_before_the_first_is_copied() {
+    if !docker::ready() {
+        return;
+    }
+    let job = ComposeJob::new(
+        "bad-file-compose",
+        Container::new("main", docker::BASH_IMAGE),
+    )
+    .file("/tmp/first.txt", "one", "0644")
+    .file("/tmp/second.txt", "two", "0x9")
+    .command("echo never-runs");
+    let outcome = job.run();
+    assert_eq!(outcome.result(), "failed");
+    let step = outcome.step(FILES_STEP);
+    assert_eq!(
+        (step.output(), step.exit_code),
+        (
+            "Injecting /tmp/second.txt with file mode 0x9\nFailed to set file mode to 0x9\n"
+                .to_string(),
+            1
+        )
+    );
+}
+
+#[test]
+fn a_nul_in_an_env_value_fails_the_export_step() {
+    let sandbox = Sandbox::new();
+    let job = Job::new("nul-env")
+        .env("NULV", b"before\0after")
+        .command("echo never-runs");
+    let outcome = sandbox.run(&job);
+    assert_eq!(outcome.result(), "failed");
+    let step = outcome.step(ENV_STEP);
+    assert_eq!(
+        (step.output(), step.exit_code),
+        (
+            "The value of environment variable 'NULV' contains a NUL byte, which no shell variable can hold\n"
+                .to_string(),
+            1
+        )
+    );
+    assert!(!outcome.render().contains("never-runs\n"));
+}
