@@ -198,3 +198,70 @@ fn a_restarted_agent_removes_the_compose_project_of_a_job_cut_short() {
     let finished = server.wait_for_path("/finished", 1, EVENT_TIMEOUT);
     assert_eq!(finished[0].body_text(), "{\"result\": \"failed\"}");
 }
+
+/// What an earlier agent leaves for a finished job (docs/protocol.md §1,
+/// §7.3): `job.json`, a log ending in `job_finished` and its offset index.
+fn write_finished_job(jobs: &Path, job_id: &str, accepted_at: u64) -> PathBuf {
+    let dir = jobs.join(format!("{job_id}.00000000{accepted_at:04x}"));
+    fs::create_dir_all(&dir).expect("create a job dir");
+    let record = json!({ "job_id": job_id, "accepted_at": accepted_at });
+    fs::write(dir.join("job.json"), record.to_string()).expect("write job.json");
+    let started = format!("{{\"event\":\"job_started\",\"timestamp\":{accepted_at}}}\n");
+    let finished = format!(
+        "{{\"event\":\"job_finished\",\"timestamp\":{accepted_at},\"result\":\"passed\"}}\n"
+    );
+    fs::write(dir.join("events.jsonl"), format!("{started}{finished}")).expect("write the log");
+    let mut index = 0u64.to_le_bytes().to_vec();
+    index.extend_from_slice(&(started.len() as u64).to_le_bytes());
+    fs::write(dir.join("events.idx"), index).expect("write the index");
+    dir
+}
+
+/// The job directories of earlier runs are kept like those of a running
+/// agent: the last 100 finished jobs, listed and readable; older ones,
+/// those of an agent that wrote no `job.json` among them, are deleted.
+#[test]
+fn a_restarted_agent_prunes_the_jobs_of_earlier_runs() {
+    let root = tempfile::Builder::new()
+        .prefix("agent-prune-it-")
+        .tempdir()
+        .expect("a temporary directory");
+    let jobs = root.path().join("data/jobs");
+    let now = unix_now() as u64;
+    let dirs: Vec<PathBuf> = (0..102)
+        .map(|i| write_finished_job(&jobs, &format!("old-{i}"), now - 1000 + i))
+        .collect();
+    // An older agent's directory: no job.json, a log two hours old.
+    let unrecorded = write_finished_job(&jobs, "unrecorded", now - 7200);
+    fs::remove_file(unrecorded.join("job.json")).expect("remove its record");
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(unrecorded.join("events.jsonl"))
+        .status()
+        .expect("run touch");
+    assert!(touched.success());
+
+    let agent = TestAgent::builder().root(root.path()).start();
+    let listed = agent.get("/jobs").json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|j| j["job_id"].as_str())
+        .collect();
+    let expected: Vec<String> = (2..102).map(|i| format!("old-{i}")).collect();
+    assert_eq!(ids, expected);
+    assert!(!dirs[0].exists() && !dirs[1].exists() && !unrecorded.exists());
+    assert!(dirs[2].exists());
+    let info = agent.get("/jobs/old-101").json();
+    assert_eq!(
+        (&info["state"], &info["result"]),
+        (&json!("finished"), &json!("passed"))
+    );
+    let log = agent.client().log("old-101", Some("1"));
+    assert!(
+        log.text().starts_with("{\"event\":\"job_finished\""),
+        "{}",
+        log.text()
+    );
+}
