@@ -10,6 +10,7 @@ pub mod files;
 pub mod lifecycle;
 pub mod logfiles;
 pub mod recovery;
+pub mod reopen;
 pub mod request;
 pub mod runner;
 pub mod spec;

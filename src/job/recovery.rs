@@ -18,8 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::executor::compose::project::{self, Project};
 use crate::executor::jumppoint::{remove_legacy_profile_line, JumpPoint};
-use crate::job::eventlog::{now_secs, Event, EventLog, JobResult, LogFiles, LogSummary};
+use crate::job::eventlog::{now_secs, Event, EventLog, JobResult, LogFiles};
 use crate::job::lifecycle::{JUMP_POINT_DIR, JUMP_POINT_RECORD};
+use crate::job::reopen::LogSummary;
 use crate::job::workspace::{JobDir, JobRecord};
 use crate::process::procs::JobProcesses;
 
