@@ -371,11 +371,9 @@ fn a_bad_file_mode_fails_injection_and_leaves_no_file() {
                 .file("bad.txt", "bad\n", mode)
                 .file("after.txt", "after\n", "0644"),
         );
+        // Every file is checked before the first is written: only the bad
+        // one is named, and nothing is written.
         let outputs = [
-            format!(
-                "Injecting {}/good.txt with file mode 0644\n",
-                home.display()
-            ),
             format!(
                 "Injecting {}/bad.txt with file mode {mode}\n",
                 home.display()
@@ -386,7 +384,7 @@ fn a_bad_file_mode_fails_injection_and_leaves_no_file() {
         expected.extend(failed_setup_tail());
         assert_eq!(out.normalized(), log_of(expected, "failed"), "mode {mode}");
         assert_eq!(out.step(FILES_STEP).outputs, outputs);
-        assert_eq!(fs::read(home.join("good.txt")).unwrap(), b"good\n");
+        assert!(!home.join("good.txt").exists(), "good.txt written");
         assert!(!home.join("bad.txt").exists(), "bad.txt left behind");
         assert!(!home.join("after.txt").exists(), "after.txt written");
     }
@@ -403,7 +401,6 @@ fn undecodable_file_content_fails_injection() {
             .file("after.txt", "after\n", "0644"),
     );
     let outputs = [
-        format!("Injecting {}/ok.txt with file mode 0644\n", home.display()),
         format!(
             "Injecting {}/broken.txt with file mode 0644\n",
             home.display()
@@ -414,6 +411,7 @@ fn undecodable_file_content_fails_injection() {
     expected.extend(failed_setup_tail());
     assert_eq!(out.normalized(), log_of(expected, "failed"));
     assert_eq!(out.step(FILES_STEP).outputs, outputs);
+    assert!(!home.join("ok.txt").exists());
     assert!(!home.join("broken.txt").exists());
     assert!(!home.join("after.txt").exists());
 }
