@@ -275,7 +275,7 @@ impl Runner {
             dir,
             stop,
             signal,
-            queued_at: now_secs(),
+            queued_at: record.accepted_at,
             queued_instant: Instant::now(),
             state: Mutex::new(EntryState {
                 state: JobState::Queued,
