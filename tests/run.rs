@@ -166,14 +166,21 @@ fn env_values_arrive_byte_exact_and_exported() {
 }
 
 #[test]
-fn env_vars_reach_login_shells_of_the_job_user() {
-    // A login shell with an empty environment, as an SSH debug session has,
-    // still sees the job's variables (§5.2 step 4).
-    let login =
-        "env -i HOME=\"$HOME\" PATH=\"$PATH\" bash --login -c 'printf \"%s\\n\" \"$GREETING\"'";
-    let out = Job::new("env-login")
+fn env_vars_reach_the_jobs_jump_point_but_no_other_login_shell() {
+    // A login shell with an empty environment, as an SSH session has, sees
+    // nothing of the job (no startup file names it); through the job's own
+    // jump point it sees the job's variables (§5.2 step 4, §8).
+    let printf = r#"printf "[%s]\n" "$GREETING""#;
+    let login = format!("env -i HOME=\"$HOME\" PATH=\"$PATH\" bash --login -c '{printf}'");
+    let job = Job::new("env-login");
+    let jump = format!(
+        "env -i HOME=\"$HOME\" PATH=\"$PATH\" bash /tmp/ssh_jump_point-{} bash -c '{printf}'",
+        job.job_id
+    );
+    let out = job
         .env("GREETING", "it's \"quoted\" $HOME")
-        .command(login)
+        .command(&login)
+        .command(&jump)
         .run();
     assert_eq!(
         out.normalized(),
@@ -181,7 +188,8 @@ fn env_vars_reach_login_shells_of_the_job_user() {
             vec![
                 env_export(&["GREETING"]),
                 no_files(),
-                step(login, "it's \"quoted\" $HOME\n", 0),
+                step(&login, "[]\n", 0),
+                step(&jump, "[it's \"quoted\" $HOME]\n", 0),
                 result_export(0),
             ],
             "passed"
