@@ -10,7 +10,9 @@
 //! Threads: a reader thread copies the terminal into a bounded channel (so a
 //! fast writer is slowed down, never buffered without limit) and a waiter
 //! thread reaps bash and reports its exit status. The job thread owns the
-//! `Session` and selects over output, exit and stop, with stop winning.
+//! `Session` and selects over output, exit, stop and interrupt, with stop
+//! winning; an interrupt (a log that cannot be written) ends only the
+//! running command, as Ctrl-C at its terminal would.
 
 use std::fs::File;
 use std::io::{Read, Write};
