@@ -1,6 +1,9 @@
 //! JWT authentication of the API (docs/protocol.md §2.2): HMAC-signed tokens (HS256,
 //! HS384, HS512) with the agent's secret; `exp`, `nbf` and `iat` checked
-//! when present, with a small clock tolerance.
+//! when present, with a clock tolerance of [`TIME_TOLERANCE`]. Each of them
+//! must then be a non-negative integer: jwt-simple would read a negative
+//! `exp` as a time that never comes, so the payload's shape is checked
+//! before the token is handed to it.
 //!
 //! jwt-simple refuses HMAC keys shorter than 12 bytes, yet classic set-ups
 //! use secrets such as `myJwtToken` (10 bytes). HMAC (RFC 2104) pads every key
@@ -12,8 +15,9 @@ use std::time::Duration;
 
 use jwt_simple::prelude::*;
 
-/// Clock skew allowed for `exp`, `nbf` and `iat` (jwt-simple's default is 15 minutes).
-const TIME_TOLERANCE: Duration = Duration::from_secs(30);
+/// Clock skew allowed for `exp`, `nbf` and `iat` (jwt-simple's default is
+/// 15 minutes); docs/protocol.md §2.2 documents it.
+pub const TIME_TOLERANCE: Duration = Duration::from_secs(30);
 
 /// Why a request was not authenticated; the text is the 401 body's string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +74,7 @@ impl Authenticator {
         }
         let metadata = Token::decode_metadata(token)
             .map_err(|_| AuthError::InvalidToken("token is malformed".into()))?;
+        check_time_claims(token)?;
         let options = VerificationOptions {
             time_tolerance: Some(TIME_TOLERANCE.into()),
             ..VerificationOptions::default()
@@ -113,6 +118,34 @@ fn hmac_key(secret: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The registered time claims, which must be NumericDates without a
+/// fraction (RFC 7519 §2 allows fractions; no client of the agent sends them).
+const TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
+
+/// Refuses a payload whose `exp`, `nbf` or `iat` is present but not a
+/// non-negative integer. A payload that is not a JSON object is left to
+/// jwt-simple, which refuses it with its own reason.
+fn check_time_claims(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let Some(payload) = token.split('.').nth(1) else {
+        return Ok(());
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return Ok(());
+    };
+    let Ok(serde_json::Value::Object(claims)) = serde_json::from_slice(&bytes) else {
+        return Ok(());
+    };
+    for name in TIME_CLAIMS {
+        if claims.get(name).is_some_and(|value| !value.is_u64()) {
+            return Err(AuthError::InvalidToken(format!(
+                "token claim {name} must be a non-negative integer"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Error texts in the spirit of the reference's (`token is expired`, ...).
 fn describe(e: &jwt_simple::Error) -> String {
     let text = e.to_string();
@@ -151,6 +184,31 @@ mod tests {
         assert_eq!(auth.check(Some(&format!("Bearer {token}"))), Ok(()));
         // Any scheme word is accepted, as by the reference.
         assert_eq!(auth.check(Some(&format!("Token {token}"))), Ok(()));
+    }
+
+    #[test]
+    fn time_claims_must_be_non_negative_integers() {
+        let auth = Authenticator::new(b"myJwtToken");
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        for (payload, claim) in [
+            (r#"{"exp":-1}"#.to_string(), "exp"),
+            (format!(r#"{{"exp":{}}}"#, i64::MIN), "exp"),
+            (r#"{"nbf":-1}"#.to_string(), "nbf"),
+            (r#"{"iat":1.5}"#.to_string(), "iat"),
+            (r#"{"exp":"4102444800"}"#.to_string(), "exp"),
+            (r#"{"exp":null}"#.to_string(), "exp"),
+        ] {
+            let token = sign_raw(header, &payload, b"myJwtToken");
+            assert_eq!(
+                auth.verify(&token),
+                Err(AuthError::InvalidToken(format!(
+                    "token claim {claim} must be a non-negative integer"
+                ))),
+                "{payload}"
+            );
+        }
+        let fine = sign_raw(header, r#"{"exp":4102444800,"iat":0}"#, b"myJwtToken");
+        assert_eq!(auth.verify(&fine), Ok(()));
     }
 
     #[test]
