@@ -15,6 +15,8 @@ use crate::http::FrontError;
 #[derive(Debug)]
 pub enum RequestError {
     Syntax(String),
+    /// A `job_id` (or `id`) outside the rule of `job::job_id`.
+    JobId,
     UnknownExecutor(String),
     PushLogger,
     UnknownLogger(String),
@@ -32,6 +34,11 @@ impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RequestError::Syntax(e) => write!(f, "invalid job request: {e}"),
+            RequestError::JobId => write!(
+                f,
+                "invalid job_id: a job id is {}",
+                crate::job::job_id::JOB_ID_RULE
+            ),
             RequestError::UnknownExecutor(e) => write!(f, "unknown executor type '{e}'"),
             RequestError::PushLogger => write!(
                 f,

@@ -7,6 +7,7 @@ pub mod callbacks;
 pub mod env;
 pub mod eventlog;
 pub mod files;
+pub mod job_id;
 pub mod lifecycle;
 pub mod logfiles;
 pub mod recovery;

@@ -8,6 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::RequestError;
+use crate::job::job_id::is_valid_job_id;
 
 /// A missing or `null` list is an empty list (§3.1).
 fn null_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
@@ -175,6 +176,11 @@ impl JobRequest {
     /// Checks what can be checked before a job is accepted (§2.3 outcome 4,
     /// answered with 422 by the server).
     pub fn validate(&self) -> Result<ExecutorKind, RequestError> {
+        // Absent is for the caller to decide: the API requires an id,
+        // `agent run` names the job `job`.
+        if !self.job_id.is_empty() && !is_valid_job_id(&self.job_id) {
+            return Err(RequestError::JobId);
+        }
         let kind = match self.executor.as_str() {
             "" | "shell" => ExecutorKind::Shell,
             "dockercompose" => ExecutorKind::DockerCompose,
@@ -332,6 +338,22 @@ pub mod test_values {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_ids_follow_one_rule() {
+        let ok = JobRequest::from_json(br#"{"job_id":"0b5a7d0e-54b3.x_y"}"#).unwrap();
+        assert!(ok.validate().is_ok());
+        for body in [
+            &br#"{"job_id":"space id"}"#[..],
+            br#"{"id":"a/b"}"#,
+            br#"{"job_id":"nul\u0000"}"#,
+        ] {
+            let request = JobRequest::from_json(body).unwrap();
+            assert!(matches!(request.validate(), Err(RequestError::JobId)));
+        }
+        let file = JobRequest::from_file_bytes(b"job_id: 'quote\"'\n").unwrap();
+        assert!(matches!(file.validate(), Err(RequestError::JobId)));
+    }
 
     #[test]
     fn id_is_an_alias_of_job_id() {
