@@ -158,7 +158,7 @@ pub fn handle(app: &App, req: Req<'_>) -> Reply {
             let message = if n == 0 { "no job to stop" } else { "stopping" };
             Reply::message(200, message)
         }
-        Route::AgentLogs => match std::fs::File::open(&app.agent_log) {
+        Route::AgentLogs => match crate::logging::open_for_reading(&app.agent_log) {
             Ok(file) => {
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 let mut r = Reply::bytes(200, Vec::new());

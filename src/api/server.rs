@@ -15,6 +15,7 @@ use tiny_http::{Header, Request, Response, StatusCode};
 
 use crate::api::routes::{self, App, Body, Reply};
 use crate::http::PEER_HEADER;
+use crate::logging::escape_field;
 
 pub fn start_workers(
     server: Arc<tiny_http::Server>,
@@ -118,10 +119,16 @@ fn serve_one(app: &App, mut request: Request) {
                 after();
             }
         }
+        // Everything a client chose is escaped: it must not be able to end
+        // a quoted field or forge a line.
         log::info!(
             target: "access",
-            "{peer} - - [{}] \"{method} {url} HTTP/1.1\" {status} {len} \"-\" \"{user_agent}\" {:.1}ms",
+            "{} - - [{}] \"{} {} HTTP/1.1\" {status} {len} \"-\" \"{}\" {:.1}ms",
+            escape_field(&peer),
             http_date(SystemTime::now()),
+            escape_field(&method),
+            escape_field(&url),
+            escape_field(&user_agent),
             started.elapsed().as_secs_f64() * 1000.0
         );
     };

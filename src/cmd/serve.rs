@@ -2,6 +2,7 @@
 //! workers, and prints where to reach the agent with a ready-to-paste curl
 //! line.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,15 @@ use crate::metrics::Metrics;
 const HTTP_WORKERS: usize = 8;
 
 pub fn serve(args: ServeArgs) -> Result<(), Error> {
-    let agent_log = logging::agent_log_path();
+    // The agent log lives in the data directory (by default), and the log
+    // comes first so that every later error is in it.
+    let early_data_dir = config::data_dir(args.data_dir.clone());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&early_data_dir)
+        .map_err(|e| Error::io("cannot create", &early_data_dir, e))?;
+    let agent_log = logging::agent_log_path(&early_data_dir);
     logging::init("info", Some(&agent_log))
         .map_err(|e| Error::io("cannot open the agent log", &agent_log, e))?;
     let config = ServeConfig::from_args(&args)?;
