@@ -110,7 +110,8 @@ pub struct ServeArgs {
     /// largest accepted request body in bytes (default 32 MiB); larger gets 413
     pub max_request_bytes: u64,
     #[argh(option, default = "256")]
-    /// concurrent connections; more are refused (default 256)
+    /// concurrent connections (default 256); when all are taken, the oldest
+    /// that has sent no request makes room, else a new one is refused
     pub max_connections: usize,
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::framing::{FramingError, ResponseFramer};
-use super::listener::{FrontConfig, Shared};
+use super::listener::{Admitted, FrontConfig, Shared};
 use super::request_head::{find_head_end, plan_request, Rejection};
 use crate::process::sys;
 use upstream::Upstream;
@@ -90,7 +90,8 @@ impl fmt::Display for CloseReason {
 }
 
 /// Runs one client connection to its end.
-pub(super) fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseReason {
+pub(super) fn serve(shared: &Shared, conn: Arc<Admitted>, peer: SocketAddr) -> CloseReason {
+    let tcp = &conn.tcp;
     if let Err(err) = tcp.set_nonblocking(true) {
         return CloseReason::Client(err);
     }
@@ -101,12 +102,12 @@ pub(super) fn serve(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> CloseR
         Ok(tls) => tls,
         Err(err) => return CloseReason::Tls(err),
     };
-    if let Err(reason) = handshake(shared, &tcp, &mut tls) {
+    if let Err(reason) = handshake(shared, tcp, &mut tls) {
         return reason;
     }
     // `tiny_http` sees nothing of the connection until a request head is
     // complete.
-    Session::new(shared, peer, tcp, tls).run()
+    Session::new(shared, peer, conn, tls).run()
 }
 
 fn handshake(
@@ -202,7 +203,8 @@ struct Session<'a> {
     shared: &'a Shared,
     cfg: &'a FrontConfig,
     peer: SocketAddr,
-    tcp: TcpStream,
+    /// The client socket, shared with the accept thread (see `Admitted`).
+    conn: Arc<Admitted>,
     tls: ServerConnection,
     /// Open from the forwarding of a request head until its response is
     /// complete and its body all forwarded.
@@ -242,7 +244,7 @@ impl<'a> Session<'a> {
     fn new(
         shared: &'a Shared,
         peer: SocketAddr,
-        tcp: TcpStream,
+        conn: Arc<Admitted>,
         tls: ServerConnection,
     ) -> Session<'a> {
         let now = Instant::now();
@@ -250,7 +252,7 @@ impl<'a> Session<'a> {
             shared,
             cfg: &shared.cfg,
             peer,
-            tcp,
+            conn,
             tls,
             up: None,
             inbuf: Vec::new(),
@@ -335,7 +337,7 @@ impl<'a> Session<'a> {
     fn flush_client(&mut self) -> Result<bool, CloseReason> {
         let mut progress = false;
         while self.tls.wants_write() {
-            match self.tls.write_tls(&mut &self.tcp) {
+            match self.tls.write_tls(&mut &self.conn.tcp) {
                 Ok(0) => break,
                 Ok(_) => {
                     progress = true;
@@ -363,14 +365,14 @@ impl<'a> Session<'a> {
         {
             return Ok(progress);
         }
-        match self.tls.read_tls(&mut &self.tcp) {
+        match self.tls.read_tls(&mut &self.conn.tcp) {
             Ok(0) => {
                 self.client_eof = true;
                 progress = true;
             }
             Ok(_) => {
                 if let Err(err) = self.tls.process_new_packets() {
-                    let _ = self.tls.write_tls(&mut &self.tcp);
+                    let _ = self.tls.write_tls(&mut &self.conn.tcp);
                     return Err(CloseReason::Tls(err));
                 }
                 progress = true;
@@ -481,6 +483,7 @@ impl<'a> Session<'a> {
         match plan_request(&self.inbuf[..end], self.peer, self.cfg.max_request_bytes) {
             Ok(plan) => {
                 self.up = Some(Upstream::connect(self.shared).map_err(CloseReason::Upstream)?);
+                self.conn.mark_serving();
                 self.inbuf.drain(..end);
                 self.to_up.extend_from_slice(&plan.head);
                 self.framer.expect(plan.expect);
@@ -667,7 +670,7 @@ impl<'a> Session<'a> {
             }
         }
         let mut fds = [
-            sys::pollfd(self.tcp.as_raw_fd(), tcp_events),
+            sys::pollfd(self.conn.tcp.as_raw_fd(), tcp_events),
             sys::pollfd(up_fd, up_events),
             sys::pollfd(self.shared.stop_rx.as_raw_fd(), sys::POLLIN),
         ];
@@ -710,7 +713,7 @@ impl<'a> Session<'a> {
                 return CloseReason::Timeout(Timer::ClientStall);
             }
             let mut fds = [
-                sys::pollfd(self.tcp.as_raw_fd(), sys::POLLOUT),
+                sys::pollfd(self.conn.tcp.as_raw_fd(), sys::POLLOUT),
                 sys::pollfd(self.shared.stop_rx.as_raw_fd(), sys::POLLIN),
             ];
             if let Err(err) = sys::poll(&mut fds, Some(deadline)) {
@@ -723,7 +726,7 @@ impl<'a> Session<'a> {
                 return CloseReason::ClientGone;
             }
         }
-        let _ = self.tcp.shutdown(Shutdown::Write);
+        let _ = self.conn.tcp.shutdown(Shutdown::Write);
         if linger && !self.client_eof {
             self.linger();
         }
@@ -736,13 +739,13 @@ impl<'a> Session<'a> {
         let mut sink = [0u8; 1024];
         while Instant::now() < deadline {
             let mut fds = [
-                sys::pollfd(self.tcp.as_raw_fd(), sys::POLLIN),
+                sys::pollfd(self.conn.tcp.as_raw_fd(), sys::POLLIN),
                 sys::pollfd(self.shared.stop_rx.as_raw_fd(), sys::POLLIN),
             ];
             if sys::poll(&mut fds, Some(deadline)).is_err() || self.shared.is_stopping() {
                 return;
             }
-            match (&self.tcp).read(&mut sink) {
+            match (&self.conn.tcp).read(&mut sink) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(err)

@@ -1,11 +1,30 @@
 //! The public TCP listener: [`Front`] binds it and the private Unix socket
-//! `tiny_http` listens on, admits at most `max_connections` client
-//! connections (closing the others at once), and gives each a thread that
-//! runs [`conn::serve`]. Stopping wakes every thread through one socket pair.
+//! `tiny_http` listens on, admits client connections, and gives each a
+//! thread that runs [`conn::serve`]. Stopping wakes every thread through one
+//! socket pair.
+//!
+//! # Admission
+//!
+//! A connection is *pending* from its accept until the front has forwarded
+//! its first request head (TLS handshake and first head included); then it
+//! is *serving*. Pending connections cost a thread and a slot but prove
+//! nothing, so one peer must not be able to hold the slots with them:
+//!
+//! - an address has at most `max_pending_per_address` pending connections:
+//!   its next one makes its oldest pending one close;
+//! - at `max_connections`, the oldest pending connection of any address
+//!   closes to admit the new one; only when every slot is serving is the
+//!   new connection closed at once.
+//!
+//! A connection to be dropped is shut down (`shutdown(2)` on its socket),
+//! which wakes its thread; the thread then ends as for a client that left.
+//! Serving connections are never dropped for a newcomer: they have a request
+//! in flight or are keep-alive clients, and they close on their own deadlines.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -54,8 +73,11 @@ pub(crate) struct FrontConfig {
     pub(crate) write_stall_timeout: Duration,
     /// The TLS handshake must be done this long after the TCP accept.
     pub(crate) handshake_timeout: Duration,
-    /// Connections beyond this many are closed as soon as they are accepted.
+    /// Open connections at most; see "Admission" in the module doc.
     pub(crate) max_connections: usize,
+    /// Pending connections (no request forwarded yet) of one IP address at
+    /// most; see "Admission" in the module doc.
+    pub(crate) max_pending_per_address: usize,
 }
 
 impl Default for FrontConfig {
@@ -68,8 +90,9 @@ impl Default for FrontConfig {
             body_timeout: Duration::from_secs(30),
             body_min_rate: 256 * 1024,
             write_stall_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             max_connections: 256,
+            max_pending_per_address: 32,
         }
     }
 }
@@ -92,7 +115,7 @@ pub(super) struct Shared {
     pub(super) socket_path: PathBuf,
     stopping: AtomicBool,
     pub(super) stop_rx: UnixStream,
-    open: Mutex<usize>,
+    registry: Mutex<Registry>,
     all_closed: Condvar,
     /// Connections to `tiny_http` currently open (one per request in flight).
     pub(super) upstreams: AtomicUsize,
@@ -103,9 +126,65 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
-    fn open_count(&self) -> MutexGuard<'_, usize> {
-        // The count stays meaningful even if a holder panicked.
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // The registry stays meaningful even if a holder panicked.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One admitted connection: its socket, shared by its thread and the accept
+/// thread, which shuts it down to drop the connection.
+pub(super) struct Admitted {
+    pub(super) tcp: TcpStream,
+    /// The front has forwarded a request head of this connection (it is
+    /// serving, no longer pending).
+    serving: AtomicBool,
+}
+
+impl Admitted {
+    /// Called when a request head is forwarded: from now on the connection
+    /// is never dropped for a newcomer.
+    pub(super) fn mark_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    fn is_pending(&self) -> bool {
+        !self.serving.load(Ordering::Acquire)
+    }
+}
+
+/// The admitted connections, oldest first, and the connection threads.
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    conns: BTreeMap<u64, (IpAddr, Arc<Admitted>)>,
+    /// Connection threads not yet ended, including those of dropped
+    /// connections on their way out.
+    threads: usize,
+}
+
+impl Registry {
+    /// The oldest pending connection, of `ip` only if given.
+    fn oldest_pending(&self, ip: Option<IpAddr>) -> Option<u64> {
+        self.conns
+            .iter()
+            .find(|(_, (peer, conn))| ip.is_none_or(|ip| ip == *peer) && conn.is_pending())
+            .map(|(id, _)| *id)
+    }
+
+    fn pending_of(&self, ip: IpAddr) -> usize {
+        self.conns
+            .values()
+            .filter(|(peer, conn)| *peer == ip && conn.is_pending())
+            .count()
+    }
+
+    /// Closes a connection's socket under its thread and forgets it; the
+    /// thread notices at once and ends.
+    fn drop_connection(&mut self, id: u64) {
+        if let Some((_, conn)) = self.conns.remove(&id) {
+            let _ = conn.tcp.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -180,7 +259,7 @@ impl Front {
             socket_path,
             stopping: AtomicBool::new(false),
             stop_rx,
-            open: Mutex::new(0),
+            registry: Mutex::new(Registry::default()),
             all_closed: Condvar::new(),
             upstreams: AtomicUsize::new(0),
         });
@@ -222,7 +301,7 @@ impl Front {
     /// Client connections currently open (accepted and not yet closed).
     #[cfg(test)]
     pub(super) fn open_connections(&self) -> usize {
-        *self.shared.open_count()
+        self.shared.registry().threads
     }
 
     /// Connections to `tiny_http` currently open.
@@ -246,17 +325,20 @@ impl Front {
             }
         }
         let give_up = Instant::now() + STOP_WAIT;
-        let mut open = self.shared.open_count();
-        while *open > 0 {
+        let mut registry = self.shared.registry();
+        while registry.threads > 0 {
             let left = give_up.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                log::warn!("front stopped with {} connection(s) still closing", *open);
+                log::warn!(
+                    "front stopped with {} connection(s) still closing",
+                    registry.threads
+                );
                 break;
             }
-            open = self
+            registry = self
                 .shared
                 .all_closed
-                .wait_timeout(open, left)
+                .wait_timeout(registry, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -304,21 +386,30 @@ fn prepare_socket_dir(dir: &Path) -> Result<(), FrontError> {
     Ok(())
 }
 
-/// Rate-limits the warning about refused connections.
+/// Rate-limits a warning about connections closed by admission.
 struct CapWarning {
+    what: &'static str,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl CapWarning {
+    fn new(what: &'static str) -> CapWarning {
+        CapWarning {
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
     fn note(&mut self, limit: usize) {
         let now = Instant::now();
         match self.last {
             Some(last) if now.duration_since(last) < CAP_WARN_PERIOD => self.suppressed += 1,
             _ => {
                 log::warn!(
-                    "connection limit ({limit}) reached; closing new connections \
-                     ({} more refused since the last warning)",
+                    "{} (limit {limit}); {} more since the last warning",
+                    self.what,
                     self.suppressed
                 );
                 self.last = Some(now);
@@ -328,10 +419,22 @@ impl CapWarning {
     }
 }
 
+/// The warnings of admission, one per kind.
+struct CapWarnings {
+    refused: CapWarning,
+    dropped: CapWarning,
+    per_address: CapWarning,
+}
+
 fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
-    let mut cap_warning = CapWarning {
-        last: None,
-        suppressed: 0,
+    let mut cap_warning = CapWarnings {
+        refused: CapWarning::new("every connection is serving; closing new connections"),
+        dropped: CapWarning::new(
+            "connection limit reached; dropping the oldest pending connection",
+        ),
+        per_address: CapWarning::new(
+            "an address has too many pending connections; dropping its oldest",
+        ),
     };
     loop {
         let mut fds = [
@@ -366,37 +469,64 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-/// Holds one of the `max_connections` slots; released when the connection
+/// Holds a connection's place in the registry; released when the connection
 /// thread ends, however it ends (including by panic).
 struct Slot {
     shared: Arc<Shared>,
+    id: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.shared.open_count();
-        *open = open.saturating_sub(1);
-        if *open == 0 {
+        let mut registry = self.shared.registry();
+        registry.conns.remove(&self.id);
+        registry.threads = registry.threads.saturating_sub(1);
+        if registry.threads == 0 {
             self.shared.all_closed.notify_all();
         }
     }
 }
 
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, cap_warning: &mut CapWarning) {
-    {
-        let mut open = shared.open_count();
-        if *open >= shared.cfg.max_connections {
-            drop(open);
-            // Closing at once costs nothing; answering 503 would first cost a
-            // TLS handshake, which is what an attacker wants us to spend.
-            drop(stream);
-            cap_warning.note(shared.cfg.max_connections);
-            return;
+fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, warnings: &mut CapWarnings) {
+    let cfg = &shared.cfg;
+    let conn = Arc::new(Admitted {
+        tcp: stream,
+        serving: AtomicBool::new(false),
+    });
+    let id = {
+        let mut registry = shared.registry();
+        if registry.pending_of(peer.ip()) >= cfg.max_pending_per_address {
+            if let Some(oldest) = registry.oldest_pending(Some(peer.ip())) {
+                registry.drop_connection(oldest);
+                warnings.per_address.note(cfg.max_pending_per_address);
+            }
         }
-        *open += 1;
-    }
+        if registry.conns.len() >= cfg.max_connections {
+            match registry.oldest_pending(None) {
+                Some(oldest) => {
+                    registry.drop_connection(oldest);
+                    warnings.dropped.note(cfg.max_connections);
+                }
+                None => {
+                    drop(registry);
+                    // Closing at once costs nothing; answering 503 would
+                    // first cost a TLS handshake, which is what an attacker
+                    // wants us to spend.
+                    drop(conn);
+                    warnings.refused.note(cfg.max_connections);
+                    return;
+                }
+            }
+        }
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.conns.insert(id, (peer.ip(), Arc::clone(&conn)));
+        registry.threads += 1;
+        id
+    };
     let slot = Slot {
         shared: Arc::clone(shared),
+        id,
     };
     let spawned = thread::Builder::new()
         .name("front-conn".to_string())
@@ -404,7 +534,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, cap_warning:
         .spawn(move || {
             let shared = Arc::clone(&slot.shared);
             let outcome =
-                panic::catch_unwind(AssertUnwindSafe(|| conn::serve(&shared, stream, peer)));
+                panic::catch_unwind(AssertUnwindSafe(|| conn::serve(&shared, conn, peer)));
             match outcome {
                 Ok(reason) => log::debug!("front: {peer}: closed: {reason}"),
                 Err(_) => log::error!("front: {peer}: connection thread panicked"),

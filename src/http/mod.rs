@@ -29,8 +29,9 @@
 //! # Where things are
 //!
 //! - `listener.rs`: [`Front`] and [`FrontConfig`]; binds the TCP port and the
-//!   private Unix socket (checking its directory), accepts, and admits at
-//!   most `max_connections` connections, one thread each.
+//!   private Unix socket (checking its directory), accepts, and admits
+//!   connections (at most `max_connections`, one thread each; pending ones
+//!   make room for newer ones, see its "Admission").
 //! - `conn.rs`: one connection: the TLS handshake and the `Session` state
 //!   machine (request reading, deadlines, refusals, the end of the
 //!   connection); `conn/upstream.rs`: its `tiny_http` side.

@@ -46,6 +46,7 @@ pub(super) fn test_config() -> FrontConfig {
         write_stall_timeout: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(1),
         max_connections: 256,
+        max_pending_per_address: 32,
     }
 }
 

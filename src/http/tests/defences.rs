@@ -77,8 +77,10 @@ fn refusal_waits_for_earlier_pipelined_responses() {
 #[test]
 fn idle_tcp_connections_do_not_starve_a_real_client() {
     let _serial = serial();
+    // Every connection is let in, so that each meets its handshake deadline.
     let harness = harness(FrontConfig {
         handshake_timeout: Duration::from_secs(3),
+        max_pending_per_address: 256,
         ..test_config()
     });
     let mut idle: Vec<TcpStream> = (0..200)
@@ -228,6 +230,68 @@ fn connections_over_the_cap_are_closed_at_once() {
         < 3));
     let (status, _) = get_text(&client(&harness), &url(&harness, "/hello"));
     assert_eq!(status, 200);
+}
+
+/// Whether the front closed a bare TCP connection (which sent nothing).
+fn bare_closed(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match (&*stream).read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => err.kind() != io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn an_address_holds_few_pending_connections() {
+    let harness = harness(FrontConfig {
+        max_pending_per_address: 3,
+        ..test_config()
+    });
+    // Bare TCP connections that never start TLS: the fourth of one address
+    // makes its oldest close, and a new client of that address is served.
+    let bare: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(harness.addr).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || bare_closed(&bare[0])));
+    assert!(bare[1..].iter().all(|stream| !bare_closed(stream)));
+    let (status, body) = get_text(&client(&harness), &url(&harness, "/hello"));
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    assert!(wait_until(Duration::from_secs(5), || bare_closed(&bare[1])));
+}
+
+#[test]
+fn at_the_cap_the_oldest_pending_connection_makes_room() {
+    let harness = harness(FrontConfig {
+        max_connections: 4,
+        ..test_config()
+    });
+    // One serving connection, never dropped for a newcomer.
+    let mut serving = io::BufReader::new(raw_client(&harness));
+    serving
+        .get_mut()
+        .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut serving).0, 200);
+    let bare: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(harness.addr).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || harness
+        .front
+        .open_connections()
+        == 4));
+    let (status, body) = get_text(&client(&harness), &url(&harness, "/hello"));
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    assert!(wait_until(Duration::from_secs(5), || bare_closed(&bare[0])));
+    assert!(bare[1..].iter().all(|stream| !bare_closed(stream)));
+    serving
+        .get_mut()
+        .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut serving), (200, b"hello".to_vec()));
 }
 
 #[test]
