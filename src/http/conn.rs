@@ -7,6 +7,14 @@
 //! the deadlines of [`FrontConfig`], and ends the connection gracefully or
 //! by abort. The `tiny_http` side (one Unix connection per request, the
 //! response relay through `framing.rs`) is in `conn/upstream.rs`.
+//!
+//! A request body is held back until `tiny_http` answers `100 Continue`
+//! (the front asks for one on every body, see `request_head.rs`), which it
+//! does only when a handler starts reading the body. Until then nothing of
+//! the body is read from the client beyond what arrived with its head. If
+//! the final response comes first (the request was refused, say for want of
+//! authentication), the body is never read: the connection closes after the
+//! response.
 
 mod upstream;
 
@@ -169,10 +177,11 @@ enum Reading {
     /// byte arrived. While a request is in flight, the next head is not read
     /// (and its clock does not start) until that response is complete.
     Head { started: Option<Instant> },
-    /// Forwarding a request body.
+    /// Forwarding a request body; `deadline` is `None` until `tiny_http`
+    /// asks for the body (and the body waits, unread).
     Body {
         remaining: u64,
-        deadline: Instant,
+        deadline: Option<Instant>,
         keep_alive: bool,
     },
     /// The client's last request (by its `Connection: close`, or HTTP/1.0)
@@ -322,6 +331,7 @@ impl<'a> Session<'a> {
             }
             let mut progress = self.flush_client()?;
             progress |= self.pump_upstream()?;
+            progress |= self.follow_response();
             progress |= self.flush_upstream()?;
             progress |= self.end_exchange();
             progress |= self.pump_client()?;
@@ -431,6 +441,8 @@ impl<'a> Session<'a> {
                     }
                     progress = true;
                 }
+                // The body waits for `tiny_http` to ask for it.
+                Reading::Body { deadline: None, .. } => break,
                 Reading::Body {
                     remaining,
                     deadline,
@@ -487,11 +499,10 @@ impl<'a> Session<'a> {
                 self.inbuf.drain(..end);
                 self.to_up.extend_from_slice(&plan.head);
                 self.framer.expect(plan.expect);
-                let now = Instant::now();
                 self.reading = if plan.body_len > 0 {
                     Reading::Body {
                         remaining: plan.body_len,
-                        deadline: now + self.body_allowance(plan.body_len),
+                        deadline: None,
                         keep_alive: plan.keep_alive,
                     }
                 } else if plan.keep_alive {
@@ -503,6 +514,41 @@ impl<'a> Session<'a> {
             Err(rejection) => self.refuse(rejection),
         }
         Ok(())
+    }
+
+    /// Acts on what `tiny_http` said about the body in flight: a `100
+    /// Continue` releases it (and starts its deadline); a final response
+    /// before the body is all forwarded means the rest is not wanted, so it is
+    /// not read, and the connection ends after the response.
+    fn follow_response(&mut self) -> bool {
+        let Reading::Body {
+            remaining,
+            deadline,
+            keep_alive,
+        } = self.reading
+        else {
+            return false;
+        };
+        if self.framer.take_continue() && deadline.is_none() {
+            self.reading = Reading::Body {
+                remaining,
+                deadline: Some(Instant::now() + self.body_allowance(remaining)),
+                keep_alive,
+            };
+            return true;
+        }
+        if self.up.is_some() && !self.framer.awaits_head() {
+            log::debug!(
+                "front: {}: answered before its body was read; {remaining} bytes left unread",
+                self.peer
+            );
+            self.reading = Reading::Done;
+            self.to_up.clear();
+            self.to_up_sent = 0;
+            self.inbuf.clear();
+            return true;
+        }
+        false
     }
 
     fn body_allowance(&self, body_len: u64) -> Duration {
@@ -611,7 +657,11 @@ impl<'a> Session<'a> {
             Reading::Head {
                 started: Some(started),
             } => consider(started + self.cfg.head_timeout, Timer::Head),
-            Reading::Body { deadline, .. } => consider(deadline, Timer::Body),
+            Reading::Body {
+                deadline: Some(deadline),
+                ..
+            } => consider(deadline, Timer::Body),
+            Reading::Body { deadline: None, .. } => {}
             Reading::Refused { .. } => consider(self.last_progress + stall, Timer::Drain),
             Reading::Head { started: None } | Reading::Done => {}
         }
@@ -634,7 +684,7 @@ impl<'a> Session<'a> {
     fn wants_request_bytes(&self) -> bool {
         match self.reading {
             Reading::Head { .. } => self.up.is_none(),
-            Reading::Body { .. } => true,
+            Reading::Body { deadline, .. } => deadline.is_some(),
             Reading::Done | Reading::Refused { .. } => false,
         }
     }

@@ -19,6 +19,10 @@ pub(super) struct Expect {
     /// (for 1.0 it would buffer a streamed response whole in memory), so a
     /// chunked response must reach the client without its chunk framing.
     pub(super) dechunk: bool,
+    /// The client sent `Expect: 100-continue` with a body, so it gets the
+    /// `100 Continue` of `tiny_http`; other clients do not (the front asked
+    /// for it on their behalf).
+    pub(super) relay_continue: bool,
 }
 
 /// Why `tiny_http`'s output could not be followed.
@@ -61,6 +65,9 @@ pub(super) struct ResponseFramer {
     phase: Phase,
     head: Vec<u8>,
     line: Vec<u8>,
+    /// A `100 Continue` arrived that [`ResponseFramer::take_continue`] has
+    /// not reported yet.
+    continued: bool,
 }
 
 impl Default for ResponseFramer {
@@ -71,6 +78,7 @@ impl Default for ResponseFramer {
             phase: Phase::Head,
             head: Vec::new(),
             line: Vec::new(),
+            continued: false,
         }
     }
 }
@@ -146,6 +154,17 @@ impl ResponseFramer {
         self.pending.push_back(expect);
     }
 
+    /// Whether `tiny_http` sent `100 Continue` since the last call: it wants
+    /// the body of the request in flight.
+    pub(super) fn take_continue(&mut self) -> bool {
+        std::mem::take(&mut self.continued)
+    }
+
+    /// Some forwarded request has no final response head yet.
+    pub(super) fn awaits_head(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Every forwarded request has been answered completely.
     pub(super) fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.current.is_none() && self.head.is_empty()
@@ -219,7 +238,10 @@ impl ResponseFramer {
             if parsed.status == 101 {
                 return Err(FramingError::BadHead("protocol switch"));
             }
-            if !expect.dechunk {
+            if parsed.status == 100 {
+                self.continued = true;
+            }
+            if expect.relay_continue {
                 out.extend_from_slice(&head);
             }
             return Ok(());
@@ -341,6 +363,7 @@ mod tests {
         Expect {
             head_request: false,
             dechunk: false,
+            relay_continue: true,
         }
     }
 
@@ -359,6 +382,7 @@ mod tests {
             framer.expect(Expect {
                 head_request: true,
                 dechunk: false,
+                relay_continue: false,
             });
             let mut out = Vec::new();
             let mut fed = 0;
@@ -387,6 +411,7 @@ mod tests {
         framer.expect(Expect {
             head_request: false,
             dechunk: true,
+            relay_continue: false,
         });
         let mut out = Vec::new();
         for byte in [CONTINUE, CHUNKED].concat() {

@@ -121,6 +121,13 @@ fn is_tchar(byte: u8) -> bool {
 /// would mislead `tiny_http`: `Connection: upgrade` hands it the raw stream,
 /// `TE: identity` makes it buffer a streamed response whole), drops any
 /// client-sent `X-Agent-Peer`, and adds the real one and `Connection: close`.
+///
+/// A request with a body always goes to `tiny_http` with `Expect:
+/// 100-continue`, whatever the client sent: `tiny_http` then answers `100`
+/// only when a handler starts reading the body, which the API does after
+/// authenticating the request, and the front forwards no byte of a body
+/// before that `100` (see `conn.rs`). The `100` reaches the client only if it
+/// asked for one.
 pub(super) fn plan_request(
     head: &[u8],
     peer: SocketAddr,
@@ -174,6 +181,7 @@ pub(super) fn plan_request(
     let mut content_length: Option<&str> = None;
     let mut transfer_encoding = false;
     let mut connection_close = false;
+    let mut client_expects_continue = false;
     for line in lines {
         if line.starts_with([' ', '\t']) {
             return Err(Rejection::bad_request("obsolete header line folding"));
@@ -210,9 +218,7 @@ pub(super) fn plan_request(
                 return Err(Rejection::expectation(value));
             }
             // An HTTP/1.0 client must not get a 100 Continue.
-            if !http10 {
-                push_header(&mut kept, name, value);
-            }
+            client_expects_continue = !http10;
         } else if is("keep-alive")
             || is("proxy-connection")
             || is("upgrade")
@@ -243,6 +249,9 @@ pub(super) fn plan_request(
     if content_length.is_some() {
         push_header(&mut forwarded, "Content-Length", &body_len.to_string());
     }
+    if body_len > 0 {
+        push_header(&mut forwarded, "Expect", "100-continue");
+    }
     // Every request gets a `tiny_http` connection of its own (see the module
     // doc); `keep_alive` is about the client's connection only.
     push_header(&mut forwarded, "Connection", "close");
@@ -255,6 +264,7 @@ pub(super) fn plan_request(
         expect: Expect {
             head_request: method == "HEAD",
             dechunk: http10,
+            relay_continue: client_expects_continue && body_len > 0,
         },
     })
 }
@@ -280,7 +290,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(plan.head).unwrap(),
             "POST /jobs HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\
-             Content-Length: 7\r\nConnection: close\r\nX-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
+             Content-Length: 7\r\nExpect: 100-continue\r\nConnection: close\r\n\
+             X-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
         );
         assert_eq!(plan.body_len, 7);
         assert!(!plan.keep_alive);
@@ -288,8 +299,22 @@ mod tests {
             plan.expect,
             Expect {
                 head_request: false,
-                dechunk: false
+                dechunk: false,
+                relay_continue: false,
             }
+        );
+        // The client's own expectation decides only whether it sees the 100.
+        let plan = plan_request(
+            b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap();
+        assert!(plan.expect.relay_continue);
+        assert_eq!(
+            String::from_utf8(plan.head).unwrap(),
+            "PUT /x HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\
+             Connection: close\r\nX-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
         );
 
         let plan = plan_request(
@@ -306,7 +331,8 @@ mod tests {
             plan.expect,
             Expect {
                 head_request: true,
-                dechunk: true
+                dechunk: true,
+                relay_continue: false,
             }
         );
         // The client's connection stays open; `tiny_http`'s carries just this.

@@ -77,10 +77,8 @@ fn refusal_waits_for_earlier_pipelined_responses() {
 #[test]
 fn idle_tcp_connections_do_not_starve_a_real_client() {
     let _serial = serial();
-    // Every connection is let in, so that each meets its handshake deadline.
     let harness = harness(FrontConfig {
         handshake_timeout: Duration::from_secs(3),
-        max_pending_per_address: 256,
         ..test_config()
     });
     let mut idle: Vec<TcpStream> = (0..200)
@@ -230,6 +228,45 @@ fn connections_over_the_cap_are_closed_at_once() {
         < 3));
     let (status, _) = get_text(&client(&harness), &url(&harness, "/hello"));
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_body_is_forwarded_only_once_a_handler_reads_it() {
+    let harness = harness(test_config());
+    // `/hello` answers without reading: the body is not asked for, no
+    // `100 Continue` is sent, and the connection closes after the answer.
+    let mut stream = raw_client(&harness);
+    stream
+        .write_all(
+            b"POST /hello HTTP/1.1\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let answer = String::from_utf8(read_until_close(&mut stream)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.ends_with("hello") && !answer.contains(" 100 "),
+        "{answer}"
+    );
+
+    // `/echo` reads it: a client that expects `100 Continue` gets it, then
+    // the answer, and the connection stays usable.
+    let mut reader = io::BufReader::new(raw_client(&harness));
+    reader
+        .get_mut()
+        .write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut interim = String::new();
+    while !interim.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut interim).unwrap() > 0);
+    }
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+    reader.get_mut().write_all(b"abcde").unwrap();
+    assert_eq!(read_response(&mut reader), (200, b"abcde".to_vec()));
+    reader
+        .get_mut()
+        .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut reader), (200, b"hello".to_vec()));
 }
 
 /// Whether the front closed a bare TCP connection (which sent nothing).

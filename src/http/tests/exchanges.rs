@@ -333,6 +333,7 @@ fn tiny_http_answers_connection_close_with_a_framed_response_then_closes() {
     framer.expect(Expect {
         head_request: false,
         dechunk: true,
+        relay_continue: false,
     });
     let mut out = Vec::new();
     framer.feed(head.as_bytes(), &mut out).unwrap();
