@@ -15,6 +15,8 @@ use crate::http::FrontError;
 #[derive(Debug)]
 pub enum RequestError {
     Syntax(String),
+    /// The request body could not be read.
+    Body(io::Error),
     /// A `job_id` (or `id`) outside the rule of `job::job_id`.
     JobId,
     UnknownExecutor(String),
@@ -34,6 +36,7 @@ impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RequestError::Syntax(e) => write!(f, "invalid job request: {e}"),
+            RequestError::Body(e) => write!(f, "cannot read the request body: {e}"),
             RequestError::JobId => write!(
                 f,
                 "invalid job_id: a job id is {}",
@@ -56,7 +59,14 @@ impl fmt::Display for RequestError {
     }
 }
 
-impl std::error::Error for RequestError {}
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::Body(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Anything that stops the agent itself from doing its work.
 #[derive(Debug)]

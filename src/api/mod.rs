@@ -4,5 +4,6 @@
 //! runner pool's handle; it knows nothing of TLS or sockets.
 
 pub mod auth;
+pub mod bodies;
 pub mod routes;
 pub mod server;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::api::auth::Authenticator;
+use crate::api::bodies::{BodyTurns, Busy};
+use crate::error::RequestError;
 use crate::job::request::JobRequest;
 use crate::job::runner::{Runner, Submit};
 
@@ -18,6 +20,8 @@ pub struct App {
     pub runner: Arc<Runner>,
     pub agent_log: PathBuf,
     pub max_request_bytes: u64,
+    /// Large job requests take turns (see `bodies`).
+    pub bodies: BodyTurns,
 }
 
 pub struct Req<'a> {
@@ -27,6 +31,10 @@ pub struct Req<'a> {
     pub query: &'a str,
     pub authorization: Option<&'a str>,
     pub client_name: Option<&'a str>,
+    /// The declared `Content-Length`, if any.
+    pub body_len: Option<u64>,
+    /// Reading it is what asks the client for the body (docs/protocol.md
+    /// §2.1), so a handler reads it only once the request is authenticated.
     pub body: &'a mut dyn Read,
 }
 
@@ -139,7 +147,7 @@ pub fn handle(app: &App, req: Req<'_>) -> Reply {
     match route {
         Route::IsAlive => Reply::bytes(200, "yes"),
         Route::Status => status(app),
-        Route::Jobs if req.method == "POST" => submit(app, req.body),
+        Route::Jobs if req.method == "POST" => submit(app, req.body, req.body_len),
         Route::Jobs => Reply::json(200, json!(app.runner.list())),
         Route::Job => match app.runner.find(job_id.unwrap_or_default()) {
             Some(entry) => Reply::json(200, json!(entry.info())),
@@ -205,17 +213,28 @@ fn status(app: &App) -> Reply {
     r
 }
 
-fn submit(app: &App, body: &mut dyn Read) -> Reply {
-    let mut bytes = Vec::new();
+fn submit(app: &App, body: &mut dyn Read, body_len: Option<u64>) -> Reply {
+    // Declared before the request, so dropped after it: the memory the
+    // request held is free when the turn ends.
+    let _turn = match app.bodies.take(body_len.unwrap_or(0)) {
+        Ok(turn) => turn,
+        Err(busy) => {
+            let why = match busy {
+                Busy::TooManyWaiting => "too many large requests are waiting",
+                Busy::Timeout => "large requests before this one took too long",
+            };
+            return Reply::message(503, &format!("{why}; try again later"));
+        }
+    };
     // The front already refused larger bodies; this bound is a second guard.
-    if let Err(e) = body.take(app.max_request_bytes + 1).read_to_end(&mut bytes) {
-        return Reply::message(500, &format!("cannot read the request body: {e}"));
-    }
-    if bytes.len() as u64 > app.max_request_bytes {
+    let mut limited = body.take(app.max_request_bytes + 1);
+    let parsed = JobRequest::from_reader(&mut limited);
+    if limited.limit() == 0 {
         return Reply::message(413, "request body too large");
     }
-    let request = match JobRequest::from_json(&bytes) {
+    let request = match parsed {
         Ok(r) => r,
+        Err(e @ RequestError::Body(_)) => return Reply::message(500, &e.to_string()),
         Err(e) => return Reply::message(422, &e.to_string()),
     };
     let executor = match request.validate() {

@@ -56,26 +56,33 @@ fn serve_one(app: &App, mut request: Request) {
     let client_name = header(&request, "X-Client-Name").map(str::to_string);
     let peer = header(&request, PEER_HEADER).unwrap_or("-").to_string();
     let user_agent = header(&request, "User-Agent").unwrap_or("-").to_string();
+    let body_len = request.body_length().map(|len| len as u64);
 
-    let reply = {
-        let body = request.as_reader();
-        catch_unwind(AssertUnwindSafe(|| {
-            routes::handle(
-                app,
-                routes::Req {
-                    method: &method,
-                    path,
-                    query,
-                    authorization: authorization.as_deref(),
-                    client_name: client_name.as_deref(),
-                    body,
-                },
-            )
-        }))
+    let mut body = LazyBody {
+        request: &mut request,
+        started: false,
     };
-    // Whatever the handler left unread is drained in small pieces here:
-    // tiny_http would otherwise allocate the whole declared length at once.
-    let _ = io::copy(&mut request.as_reader().take(u64::MAX), &mut io::sink());
+    let reply = catch_unwind(AssertUnwindSafe(|| {
+        routes::handle(
+            app,
+            routes::Req {
+                method: &method,
+                path,
+                query,
+                authorization: authorization.as_deref(),
+                client_name: client_name.as_deref(),
+                body_len,
+                body: &mut body,
+            },
+        )
+    }));
+    // The rest of a body the handler began is drained in small pieces here:
+    // tiny_http would otherwise allocate the whole remaining length at once.
+    // A body the handler never touched is not read at all: the front stops
+    // forwarding it when the response begins and then closes the connection.
+    if body.started {
+        let _ = io::copy(&mut body.take(u64::MAX), &mut io::sink());
+    }
     let mut reply = match reply {
         Ok(reply) => reply,
         Err(_) => {
@@ -156,6 +163,20 @@ fn serve_one(app: &App, mut request: Request) {
             let _ = tx.send(Box::new(finish));
         }
         Err(_) => finish(),
+    }
+}
+
+/// A request's body, read (and asked of the client, with `100 Continue`)
+/// only when a handler first reads it.
+struct LazyBody<'r> {
+    request: &'r mut Request,
+    started: bool,
+}
+
+impl Read for LazyBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.started = true;
+        self.request.as_reader().read(buf)
     }
 }
 

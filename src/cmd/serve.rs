@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::api::auth::Authenticator;
+use crate::api::bodies::BodyTurns;
 use crate::api::routes::App;
 use crate::cli::ServeArgs;
 use crate::config::{self, ServeConfig};
@@ -21,8 +22,12 @@ use crate::logging;
 use crate::metrics::Metrics;
 
 /// HTTP worker threads. Log downloads stream, so a few workers serve many
-/// pollers; slow clients are the front's problem, not the workers'.
-const HTTP_WORKERS: usize = 8;
+/// pollers; slow clients are the front's problem, not the workers'. Large
+/// job requests take turns (`api::bodies`), and at most half of the workers
+/// wait for one, so the others always serve everyone else.
+const HTTP_WORKERS: usize = 16;
+/// How long a large job request may wait for its turn before a 503.
+const BODY_TURN_WAIT: Duration = Duration::from_secs(60);
 
 pub fn serve(args: ServeArgs) -> Result<(), Error> {
     // The agent log lives in the data directory (by default), and the log
@@ -112,6 +117,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         runner,
         agent_log,
         max_request_bytes: args.max_request_bytes,
+        // One body as large as allowed at a time, or several smaller ones.
+        bodies: BodyTurns::new(args.max_request_bytes, HTTP_WORKERS / 2, BODY_TURN_WAIT),
     });
     let runner = Arc::clone(&app.runner);
     let _workers = crate::api::server::start_workers(Arc::new(server), app, HTTP_WORKERS);

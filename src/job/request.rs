@@ -144,7 +144,21 @@ pub enum ExecutorKind {
 }
 
 impl JobRequest {
-    /// Parses a JSON request body (the API form).
+    /// Parses a JSON request body as it is read (the API form): only the
+    /// request's own strings are held, never the whole body.
+    pub fn from_reader(body: impl std::io::Read) -> Result<JobRequest, RequestError> {
+        let reader = std::io::BufReader::with_capacity(64 * 1024, body);
+        let req: JobRequest = serde_json::from_reader(reader).map_err(|e| {
+            if e.is_io() {
+                RequestError::Body(e.into())
+            } else {
+                RequestError::Syntax(e.to_string())
+            }
+        })?;
+        Ok(req.normalized())
+    }
+
+    /// Parses a JSON request from memory.
     pub fn from_json(body: &[u8]) -> Result<JobRequest, RequestError> {
         let req: JobRequest =
             serde_json::from_slice(body).map_err(|e| RequestError::Syntax(e.to_string()))?;
