@@ -5,6 +5,7 @@
 mod compose;
 mod crash;
 mod disk;
+mod hostile;
 mod isolation;
 mod run;
 mod serve;

@@ -381,7 +381,6 @@ impl TestAgent {
         self.root.as_path()
     }
 
-    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
     /// The agent's process id.
     pub fn pid(&self) -> i32 {
         self.pid
@@ -587,7 +586,12 @@ impl TestAgent {
 
     /// A TLS connection to the agent that the test drives byte by byte.
     pub fn tls_stream(&self) -> TlsStream {
-        let tcp = self.tcp_stream();
+        self.tls_over(self.tcp_stream())
+    }
+
+    /// A TLS connection over `tcp`, a connection to the agent's port the
+    /// test made itself (say, from another loopback address).
+    pub fn tls_over(&self, tcp: TcpStream) -> TlsStream {
         let roots = {
             let mut store = rustls::RootCertStore::empty();
             let der = rustls::pki_types::CertificateDer::from_pem_slice(&self.client.cert_pem)
