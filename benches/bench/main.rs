@@ -33,12 +33,13 @@
 //!
 //! This file runs the benchmarks and prints the summary. Each benchmark has
 //! a file by subject (`throughput`, `serve`, `latency`, `pollers`,
-//! `compose`); `measure`, `agent_run`, `server`, `events`, `scratch` and
+//! `compose`, `hostile`); `measure`, `agent_run`, `server`, `events`, `scratch` and
 //! `report` are what they share.
 
 mod agent_run;
 mod compose;
 mod events;
+mod hostile;
 mod latency;
 mod measure;
 mod pollers;
@@ -95,7 +96,7 @@ fn main() {
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
-    let benches: [(&str, BenchFn); 8] = [
+    let benches: [(&str, BenchFn); 10] = [
         ("per-command overhead", throughput::bench_command_overhead),
         ("throughput", throughput::bench_throughput),
         ("idle RSS of agent serve", serve::bench_idle_rss),
@@ -107,6 +108,14 @@ fn main() {
         ("log tail latency", latency::bench_log_tail),
         ("GET /is_alive under 64 log pollers", pollers::bench_pollers),
         ("docker compose executor", compose::bench_compose),
+        (
+            "memory under large request bodies",
+            hostile::bench_large_bodies,
+        ),
+        (
+            "GET /is_alive during a connection flood",
+            hostile::bench_flood,
+        ),
     ];
     // `cargo bench --bench bench -- log` runs the benchmarks whose title
     // contains `log`; cargo itself passes `--bench`, which is not a filter.

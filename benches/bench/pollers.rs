@@ -200,7 +200,7 @@ fn follow_log(client: &ApiClient, job_id: &str, deadline: Instant) -> Result<u64
 }
 
 /// The value of `p` percent of sorted samples (nearest rank).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

@@ -232,7 +232,7 @@ pub fn span(stamps: &[SystemTime]) -> Result<Duration, Failure> {
 }
 
 /// A `Name:   <n> kB` or `Name:   <n>` field of /proc/<pid>/status.
-fn status_field(status: &str, name: &str) -> Option<u64> {
+pub fn status_field(status: &str, name: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(':')?;
         value.split_whitespace().next()?.parse().ok()

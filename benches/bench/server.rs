@@ -91,6 +91,11 @@ impl Serve {
         Ok(serve)
     }
 
+    /// The running agent, for what the benchmark does by hand.
+    pub fn agent(&self) -> &TestAgent {
+        &self.agent
+    }
+
     /// The server's client: jobs are posted with it, and the benchmark
     /// polls with it on the same connections.
     pub fn client(&self) -> &ApiClient {

@@ -1,0 +1,255 @@
+//! Hostile load on `agent serve`: memory under concurrent large request
+//! bodies, and `/is_alive` latency for a fresh client while one peer holds
+//! hundreds of idle connections.
+
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::pollers::percentile;
+use crate::report::{fmt_duration_fine, fmt_kib, Failure, Row};
+use crate::serve::status_field;
+use crate::server::Serve;
+use crate::support::server::TestAgent;
+use crate::RUN_TIMEOUT;
+
+/// Concurrent `POST /jobs` bodies.
+const BODIES: usize = 8;
+/// Size of each body: just under the default `--max-request-bytes` (32 MiB).
+const BODY_BYTES: usize = 32 * 1024 * 1024 - 64 * 1024;
+/// Targets: resident memory at the peak and 10 s after the bodies, in MiB.
+const BODY_PEAK_TARGET_MIB: f64 = 64.0;
+const BODY_AFTER_TARGET_MIB: f64 = 12.0;
+/// How long after the last reply the resident memory is read again.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// A job request of about `bytes` bytes made of 32 KiB env var values, with
+/// an executor no agent has: the agent reads and parses it whole, then
+/// answers 422 (as for any request it cannot run).
+fn bulky_body(bytes: usize) -> Vec<u8> {
+    let value = "dmFsdWUg".repeat(4 * 1024);
+    let count = bytes / (value.len() + 32);
+    let env_vars: Vec<_> = (0..count)
+        .map(|i| json!({ "name": format!("V{i}"), "value": value }))
+        .collect();
+    json!({ "job_id": "bulky", "executor": "none-such", "env_vars": env_vars })
+        .to_string()
+        .into_bytes()
+}
+
+/// Memory under large bodies: 8 authenticated `POST /jobs` of 32 MiB each
+/// at once; VmHWM (the peak) once all are answered, VmRSS 10 s later.
+pub(super) fn bench_large_bodies() -> Result<Vec<Row>, Failure> {
+    let body = Arc::new(bulky_body(BODY_BYTES));
+    println!(
+        "  {BODIES} clients POST /jobs at once, each a {} job request of 32 KiB env var values \
+         (refused with 422 after parsing); VmHWM after, VmRSS {} s later; one run",
+        fmt_kib(body.len() as u64 / 1024),
+        SETTLE.as_secs()
+    );
+    let serve = Serve::idle()?;
+    let idle = status_field(&serve.proc_status()?, "VmRSS").unwrap_or(0);
+    let started = Instant::now();
+    let senders: Vec<_> = (0..BODIES)
+        .map(|_| {
+            let client = serve.client().fresh();
+            let body = Arc::clone(&body);
+            thread::spawn(move || client.post("/jobs", &body))
+        })
+        .collect();
+    for sender in senders {
+        let Ok(reply) = sender.join() else {
+            return Err(serve.failed(Failure::new("a POST /jobs failed".to_owned())));
+        };
+        if reply.status != 422 {
+            return Err(serve.failed(Failure::new(format!(
+                "POST /jobs answered {}: {}",
+                reply.status,
+                reply.text()
+            ))));
+        }
+    }
+    let took = started.elapsed();
+    let status = serve.proc_status()?;
+    let peak = status_field(&status, "VmHWM").unwrap_or(0);
+    let right_after = status_field(&status, "VmRSS").unwrap_or(0);
+    thread::sleep(SETTLE);
+    let settled = status_field(&serve.proc_status()?, "VmRSS").unwrap_or(0);
+    println!(
+        "  idle {}, all answered in {}: peak {}, right after {}, {} s later {}",
+        fmt_kib(idle),
+        fmt_duration_fine(took),
+        fmt_kib(peak),
+        fmt_kib(right_after),
+        SETTLE.as_secs(),
+        fmt_kib(settled)
+    );
+    let peak_row = Row::at_most(
+        &format!("RSS peak, {BODIES} x 32 MiB POST /jobs"),
+        None,
+        peak as f64 / 1024.0,
+        BODY_PEAK_TARGET_MIB,
+        "MiB",
+        1,
+    );
+    let settled_row = Row::at_most(
+        &format!("RSS {} s after them", SETTLE.as_secs()),
+        None,
+        settled as f64 / 1024.0,
+        BODY_AFTER_TARGET_MIB,
+        "MiB",
+        1,
+    );
+    for row in [&peak_row, &settled_row] {
+        println!(
+            "  {}: {}   target {}   {}",
+            row.check, row.figure, row.target, row.outcome
+        );
+    }
+    Ok(vec![peak_row, settled_row])
+}
+
+/// Idle connections the flooding peer holds open.
+const FLOOD: usize = 500;
+/// `/is_alive` samples taken from the fresh client.
+const SAMPLES: usize = 200;
+/// Target: `/is_alive` p99 from a fresh client during the flood, in ms.
+const FLOOD_P99_TARGET_MS: f64 = 100.0;
+
+/// `/is_alive` from a fresh client during a flood: 500 TCP connections from
+/// 127.0.0.1 that send nothing are held open, while a client on 127.0.0.2
+/// makes a new connection, TLS handshake and `GET /is_alive` per sample.
+pub(super) fn bench_flood() -> Result<Vec<Row>, Failure> {
+    println!(
+        "  {FLOOD} idle TCP connections from 127.0.0.1 held open; {SAMPLES} samples of a new \
+         connection from 127.0.0.2 (TCP, TLS handshake, GET /is_alive, close); one run"
+    );
+    let serve = Serve::idle()?;
+    let port = serve.agent().port();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| serve.failed(Failure::io("open a flood connection", e)))?;
+        flood.push(stream);
+    }
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        if Instant::now() > deadline {
+            return Err(serve.failed(Failure::new(format!(
+                "{} samples in {}",
+                samples.len(),
+                fmt_duration_fine(RUN_TIMEOUT)
+            ))));
+        }
+        let started = Instant::now();
+        is_alive_from(serve.agent(), Ipv4Addr::new(127, 0, 0, 2))
+            .map_err(|e| serve.failed(Failure::io("GET /is_alive from 127.0.0.2", e)))?;
+        samples.push(started.elapsed());
+    }
+    let still_open = flood
+        .iter()
+        .filter(|stream| !closed_by_peer(stream))
+        .count();
+    drop(flood);
+    samples.sort();
+    let p50 = percentile(&samples, 50.0);
+    let p99 = percentile(&samples, 99.0);
+    println!(
+        "  GET /is_alive: p50 {}, p99 {}, max {}; {still_open} of the {FLOOD} flood connections still open",
+        fmt_duration_fine(p50),
+        fmt_duration_fine(p99),
+        fmt_duration_fine(samples[samples.len() - 1])
+    );
+    let p99_row = Row::at_most(
+        &format!("/is_alive p99, fresh client, {FLOOD} idle conns"),
+        None,
+        p99.as_secs_f64() * 1000.0,
+        FLOOD_P99_TARGET_MS,
+        "ms",
+        1,
+    );
+    println!(
+        "  p99: {}   target {}   {}",
+        p99_row.figure, p99_row.target, p99_row.outcome
+    );
+    let p50_row = Row::note(
+        &format!("/is_alive p50, fresh client, {FLOOD} idle conns"),
+        format!("{:.1} ms", p50.as_secs_f64() * 1000.0),
+    );
+    Ok(vec![p99_row, p50_row])
+}
+
+/// One sample: a new connection from `source`, the handshake, `GET
+/// /is_alive` with `Connection: close`, the answer read to the close.
+fn is_alive_from(agent: &TestAgent, source: Ipv4Addr) -> io::Result<()> {
+    let tcp = connect_from(source, agent.port())?;
+    let mut tls = agent.tls_over(tcp);
+    tls.write_all(b"GET /is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)?;
+    if !answer.starts_with(b"HTTP/1.1 200 ") || !answer.ends_with(b"yes") {
+        return Err(io::Error::other(format!(
+            "unexpected answer {:?}",
+            String::from_utf8_lossy(&answer)
+        )));
+    }
+    Ok(())
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `source`
+/// (bound before connecting, which std cannot do).
+fn connect_from(source: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) has no preconditions; the TcpStream owns the new
+    // descriptor at once and closes it on every path.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        TcpStream::from_raw_fd(fd)
+    };
+    let (local, remote) = (sockaddr(source, 0), sockaddr(Ipv4Addr::LOCALHOST, port));
+    // SAFETY: the descriptor is the open socket `stream` owns; both
+    // addresses are valid `sockaddr_in` values alive across the calls, and
+    // `len` is their size.
+    let failed = unsafe {
+        libc::bind(stream.as_raw_fd(), (&raw const local).cast(), len) != 0
+            || libc::connect(stream.as_raw_fd(), (&raw const remote).cast(), len) != 0
+    };
+    if failed {
+        return Err(io::Error::last_os_error());
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Whether the peer closed `stream`, which never sent anything.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    match (&*stream).read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => err.kind() != io::ErrorKind::WouldBlock,
+    }
+}
