@@ -56,6 +56,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
     let front_cfg = FrontConfig {
         max_request_bytes: args.max_request_bytes,
         max_connections: args.max_connections,
+        // One address may hold half of the connections, so it can never
+        // keep the others out.
+        max_per_address: args.max_connections.div_ceil(2),
         ..FrontConfig::default()
     };
     let socket_dir = data_dir.join("run");

@@ -12,6 +12,8 @@
 //!
 //! - an address has at most `max_pending_per_address` pending connections:
 //!   its next one makes its oldest pending one close;
+//! - an address has at most `max_per_address` connections in all: beyond,
+//!   its oldest pending one closes, or if it has none the new one does;
 //! - at `max_connections`, the oldest pending connection of any address
 //!   closes to admit the new one; only when every slot is serving is the
 //!   new connection closed at once.
@@ -78,6 +80,8 @@ pub(crate) struct FrontConfig {
     /// Pending connections (no request forwarded yet) of one IP address at
     /// most; see "Admission" in the module doc.
     pub(crate) max_pending_per_address: usize,
+    /// Connections of one IP address at most, pending or serving.
+    pub(crate) max_per_address: usize,
 }
 
 impl Default for FrontConfig {
@@ -93,6 +97,7 @@ impl Default for FrontConfig {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 256,
             max_pending_per_address: 32,
+            max_per_address: 128,
         }
     }
 }
@@ -170,6 +175,10 @@ impl Registry {
             .iter()
             .find(|(_, (peer, conn))| ip.is_none_or(|ip| ip == *peer) && conn.is_pending())
             .map(|(id, _)| *id)
+    }
+
+    fn count_of(&self, ip: IpAddr) -> usize {
+        self.conns.values().filter(|(peer, _)| *peer == ip).count()
     }
 
     fn pending_of(&self, ip: IpAddr) -> usize {
@@ -424,6 +433,7 @@ struct CapWarnings {
     refused: CapWarning,
     dropped: CapWarning,
     per_address: CapWarning,
+    address_full: CapWarning,
 }
 
 fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
@@ -434,6 +444,9 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
         ),
         per_address: CapWarning::new(
             "an address has too many pending connections; dropping its oldest",
+        ),
+        address_full: CapWarning::new(
+            "an address has as many connections as it may, all serving; closing its new ones",
         ),
     };
     loop {
@@ -499,6 +512,17 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, warnings: &m
             if let Some(oldest) = registry.oldest_pending(Some(peer.ip())) {
                 registry.drop_connection(oldest);
                 warnings.per_address.note(cfg.max_pending_per_address);
+            }
+        }
+        if registry.count_of(peer.ip()) >= cfg.max_per_address {
+            match registry.oldest_pending(Some(peer.ip())) {
+                Some(oldest) => registry.drop_connection(oldest),
+                None => {
+                    drop(registry);
+                    drop(conn);
+                    warnings.address_full.note(cfg.max_per_address);
+                    return;
+                }
             }
         }
         if registry.conns.len() >= cfg.max_connections {

@@ -49,6 +49,7 @@ pub(super) fn test_config() -> FrontConfig {
         // Tests of other things open many connections from 127.0.0.1 at
         // once; the admission tests set their own limit.
         max_pending_per_address: 256,
+        max_per_address: 256,
     }
 }
 

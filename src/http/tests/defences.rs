@@ -301,6 +301,39 @@ fn an_address_holds_few_pending_connections() {
 }
 
 #[test]
+fn an_address_holds_at_most_its_share_of_connections() {
+    let harness = harness(FrontConfig {
+        max_per_address: 2,
+        ..test_config()
+    });
+    let mut serving: Vec<io::BufReader<RawTls>> = (0..2)
+        .map(|_| {
+            let mut reader = io::BufReader::new(raw_client(&harness));
+            reader
+                .get_mut()
+                .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_response(&mut reader).0, 200);
+            reader
+        })
+        .collect();
+    // Both serve: a third connection of the address is closed at once.
+    assert!(try_raw_client(&harness).is_err());
+    serving[1]
+        .get_mut()
+        .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut serving[1]), (200, b"hello".to_vec()));
+    drop(serving.pop());
+    assert!(wait_until(Duration::from_secs(5), || harness
+        .front
+        .open_connections()
+        < 2));
+    let (status, _) = get_text(&client(&harness), &url(&harness, "/hello"));
+    assert_eq!(status, 200);
+}
+
+#[test]
 fn at_the_cap_the_oldest_pending_connection_makes_room() {
     let harness = harness(FrontConfig {
         max_connections: 4,
