@@ -161,7 +161,6 @@ impl AgentBuilder {
         self
     }
 
-    #[allow(dead_code, reason = "the benchmarks use it; the tests do not")]
     /// The deadline of each request of the agent's client (default
     /// `HTTP_TIMEOUT`).
     pub fn http_timeout(mut self, timeout: Duration) -> Self {
