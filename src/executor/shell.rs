@@ -6,19 +6,30 @@ use crate::job::eventlog::now_secs;
 use crate::job::files::{first_bad, inject_file, resolve_path};
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES, STEP_START_SESSION};
 use crate::process::session::{Session, SessionSpec};
+use crate::process::terminal::StdinTerminal;
 
 /// Starts `bash --login` in the job's work dir and points the jump point at it.
 pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
     let spec = steps.spec;
     let started_at = now_secs();
-    let session = Session::start(SessionSpec {
-        argv: vec!["bash".into(), "--login".into(), "--noediting".into()],
-        env: Vec::new(),
-        work_dir: spec.work_dir,
-        mark: spec.mark,
-        stop: &spec.stop.rx,
-        grace: spec.grace,
-    });
+    let session = StdinTerminal::open()
+        .map_err(|e| crate::error::Error::Spawn {
+            program: "a pseudo-terminal".into(),
+            source: e,
+        })
+        .and_then(|stdin| {
+            let stdin_path = stdin.path().to_string_lossy().into_owned();
+            Session::start(SessionSpec {
+                argv: vec!["bash".into(), "--login".into(), "--noediting".into()],
+                env: Vec::new(),
+                work_dir: spec.work_dir,
+                mark: spec.mark,
+                stop: &spec.stop.rx,
+                grace: spec.grace,
+                stdin,
+                stdin_path,
+            })
+        });
     match session {
         Ok(Some(s)) => {
             let target = Target::Shell {

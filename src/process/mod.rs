@@ -8,6 +8,7 @@ pub mod output;
 pub mod procs;
 pub mod session;
 pub mod sys;
+pub mod terminal;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;

@@ -1,11 +1,14 @@
 //! The persistent bash session of docs/protocol.md §4.
 //!
 //! One `bash --login` runs on a pseudo-terminal, as the leader of a session
-//! of its own. Each command is written to a file and `source`d by the session
-//! with stdin from /dev/null (so `cat` or `read` get end-of-file at once and
-//! never see the agent's instructions), framed by start and end markers that
-//! carry a per-session nonce; the end marker carries the exit status. Output
-//! between the markers goes through the chunker (`output`) to a sink.
+//! of its own; that terminal is stdout and stderr of every command, and
+//! the agent writes its instructions to it. Each command is written to a
+//! file and `source`d by the session with stdin from a second terminal
+//! (`terminal`), which reads as end-of-file, so `cat` or `read` end at once
+//! and never see the agent's instructions. It is framed by start and end
+//! markers that carry a per-session nonce; the end marker carries the exit
+//! status. Output between the markers goes through the chunker (`output`)
+//! to a sink.
 //!
 //! Threads: a reader thread copies the terminal into a bounded channel (so a
 //! fast writer is slowed down, never buffered without limit) and a waiter
@@ -28,16 +31,12 @@ use crate::error::Error;
 use crate::process::exit_code;
 use crate::process::output::{render, Chunker};
 use crate::process::procs::{JobProcesses, MARK_VAR};
-use crate::process::sys;
+use crate::process::sys::{self, TermMode};
+use crate::process::terminal::{StdinTerminal, TERM_SIZE};
 use crate::util::{random_hex, shell_quote};
 
 /// No byte of output waits longer than this before it is in the log (§6.2).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// The size of the session's terminal.
-const TERM_SIZE: sys::TermSize = sys::TermSize {
-    rows: 40,
-    cols: 160,
-};
 /// How long a new session may take to print its readiness marker.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shell that is told to exit at the end of a job may take.
@@ -89,10 +88,16 @@ pub struct SessionSpec<'a> {
     pub mark: &'a str,
     pub stop: &'a Receiver<()>,
     pub grace: Duration,
+    /// Every command's stdin.
+    pub stdin: StdinTerminal,
+    /// The path of `stdin`'s slave as the session's bash sees it.
+    pub stdin_path: String,
 }
 
 pub struct Session {
     master: File,
+    stdin: StdinTerminal,
+    stdin_path: String,
     rx: Receiver<Msg>,
     stop: Receiver<()>,
     procs: JobProcesses,
@@ -113,10 +118,22 @@ impl Session {
     /// arrived first (everything started is already killed).
     pub fn start(spec: SessionSpec<'_>) -> Result<Option<Session>, Error> {
         let nonce = random_hex(16);
-        let (master, slave) = sys::open_pty(TERM_SIZE).map_err(|e| Error::Spawn {
-            program: "a pseudo-terminal".into(),
-            source: e,
-        })?;
+        let pty = sys::open_pty(TERM_SIZE)
+            .and_then(|pty| {
+                // No echo: the agent's instructions never show. No output
+                // post-processing: `\n` stays `\n`, which saves the kernel
+                // and the chunker work on every line.
+                TermMode::of(pty.slave.as_raw_fd())?
+                    .without_echo()
+                    .without_output_processing()
+                    .apply(pty.slave.as_raw_fd())?;
+                Ok(pty)
+            })
+            .map_err(|e| Error::Spawn {
+                program: "a pseudo-terminal".into(),
+                source: e,
+            })?;
+        let (master, slave) = (pty.master, pty.slave);
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -176,6 +193,8 @@ impl Session {
 
         let mut session = Session {
             master,
+            stdin: spec.stdin,
+            stdin_path: spec.stdin_path,
             rx,
             stop: spec.stop.clone(),
             procs: JobProcesses::new(pid, spec.mark),
@@ -187,7 +206,8 @@ impl Session {
             secrets: Arc::default(),
             interrupt: crossbeam_channel::never(),
         };
-        // The terminal echoes nothing, prompts are empty, history is not
+        // The terminal echoes nothing, COLUMNS and LINES give its size
+        // (bash sets them only for itself), prompts are empty, history is not
         // written, and the job starts in HOME. Job control is off: bash then
         // prints no "Done" notices for background jobs, and a command killed
         // by SIGINT does not make it drop the rest of the instruction line.
@@ -195,8 +215,10 @@ impl Session {
         // the status (a second end marker, after the first, is ignored).
         // Everything printed before the readiness marker is discarded.
         let init = format!(
-            "stty -echo 2>/dev/null; set +m; PS1=; PS2=; PROMPT_COMMAND='printf \"\\001{n}E%d\\001\" $?'; unset HISTFILE; cd ~; printf '\\001{n}R\\001'\n",
-            n = session.nonce
+            "stty -echo 2>/dev/null; export COLUMNS={cols} LINES={rows}; set +m; PS1=; PS2=; PROMPT_COMMAND='printf \"\\001{n}E%d\\001\" $?'; unset HISTFILE; cd ~; printf '\\001{n}R\\001'\n",
+            n = session.nonce,
+            cols = TERM_SIZE.cols,
+            rows = TERM_SIZE.rows,
         );
         session.write_instruction(init.as_bytes())?;
         let ready = format!("\x01{}R\x01", session.nonce).into_bytes();
@@ -267,6 +289,11 @@ impl Session {
         self.interrupt = interrupt;
     }
 
+    /// The terminal every command has on stdin.
+    pub fn stdin(&self) -> &StdinTerminal {
+        &self.stdin
+    }
+
     /// The pid of the session's process (bash, or the compose client).
     pub fn pid(&self) -> i32 {
         self.procs.session
@@ -283,10 +310,14 @@ impl Session {
             sink(format!("The agent could not write the command file: {e}\n"));
             return Outcome::Finished(1);
         }
+        if let Err(e) = self.stdin.reset() {
+            log::warn!("cannot reset the stdin terminal: {e}");
+        }
         let instruction = format!(
-            "printf '\\001{n}S\\001'; source {path} </dev/null; printf '\\001{n}E%d\\001' \"$?\"\n",
+            "printf '\\001{n}S\\001'; source {path} <{stdin}; printf '\\001{n}E%d\\001' \"$?\"\n",
             n = self.nonce,
             path = shell_quote(&self.cmd_path.to_string_lossy()),
+            stdin = shell_quote(&self.stdin_path),
         );
         self.scanner.begin();
         while self.interrupt.try_recv().is_ok() {}

@@ -6,11 +6,13 @@
 //! wrappers.
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -138,20 +140,26 @@ pub fn spawn_as_session_leader_on_tty(cmd: &mut Command) {
     }
 }
 
-/// The size a pseudo-terminal reports (`TIOCGWINSZ`).
+/// The size of a terminal, in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TermSize {
     pub rows: u16,
     pub cols: u16,
 }
 
-/// Opens a pseudo-terminal pair, both ends close-on-exec (a child gets the
-/// slave through dup2, which clears the flag), with echo off, no output
-/// post-processing (`\n` stays `\n`, which saves the kernel and the chunker
-/// work on every line) and the given size.
-pub fn open_pty(size: TermSize) -> io::Result<(File, OwnedFd)> {
+/// A pseudo-terminal pair and the path of its slave side.
+pub struct Pty {
+    pub master: File,
+    pub slave: OwnedFd,
+    pub path: PathBuf,
+}
+
+/// Opens a pseudo-terminal pair of the given size, both ends close-on-exec
+/// (a child gets the slave through dup2, which clears the flag), with the
+/// kernel's default modes.
+pub fn open_pty(size: TermSize) -> io::Result<Pty> {
     // SAFETY: plain libc calls; every returned descriptor is checked and owned.
-    unsafe {
+    let (master, slave, path) = unsafe {
         let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
         if master < 0 {
             return Err(io::Error::last_os_error());
@@ -164,27 +172,100 @@ pub fn open_pty(size: TermSize) -> io::Result<(File, OwnedFd)> {
         if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
             return Err(io::Error::last_os_error());
         }
+        let name = CStr::from_ptr(name.as_ptr());
         let slave = libc::open(
-            CStr::from_ptr(name.as_ptr()).as_ptr(),
+            name.as_ptr(),
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         );
         if slave < 0 {
             return Err(io::Error::last_os_error());
         }
-        let slave = OwnedFd::from_raw_fd(slave);
-        let mut tio: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(slave.as_raw_fd(), &mut tio) == 0 {
-            tio.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
-            tio.c_oflag &= !libc::OPOST;
-            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio);
+        let path = PathBuf::from(OsStr::from_bytes(name.to_bytes()));
+        (master, OwnedFd::from_raw_fd(slave), path)
+    };
+    set_term_size(slave.as_raw_fd(), size)?;
+    Ok(Pty {
+        master: File::from(master),
+        slave,
+        path,
+    })
+}
+
+/// Sets the size a terminal reports (`TIOCSWINSZ`).
+pub fn set_term_size(fd: RawFd, size: TermSize) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `ws` is a valid winsize for the duration of the call.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Discards what was written to a terminal and not read yet (`TCIFLUSH`).
+pub fn flush_input(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    if unsafe { libc::tcflush(fd, libc::TCIFLUSH) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The modes of a terminal (its `termios`). Set on a pseudo-terminal's
+/// master, they apply to the slave.
+#[derive(Clone, Copy)]
+pub struct TermMode(libc::termios);
+
+impl TermMode {
+    /// The modes `fd` is in now.
+    pub fn of(fd: RawFd) -> io::Result<TermMode> {
+        // SAFETY: termios is plain data; the kernel fills it.
+        let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `tio` is a valid, exclusively borrowed termios.
+        if unsafe { libc::tcgetattr(fd, &mut tio) } < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let ws = libc::winsize {
-            ws_row: size.rows,
-            ws_col: size.cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws);
-        Ok((File::from(master), slave))
+        Ok(TermMode(tio))
+    }
+
+    /// Applies these modes to `fd` at once.
+    pub fn apply(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: `self.0` is a valid termios for the duration of the call.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &self.0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The same modes without any echo of input.
+    pub fn without_echo(mut self) -> TermMode {
+        self.0.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL);
+        self
+    }
+
+    /// The same modes without output post-processing: `\n` stays `\n`.
+    pub fn without_output_processing(mut self) -> TermMode {
+        self.0.c_oflag &= !libc::OPOST;
+        self
+    }
+
+    /// The same modes, non-canonical with `VMIN=0, VTIME=0`: a read with
+    /// nothing to read returns 0 (end-of-file) at once.
+    pub fn reads_never_wait(mut self) -> TermMode {
+        self.0.c_lflag &= !libc::ICANON;
+        self.0.c_cc[libc::VMIN] = 0;
+        self.0.c_cc[libc::VTIME] = 0;
+        self
+    }
+
+    /// In canonical mode, the end-of-file character (which, typed at the
+    /// start of a line, makes one read return 0); None otherwise.
+    pub fn canonical_eof(&self) -> Option<u8> {
+        let eof = self.0.c_cc[libc::VEOF];
+        (self.0.c_lflag & libc::ICANON != 0 && eof != 0).then_some(eof)
     }
 }

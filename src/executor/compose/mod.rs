@@ -23,6 +23,7 @@ use crate::job::request::{decode_b64, parse_mode};
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
 use crate::process::hostcmd::{run_lines, HostOutcome};
 use crate::process::session::{Outcome, Session, SessionSpec};
+use crate::process::terminal::StdinTerminal;
 use crate::util::{shell_quote, write_private};
 
 pub const STEP_CREDENTIALS: &str = "Setting up image pull credentials";
@@ -199,17 +200,26 @@ pub(crate) fn start(
     // §9.2 step 3: any death before readiness is a failure.
     let started_at = steps.started(STEP_START);
     steps.output("Starting a new bash session.\n");
-    let session = Session::start(SessionSpec {
-        argv: project.session_argv(),
-        env: vec![(
-            "DOCKER_CONFIG".into(),
-            project.docker_config.to_string_lossy().into_owned(),
-        )],
-        work_dir: spec.work_dir,
-        mark: spec.mark,
-        stop: &spec.stop.rx,
-        grace: spec.grace,
-    });
+    let session = StdinTerminal::open()
+        .map_err(|e| crate::error::Error::Spawn {
+            program: "a pseudo-terminal".into(),
+            source: e,
+        })
+        .and_then(|stdin| {
+            Session::start(SessionSpec {
+                argv: project.session_argv(stdin.path()),
+                env: vec![(
+                    "DOCKER_CONFIG".into(),
+                    project.docker_config.to_string_lossy().into_owned(),
+                )],
+                work_dir: spec.work_dir,
+                mark: spec.mark,
+                stop: &spec.stop.rx,
+                grace: spec.grace,
+                stdin,
+                stdin_path: project::STDIN_TERMINAL.into(),
+            })
+        });
     let session = match session {
         Ok(Some(s)) => s,
         Ok(None) => {
@@ -223,14 +233,15 @@ pub(crate) fn start(
             return Started::Failed;
         }
     };
-    give_work_dir_to_container_user(&project, spec.work_dir);
+    give_work_dir_to_container_user(&project, spec.work_dir, &session);
     steps.finished(STEP_START, 0, started_at);
     Started::Ready(Box::new(session))
 }
 
 /// The container's user must read the env and command files in the
-/// read-only mount; they stay private to that user (and root).
-fn give_work_dir_to_container_user(project: &Project, work_dir: &Path) {
+/// read-only mount, and open the stdin terminal; they stay private to that
+/// user (and root).
+fn give_work_dir_to_container_user(project: &Project, work_dir: &Path, session: &Session) {
     // Asked from the host: the session itself cannot source anything from
     // the work dir before it belongs to the container's user.
     let out = Command::new("docker")
@@ -257,6 +268,9 @@ fn give_work_dir_to_container_user(project: &Project, work_dir: &Path) {
     };
     if uid == 0 {
         return;
+    }
+    if let Err(e) = session.stdin().give_to(uid, gid) {
+        log::warn!("cannot give the stdin terminal to uid {uid}: {e}");
     }
     let mut paths = vec![work_dir.to_path_buf()];
     if let Ok(dir) = fs::read_dir(work_dir) {

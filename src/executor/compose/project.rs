@@ -15,6 +15,8 @@ use crate::util::id_slug;
 
 /// Where the host's Docker socket is mounted in main (docker in docker).
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Where the session's stdin terminal appears in main.
+pub const STDIN_TERMINAL: &str = "/dev/job-stdin";
 
 /// The compose tool found on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +154,7 @@ impl Project {
     /// §9.2 step 3: the session's bash in main. docker-compose v1 logs a
     /// container's non-zero exit status as an error line of its own when
     /// `run` ends; only critical messages keep that line out of the job log.
-    pub fn session_argv(&self) -> Vec<String> {
+    pub fn session_argv(&self, stdin_terminal: &Path) -> Vec<String> {
         let work = self.work_dir.to_string_lossy();
         let mut argv = self.base();
         if self.tool == ComposeTool::Standalone {
@@ -167,6 +169,10 @@ impl Project {
             format!("{DOCKER_SOCKET}:{DOCKER_SOCKET}"),
             "-v".into(),
             format!("{work}:{work}:ro"),
+            // A bind mount, not a device: a terminal slave opens only
+            // through its node in the devpts file system.
+            "-v".into(),
+            format!("{}:{STDIN_TERMINAL}", stdin_terminal.display()),
             self.main.clone(),
             "bash".into(),
             "--noediting".into(),
@@ -296,8 +302,8 @@ mod tests {
             "docker-compose --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml up -d db cache"
         );
         assert_eq!(
-            p.session_argv().join(" "),
-            "docker-compose --log-level CRITICAL --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm --name agent-job-42-x-ab12-main -v /var/run/docker.sock:/var/run/docker.sock -v /d/work:/d/work:ro main bash --noediting"
+            p.session_argv(Path::new("/dev/pts/7")).join(" "),
+            "docker-compose --log-level CRITICAL --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm --name agent-job-42-x-ab12-main -v /var/run/docker.sock:/var/run/docker.sock -v /d/work:/d/work:ro -v /dev/pts/7:/dev/job-stdin main bash --noediting"
         );
         assert!(p
             .down_argv(10)
