@@ -1,7 +1,9 @@
 //! Commands the agent runs on the host for a job (compose pulls, registry
 //! logins, host setup commands): stdout and stderr merged in one pipe, read
 //! on a thread of its own and handed on line by line, with a stop that kills
-//! the command and everything it started.
+//! the command and everything it started. Their output never crosses a
+//! terminal, so it is handed on byte-exact, `\r\n` included (docs/protocol.md
+//! §6.2); only bytes that are not UTF-8 change.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::process::exit_code;
-use crate::process::output::render;
+use crate::process::output::decode;
 use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys;
 
@@ -27,8 +29,8 @@ enum Msg {
     Eof,
 }
 
-/// Runs `cmd`, calling `on_line` with each line of its merged output
-/// (`\r\n` folded, without the newline; a last line without newline too).
+/// Runs `cmd`, calling `on_line` with each line of its merged output as it
+/// was printed, its `\n` or `\r\n` included (a last line without one too).
 pub fn run_lines(
     mut cmd: Command,
     mark: &str,
@@ -64,9 +66,7 @@ pub fn run_lines(
             match reader.read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let text = render(&line);
-                    let text = text.trim_end_matches('\n').trim_end_matches('\r');
-                    if tx.send(Msg::Line(text.to_string())).is_err() {
+                    if tx.send(Msg::Line(decode(&line))).is_err() {
                         return;
                     }
                 }
@@ -104,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_merged_and_the_last_partial_line_kept() {
+    fn lines_are_merged_byte_exact_and_the_last_partial_line_kept() {
         let (_tx, stop) = bounded::<()>(1);
         let mut cmd = Command::new("bash");
         cmd.arg("-c")
@@ -118,7 +118,7 @@ mod tests {
             &mut |l| lines.push(l.to_string()),
         );
         assert!(matches!(outcome, HostOutcome::Exited(3)), "{outcome:?}");
-        assert_eq!(lines, ["one", "two", "three", "four"]);
+        assert_eq!(lines, ["one\n", "two\n", "three\r\n", "four"]);
     }
 
     #[test]

@@ -176,18 +176,27 @@ pub fn safe_cut(bytes: &[u8]) -> usize {
 /// Renders terminal bytes as text: `\r\n` folded to `\n`, one U+FFFD per
 /// invalid byte.
 pub fn render(bytes: &[u8]) -> String {
+    to_text(bytes, push_folded)
+}
+
+/// Bytes as text, changed only where they are not UTF-8: one U+FFFD per
+/// invalid byte. For output that never crossed a terminal (§6.2).
+pub fn decode(bytes: &[u8]) -> String {
+    to_text(bytes, String::push_str)
+}
+
+fn to_text(bytes: &[u8], push: fn(&mut String, &str)) -> String {
     let mut out = String::with_capacity(bytes.len());
     let mut rest = bytes;
     loop {
         match std::str::from_utf8(rest) {
             Ok(s) => {
-                push_folded(&mut out, s);
+                push(&mut out, s);
                 break;
             }
             Err(e) => {
                 let valid = e.valid_up_to();
-                // SAFETY-free: from_utf8 said these bytes are valid.
-                push_folded(&mut out, std::str::from_utf8(&rest[..valid]).unwrap_or(""));
+                push(&mut out, std::str::from_utf8(&rest[..valid]).unwrap_or(""));
                 let bad = e.error_len().unwrap_or(rest.len() - valid);
                 for _ in 0..bad {
                     out.push('\u{FFFD}');
@@ -226,6 +235,12 @@ mod tests {
     fn crlf_is_folded_and_lone_cr_kept() {
         assert_eq!(render(b"a\r\nb\rc\r\n"), "a\nb\rc\n");
         assert_eq!(render(b"a\r\r\nb\r"), "a\nb\r");
+    }
+
+    #[test]
+    fn decoding_keeps_every_valid_byte() {
+        assert_eq!(decode(b"a\r\nb\r\r\n"), "a\r\nb\r\r\n");
+        assert_eq!(decode(&[b'x', 0x96, 0x96, b'\n']), "x\u{FFFD}\u{FFFD}\n");
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub(crate) fn start(
             .stdin(std::process::Stdio::null());
         let mut lines = Vec::new();
         let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
-            log::info!("host setup: {line}");
-            lines.push(format!("{line}\n"));
+            log::info!("host setup: {}", line.trim_end());
+            lines.push(ended(line));
         });
         let status = match outcome {
             HostOutcome::Exited(0) => continue,
@@ -168,7 +168,7 @@ pub(crate) fn start(
             spec.mark,
             &spec.stop.rx,
             spec.grace,
-            &mut |line| steps.output(&format!("{line}\n")),
+            &mut |line| steps.output(&ended(line)),
         );
         status = match outcome {
             HostOutcome::Exited(s) => s,
@@ -236,6 +236,17 @@ pub(crate) fn start(
     give_work_dir_to_container_user(&project, spec.work_dir, &session);
     steps.finished(STEP_START, 0, started_at);
     Started::Ready(Box::new(session))
+}
+
+/// A host command's line as it was printed (§6.2: byte-exact, `\r\n`
+/// kept), with a newline added only to a last line that had none, so what
+/// the agent writes next starts a line of its own.
+fn ended(line: &str) -> String {
+    if line.ends_with('\n') {
+        line.to_string()
+    } else {
+        format!("{line}\n")
+    }
 }
 
 /// The container's user must read the env and command files in the
@@ -310,7 +321,7 @@ fn credentials(steps: &mut Steps<'_, '_>, project: &Project) -> Option<bool> {
         let cmd = login::login_command(&login, &project.docker_config, spec.home);
         let mut lines = Vec::new();
         let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
-            lines.push(format!("{line}\n"))
+            lines.push(ended(line))
         });
         for line in &lines {
             steps.output(line);
