@@ -11,4 +11,5 @@ mod run;
 mod serve;
 mod ssh;
 mod support;
+mod terminal;
 mod validation;
