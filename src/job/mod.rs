@@ -8,6 +8,7 @@ pub mod env;
 pub mod eventlog;
 pub mod files;
 pub mod job_id;
+pub mod json_text;
 pub mod lifecycle;
 pub mod logfiles;
 pub mod recovery;

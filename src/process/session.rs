@@ -41,6 +41,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a shell that is told to exit at the end of a job may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most the reader hands on in one message.
+const READ_BUFFER: usize = 64 * 1024;
 /// After bash exits, how long output still in flight is collected.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -156,14 +158,15 @@ impl Session {
         std::thread::Builder::new()
             .name("session-reader".into())
             .spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
+                let mut buf = vec![0u8; READ_BUFFER];
                 loop {
                     match reader.read(&mut buf) {
                         Ok(0) => break,
                         Ok(mut n) => {
                             // Take what else is already waiting, without
-                            // blocking: one message per burst, not per write.
-                            while n < buf.len() / 2 && sys::readable_now(reader.as_raw_fd()) {
+                            // blocking: one message per burst, not per read
+                            // (a terminal hands over at most 4 KiB a read).
+                            while n + 4096 <= buf.len() && sys::readable_now(reader.as_raw_fd()) {
                                 match reader.read(&mut buf[n..]) {
                                     Ok(0) | Err(_) => break,
                                     Ok(m) => n += m,
@@ -523,9 +526,16 @@ impl MarkerScanner {
         if self.done {
             return None;
         }
-        let mut data = std::mem::take(&mut self.carry);
-        data.extend_from_slice(bytes);
-        let mut rest: &[u8] = &data;
+        // Bytes are copied only when a marker may have been split.
+        let joined: Vec<u8>;
+        let mut rest: &[u8] = if self.carry.is_empty() {
+            bytes
+        } else {
+            let mut data = std::mem::take(&mut self.carry);
+            data.extend_from_slice(bytes);
+            joined = data;
+            &joined
+        };
         if !self.capturing {
             match find(rest, &self.start) {
                 Some(i) => {
@@ -539,7 +549,7 @@ impl MarkerScanner {
             }
         }
         loop {
-            let Some(i) = rest.iter().position(|b| *b == 0x01) else {
+            let Some(i) = memchr::memchr(0x01, rest) else {
                 out(rest);
                 return None;
             };
@@ -556,7 +566,7 @@ impl MarkerScanner {
                 return None;
             }
             let after = &cand[self.end.len()..];
-            match after.iter().position(|b| *b == 0x01) {
+            match memchr::memchr(0x01, after) {
                 Some(j) => {
                     let status = std::str::from_utf8(&after[..j])
                         .ok()
@@ -599,7 +609,7 @@ fn tail_prefix<'a>(data: &'a [u8], marker: &[u8]) -> &'a [u8] {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn spawn_err(e: std::io::Error) -> Error {
