@@ -12,7 +12,7 @@
 //! that does not show the work done) prints `ERROR`, and the process exits 1
 //! after the summary: a figure taken from a failing job would be worthless.
 //!
-//! The first two benchmarks run the agent as `agent run --json --data-dir
+//! The first three benchmarks run the agent as `agent run --json --data-dir
 //! <tmp> <job.json>` with stdout discarded and `HOME` in a scratch directory
 //! that is removed afterwards. Its wall time is measured from spawn to
 //! reaping; its peak RSS comes from `wait4`'s `ru_maxrss`.
@@ -32,11 +32,12 @@
 //! title contains one of the words.
 //!
 //! This file runs the benchmarks and prints the summary. Each benchmark has
-//! a file by subject (`throughput`, `serve`, `latency`, `pollers`,
-//! `compose`, `hostile`); `measure`, `agent_run`, `server`, `events`, `scratch` and
-//! `report` are what they share.
+//! a file by subject (`throughput`, `big_writes`, `serve`, `latency`,
+//! `pollers`, `compose`, `hostile`); `measure`, `agent_run`, `server`,
+//! `events`, `scratch` and `report` are what they share.
 
 mod agent_run;
+mod big_writes;
 mod compose;
 mod events;
 mod hostile;
@@ -96,9 +97,10 @@ fn main() {
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
-    let benches: [(&str, BenchFn); 10] = [
+    let benches: [(&str, BenchFn); 11] = [
         ("per-command overhead", throughput::bench_command_overhead),
         ("throughput", throughput::bench_throughput),
+        ("big writes", big_writes::bench_big_writes),
         ("idle RSS of agent serve", serve::bench_idle_rss),
         (
             "per-command overhead via the API",
