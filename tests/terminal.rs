@@ -1,5 +1,5 @@
 //! What a command finds on its stdin, stdout and stderr (docs/protocol.md
-//! §4.3): stdin is a terminal of the terminal's size that reads as
+//! §4, §6.6): stdin is a terminal of the terminal's size that reads as
 //! end-of-file, whatever a command did to its modes, in shell jobs (`agent
 //! run` and `agent serve`) and in a compose job's main container; `docker
 //! run -it` and `-t` work; a user's `stty echo` never shows the agent's
@@ -36,7 +36,11 @@ const STDIN_CHECKS: &[(&str, &str, i64)] = &[
     ("echo Hello World", "Hello World\n", 0),
     // What a command changed is undone before the next one.
     ("stty sane", "", 0),
-    ("stty -a | grep -o -e -icanon -e ' min = 0'", " min = 0\n-icanon\n", 0),
+    (
+        "stty -a | grep -o -e -icanon -e ' min = 0'",
+        " min = 0\n-icanon\n",
+        0,
+    ),
 ];
 
 /// `tput`, which the compose test image lacks.

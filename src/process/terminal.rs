@@ -1,4 +1,4 @@
-//! The terminal a job's commands read from (docs/protocol.md §4.3): a second
+//! The terminal a job's commands read from (docs/protocol.md §4): a second
 //! pseudo-terminal per session whose slave is every command's stdin, so
 //! `[ -t 0 ]`, `stty`, `tput` and `docker run -it` work, while a read gives
 //! end-of-file at once, as from /dev/null.
