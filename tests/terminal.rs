@@ -217,8 +217,8 @@ fn host_command_output_is_byte_exact() {
     );
 }
 
-/// The compose tool wrapped so that its `up` prints a progress line ending
-/// in `\r\n` before doing its work.
+/// The compose tool wrapped so that its `pull` and `up` (which pulls what
+/// is missing) print progress lines ending in `\r\n` before their work.
 #[test]
 fn pull_output_keeps_its_crlf() {
     if !docker::ready() {
@@ -241,7 +241,7 @@ fn pull_output_keeps_its_crlf() {
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/bash\ncase \" $* \" in *' up '*) printf 'progress 1/2\\r\\nprogress 2/2\\r\\n';; esac\nexec '{}' \"$@\"\n",
+            "#!/bin/bash\ncase \" $* \" in *' pull '*|*' up '*) printf 'progress 1/2\\r\\nprogress 2/2\\r\\n';; esac\nexec '{}' \"$@\"\n",
             real.display()
         ),
     )
