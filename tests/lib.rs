@@ -9,6 +9,7 @@ mod hostile;
 mod isolation;
 mod run;
 mod serve;
+mod skips;
 mod ssh;
 mod support;
 mod terminal;

@@ -330,7 +330,7 @@ fn check_latest_jump_point(sshd: &Sshd, key: &ClientKey, job_id: &str, expected:
 /// `authorized_keys` and a pre-existing `~/.bash_profile` are as they were.
 #[test]
 fn jump_point_runs_commands_in_the_job_until_it_is_stopped() {
-    if !sshd::available("jump_point_runs_commands_in_the_job_until_it_is_stopped") {
+    if !sshd::available() {
         return;
     }
     let agent = TestAgent::builder().stop_grace_period(2).start();
@@ -381,7 +381,7 @@ fn jump_point_runs_commands_in_the_job_until_it_is_stopped() {
 /// `~/.profile` (and nothing of the job) meanwhile.
 #[test]
 fn interactive_jump_point_session_then_the_job_finishes() {
-    if !sshd::available("interactive_jump_point_session_then_the_job_finishes") {
+    if !sshd::available() {
         return;
     }
     let agent = TestAgent::builder().stop_grace_period(2).start();
@@ -456,7 +456,7 @@ fn interactive_jump_point_session_then_the_job_finishes() {
 /// everything is as before.
 #[test]
 fn two_jobs_at_once_each_have_their_own_jump_point() {
-    if !sshd::available("two_jobs_at_once_each_have_their_own_jump_point") {
+    if !sshd::available() {
         return;
     }
     let agent = TestAgent::builder().jobs(2).stop_grace_period(2).start();
@@ -619,8 +619,8 @@ fn compose_ok() -> bool {
 /// Whether the compose test can run: docker, a compose tool and the image.
 /// Under `AGENT_REQUIRE_DOCKER=1` the image is built if missing and anything
 /// else missing fails the test.
-fn compose_available(test: &str) -> bool {
-    let required = std::env::var("AGENT_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+fn compose_available() -> bool {
+    let required = crate::support::skip::required();
     let problem = if !docker_ok(&["info"]) {
         Some("docker does not work here".to_owned())
     } else if !compose_ok() {
@@ -647,13 +647,7 @@ fn compose_available(test: &str) -> bool {
     };
     match problem {
         None => true,
-        Some(problem) if required => {
-            panic!("{test}: {problem}, and AGENT_REQUIRE_DOCKER=1 requires the docker tests")
-        }
-        Some(problem) => {
-            eprintln!("skipping {test}: {problem}");
-            false
-        }
+        Some(problem) => crate::support::skip::skip(&problem),
     }
 }
 
@@ -682,8 +676,7 @@ fn without_waiting_preamble(stdout: &str) -> &str {
 /// the agent user's files as they were.
 #[test]
 fn compose_jump_point_leads_into_the_main_container() {
-    let test = "compose_jump_point_leads_into_the_main_container";
-    if !sshd::available(test) || !compose_available(test) {
+    if !sshd::available() || !compose_available() {
         return;
     }
     let agent = TestAgent::builder().stop_grace_period(2).start();

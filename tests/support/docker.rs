@@ -215,18 +215,12 @@ fn environment() -> &'static Result<ComposeTool, String> {
 }
 
 /// True when Docker, a compose tool and the test images are there. When they
-/// are not, the test should return: this prints why, or fails the test when
-/// `AGENT_REQUIRE_DOCKER=1` (CI) says they must be.
+/// are not, the test should return: `skip::skip` says why and records it, or
+/// fails the test when `AGENT_REQUIRE_DOCKER=1` (CI) says they must be.
 pub fn ready() -> bool {
     match environment() {
         Ok(_) => true,
-        Err(reason) => {
-            if std::env::var("AGENT_REQUIRE_DOCKER").as_deref() == Ok("1") {
-                panic!("AGENT_REQUIRE_DOCKER=1 but Docker is not usable: {reason}");
-            }
-            eprintln!("skipped: Docker is not usable: {reason}");
-            false
-        }
+        Err(reason) => super::skip::skip(&format!("Docker is not usable: {reason}")),
     }
 }
 

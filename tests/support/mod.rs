@@ -1063,4 +1063,5 @@ pub mod callback;
 pub mod client;
 pub mod docker;
 pub mod server;
+pub mod skip;
 pub mod sshd;

@@ -34,24 +34,13 @@ const START_ATTEMPTS: usize = 5;
 pub const SSH_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// True when CI demands that every environment-dependent test runs.
-fn required() -> bool {
-    std::env::var("AGENT_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
-}
-
 /// Whether the tests may use a real sshd here. Under
 /// `AGENT_REQUIRE_DOCKER=1` a missing piece fails the test; otherwise the
-/// test is told to return early, and says why.
-pub fn available(test: &str) -> bool {
+/// test is told to return early, and the skip is recorded (`support::skip`).
+pub fn available() -> bool {
     match missing_piece() {
         None => true,
-        Some(reason) if required() => {
-            panic!("{test}: {reason}, and AGENT_REQUIRE_DOCKER=1 requires the sshd tests to run")
-        }
-        Some(reason) => {
-            eprintln!("skipping {test}: {reason}");
-            false
-        }
+        Some(reason) => super::skip::skip(&reason),
     }
 }
 

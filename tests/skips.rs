@@ -1,0 +1,141 @@
+//! A test that cannot run here is reported as such, never as a pass: the
+//! Docker tests, run with a PATH that has no docker, leave one record each,
+//! and `tests/summary.sh` names them and counts them as skipped.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::docker::run_bounded;
+
+/// Set in the inner run, so that it cannot start this test again.
+const INNER: &str = "AGENT_TEST_SKIP_SUMMARY_INNER";
+/// Every compose test returns at its gate; the margin is for a loaded machine.
+const INNER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A folder with a link to every program on PATH except the docker ones.
+fn path_without_docker(dir: &Path) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for folder in std::env::split_paths(&path) {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("docker") || dir.join(&name).exists() {
+                continue;
+            }
+            let _ = symlink(entry.path(), dir.join(&name));
+        }
+    }
+}
+
+#[test]
+fn docker_tests_without_docker_are_named_and_counted_as_skipped() {
+    if std::env::var_os(INNER).is_some() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let bin = root.path().join("bin");
+    let skips = root.path().join("skips");
+    fs::create_dir(&bin).unwrap();
+    path_without_docker(&bin);
+
+    // This very binary, on the compose module only (libtest's own filter).
+    let mut inner = Command::new(std::env::current_exe().unwrap());
+    inner
+        .arg("compose::")
+        .env("PATH", &bin)
+        .env("AGENT_SKIP_LOG", &skips)
+        .env(INNER, "1")
+        .env_remove("AGENT_REQUIRE_DOCKER")
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let run = run_bounded(inner, b"", INNER_TIMEOUT).ok("the compose tests without docker");
+    let output = root.path().join("output.txt");
+    fs::write(&output, &run.stdout).unwrap();
+
+    let recorded: BTreeSet<String> = fs::read_dir(&skips)
+        .expect("the skips were recorded")
+        .flatten()
+        .flat_map(|e| {
+            fs::read_to_string(e.path())
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Every test of the module that runs Docker; the others passed.
+    let gated = compose_tests_behind_the_gate();
+    assert!(
+        gated.len() >= 20,
+        "the gated tests were not found: {gated:?}"
+    );
+    assert_eq!(gated.len(), recorded.len(), "recorded:\n{recorded:#?}");
+    for line in &recorded {
+        let (test, reason) = line.split_once('\t').expect("name, tab, reason");
+        assert!(gated.contains(test), "{test} is not a gated compose test");
+        assert_eq!(
+            reason,
+            "Docker is not usable: the docker CLI is missing or the engine does not answer"
+        );
+    }
+
+    let mut summary = Command::new("bash");
+    summary
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/summary.sh"))
+        .arg(&skips)
+        .arg(&output);
+    let summary = run_bounded(summary, b"", Duration::from_secs(30)).ok("tests/summary.sh");
+    let text = &summary.stdout;
+    let n = gated.len();
+    assert!(
+        text.contains(&format!("!!! {n} tests could not run on this machine")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  {n} for: Docker is not usable: the docker CLI is missing or the engine does not answer"
+        )),
+        "{text}"
+    );
+    for test in &gated {
+        assert!(
+            text.contains(&format!("      {test}\n")),
+            "{test} is not named:\n{text}"
+        );
+    }
+    // The closing line counts them as skipped: libtest counted them passed.
+    let passed: usize = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("test result: ok. "))
+        .filter_map(|l| l.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(
+        text.lines().last(),
+        Some(format!("{} passed, 0 failed, {n} skipped", passed - n).as_str()),
+        "{text}"
+    );
+}
+
+/// The compose tests that call the Docker gate, by libtest name, read from
+/// the source: a test whose body starts with `if !docker::ready()`.
+fn compose_tests_behind_the_gate() -> BTreeSet<String> {
+    let source = include_str!("compose.rs");
+    let mut gated = BTreeSet::new();
+    let mut name = None;
+    for line in source.lines() {
+        if let Some(rest) = line.strip_prefix("fn ") {
+            name = rest.split('(').next().map(str::to_owned);
+        } else if line.trim() == "if !docker::ready() {" {
+            if let Some(name) = name.take() {
+                gated.insert(format!("compose::{name}"));
+            }
+        }
+    }
+    gated
+}
