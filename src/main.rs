@@ -23,6 +23,10 @@ const EXIT_AGENT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = parse_args();
+    if cli.version {
+        println!("{}", version::long());
+        return ExitCode::SUCCESS;
+    }
     match cli.command {
         cli::Sub::Version(_) => {
             println!("{}", version::long());
@@ -51,32 +55,60 @@ fn fail(e: &error::Error) -> ExitCode {
     ExitCode::from(EXIT_AGENT_ERROR)
 }
 
-/// argh, with `start` accepted as another name for `serve` (§13.1).
+/// What `agent` accepts in front of its arguments, `start` included (§13.1).
+const COMMANDS: [&str; 5] = ["run", "serve", "start", "token", "version"];
+
+/// argh, plus what it does not do itself: `--version`/`-V`, `start` as
+/// another name for `serve` (and in the command list), a hint after an
+/// unknown command, and messages without a trailing blank line.
 fn parse_args() -> cli::Cli {
     let args: Vec<String> = std::env::args().collect();
-    let program = args.first().map(String::as_str).unwrap_or("agent");
     let mut rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
-    if rest.first() == Some(&"start") {
-        rest[0] = "serve";
+    match rest.first().copied() {
+        Some("--version" | "-V") => {
+            println!("{}", version::long());
+            std::process::exit(0);
+        }
+        None => {
+            eprintln!("{}", top_level_help());
+            std::process::exit(i32::from(EXIT_AGENT_ERROR));
+        }
+        Some("start") => rest[0] = "serve",
+        Some(word) if !word.starts_with('-') && word != "help" && !COMMANDS.contains(&word) => {
+            let hint = match cli::closest(word, &COMMANDS) {
+                Some(near) => format!(" (did you mean '{near}'?)"),
+                None => String::new(),
+            };
+            eprintln!(
+                "agent: unknown command '{word}'{hint}; the commands are {}; `agent --help` says more",
+                COMMANDS.join(", ")
+            );
+            std::process::exit(i32::from(EXIT_AGENT_ERROR));
+        }
+        _ => {}
     }
-    let name = std::path::Path::new(program)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("agent");
-    match <cli::Cli as argh::FromArgs>::from_args(&[name], &rest) {
+    match <cli::Cli as argh::FromArgs>::from_args(&["agent"], &rest) {
         Ok(cli) => cli,
         Err(early) => {
-            let failed = early.status.is_err();
-            if failed {
-                eprintln!("{}", early.output);
-            } else {
-                println!("{}", early.output);
+            let output = cli::list_start(early.output.trim_end());
+            if early.status.is_ok() {
+                println!("{output}");
+                std::process::exit(0);
             }
-            std::process::exit(if failed {
-                i32::from(EXIT_AGENT_ERROR)
-            } else {
-                0
-            });
+            let command = match rest.first() {
+                Some(word) if COMMANDS.contains(word) => format!("agent {word}"),
+                _ => "agent".to_string(),
+            };
+            eprintln!("{output}\nTry `{command} --help`.");
+            std::process::exit(i32::from(EXIT_AGENT_ERROR));
         }
+    }
+}
+
+/// `agent --help`, as argh writes it, with `start` listed.
+fn top_level_help() -> String {
+    match <cli::Cli as argh::FromArgs>::from_args(&["agent"], &["--help"]) {
+        Ok(_) => String::new(),
+        Err(early) => cli::list_start(early.output.trim_end()),
     }
 }

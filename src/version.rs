@@ -6,9 +6,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The commit the binary was built from, if known.
 pub const COMMIT: Option<&str> = option_env!("AGENT_GIT_COMMIT");
 
+/// `agent 0.1.0 (1f43f0d919d9)`, or `agent 0.1.0` outside a checkout.
 pub fn long() -> String {
     match COMMIT {
-        Some(commit) if !commit.is_empty() => format!("{VERSION} ({commit})"),
-        _ => VERSION.to_string(),
+        Some(commit) if !commit.is_empty() => format!("agent {VERSION} ({commit})"),
+        _ => format!("agent {VERSION}"),
     }
 }

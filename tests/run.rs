@@ -1404,9 +1404,10 @@ fn version_prints_the_crate_version_and_the_commit() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("UTF-8");
     let line = text.trim_end();
+    let prefix = concat!("agent ", env!("CARGO_PKG_VERSION"));
     assert!(
-        line.starts_with(env!("CARGO_PKG_VERSION")),
-        "{line:?} should start with the crate version"
+        line.starts_with(prefix),
+        "{line:?} should start with the name and the crate version"
     );
     // Built from a git checkout (as the tests always are), the commit follows.
     let in_checkout = std::process::Command::new("git")
@@ -1417,7 +1418,7 @@ fn version_prints_the_crate_version_and_the_commit() {
         .unwrap_or(false);
     if in_checkout {
         let commit = line
-            .strip_prefix(env!("CARGO_PKG_VERSION"))
+            .strip_prefix(prefix)
             .and_then(|rest| rest.strip_prefix(" ("))
             .and_then(|rest| rest.strip_suffix(')'))
             .unwrap_or_else(|| panic!("no commit in {line:?}"));

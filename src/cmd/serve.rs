@@ -104,7 +104,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         local.ip().to_string()
     };
     let url = format!("https://{shown_host}:{}", local.port());
-    println!("agent {} listening on {url}", crate::version::long());
+    println!("{} listening on {url}", crate::version::long());
     println!(
         "try: curl -k -H \"Authorization: Bearer {}\" {url}/status",
         auth.mint(Duration::from_secs(3600))
