@@ -85,11 +85,25 @@ pub fn load_secret(flag: Option<String>, file: Option<&Path>) -> Result<Vec<u8>,
     Ok(secret)
 }
 
-/// The certificate and key: given paths must exist; without flags the
+/// The certificate and key: both paths or neither; given paths must exist; without flags the
 /// default files are used when present, else a self-signed pair is made
 /// (and kept in the data dir, so its fingerprint stays the same).
 fn tls_material(args: &ServeArgs, data_dir: &Path) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let given = args.tls_cert_path.is_some() || args.tls_key_path.is_some();
+    let given = match (&args.tls_cert_path, &args.tls_key_path) {
+        (Some(_), None) => {
+            return Err(Error::HalfTlsPair {
+                given: "--tls-cert-path",
+                missing: "--tls-key-path",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(Error::HalfTlsPair {
+                given: "--tls-key-path",
+                missing: "--tls-cert-path",
+            })
+        }
+        (cert, _) => cert.is_some(),
+    };
     let cert = args
         .tls_cert_path
         .clone()

@@ -19,6 +19,13 @@ pub enum RequestError {
     Body(io::Error),
     /// A `job_id` (or `id`) outside the rule of `job::job_id`.
     JobId,
+    /// Nothing in the document: empty, blank, only comments, or `null`.
+    Empty,
+    /// A file mode that is not octal permission bits.
+    FileMode {
+        path: String,
+        mode: String,
+    },
     UnknownExecutor(String),
     PushLogger,
     UnknownLogger(String),
@@ -41,6 +48,14 @@ impl fmt::Display for RequestError {
                 f,
                 "invalid job_id: a job id is {}",
                 crate::job::job_id::JOB_ID_RULE
+            ),
+            RequestError::Empty => write!(
+                f,
+                "invalid job request: it is empty (see examples/hello.yaml for one that runs)"
+            ),
+            RequestError::FileMode { path, mode } => write!(
+                f,
+                "invalid job request: file {path} has mode '{mode}'; give octal permission bits such as \"0644\""
             ),
             RequestError::UnknownExecutor(e) => write!(f, "unknown executor type '{e}'"),
             RequestError::PushLogger => write!(
@@ -81,8 +96,18 @@ pub enum Error {
         source: io::Error,
     },
     Request(RequestError),
+    /// A job file of `agent run` that cannot run.
+    JobFile {
+        path: PathBuf,
+        source: RequestError,
+    },
     /// No JWT secret was given.
     NoSecret,
+    /// One of `--tls-cert-path` and `--tls-key-path` without the other.
+    HalfTlsPair {
+        given: &'static str,
+        missing: &'static str,
+    },
     /// `--host` did not resolve to an address.
     Resolve {
         host: String,
@@ -114,10 +139,14 @@ impl fmt::Display for Error {
             }
             Error::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
             Error::Request(e) => e.fmt(f),
+            Error::JobFile { path, source } => write!(f, "{}: {source}", path.display()),
             Error::NoSecret => f.write_str(
                 "no JWT secret: give --auth-token-secret, --auth-token-secret-file or AGENT_AUTH_TOKEN_SECRET",
             ),
             Error::Resolve { host } => write!(f, "cannot resolve --host {host}"),
+            Error::HalfTlsPair { given, missing } => {
+                write!(f, "{given} needs {missing} too (or give neither for a self-signed pair)")
+            }
             Error::Front(e) => e.fmt(f),
             Error::SessionStart { status, output } => {
                 match status {
@@ -139,11 +168,15 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } | Error::Spawn { source, .. } => Some(source),
+            Error::JobFile { source, .. } => Some(source),
             // Transparent wrappers: their message is the inner one, so the
             // cause is the inner error's cause.
             Error::Request(e) => e.source(),
             Error::Front(e) => e.source(),
-            Error::NoSecret | Error::Resolve { .. } | Error::SessionStart { .. } => None,
+            Error::NoSecret
+            | Error::Resolve { .. }
+            | Error::HalfTlsPair { .. }
+            | Error::SessionStart { .. } => None,
         }
     }
 }

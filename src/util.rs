@@ -1,11 +1,21 @@
 //! Small helpers that several layers use and that know nothing of jobs:
-//! bash quoting, random names, private files, and the one rule that turns a
-//! job id into a name safe for paths and docker.
+//! bash quoting, random names, private files, a count of seconds in words,
+//! and the one rule that turns a job id into a name safe for paths and
+//! docker.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// "1 second", "N seconds": a duration in messages people read.
+pub fn seconds(n: u64) -> String {
+    if n == 1 {
+        "1 second".to_string()
+    } else {
+        format!("{n} seconds")
+    }
+}
 
 /// Single-quotes a string for bash; byte-exact for any content.
 pub fn shell_quote(s: &str) -> String {

@@ -160,6 +160,24 @@ fn a_fatal_error_is_printed_once() {
             [
                 &serve[..],
                 &secret,
+                &["--port", "0", "--tls-cert-path", bad_cert],
+            ]
+            .concat(),
+            "--tls-cert-path needs --tls-key-path too",
+        ),
+        (
+            [
+                &serve[..],
+                &secret,
+                &["--port", "0", "--tls-key-path", bad_cert],
+            ]
+            .concat(),
+            "--tls-key-path needs --tls-cert-path too",
+        ),
+        (
+            [
+                &serve[..],
+                &secret,
                 &[
                     "--port",
                     "0",

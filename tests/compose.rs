@@ -1252,7 +1252,11 @@ fn stop_during_a_command_removes_everything_of_the_job() {
         started_log(
             &[],
             no_files(),
-            vec![step(&command, "started\n", 1)],
+            vec![step(
+                &command,
+                &format!("started\n{}", crate::support::API_STOP_LINE),
+                1,
+            )],
             "stopped",
         ),
     );

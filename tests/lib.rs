@@ -5,13 +5,16 @@
 mod cli;
 mod compose;
 mod crash;
+mod curl;
 mod disk;
 mod hostile;
 mod isolation;
+mod job_file;
 mod run;
 mod serve;
 mod skips;
 mod ssh;
+mod stops;
 mod support;
 mod terminal;
 mod validation;

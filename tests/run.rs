@@ -370,17 +370,19 @@ fn files_are_injected_at_resolved_paths_with_exact_modes() {
 
 #[test]
 fn a_bad_file_mode_fails_injection_and_leaves_no_file() {
+    // `agent run` refuses such a file before anything runs (tests/job_file.rs);
+    // the API accepts it, and the injection step fails.
+    let agent = crate::support::server::TestAgent::start_default();
+    let home = agent.home();
     for mode in ["abc", "0789"] {
-        let sandbox = Sandbox::new();
-        let home = sandbox.home();
-        let out = sandbox.run(
-            &failed_setup_job("bad-mode")
-                .file("good.txt", "good\n", "0644")
-                .file("bad.txt", "bad\n", mode)
-                .file("after.txt", "after\n", "0644"),
-        );
         // Every file is checked before the first is written: only the bad
         // one is named, and nothing is written.
+        let job = failed_setup_job("bad-mode")
+            .file("good.txt", "good\n", "0644")
+            .file("bad.txt", "bad\n", mode)
+            .file("after.txt", "after\n", "0644");
+        agent.submit_ok(&job.to_value());
+        let events = agent.wait_for_job_finished(&job.job_id);
         let outputs = [
             format!(
                 "Injecting {}/bad.txt with file mode {mode}\n",
@@ -390,8 +392,11 @@ fn a_bad_file_mode_fails_injection_and_leaves_no_file() {
         ];
         let mut expected = vec![env_export(&[]), step(FILES_STEP, &outputs.concat(), 1)];
         expected.extend(failed_setup_tail());
-        assert_eq!(out.normalized(), log_of(expected, "failed"), "mode {mode}");
-        assert_eq!(out.step(FILES_STEP).outputs, outputs);
+        assert_eq!(
+            crate::support::normalize(&events),
+            log_of(expected, "failed"),
+            "mode {mode}"
+        );
         assert!(!home.join("good.txt").exists(), "good.txt written");
         assert!(!home.join("bad.txt").exists(), "bad.txt left behind");
         assert!(!home.join("after.txt").exists(), "after.txt written");

@@ -17,6 +17,7 @@ use crate::support::client::{parse_log_lines, sign_jwt};
 use crate::support::server::{poll_until, read_response_head, unix_now, TestAgent, EVENT_TIMEOUT};
 use crate::support::{
     env_export, log_of, no_files, normalize, result_export, step, with_callbacks, Job,
+    API_STOP_LINE,
 };
 
 /// How long a callback may take to arrive when nothing delays it.
@@ -61,9 +62,15 @@ fn listed(agent: &TestAgent, job_id: &str) -> Value {
         .clone()
 }
 
+/// The log of a job stopped through the API while `directive` ran: the
+/// command's output ends with the line that says what stopped it.
 fn expected_stopped_log(directive: &str) -> Vec<crate::support::Ev> {
     log_of(
-        vec![env_export(&[]), no_files(), step(directive, "", 1)],
+        vec![
+            env_export(&[]),
+            no_files(),
+            step(directive, API_STOP_LINE, 1),
+        ],
         "stopped",
     )
 }
@@ -99,7 +106,7 @@ fn status_follows_the_jobs() {
     );
     assert_eq!(
         status["jobs"],
-        json!({"running": 0, "queued": 0, "capacity": 1}),
+        json!({"running": 0, "queued": 0, "tearing_down": 0, "capacity": 1}),
         "{status}"
     );
 
@@ -110,7 +117,7 @@ fn status_follows_the_jobs() {
     assert_eq!(status["state"], "job-received", "{status}");
     assert_eq!(
         status["jobs"],
-        json!({"running": 1, "queued": 0, "capacity": 1}),
+        json!({"running": 1, "queued": 0, "tearing_down": 0, "capacity": 1}),
         "{status}"
     );
 
@@ -241,12 +248,28 @@ fn another_job_is_refused_while_one_runs_and_accepted_after_teardown() {
     assert_eq!(agent.post("/jobs/terminate", b"").status, 200);
     agent.wait_for_job_finished(&first.job_id);
     callbacks.wait_for_path("/finished", 1, CALLBACK_TIMEOUT);
-    // Finished but not torn down (the archivator has not read the log yet).
+    // Finished but not torn down (the archivator has not read the log yet):
+    // the refusal and /status say what the teardown waits for.
     let refused = agent.submit(&second.to_value());
-    assert_eq!(
-        (refused.status, refused.message().as_str()),
-        (422, "another job is already running")
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let message = refused.message();
+    let expected = format!(
+        "another job is tearing down: job {} is waiting for a log read with X-Client-Name: archivator (at most ",
+        first.job_id
     );
+    assert!(
+        message.starts_with(&expected) && message.ends_with(" seconds more)"),
+        "{message}"
+    );
+    let status = agent.get("/status").json();
+    assert_eq!(status["jobs"]["tearing_down"], 1, "{status}");
+    assert_eq!(status["teardown"][0]["job_id"], first.job_id.as_str());
+    assert_eq!(
+        status["teardown"][0]["waiting_for"],
+        "a log read with X-Client-Name: archivator"
+    );
+    let left = status["teardown"][0]["at_most_seconds"].as_u64().unwrap();
+    assert!(left > 0 && left <= 600, "{status}");
 
     assert_eq!(agent.client().archivator_read(&first.job_id).status, 200);
     callbacks.wait_for_path("/teardown", 1, CALLBACK_TIMEOUT);
@@ -267,13 +290,13 @@ fn job_log_is_404_before_any_job_and_403_for_another_id() {
     let agent = TestAgent::start_default();
     let reply = agent.client().log("nope", None);
     assert_eq!(reply.status, 404, "{}", reply.text());
-    assert_eq!(reply.message(), "job nope is not running");
+    assert_eq!(reply.message(), "no job with id nope on this agent");
 
     let job = Job::new("log-ids").command("echo hi");
     agent.submit_ok(&job.to_value());
     let reply = agent.client().log("other", None);
     assert_eq!(reply.status, 403, "{}", reply.text());
-    assert_eq!(reply.message(), "job other is not running");
+    assert_eq!(reply.message(), "no job with id other on this agent");
 
     agent.wait_for_job_finished(&job.job_id);
     let reply = agent.client().log(&job.job_id, None);
@@ -834,7 +857,7 @@ fn three_jobs_run_at_once_a_fourth_waits_and_a_fifth_is_refused() {
     assert_eq!(status["state"], "job-received");
     assert_eq!(
         status["jobs"],
-        json!({"running": 3, "queued": 1, "capacity": 3}),
+        json!({"running": 3, "queued": 1, "tearing_down": 0, "capacity": 3}),
         "{status}"
     );
 

@@ -274,7 +274,11 @@ fn tear_down(agent: &TestAgent, job_id: &str) -> Vec<Value> {
 /// The log of a shell job stopped while its only command ran.
 fn stopped_log(command: &str) -> Vec<Ev> {
     log_of(
-        vec![env_export(&["MY_VAR"]), no_files(), step(command, "", 1)],
+        vec![
+            env_export(&["MY_VAR"]),
+            no_files(),
+            step(command, crate::support::API_STOP_LINE, 1),
+        ],
         "stopped",
     )
 }

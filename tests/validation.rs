@@ -4,7 +4,7 @@
 //! before the first is written, §5.2 step 5; a NUL in an env value,
 //! §5.2 step 4).
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::docker::{self, ComposeJob, Container};
 use crate::support::server::TestAgent;
@@ -38,19 +38,39 @@ fn callback_urls_that_cannot_be_called_are_refused() {
     agent.wait_for_job_finished(&job.job_id);
 }
 
+/// The output and the exit code of step `directive` in an event log.
+fn step_of(events: &[Value], directive: &str) -> (String, i64) {
+    let start = events
+        .iter()
+        .position(|e| e["event"] == "cmd_started" && e["directive"] == directive)
+        .unwrap_or_else(|| panic!("no step {directive} in {events:#?}"));
+    let mut output = String::new();
+    for event in &events[start + 1..] {
+        match event["event"].as_str() {
+            Some("cmd_output") => output.push_str(event["output"].as_str().unwrap_or("")),
+            Some("cmd_finished") => return (output, event["exit_code"].as_i64().unwrap_or(-1)),
+            _ => {}
+        }
+    }
+    panic!("step {directive} never finished: {events:#?}")
+}
+
+// `agent run` refuses a job file with a bad mode before anything runs
+// (tests/job_file.rs); through the API the file step fails.
+
 #[test]
 fn a_bad_second_file_leaves_the_first_unwritten() {
-    let sandbox = Sandbox::new();
+    let agent = TestAgent::start_default();
     let job = Job::new("bad-second-file")
         .file("first.txt", "one", "0644")
         .file("second.txt", "two", "9z")
         .command("echo never-runs");
-    let outcome = sandbox.run(&job);
-    assert_eq!(outcome.result(), "failed");
-    let step = outcome.step(FILES_STEP);
-    let second = sandbox.home().join("second.txt");
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(events.last().unwrap()["result"], "failed");
+    let second = agent.home().join("second.txt");
     assert_eq!(
-        (step.output(), step.exit_code),
+        step_of(&events, FILES_STEP),
         (
             format!(
                 "Injecting {} with file mode 9z\nbad file permission '9z'\n",
@@ -59,7 +79,7 @@ fn a_bad_second_file_leaves_the_first_unwritten() {
             1
         )
     );
-    assert!(!sandbox.home().join("first.txt").exists());
+    assert!(!agent.home().join("first.txt").exists());
     assert!(!second.exists());
 }
 
@@ -68,6 +88,7 @@ fn a_bad_second_file_fails_a_compose_job_before_the_first_is_copied() {
     if !docker::ready() {
         return;
     }
+    let agent = TestAgent::start_default();
     let job = ComposeJob::new(
         "bad-file-compose",
         Container::new("main", docker::BASH_IMAGE),
@@ -75,17 +96,19 @@ fn a_bad_second_file_fails_a_compose_job_before_the_first_is_copied() {
     .file("/tmp/first.txt", "one", "0644")
     .file("/tmp/second.txt", "two", "0x9")
     .command("echo never-runs");
-    let outcome = job.run();
-    assert_eq!(outcome.result(), "failed");
-    let step = outcome.step(FILES_STEP);
+    let watch = docker::ProjectWatch::new(&job.project_prefix());
+    agent.submit_ok(&job.to_value());
+    let events = docker::wait_for_compose_job(&agent, job.job_id());
+    assert_eq!(events.last().unwrap()["result"], "failed");
     assert_eq!(
-        (step.output(), step.exit_code),
+        step_of(&events, FILES_STEP),
         (
             "Injecting /tmp/second.txt with file mode 0x9\nFailed to set file mode to 0x9\n"
                 .to_string(),
             1
         )
     );
+    watch.assert_gone();
 }
 
 #[test]

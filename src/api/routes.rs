@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::api::auth::Authenticator;
 use crate::api::bodies::{BodyTurns, Busy};
 use crate::error::RequestError;
-use crate::job::request::JobRequest;
-use crate::job::runner::{Runner, Submit};
+use crate::job::request::{Format, JobRequest};
+use crate::job::runner::{Runner, Submit, TeardownInfo, STOP_BY_API};
 
 /// What the handlers need; built once by `serve`.
 pub struct App {
@@ -35,6 +35,7 @@ pub struct Req<'a> {
     pub body_len: Option<u64>,
     /// Reading it is what asks the client for the body (docs/protocol.md
     /// §2.1), so a handler reads it only once the request is authenticated.
+    pub content_type: Option<&'a str>,
     pub body: &'a mut dyn Read,
 }
 
@@ -147,7 +148,9 @@ pub fn handle(app: &App, req: Req<'_>) -> Reply {
     match route {
         Route::IsAlive => Reply::bytes(200, "yes"),
         Route::Status => status(app),
-        Route::Jobs if req.method == "POST" => submit(app, req.body, req.body_len),
+        Route::Jobs if req.method == "POST" => {
+            submit(app, req.content_type, req.body, req.body_len)
+        }
         Route::Jobs => Reply::json(200, json!(app.runner.list())),
         Route::Job => match app.runner.find(job_id.unwrap_or_default()) {
             Some(entry) => Reply::json(200, json!(entry.info())),
@@ -156,13 +159,13 @@ pub fn handle(app: &App, req: Req<'_>) -> Reply {
         Route::JobLog => job_log(app, job_id.unwrap_or_default(), req.query, req.client_name),
         Route::JobStop => match app.runner.find(job_id.unwrap_or_default()) {
             Some(entry) => {
-                entry.stop();
+                entry.stop(STOP_BY_API);
                 Reply::message(200, "stopping")
             }
             None => not_running(app, job_id.unwrap_or_default()),
         },
         Route::Stop => {
-            let n = app.runner.stop_all();
+            let n = app.runner.stop_all(STOP_BY_API);
             let message = if n == 0 { "no job to stop" } else { "stopping" };
             Reply::message(200, message)
         }
@@ -181,6 +184,7 @@ pub fn handle(app: &App, req: Req<'_>) -> Reply {
 
 fn status(app: &App) -> Reply {
     let (running, queued) = app.runner.counts();
+    let teardown = app.runner.tearing_down();
     let state = if running + queued > 0 {
         "job-received"
     } else {
@@ -192,11 +196,16 @@ fn status(app: &App) -> Reply {
         state: &'static str,
         version: &'static str,
         jobs: Jobs,
+        /// What each job in teardown waits for: the reason a `POST /jobs`
+        /// may be refused while `state` is `waiting-for-job`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        teardown: Vec<TeardownInfo>,
     }
     #[derive(serde::Serialize)]
     struct Jobs {
         running: usize,
         queued: usize,
+        tearing_down: usize,
         capacity: usize,
     }
     let status = Status {
@@ -205,15 +214,39 @@ fn status(app: &App) -> Reply {
         jobs: Jobs {
             running,
             queued,
+            tearing_down: teardown.len(),
             capacity: app.runner.capacity(),
         },
+        teardown,
     };
     let mut r = Reply::bytes(200, serde_json::to_vec(&status).unwrap_or_default());
     r.content_type = Some("application/json");
     r
 }
 
-fn submit(app: &App, body: &mut dyn Read, body_len: Option<u64>) -> Reply {
+/// The format a `POST /jobs` body is read in: YAML when its Content-Type
+/// says so, JSON when it says so, else guessed from the first byte (curl's
+/// `--data-binary` sends `application/x-www-form-urlencoded`).
+fn body_format(content_type: Option<&str>) -> Format {
+    let media = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media.ends_with("yaml") || media.ends_with("+yaml") {
+        Format::Yaml
+    } else if media == "application/json" || media.ends_with("+json") {
+        Format::Json
+    } else {
+        Format::Guess
+    }
+}
+
+fn submit(
+    app: &App,
+    content_type: Option<&str>,
+    body: &mut dyn Read,
+    body_len: Option<u64>,
+) -> Reply {
     // Declared before the request, so dropped after it: the memory the
     // request held is free when the turn ends.
     let _turn = match app.bodies.take(body_len.unwrap_or(0)) {
@@ -228,7 +261,7 @@ fn submit(app: &App, body: &mut dyn Read, body_len: Option<u64>) -> Reply {
     };
     // The front already refused larger bodies; this bound is a second guard.
     let mut limited = body.take(app.max_request_bytes + 1);
-    let parsed = JobRequest::from_reader(&mut limited);
+    let parsed = JobRequest::from_body(&mut limited, body_format(content_type));
     if limited.limit() == 0 {
         return Reply::message(413, "request body too large");
     }
@@ -248,6 +281,9 @@ fn submit(app: &App, body: &mut dyn Read, body_len: Option<u64>) -> Reply {
         Submit::Accepted => Reply::message(200, "ok"),
         Submit::AlreadyKnown => Reply::message(200, "job is already running"),
         Submit::AnotherRunning => Reply::message(422, "another job is already running"),
+        Submit::TearingDown(info) => {
+            Reply::message(422, &format!("another job is tearing down: {info}"))
+        }
         Submit::AtCapacity => Reply::message(422, "agent is at capacity"),
         Submit::Failed(e) => {
             log::error!("cannot accept a job: {e}");
@@ -256,9 +292,11 @@ fn submit(app: &App, body: &mut dyn Read, body_len: Option<u64>) -> Reply {
     }
 }
 
+/// An unknown job id keeps the reference's statuses (403 once a job was
+/// accepted, 404 before), with a message that says what is true.
 fn not_running(app: &App, job_id: &str) -> Reply {
     let status = if app.runner.any_accepted() { 403 } else { 404 };
-    Reply::message(status, &format!("job {job_id} is not running"))
+    Reply::message(status, &format!("no job with id {job_id} on this agent"))
 }
 
 fn job_log(app: &App, job_id: &str, query: &str, client_name: Option<&str>) -> Reply {
@@ -292,6 +330,21 @@ fn job_log(app: &App, job_id: &str, query: &str, client_name: Option<&str>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_formats() {
+        assert_eq!(body_format(Some("application/yaml")), Format::Yaml);
+        assert_eq!(
+            body_format(Some("text/x-yaml; charset=utf-8")),
+            Format::Yaml
+        );
+        assert_eq!(body_format(Some("Application/JSON")), Format::Json);
+        assert_eq!(
+            body_format(Some("application/x-www-form-urlencoded")),
+            Format::Guess
+        );
+        assert_eq!(body_format(None), Format::Guess);
+    }
 
     #[test]
     fn routes_are_exact() {

@@ -54,6 +54,7 @@ fn serve_one(app: &App, mut request: Request) {
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let authorization = header(&request, "Authorization").map(str::to_string);
     let client_name = header(&request, "X-Client-Name").map(str::to_string);
+    let content_type = header(&request, "Content-Type").map(str::to_string);
     let peer = header(&request, PEER_HEADER).unwrap_or("-").to_string();
     let user_agent = header(&request, "User-Agent").unwrap_or("-").to_string();
     let body_len = request.body_length().map(|len| len as u64);
@@ -71,6 +72,7 @@ fn serve_one(app: &App, mut request: Request) {
                 query,
                 authorization: authorization.as_deref(),
                 client_name: client_name.as_deref(),
+                content_type: content_type.as_deref(),
                 body_len,
                 body: &mut body,
             },

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::job::callbacks::{self, CallbackPolicy};
 use crate::job::eventlog::{EventLog, JobResult};
 use crate::job::lifecycle;
-use crate::job::request::JobRequest;
+use crate::job::request::{Format, JobRequest};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::stop_pair;
 use crate::job::workspace::{JobDir, JobRecord};
@@ -28,8 +28,22 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     let _ = crate::logging::init("warn", None);
     let bytes = std::fs::read(&args.job_file)
         .map_err(|e| Error::io("cannot read the job file", &args.job_file, e))?;
-    let request = JobRequest::from_file_bytes(&bytes)?;
-    let executor = request.validate()?;
+    let in_file = |source| Error::JobFile {
+        path: args.job_file.clone(),
+        source,
+    };
+    let decoded = JobRequest::decode(&bytes, Format::Guess).map_err(in_file)?;
+    let request = decoded.request;
+    let executor = request.validate().map_err(in_file)?;
+    request.validate_modes().map_err(in_file)?;
+    // The API accepts unknown keys for forward compatibility; a person
+    // writing a job file more likely misspelt one.
+    for key in &decoded.unknown_keys {
+        eprintln!(
+            "agent: warning: {}: unknown key '{key}' is ignored",
+            args.job_file.display()
+        );
+    }
     let job_id = if request.job_id.is_empty() {
         "job".to_string()
     } else {
@@ -68,8 +82,12 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
             for sig in signals.forever() {
                 let code = finished.load(Ordering::SeqCst);
                 if code == RUNNING {
-                    eprintln!("agent: signal {sig} received, stopping the job");
-                    stop.stop();
+                    let name = match sig {
+                        SIGINT => "SIGINT (Ctrl-C)",
+                        _ => "SIGTERM",
+                    };
+                    eprintln!("agent: {name} received, stopping the job");
+                    stop.stop(&format!("The job was stopped by {name}."));
                 } else {
                     // Only callbacks are left, and an attempt may block
                     // for its whole timeout: leave now, nothing is lost.

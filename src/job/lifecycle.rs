@@ -44,8 +44,9 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
             if limit_rx.recv_timeout(Duration::from_secs(secs))
                 == Err(crossbeam_channel::RecvTimeoutError::Timeout)
             {
-                handle.stop_because(format!(
-                    "The job exceeded its execution time limit of {secs} seconds and was stopped.\n"
+                handle.stop(&format!(
+                    "The job exceeded its execution time limit of {} and was stopped.",
+                    crate::util::seconds(secs)
                 ));
             }
         })
@@ -279,14 +280,18 @@ fn export_result(steps: &mut Steps<'_, '_>, session: &mut Session, result: JobRe
     let started_at = steps.started(STEP_EXPORT_ENV);
     steps.output("Exporting SEMAPHORE_JOB_RESULT\n");
     let line = format!("export SEMAPHORE_JOB_RESULT={}\n", result.as_str());
-    // Keep the env file complete for the job's jump point (§8).
+    // Keep the env file complete for the job's jump point (§8). A failed
+    // env step wrote none, and then there is nothing to complete.
     let env_file = steps.spec.work_dir.join("env");
-    if let Err(e) = OpenOptions::new()
+    match OpenOptions::new()
         .append(true)
         .open(&env_file)
         .and_then(|mut f| f.write_all(line.as_bytes()))
     {
-        log::warn!("cannot append to {}: {e}", env_file.display());
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            log::warn!("cannot append to {}: {e}", env_file.display());
+        }
+        _ => {}
     }
     let outcome = session.run_silent(line.trim_end());
     steps.finished(STEP_EXPORT_ENV, outcome.exit_code(), started_at);

@@ -97,7 +97,12 @@ pub struct Callbacks {
 pub struct Logger {
     #[serde(default, deserialize_with = "null_as_default")]
     pub method: String,
-    // `url` and `token` are for the push logger, which API mode refuses.
+    // `url` and `token` are for the push logger, which API mode refuses;
+    // named here so that a job file carrying them gets no warning.
+    #[serde(default, rename = "url", deserialize_with = "null_as_default")]
+    _url: String,
+    #[serde(default, rename = "token", deserialize_with = "null_as_default")]
+    _token: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub max_size_in_bytes: i64,
 }
@@ -143,11 +148,48 @@ pub enum ExecutorKind {
     DockerCompose,
 }
 
+/// How a request body or a job file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+    /// JSON when the first non-blank byte is `{`, YAML otherwise. YAML is a
+    /// superset of JSON, but serde_json gives clearer errors for JSON.
+    Guess,
+}
+
+/// A decoded request and the keys in it that this agent does not know
+/// (as paths such as `commands.0.alais`).
+#[derive(Debug)]
+pub struct Decoded {
+    pub request: JobRequest,
+    pub unknown_keys: Vec<String>,
+}
+
 impl JobRequest {
-    /// Parses a JSON request body as it is read (the API form): only the
-    /// request's own strings are held, never the whole body.
-    pub fn from_reader(body: impl std::io::Read) -> Result<JobRequest, RequestError> {
-        let reader = std::io::BufReader::with_capacity(64 * 1024, body);
+    /// Parses a request body as it is read (the API form). JSON (declared,
+    /// or guessed from a first non-blank `{`) is parsed as it streams: only
+    /// the request's own strings are held, never the whole body. YAML is
+    /// read whole first (its parser needs the document), within the limit
+    /// the caller puts on `body`.
+    pub fn from_body(body: impl std::io::Read, format: Format) -> Result<JobRequest, RequestError> {
+        use std::io::{BufRead, Read};
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, body);
+        let format = match format {
+            Format::Guess => {
+                let buf = reader.fill_buf().map_err(RequestError::Body)?;
+                match buf.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') | None => Format::Json,
+                    Some(_) => Format::Yaml,
+                }
+            }
+            f => f,
+        };
+        if format == Format::Yaml {
+            let mut bytes = Vec::new();
+            reader.read_to_end(&mut bytes).map_err(RequestError::Body)?;
+            return JobRequest::decode(&bytes, Format::Yaml).map(|d| d.request);
+        }
         let req: JobRequest = serde_json::from_reader(reader).map_err(|e| {
             if e.is_io() {
                 RequestError::Body(e.into())
@@ -159,22 +201,63 @@ impl JobRequest {
     }
 
     /// Parses a JSON request from memory.
+    #[cfg(test)]
     pub fn from_json(body: &[u8]) -> Result<JobRequest, RequestError> {
-        let req: JobRequest =
-            serde_json::from_slice(body).map_err(|e| RequestError::Syntax(e.to_string()))?;
-        Ok(req.normalized())
+        JobRequest::decode(body, Format::Json).map(|d| d.request)
     }
 
-    /// Parses a job file: JSON when it looks like JSON, YAML otherwise (YAML
-    /// is a superset of JSON, but serde_json gives clearer errors for JSON).
+    /// Parses a job file (`Format::Guess`).
+    #[cfg(test)]
     pub fn from_file_bytes(bytes: &[u8]) -> Result<JobRequest, RequestError> {
-        let trimmed = bytes.iter().position(|b| !b.is_ascii_whitespace());
-        if trimmed.map(|i| bytes[i]) == Some(b'{') {
-            return JobRequest::from_json(bytes);
-        }
-        let req: JobRequest =
-            serde_yaml_ng::from_slice(bytes).map_err(|e| RequestError::Syntax(e.to_string()))?;
-        Ok(req.normalized())
+        JobRequest::decode(bytes, Format::Guess).map(|d| d.request)
+    }
+
+    /// Parses a request written as `format`. Unknown keys are accepted (a
+    /// newer control plane may send fields this agent does not know) and
+    /// reported; a document with nothing in it (empty, blank, only
+    /// comments, or `null`) is refused.
+    pub fn decode(bytes: &[u8], format: Format) -> Result<Decoded, RequestError> {
+        let format = match format {
+            Format::Guess => {
+                let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+                if first == Some(&b'{') {
+                    Format::Json
+                } else {
+                    Format::Yaml
+                }
+            }
+            f => f,
+        };
+        let mut unknown_keys = Vec::new();
+        // serde_ignored writes `?` for each Option on the way (the lists
+        // accept `null`); a reader wants only keys and indices.
+        let mut note = |path: serde_ignored::Path<'_>| {
+            let path = path.to_string();
+            let parts: Vec<&str> = path.split('.').filter(|p| *p != "?").collect();
+            unknown_keys.push(parts.join("."));
+        };
+        let request: Option<JobRequest> = match format {
+            Format::Json => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let request = serde_ignored::deserialize(&mut de, &mut note)
+                    .map_err(|e| RequestError::Syntax(e.to_string()))?;
+                de.end().map_err(|e| RequestError::Syntax(e.to_string()))?;
+                request
+            }
+            _ => {
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Err(RequestError::Empty);
+                }
+                let de = serde_yaml_ng::Deserializer::from_slice(bytes);
+                serde_ignored::deserialize(de, &mut note)
+                    .map_err(|e| RequestError::Syntax(e.to_string()))?
+            }
+        };
+        let request = request.ok_or(RequestError::Empty)?.normalized();
+        Ok(Decoded {
+            request,
+            unknown_keys,
+        })
     }
 
     fn normalized(mut self) -> JobRequest {
@@ -223,6 +306,18 @@ impl JobRequest {
             validate_compose(&self.compose).map_err(RequestError::Compose)?;
         }
         Ok(kind)
+    }
+
+    /// Checks every file's mode, for `agent run`, which refuses a bad job
+    /// file before anything runs.
+    pub fn validate_modes(&self) -> Result<(), RequestError> {
+        match self.files.iter().find(|f| parse_mode(&f.mode).is_none()) {
+            Some(f) => Err(RequestError::FileMode {
+                path: f.path.clone(),
+                mode: f.mode.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Looks up an env var the agent itself interprets (§3.2), decoded.
@@ -386,6 +481,73 @@ mod tests {
         assert_eq!(r.files.len(), 1);
         let r = JobRequest::from_file_bytes(b"job_id: a\nfiles:\n  - path: x\n").unwrap();
         assert_eq!(r.files[0].path, "x");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_path() {
+        let d = JobRequest::decode(
+            b"job_id: a\ncommands:\n  - directive: ls\n    alais: x\ncolor: red\n",
+            Format::Guess,
+        )
+        .unwrap();
+        assert_eq!(d.unknown_keys, ["commands.0.alais", "color"]);
+        let d =
+            JobRequest::decode(br#"{"job_id":"a","logger":{"url":"u"}}"#, Format::Json).unwrap();
+        assert!(d.unknown_keys.is_empty(), "{:?}", d.unknown_keys);
+    }
+
+    #[test]
+    fn empty_documents_are_refused() {
+        for text in ["", "  \n", "# nothing\n", "null", "~\n"] {
+            assert!(
+                matches!(
+                    JobRequest::decode(text.as_bytes(), Format::Guess),
+                    Err(RequestError::Empty)
+                ),
+                "{text:?}"
+            );
+        }
+        assert!(matches!(
+            JobRequest::decode(b"null", Format::Json),
+            Err(RequestError::Empty)
+        ));
+    }
+
+    #[test]
+    fn yaml_and_json_bodies_decode_alike() {
+        let yaml = JobRequest::decode(b"job_id: y\ncommands:\n  - directive: ls\n", Format::Yaml)
+            .unwrap()
+            .request;
+        let json = JobRequest::decode(
+            br#" {"job_id":"y","commands":[{"directive":"ls"}]}"#,
+            Format::Guess,
+        )
+        .unwrap()
+        .request;
+        assert_eq!((yaml.job_id, yaml.commands.len()), (json.job_id, 1));
+    }
+
+    #[test]
+    fn modes_are_validated_up_front() {
+        let r = JobRequest::from_file_bytes(
+            b"files:\n  - {path: a, content: eA==, mode: '0644'}\n  - {path: b, content: eA==, mode: '999'}\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            r.validate_modes(),
+            Err(RequestError::FileMode { path, mode }) if path == "b" && mode == "999"
+        ));
+    }
+
+    #[test]
+    fn the_yaml_and_json_examples_are_the_same_job() {
+        let yaml =
+            JobRequest::decode(include_bytes!("../../examples/hello.yaml"), Format::Guess).unwrap();
+        let json =
+            JobRequest::decode(include_bytes!("../../examples/hello.json"), Format::Guess).unwrap();
+        assert!(yaml.unknown_keys.is_empty() && json.unknown_keys.is_empty());
+        assert_eq!(format!("{:?}", yaml.request), format!("{:?}", json.request));
+        assert!(yaml.request.callbacks.finished.is_empty());
     }
 
     #[test]

@@ -25,6 +25,11 @@ use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::{stop_pair, StopHandle, StopSignal};
 use crate::job::workspace::{JobDir, JobRecord};
 
+/// The line a job stopped by the API gets in its log.
+pub const STOP_BY_API: &str = "The job was stopped by a stop request to the API.";
+/// The line a job gets when the agent stops it on its way out.
+const STOP_BY_SHUTDOWN: &str = "The job was stopped because the agent is shutting down.";
+
 /// Finished jobs whose logs stay readable (§13.2: at least the last 100).
 const KEEP_FINISHED: usize = 100;
 
@@ -64,6 +69,63 @@ pub struct JobInfo {
     pub finished_at: Option<u64>,
 }
 
+/// The step of a teardown that can take a while (docs/protocol.md §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeardownStep {
+    FinishedCallback,
+    ArchivatorRead,
+    LogUpload,
+    TeardownCallback,
+}
+
+impl TeardownStep {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TeardownStep::FinishedCallback => "the finished callback",
+            TeardownStep::ArchivatorRead => "a log read with X-Client-Name: archivator",
+            TeardownStep::LogUpload => "the log upload",
+            TeardownStep::TeardownCallback => "the teardown_finished callback",
+        }
+    }
+}
+
+/// What a job in teardown waits for, and until when at most.
+#[derive(Debug, Clone, Copy)]
+pub struct TeardownWait {
+    pub step: TeardownStep,
+    /// None when the step has no bound of its own (the upload).
+    pub deadline: Option<Instant>,
+}
+
+impl TeardownWait {
+    /// Whole seconds left before the step gives up, rounded up.
+    pub fn seconds_left(&self) -> Option<u64> {
+        self.deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        })
+    }
+}
+
+/// A job in teardown as `/status` and a refused `POST /jobs` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeardownInfo {
+    pub job_id: String,
+    pub waiting_for: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_most_seconds: Option<u64>,
+}
+
+impl std::fmt::Display for TeardownInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} is waiting for {}", self.job_id, self.waiting_for)?;
+        match self.at_most_seconds {
+            Some(n) => write!(f, " (at most {} more)", crate::util::seconds(n)),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct EntryState {
     state: JobState,
@@ -72,6 +134,8 @@ struct EntryState {
     archived: bool,
     /// The agent is shutting down: teardown waits for nobody.
     released: bool,
+    /// Set while the job is in teardown.
+    teardown: Option<TeardownWait>,
 }
 
 pub struct JobEntry {
@@ -103,8 +167,10 @@ impl JobEntry {
         &self.files
     }
 
-    pub fn stop(&self) {
-        self.stop.stop();
+    /// Stops the job; `reason` goes into its log and the agent log.
+    pub fn stop(&self, reason: &str) {
+        log::info!("job {}: stopping: {reason}", self.job_id);
+        self.stop.stop(reason);
     }
 
     /// Whether `job_finished` is in the log (even before the runner has
@@ -136,6 +202,26 @@ impl JobEntry {
             started_at: s.started_at,
             finished_at: s.finished_at,
         }
+    }
+
+    /// What the job's teardown waits for, while it is in teardown.
+    pub fn teardown(&self) -> Option<TeardownInfo> {
+        let s = self.lock();
+        match (s.state, s.teardown) {
+            (JobState::TearingDown(_), Some(wait)) => Some(TeardownInfo {
+                job_id: self.job_id.clone(),
+                waiting_for: wait.step.describe(),
+                at_most_seconds: wait.seconds_left(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn set_teardown(&self, step: TeardownStep, bound: Option<Duration>) {
+        self.lock().teardown = Some(TeardownWait {
+            step,
+            deadline: bound.map(|b| Instant::now() + b),
+        });
     }
 
     fn set_state(&self, state: JobState) {
@@ -179,6 +265,8 @@ pub enum Submit {
     Accepted,
     AlreadyKnown,
     AnotherRunning,
+    /// The one slot is held by a job in teardown.
+    TearingDown(TeardownInfo),
     AtCapacity,
     Failed(Error),
 }
@@ -249,10 +337,12 @@ impl Runner {
         }
         let limit = self.cfg.jobs + self.cfg.queue_size;
         if table.active >= limit {
-            return if limit <= 1 {
-                Submit::AnotherRunning
-            } else {
-                Submit::AtCapacity
+            if limit > 1 {
+                return Submit::AtCapacity;
+            }
+            return match table.jobs.iter().find_map(|j| j.teardown()) {
+                Some(info) => Submit::TearingDown(info),
+                None => Submit::AnotherRunning,
             };
         }
         let record = JobRecord::new(&request, executor);
@@ -283,6 +373,7 @@ impl Runner {
                 finished_at: None,
                 archived: false,
                 released: false,
+                teardown: None,
             }),
             changed: Condvar::new(),
         });
@@ -313,6 +404,15 @@ impl Runner {
         !self.table().jobs.is_empty()
     }
 
+    /// The jobs in teardown and what each waits for.
+    pub fn tearing_down(&self) -> Vec<TeardownInfo> {
+        self.table()
+            .jobs
+            .iter()
+            .filter_map(|j| j.teardown())
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<JobInfo> {
         self.table().jobs.iter().map(|j| j.info()).collect()
     }
@@ -336,7 +436,7 @@ impl Runner {
     /// callback retries short.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.stop_all();
+        self.stop_all(STOP_BY_SHUTDOWN);
         for j in &self.table().jobs {
             j.release();
         }
@@ -348,12 +448,12 @@ impl Runner {
     }
 
     /// Stops every queued or running job; returns how many were asked.
-    pub fn stop_all(&self) -> usize {
+    pub fn stop_all(&self, reason: &str) -> usize {
         let table = self.table();
         let mut n = 0;
         for j in &table.jobs {
             if matches!(j.state(), JobState::Queued | JobState::Running) {
-                j.stop();
+                j.stop(reason);
                 n += 1;
             }
         }
@@ -388,6 +488,7 @@ impl Runner {
                     finished_at: Some(job.finished_at),
                     archived: true,
                     released: true,
+                    teardown: None,
                 }),
                 changed: Condvar::new(),
             }));
@@ -508,6 +609,9 @@ impl Runner {
     /// §7.2 as we amend it: the finished callback after `job_finished`, the
     /// bounded archivator wait, the log closed, the teardown callback, and
     /// the working files removed. Every step runs whatever failed before.
+    /// The archivator wait applies only to a job that came with callbacks:
+    /// without them no control plane is there to read the log, and a person
+    /// with curl must not wait for one.
     fn teardown(
         &self,
         entry: &Arc<JobEntry>,
@@ -517,31 +621,50 @@ impl Runner {
     ) {
         let cb = &request.callbacks;
         let stopping = || self.stopping.load(Ordering::SeqCst);
+        let policy = &self.cfg.callbacks;
+        let callback_bound = |url: &str| {
+            (!url.is_empty())
+                .then(|| (policy.timeout + policy.retry_delay) * policy.attempts.max(1))
+        };
+        entry.set_teardown(TeardownStep::FinishedCallback, callback_bound(&cb.finished));
         if let Err(e) = callbacks::send(
             &cb.finished,
             &cb.token,
             &callbacks::finished_body(result.as_str()),
-            &self.cfg.callbacks,
+            policy,
             &stopping,
         ) {
             log::error!("job {}: {e}", entry.job_id);
         }
-        if !entry.wait_archived(self.cfg.archivator_timeout) && !entry.lock().released {
-            log::warn!(
-                "job {}: no archivator read within {:?}; tearing down anyway",
-                entry.job_id,
-                self.cfg.archivator_timeout
+        if cb.finished.is_empty() && cb.teardown_finished.is_empty() {
+            log::info!(
+                "job {}: no callbacks, so no archivator read is awaited",
+                entry.job_id
             );
+        } else {
+            let timeout = self.cfg.archivator_timeout;
+            entry.set_teardown(TeardownStep::ArchivatorRead, Some(timeout));
+            log::info!(
+                "job {}: waiting up to {} for a log read with X-Client-Name: archivator",
+                entry.job_id,
+                crate::util::seconds(timeout.as_secs())
+            );
+            if !entry.wait_archived(timeout) && !entry.lock().released {
+                log::warn!(
+                    "job {}: no archivator read within {}; tearing down anyway",
+                    entry.job_id,
+                    crate::util::seconds(timeout.as_secs())
+                );
+            }
         }
         drop(log);
+        entry.set_teardown(TeardownStep::LogUpload, None);
         crate::job::artifact::upload_job_log(request, entry.files());
-        if let Err(e) = callbacks::send(
-            &cb.teardown_finished,
-            &cb.token,
-            "{}",
-            &self.cfg.callbacks,
-            &stopping,
-        ) {
+        entry.set_teardown(
+            TeardownStep::TeardownCallback,
+            callback_bound(&cb.teardown_finished),
+        );
+        if let Err(e) = callbacks::send(&cb.teardown_finished, &cb.token, "{}", policy, &stopping) {
             log::error!("job {}: {e}", entry.job_id);
         }
         entry.dir.remove_work();

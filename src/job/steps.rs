@@ -137,7 +137,7 @@ impl<'a, 'b> Steps<'a, 'b> {
         let status = outcome.exit_code();
         let step = if outcome == Outcome::Stopped {
             if let Some(reason) = self.spec.stop.reason() {
-                self.output(&reason);
+                self.output(&format!("{reason}\n"));
             }
             Step::Stopped
         } else {

@@ -11,7 +11,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 #[derive(Clone)]
 pub struct StopHandle {
     requested: Arc<AtomicBool>,
-    /// Why, when the agent itself stopped the job (the time limit).
+    /// Why the job was stopped: a line for the log of the command it
+    /// interrupts. The first stop's reason is kept.
     reason: Arc<Mutex<Option<String>>>,
     tx: Sender<()>,
 }
@@ -35,15 +36,15 @@ pub fn stop_pair() -> (StopHandle, StopSignal) {
 }
 
 impl StopHandle {
-    pub fn stop(&self) {
+    /// Stops the job; `reason` says who or what stopped it, as a sentence
+    /// for the job's log ("The job was stopped by ...").
+    pub fn stop(&self, reason: &str) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| reason.to_string());
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.tx.try_send(());
-    }
-
-    /// A stop with a line for the log of the command it interrupts.
-    pub fn stop_because(&self, reason: String) {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        self.stop();
     }
 }
 
@@ -57,7 +58,7 @@ impl StopSignal {
         self.handle.requested.load(Ordering::SeqCst)
     }
 
-    /// The reason given with `stop_because`, if any.
+    /// The reason the first stop gave, once the job was asked to stop.
     pub fn reason(&self) -> Option<String> {
         self.handle
             .reason

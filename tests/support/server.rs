@@ -445,6 +445,16 @@ impl TestAgent {
         self.client.post("/jobs", job.to_string().as_bytes())
     }
 
+    /// `POST /jobs` with a job request as written (YAML or JSON) and an
+    /// optional Content-Type; remembers `job_id` for the leftover check.
+    pub fn submit_text(&self, job_id: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+        self.lock_job_ids().push(job_id.to_owned());
+        let bearer = format!("Bearer {}", self.token());
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(content_type.map(|t| ("Content-Type", t)));
+        self.client.request("POST", "/jobs", &headers, body)
+    }
+
     /// `submit`, expecting `200 {"message": "ok"}`.
     pub fn submit_ok(&self, job: &Value) {
         let reply = self.submit(job);
