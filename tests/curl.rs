@@ -2,6 +2,7 @@
 //! callbacks tear down at once, a job request may be the YAML job file as
 //! it is, and a refusal says what it waits for (docs/protocol.md §2.3, §7.2).
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::support::server::{poll_until, TestAgent};
@@ -112,4 +113,36 @@ fn a_malformed_yaml_body_gets_422_with_the_parser_error() {
             reply.text()
         );
     }
+}
+
+#[test]
+fn plain_http_to_the_port_gets_a_plain_400_that_says_https() {
+    let agent = TestAgent::start_default();
+    for request in [
+        "GET /is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
+        "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\njob_id: x".to_owned(),
+    ] {
+        let mut stream = agent.tcp_stream();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .expect("a plain-HTTP answer, then the close");
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.ends_with(
+                "\r\n\r\nThis port speaks HTTPS, not plain HTTP: use an https:// URL \
+                 (with curl, add -k for the agent's self-signed certificate).\n"
+            ),
+            "{answer}"
+        );
+    }
+    // TLS clients are served as before.
+    agent.assert_responsive();
 }

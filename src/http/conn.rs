@@ -1,7 +1,8 @@
-//! One client connection, from the TCP accept to the close: [`serve`] does
-//! the rustls handshake, then a [`Session`] runs the connection's state
-//! machine on one thread, multiplexing the client socket and the `tiny_http`
-//! connection of the request in flight with `poll(2)`. It reads request heads
+//! One client connection, from the TCP accept to the close: [`serve`] turns
+//! away plain HTTP (`plain.rs`), does the rustls handshake, then a
+//! [`Session`] runs the connection's state machine on one thread,
+//! multiplexing the client socket and the `tiny_http` connection of the
+//! request in flight with `poll(2)`. It reads request heads
 //! (several per connection with keep-alive) and hands each to
 //! `request_head.rs`, forwards what may pass, answers what may not, enforces
 //! the deadlines of [`FrontConfig`], and ends the connection gracefully or
@@ -106,11 +107,17 @@ pub(super) fn serve(shared: &Shared, conn: Arc<Admitted>, peer: SocketAddr) -> C
     // Responses leave in several writes; Nagle plus delayed ACKs would add
     // tens of milliseconds to each.
     let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + shared.cfg.handshake_timeout;
+    match super::plain::refused_plain_http(shared, tcp, deadline) {
+        Ok(true) => return CloseReason::Refused(400),
+        Ok(false) => {}
+        Err(reason) => return reason,
+    }
     let mut tls = match ServerConnection::new(Arc::clone(&shared.tls)) {
         Ok(tls) => tls,
         Err(err) => return CloseReason::Tls(err),
     };
-    if let Err(reason) = handshake(shared, tcp, &mut tls) {
+    if let Err(reason) = handshake(shared, tcp, &mut tls, deadline) {
         return reason;
     }
     // `tiny_http` sees nothing of the connection until a request head is
@@ -122,8 +129,8 @@ fn handshake(
     shared: &Shared,
     tcp: &TcpStream,
     tls: &mut ServerConnection,
+    deadline: Instant,
 ) -> Result<(), CloseReason> {
-    let deadline = Instant::now() + shared.cfg.handshake_timeout;
     while tls.is_handshaking() {
         if Instant::now() >= deadline {
             return Err(CloseReason::Timeout(Timer::Handshake));

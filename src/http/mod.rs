@@ -12,7 +12,8 @@
 //! connection with keep-alive), enforces the limits of [`FrontConfig`], and
 //! pipes plaintext to and from that socket over a fresh Unix connection for
 //! every request (see "One request per upstream connection" below).
-//! It answers `400`/`411`/`413`/`417`/`431`/`505` itself for requests that
+//! It answers `400`/`411`/`413`/`417`/`431`/`505` itself (and a plain-HTTP
+//! `400` to a client that did not start TLS) for requests that
 //! must not reach `tiny_http`, and it adds an `X-Agent-Peer: ip:port` header
 //! (replacing any the client sent) because `tiny_http` cannot see the peer
 //! of a Unix socket.
@@ -35,6 +36,8 @@
 //! - `conn.rs`: one connection: the TLS handshake and the `Session` state
 //!   machine (request reading, deadlines, refusals, the end of the
 //!   connection); `conn/upstream.rs`: its `tiny_http` side.
+//! - `plain.rs`: a client speaking plain HTTP to the port gets a plain-HTTP
+//!   `400` saying to use https, instead of a TLS alert.
 //! - `request_head.rs`: validates a request head against the limits and
 //!   what `tiny_http` would mishandle, and rewrites it, or says how to refuse
 //!   it.
@@ -72,6 +75,7 @@ mod conn;
 mod error;
 mod framing;
 mod listener;
+mod plain;
 mod request_head;
 #[cfg(test)]
 mod tests;
