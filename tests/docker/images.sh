@@ -17,7 +17,9 @@
 #
 # The debootstrap result is cached as a tarball in $AGENT_TEST_CACHE
 # (default /var/cache/agent-test), so rebuilding git:1 (even with --rebuild)
-# does not bootstrap again; delete the tarball to bootstrap afresh.
+# does not bootstrap again; delete the tarball to bootstrap afresh. The
+# bootstrap runs there too, so that folder must allow device files (not a
+# nodev mount).
 # $AGENT_TEST_MIRROR overrides the mirror read from /etc/apt.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -236,10 +238,22 @@ make_rootfs_tar() {
     ensure_pkgs debootstrap
     log "debootstrap $SUITE (minbase, git) from $mirror"
     t0=$(now)
+    # debootstrap creates device files in the root filesystem, which a
+    # filesystem mounted nodev (or a container without mknod) refuses.
+    if findmnt -no OPTIONS --target "$CACHE" 2>/dev/null | tr , '\n' | grep -qx nodev; then
+        die "$CACHE is on a filesystem mounted nodev, where debootstrap cannot create device files;" \
+            "set AGENT_TEST_CACHE to a folder on another filesystem (e.g. AGENT_TEST_CACHE=/var/tmp/agent-test)"
+    fi
     if ! debootstrap --variant=minbase --include=git,ca-certificates \
         "$SUITE" "$root" "$mirror" >"$work/debootstrap.log" 2>&1; then
         tail -n 30 "$work/debootstrap.log" >&2
         [[ ! -f $root/debootstrap/debootstrap.log ]] || tail -n 30 "$root/debootstrap/debootstrap.log" >&2
+        if grep -qiE 'mknod|device|Operation not permitted' "$work/debootstrap.log" \
+            "$root/debootstrap/debootstrap.log" 2>/dev/null; then
+            die "debootstrap failed: it cannot create device files under $CACHE;" \
+                "set AGENT_TEST_CACHE to a folder on a filesystem that allows them (not nodev)," \
+                "or run where mknod is permitted"
+        fi
         die "debootstrap failed"
     fi
     log "debootstrap took $(since "$t0") s"
