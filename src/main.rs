@@ -13,6 +13,7 @@ mod job;
 mod logging;
 mod metrics;
 mod process;
+mod usage;
 mod util;
 mod version;
 
@@ -75,7 +76,7 @@ fn parse_args() -> cli::Cli {
         }
         Some("start") => rest[0] = "serve",
         Some(word) if !word.starts_with('-') && word != "help" && !COMMANDS.contains(&word) => {
-            let hint = match cli::closest(word, &COMMANDS) {
+            let hint = match usage::closest(word, &COMMANDS) {
                 Some(near) => format!(" (did you mean '{near}'?)"),
                 None => String::new(),
             };
@@ -90,7 +91,7 @@ fn parse_args() -> cli::Cli {
     match <cli::Cli as argh::FromArgs>::from_args(&["agent"], &rest) {
         Ok(cli) => cli,
         Err(early) => {
-            let output = cli::list_start(early.output.trim_end());
+            let output = usage::list_start(early.output.trim_end());
             if early.status.is_ok() {
                 println!("{output}");
                 std::process::exit(0);
@@ -109,6 +110,6 @@ fn parse_args() -> cli::Cli {
 fn top_level_help() -> String {
     match <cli::Cli as argh::FromArgs>::from_args(&["agent"], &["--help"]) {
         Ok(_) => String::new(),
-        Err(early) => cli::list_start(early.output.trim_end()),
+        Err(early) => usage::list_start(early.output.trim_end()),
     }
 }
