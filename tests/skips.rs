@@ -139,3 +139,48 @@ fn compose_tests_behind_the_gate() -> BTreeSet<String> {
     }
     gated
 }
+
+/// `tests/summary.sh` on nextest's closing line, which omits the counts
+/// that are zero: the skips move from passed to skipped.
+#[test]
+fn the_summary_reads_nextest_counts() {
+    let root = tempfile::tempdir().unwrap();
+    let skips = root.path().join("skips");
+    fs::create_dir(&skips).unwrap();
+    fs::write(
+        skips.join("1-0.skip"),
+        "ssh::a\t/usr/sbin/sshd is not installed\n",
+    )
+    .unwrap();
+    fs::write(
+        skips.join("1-1.skip"),
+        "ssh::b\t/usr/sbin/sshd is not installed\n",
+    )
+    .unwrap();
+    for (closing, expected) in [
+        (
+            "     Summary [ 396.731s] 220 tests run: 220 passed (1 slow), 0 skipped",
+            "218 passed, 0 failed, 2 skipped",
+        ),
+        (
+            "     Summary [  12.000s] 20 tests run: 17 passed, 2 failed, 1 timed out, 5 skipped",
+            "15 passed, 3 failed, 7 skipped",
+        ),
+    ] {
+        let output = root.path().join("output.txt");
+        fs::write(&output, format!("        PASS [ 0.1s] x\n{closing}\n")).unwrap();
+        let mut summary = Command::new("bash");
+        summary
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/summary.sh"))
+            .arg(&skips)
+            .arg(&output);
+        let out = run_bounded(summary, b"", Duration::from_secs(30)).ok("tests/summary.sh");
+        assert!(
+            out.stdout
+                .contains("  2 for: /usr/sbin/sshd is not installed\n      ssh::"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(out.stdout.lines().last(), Some(expected), "{}", out.stdout);
+    }
+}
