@@ -90,6 +90,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         },
         options: AgentOptions {
             pre_job_hook: args.pre_job_hook_path.clone(),
+            pre_job_hook_sourced: true,
+            pre_job_hook_fails_job: true,
+            post_job_hook: None,
             expose_kvm: args.expose_kvm_device,
             host_files: args.files.clone(),
             metrics,

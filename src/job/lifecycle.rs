@@ -21,7 +21,8 @@ use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::request::Command;
 use crate::job::spec::JobSpec;
 use crate::job::steps::{
-    Started, Step, Steps, STEP_CHECK_RESULT, STEP_EXPORT_ENV, STEP_JUMP_POINT, STEP_PRE_JOB_HOOK,
+    Started, Step, Steps, STEP_CHECK_RESULT, STEP_EXPORT_ENV, STEP_JUMP_POINT, STEP_POST_JOB_HOOK,
+    STEP_PRE_JOB_HOOK,
 };
 use crate::process::session::{Outcome, Session};
 use crate::util::{shell_quote, write_private};
@@ -179,6 +180,9 @@ fn run_steps(
             }
         }
     }
+    if let Some(Step::Stopped) = post_job_hook(&mut steps, &mut session) {
+        return JobResult::Stopped;
+    }
     if spec.stop.is_requested() {
         return JobResult::Stopped;
     }
@@ -234,17 +238,36 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
 /// Step 6: the pre-job hook, when the agent has one. None when not
 /// configured.
 fn pre_job_hook(steps: &mut Steps<'_, '_>, session: &mut Session) -> Option<Step> {
-    let path = steps.spec.options.pre_job_hook.as_ref()?;
-    let directive = format!("source {}", shell_quote(&path.to_string_lossy()));
+    let options = steps.spec.options;
+    let path = options.pre_job_hook.as_ref()?;
+    let how = if options.pre_job_hook_sourced {
+        "source"
+    } else {
+        "bash"
+    };
     let command = Command {
-        directive,
+        directive: format!("{how} {}", shell_quote(&path.to_string_lossy())),
         alias: STEP_PRE_JOB_HOOK.to_string(),
     };
-    Some(steps.command_with_preamble(
-        session,
-        &command,
-        Some("Warning: The agent is configured to fail the job if the pre-job hook fails.\n"),
-    ))
+    let preamble = if options.pre_job_hook_fails_job {
+        "Warning: The agent is configured to fail the job if the pre-job hook fails.\n"
+    } else {
+        "Warning: The agent is configured to proceed with the job even if the pre-job hook fails.\n"
+    };
+    match steps.command_with_preamble(session, &command, Some(preamble)) {
+        Step::Done(_) if !options.pre_job_hook_fails_job => Some(Step::Done(0)),
+        step => Some(step),
+    }
+}
+
+/// After the epilogues: the post-job hook, when the agent has one.
+fn post_job_hook(steps: &mut Steps<'_, '_>, session: &mut Session) -> Option<Step> {
+    let path = steps.spec.options.post_job_hook.as_ref()?;
+    let command = Command {
+        directive: format!("bash {}", shell_quote(&path.to_string_lossy())),
+        alias: STEP_POST_JOB_HOOK.to_string(),
+    };
+    Some(steps.command(session, &command))
 }
 
 /// Step 8 for a last status of 130.

@@ -12,8 +12,14 @@ use crate::metrics::Metrics;
 /// What the agent's configuration adds to every job.
 #[derive(Default, Clone)]
 pub struct AgentOptions {
-    /// `--pre-job-hook-path`: sourced after the files are injected.
+    /// `--pre-job-hook-path`: runs after the files are injected.
     pub pre_job_hook: Option<PathBuf>,
+    /// The pre-job hook is sourced in the job's shell (else run with bash).
+    pub pre_job_hook_sourced: bool,
+    /// A failing pre-job hook fails the job (else the job goes on).
+    pub pre_job_hook_fails_job: bool,
+    /// Runs with bash after the epilogues; its exit code changes nothing.
+    pub post_job_hook: Option<PathBuf>,
     /// `--expose-kvm-device`: add /dev/kvm to compose jobs when it exists.
     pub expose_kvm: bool,
     /// `--files host:dest,...` for compose jobs' main container.

@@ -14,6 +14,7 @@ pub const STEP_INJECT_FILES: &str = "Injecting Files";
 pub const STEP_CHECK_RESULT: &str = "Checking job result";
 pub const STEP_START_SESSION: &str = "Starting the shell session";
 pub const STEP_PRE_JOB_HOOK: &str = "Running the pre-job hook configured in the agent";
+pub const STEP_POST_JOB_HOOK: &str = "Running the post-job hook configured in the agent";
 pub const STEP_JUMP_POINT: &str = "Setting up the SSH jump point";
 
 /// How starting the executor went.
