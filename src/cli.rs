@@ -21,6 +21,7 @@ pub enum Sub {
     Version(VersionArgs),
     Run(RunArgs),
     Serve(Box<ServeArgs>),
+    Start(Box<StartArgs>),
     Token(TokenArgs),
 }
 
@@ -51,7 +52,8 @@ pub struct RunArgs {
     pub job_file: PathBuf,
 }
 
-/// Serve the Semaphore-compatible HTTPS API and run the jobs it receives.
+/// Serve the Semaphore-compatible HTTPS API and run the jobs it receives
+/// (`agent start` with only these flags is the same command).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "serve", help_triggers("-h", "--help", "help"))]
 pub struct ServeArgs {
@@ -117,6 +119,91 @@ pub struct ServeArgs {
     /// that has sent no request makes room, else a new one is refused
     pub max_connections: usize,
 }
+
+/// Register with a control plane and run the jobs it hands out (listen mode:
+/// no inbound port). Given only `serve`'s flags, `start` is `serve`.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "start", help_triggers("-h", "--help", "help"))]
+pub struct StartArgs {
+    #[argh(option)]
+    /// YAML file with the keys below (flags win over it)
+    pub config_file: Option<PathBuf>,
+    #[argh(option)]
+    /// host[:port] of the control plane
+    pub endpoint: Option<String>,
+    #[argh(option)]
+    /// the registration token
+    pub token: Option<String>,
+    #[argh(switch)]
+    /// talk to the control plane over http instead of https
+    pub no_https: bool,
+    #[argh(option)]
+    /// the agent's name (default $SEMAPHORE_AGENT_NAME, else random)
+    pub name: Option<String>,
+    #[argh(option)]
+    /// NAME=VALUE exported into every job (repeatable)
+    pub env_vars: Vec<String>,
+    #[argh(option)]
+    /// host/path:/container/path mounted into compose jobs (repeatable, or comma-separated)
+    pub files: Vec<String>,
+    #[argh(switch)]
+    /// a missing `files` source fails the job instead of a warning
+    pub fail_on_missing_files: bool,
+    #[argh(switch)]
+    /// run one job, then disconnect and exit
+    pub disconnect_after_job: bool,
+    #[argh(option)]
+    /// seconds without a job before disconnecting (default 0: never)
+    pub disconnect_after_idle_timeout: Option<u64>,
+    #[argh(option)]
+    /// with --disconnect-after-job: ask for this job only
+    pub job_id: Option<String>,
+    #[argh(option)]
+    /// script run with bash when the agent shuts down
+    pub shutdown_hook_path: Option<PathBuf>,
+    #[argh(option)]
+    /// script run before the job's commands
+    pub pre_job_hook_path: Option<PathBuf>,
+    #[argh(switch)]
+    /// a failing pre-job hook fails the job
+    pub fail_on_pre_job_hook_error: bool,
+    #[argh(switch)]
+    /// source the pre-job hook in the job's shell instead of running it with bash
+    pub source_pre_job_hook: bool,
+    #[argh(option)]
+    /// script run after the job's commands and epilogues
+    pub post_job_hook_path: Option<PathBuf>,
+    #[argh(option)]
+    /// upload the whole job log as an artifact: never (default), always, when-trimmed
+    pub upload_job_logs: Option<String>,
+    #[argh(option)]
+    /// seconds a job may keep running after SIGTERM/SIGINT (default 0)
+    pub interruption_grace_period: Option<u64>,
+    #[argh(option)]
+    /// where job logs and per-job working files live (default $AGENT_DATA_DIR, else ~/.local/state/agent)
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The flags that only listen mode has: `agent start` with one of them (or
+/// with `--help` alone) is listen mode, else it is `serve`.
+pub const LISTEN_ONLY_FLAGS: &[&str] = &[
+    "--config-file",
+    "--endpoint",
+    "--token",
+    "--no-https",
+    "--name",
+    "--env-vars",
+    "--fail-on-missing-files",
+    "--disconnect-after-job",
+    "--disconnect-after-idle-timeout",
+    "--job-id",
+    "--shutdown-hook-path",
+    "--fail-on-pre-job-hook-error",
+    "--source-pre-job-hook",
+    "--post-job-hook-path",
+    "--upload-job-logs",
+    "--interruption-grace-period",
+];
 
 /// Print a JWT for the configured secret, for curl.
 #[derive(FromArgs, Debug)]

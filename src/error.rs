@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::http::FrontError;
+use crate::listen::ListenError;
 
 /// A job request that cannot be accepted (422 from the server, exit 2 from `agent run`).
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub enum RequestError {
     },
     UnknownExecutor(String),
     PushLogger,
+    /// Listen mode pushes the log; the request's logger is not `push`.
+    NotPushLogger(String),
     UnknownLogger(String),
     NoContainers,
     Compose(String),
@@ -61,6 +64,10 @@ impl fmt::Display for RequestError {
             RequestError::PushLogger => write!(
                 f,
                 "logger method 'push' is only available in listener mode; use 'pull'"
+            ),
+            RequestError::NotPushLogger(m) => write!(
+                f,
+                "logger method '{m}' is not available in listen mode; use 'push' with a URL"
             ),
             RequestError::UnknownLogger(m) => write!(f, "unknown logger type '{m}'"),
             RequestError::NoContainers => {
@@ -114,6 +121,8 @@ pub enum Error {
     },
     /// The HTTPS front or its TLS material could not be set up.
     Front(FrontError),
+    /// Listen mode's configuration, or its registration, failed.
+    Listen(ListenError),
     /// The job's shell died or stayed silent before it was ready.
     SessionStart {
         status: Option<i32>,
@@ -148,6 +157,7 @@ impl fmt::Display for Error {
                 write!(f, "{given} needs {missing} too (or give neither for a self-signed pair)")
             }
             Error::Front(e) => e.fmt(f),
+            Error::Listen(e) => e.fmt(f),
             Error::SessionStart { status, output } => {
                 match status {
                     Some(code) => {
@@ -173,6 +183,7 @@ impl std::error::Error for Error {
             // cause is the inner error's cause.
             Error::Request(e) => e.source(),
             Error::Front(e) => e.source(),
+            Error::Listen(e) => e.source(),
             Error::NoSecret
             | Error::Resolve { .. }
             | Error::HalfTlsPair { .. }
@@ -184,6 +195,12 @@ impl std::error::Error for Error {
 impl From<FrontError> for Error {
     fn from(e: FrontError) -> Error {
         Error::Front(e)
+    }
+}
+
+impl From<ListenError> for Error {
+    fn from(e: ListenError) -> Error {
+        Error::Listen(e)
     }
 }
 

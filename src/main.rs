@@ -10,6 +10,7 @@ mod error;
 mod executor;
 mod http;
 mod job;
+mod listen;
 mod logging;
 mod metrics;
 mod process;
@@ -44,6 +45,10 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        cli::Sub::Start(args) => match listen::start(&args) {
+            Ok(reason) => ExitCode::from(reason.exit_code()),
+            Err(e) => fail(&e),
+        },
         cli::Sub::Run(args) => match cmd::run::run(args) {
             Ok(result) => ExitCode::from(cmd::run::exit_code(result)),
             Err(e) => fail(&e),
@@ -60,8 +65,9 @@ fn fail(e: &error::Error) -> ExitCode {
 const COMMANDS: [&str; 5] = ["run", "serve", "start", "token", "version"];
 
 /// argh, plus what it does not do itself: `--version`/`-V`, `start` as
-/// another name for `serve` (and in the command list), a hint after an
-/// unknown command, and messages without a trailing blank line.
+/// another name for `serve` unless it is given a flag of listen mode, a
+/// hint after an unknown command, and messages without a trailing blank
+/// line.
 fn parse_args() -> cli::Cli {
     let args: Vec<String> = std::env::args().collect();
     let mut rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
@@ -74,7 +80,7 @@ fn parse_args() -> cli::Cli {
             eprintln!("{}", top_level_help());
             std::process::exit(i32::from(EXIT_AGENT_ERROR));
         }
-        Some("start") => rest[0] = "serve",
+        Some("start") if !listen::wants_listen_mode(&rest[1..]) => rest[0] = "serve",
         Some(word) if !word.starts_with('-') && word != "help" && !COMMANDS.contains(&word) => {
             let hint = match usage::closest(word, &COMMANDS) {
                 Some(near) => format!(" (did you mean '{near}'?)"),

@@ -53,6 +53,11 @@ pub fn upload_job_log(request: &JobRequest, files: &LogFiles) {
     if policy == Policy::WhenTrimmed && size < max {
         return;
     }
+    upload(request, files);
+}
+
+/// Uploads the log whatever the policy (listen mode decides for itself).
+pub fn upload(request: &JobRequest, files: &LogFiles) {
     let env = |name| {
         request
             .env_value(name)

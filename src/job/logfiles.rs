@@ -15,6 +15,8 @@ use std::sync::{Mutex, MutexGuard};
 /// How much of the log is complete: readers never see a half-written line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Progress {
+    /// Lines on disk and in memory.
+    pub events: u64,
     /// Bytes on disk and in memory.
     pub bytes: u64,
     /// `job_finished` is in the log.
@@ -77,6 +79,7 @@ impl LogFiles {
     pub fn progress(&self) -> Progress {
         let p = self.lock();
         Progress {
+            events: p.disk_events + p.tail_ends.len() as u64,
             bytes: p.disk_bytes + p.tail.len() as u64,
             finished: p.finished,
         }

@@ -97,14 +97,13 @@ pub struct Callbacks {
 pub struct Logger {
     #[serde(default, deserialize_with = "null_as_default")]
     pub method: String,
-    // `url` and `token` are for the push logger, which API mode refuses;
-    // named here so that a job file carrying them gets no warning.
-    #[serde(default, rename = "url", deserialize_with = "null_as_default")]
-    _url: String,
-    #[serde(default, rename = "token", deserialize_with = "null_as_default")]
-    _token: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub max_size_in_bytes: i64,
+    /// Where the push logger sends lines (listen mode only).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub url: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -278,11 +277,7 @@ impl JobRequest {
         if !self.job_id.is_empty() && !is_valid_job_id(&self.job_id) {
             return Err(RequestError::JobId);
         }
-        let kind = match self.executor.as_str() {
-            "" | "shell" => ExecutorKind::Shell,
-            "dockercompose" => ExecutorKind::DockerCompose,
-            other => return Err(RequestError::UnknownExecutor(other.to_string())),
-        };
+        let kind = self.executor_kind()?;
         match self.logger.method.as_str() {
             "" | "pull" => {}
             "push" => return Err(RequestError::PushLogger),
@@ -299,6 +294,31 @@ impl JobRequest {
                 reason,
             })?;
         }
+        self.validate_executor(kind)
+    }
+
+    /// `validate` for listen mode, where the log is pushed: any logger but
+    /// `push` with a URL is refused.
+    pub fn validate_pushed(&self) -> Result<ExecutorKind, RequestError> {
+        if self.logger.method != "push" || self.logger.url.is_empty() {
+            return Err(RequestError::NotPushLogger(self.logger.method.clone()));
+        }
+        if !is_valid_job_id(&self.job_id) {
+            return Err(RequestError::JobId);
+        }
+        let kind = self.executor_kind()?;
+        self.validate_executor(kind)
+    }
+
+    fn executor_kind(&self) -> Result<ExecutorKind, RequestError> {
+        match self.executor.as_str() {
+            "" | "shell" => Ok(ExecutorKind::Shell),
+            "dockercompose" => Ok(ExecutorKind::DockerCompose),
+            other => Err(RequestError::UnknownExecutor(other.to_string())),
+        }
+    }
+
+    fn validate_executor(&self, kind: ExecutorKind) -> Result<ExecutorKind, RequestError> {
         if kind == ExecutorKind::DockerCompose {
             if self.compose.containers.is_empty() {
                 return Err(RequestError::NoContainers);

@@ -1,0 +1,411 @@
+//! The HTTP client of listen mode: one ureq agent with a deadline on every
+//! request, TLS with the system's trust roots (or `SSL_CERT_FILE`), and one
+//! method per route of the control plane (register, sync, get job, refresh,
+//! disconnect) plus the push of log lines to the URL a job names.
+//!
+//! It knows the wire format of those routes and nothing of the state
+//! machine: retries are the callers' (`retry` helps them), and every error
+//! says which route failed and keeps its cause.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ListenError;
+use crate::error::Error;
+
+/// Largest response body read from the control plane (a job request
+/// included).
+const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// PEM bundles of the system's trust roots, the first one found is used
+/// (Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE, older RHEL).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// No answer: connection refused, TLS failure, the deadline passed.
+    Transport {
+        route: &'static str,
+        source: Box<ureq::Error>,
+    },
+    /// An answer that is not a success.
+    Status {
+        route: &'static str,
+        status: u16,
+        body: String,
+    },
+    /// A success whose body is not what the route answers.
+    Decode {
+        route: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Transport { route, .. } => write!(f, "{route} failed"),
+            ClientError::Status {
+                route,
+                status,
+                body,
+            } => {
+                write!(f, "{route} answered {status}")?;
+                let body = body.trim();
+                if !body.is_empty() {
+                    write!(f, ": {body}")?;
+                }
+                Ok(())
+            }
+            ClientError::Decode { route, .. } => write!(f, "{route} answered an unexpected body"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Transport { source, .. } => Some(source.as_ref()),
+            ClientError::Decode { source, .. } => Some(source),
+            ClientError::Status { .. } => None,
+        }
+    }
+}
+
+/// `ClientError` with its causes, for log lines.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[derive(Debug, Serialize)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub version: String,
+    pub pid: u32,
+    pub os: String,
+    pub arch: String,
+    pub hostname: String,
+    pub single_job: bool,
+    pub idle_timeout: u64,
+    pub interruption_grace_period: u64,
+    pub job_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Registered {
+    #[serde(default)]
+    pub name: String,
+    pub token: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncRequest<'a> {
+    pub state: &'a str,
+    pub job_id: &'a str,
+    pub job_result: &'a str,
+    pub interrupted_at: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SyncResponse {
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub job_id: String,
+    #[serde(default)]
+    pub shutdown_reason: String,
+    /// Milliseconds until the next sync; absent or zero: the default.
+    #[serde(default)]
+    pub next_sync_after: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Refreshed {
+    token: String,
+}
+
+/// What the log route said to one batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Accepted,
+    /// 401: the token expired; refresh it and push again.
+    Unauthorized,
+    /// 422: the control plane takes no more lines of this job.
+    Refused,
+}
+
+/// The control plane's agent API. Cheap to clone: the connection pool is
+/// shared.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    /// The registration token until `register`, the access token after.
+    token: String,
+}
+
+impl Client {
+    pub fn new(base: String, token: String, timeout: Duration) -> Result<Client, Error> {
+        let roots = trust_roots(std::env::var_os("SSL_CERT_FILE").map(PathBuf::from))?;
+        let tls = ureq::tls::TlsConfig::builder().root_certs(roots).build();
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls)
+            .user_agent(format!("SemaphoreAgent/{}", crate::version::VERSION))
+            .build();
+        Ok(Client {
+            agent: ureq::Agent::new_with_config(config),
+            base,
+            token,
+        })
+    }
+
+    /// Registers and switches to the access token it returns.
+    pub fn register(&mut self, request: &RegisterRequest) -> Result<Registered, ClientError> {
+        let route = "POST /register";
+        let body = serde_json::to_vec(request).expect("plain struct");
+        let registered: Registered = decode(route, self.post(route, "/register", &body)?)?;
+        self.token = registered.token.clone();
+        Ok(registered)
+    }
+
+    pub fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncResponse, ClientError> {
+        let route = "POST /sync";
+        let body = serde_json::to_vec(request).expect("plain struct");
+        decode(route, self.post(route, "/sync", &body)?)
+    }
+
+    /// The job request, as bytes for `JobRequest::from_json`.
+    pub fn get_job(&self, job_id: &str) -> Result<Vec<u8>, ClientError> {
+        let route = "GET /jobs/{id}";
+        let url = format!("{}/jobs/{}", self.base, percent_encode(job_id));
+        let response = self
+            .agent
+            .get(&url)
+            .header("Authorization", format!("Token {}", self.token))
+            .call();
+        read(route, response)
+    }
+
+    /// A fresh token for the log push.
+    pub fn refresh(&self) -> Result<String, ClientError> {
+        let route = "POST /refresh";
+        let refreshed: Refreshed = decode(route, self.post(route, "/refresh", b"")?)?;
+        Ok(refreshed.token)
+    }
+
+    pub fn disconnect(&self) -> Result<(), ClientError> {
+        let route = "POST /disconnect";
+        self.post(route, "/disconnect", b"").map(drop)
+    }
+
+    /// POSTs log lines starting at line `start_from` to a job's log URL.
+    pub fn push_log(
+        &self,
+        url: &str,
+        token: &str,
+        start_from: u64,
+        lines: &[u8],
+    ) -> Result<Pushed, ClientError> {
+        let route = "POST (log)";
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let response = self
+            .agent
+            .post(&format!("{url}{separator}start_from={start_from}"))
+            .header("Content-Type", "text/plain")
+            .header("Authorization", format!("Bearer {token}"))
+            .send(lines);
+        match read(route, response) {
+            Ok(_) => Ok(Pushed::Accepted),
+            Err(ClientError::Status { status: 401, .. }) => Ok(Pushed::Unauthorized),
+            Err(ClientError::Status { status: 422, .. }) => Ok(Pushed::Refused),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn post(&self, route: &'static str, path: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .header("Authorization", format!("Token {}", self.token))
+            .send(body);
+        read(route, response)
+    }
+}
+
+fn read(
+    route: &'static str,
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Vec<u8>, ClientError> {
+    let transport = |e: ureq::Error| ClientError::Transport {
+        route,
+        source: Box::new(e),
+    };
+    let mut response = response.map_err(transport)?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE_BYTES)
+        .read_to_vec()
+        .map_err(transport)?;
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        let body: String = String::from_utf8_lossy(&body).chars().take(500).collect();
+        Err(ClientError::Status {
+            route,
+            status,
+            body,
+        })
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    route: &'static str,
+    body: Vec<u8>,
+) -> Result<T, ClientError> {
+    serde_json::from_slice(&body).map_err(|source| ClientError::Decode { route, source })
+}
+
+/// A job id as one path segment.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `SSL_CERT_FILE` when set (it must hold certificates), else the system's
+/// bundle, else the roots compiled into the binary.
+fn trust_roots(cert_file: Option<PathBuf>) -> Result<ureq::tls::RootCerts, Error> {
+    if let Some(path) = cert_file.filter(|p| !p.as_os_str().is_empty()) {
+        let certs = read_pem_certs(&path)?;
+        if certs.is_empty() {
+            return Err(ListenError::NoCertificates { path }.into());
+        }
+        log::info!(
+            "trusting the {} certificate(s) of SSL_CERT_FILE {}",
+            certs.len(),
+            path.display()
+        );
+        return Ok(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    for bundle in SYSTEM_BUNDLES {
+        let path = Path::new(bundle);
+        if let Ok(certs) = read_pem_certs(path) {
+            if !certs.is_empty() {
+                return Ok(ureq::tls::RootCerts::new_with_certs(&certs));
+            }
+        }
+    }
+    log::warn!("no system certificate bundle found; using the built-in roots");
+    Ok(ureq::tls::RootCerts::WebPki)
+}
+
+fn read_pem_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Error> {
+    let pem =
+        std::fs::read(path).map_err(|e| Error::io("cannot read the certificates", path, e))?;
+    Ok(ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Runs `attempt` up to `attempts` times, `delay` apart, logging each
+/// failure; stops early (with the last error) when `give_up` says so.
+pub fn retry<T>(
+    what: &str,
+    attempts: u32,
+    delay: Duration,
+    give_up: &dyn Fn() -> bool,
+    mut attempt: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let attempts = attempts.max(1);
+    let mut n = 1;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if n >= attempts || give_up() => {
+                log::error!(
+                    "{what}: {} (attempt {n}/{attempts}, giving up)",
+                    describe(&e)
+                );
+                return Err(e);
+            }
+            Err(e) => log::warn!("{what}: {} (attempt {n}/{attempts})", describe(&e)),
+        }
+        n += 1;
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if give_up() {
+                break;
+            }
+            std::thread::sleep(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_one_segment() {
+        assert_eq!(percent_encode("a-b_c.9"), "a-b_c.9");
+        assert_eq!(percent_encode("../x y"), "..%2Fx%20y");
+    }
+
+    #[test]
+    fn a_cert_file_without_certificates_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("agent-roots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = trust_roots(Some(empty)).expect_err("an error").to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let missing = trust_roots(Some(dir.join("missing.pem")));
+        assert!(missing.is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn status_errors_show_the_body_once() {
+        let e = ClientError::Status {
+            route: "POST /register",
+            status: 401,
+            body: "bad token\n".into(),
+        };
+        assert_eq!(e.to_string(), "POST /register answered 401: bad token");
+    }
+}

@@ -1,0 +1,476 @@
+//! The validated configuration of `agent start` in listen mode: the YAML
+//! config file (unknown keys are errors that name the key), the flags that
+//! override it, and the limits (timeouts, retry counts) that tests may
+//! shorten through the environment.
+//!
+//! Nothing here talks to the network or runs a job; it only turns arguments,
+//! a file and the environment into a `ListenConfig`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::error::ListenError;
+use crate::cli::StartArgs;
+use crate::error::Error;
+use crate::job::request::is_shell_identifier;
+
+/// The config file: the same keys as the flags, in kebab-case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    endpoint: Option<String>,
+    token: Option<String>,
+    no_https: Option<bool>,
+    name: Option<String>,
+    env_vars: Option<Vec<String>>,
+    files: Option<Vec<String>>,
+    fail_on_missing_files: Option<bool>,
+    disconnect_after_job: Option<bool>,
+    disconnect_after_idle_timeout: Option<u64>,
+    job_id: Option<String>,
+    shutdown_hook_path: Option<PathBuf>,
+    pre_job_hook_path: Option<PathBuf>,
+    fail_on_pre_job_hook_error: Option<bool>,
+    source_pre_job_hook: Option<bool>,
+    post_job_hook_path: Option<PathBuf>,
+    upload_job_logs: Option<String>,
+    interruption_grace_period: Option<u64>,
+}
+
+/// When a job's whole log is uploaded as an artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadJobLogs {
+    Never,
+    Always,
+    /// Only when the control plane refused further lines (422).
+    WhenTrimmed,
+}
+
+/// Timeouts and retry limits. The defaults are the reference agent's;
+/// `AGENT_LISTEN_*` variables shorten them for tests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Deadline of one request to the control plane.
+    pub request_timeout: Duration,
+    pub register_attempts: u32,
+    pub register_delay: Duration,
+    pub get_job_attempts: u32,
+    pub get_job_delay: Duration,
+    pub disconnect_attempts: u32,
+    pub disconnect_delay: Duration,
+    /// Without a successful sync for this long, the agent shuts down.
+    pub sync_give_up: Duration,
+    /// How long a finished job's remaining lines may take to be pushed.
+    pub log_flush_timeout: Duration,
+    /// Between two pushes of a running job's log.
+    pub push_interval: Duration,
+    /// How long teardown waits for a job that was asked to stop.
+    pub stop_grace: Duration,
+    /// Deadline of the shutdown hook.
+    pub shutdown_hook_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            request_timeout: Duration::from_secs(30),
+            register_attempts: 30,
+            register_delay: Duration::from_secs(1),
+            get_job_attempts: 10,
+            get_job_delay: Duration::from_secs(3),
+            disconnect_attempts: 100,
+            disconnect_delay: Duration::from_secs(1),
+            sync_give_up: Duration::from_secs(600),
+            log_flush_timeout: Duration::from_secs(60),
+            push_interval: Duration::from_millis(500),
+            stop_grace: Duration::from_secs(10),
+            shutdown_hook_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with each `AGENT_LISTEN_<NAME>` variable that is set
+    /// replacing its limit (milliseconds for durations, a count otherwise).
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Limits, ListenError> {
+        let mut limits = Limits::default();
+        let ms = |name: &str, slot: &mut Duration| -> Result<(), ListenError> {
+            let key = format!("AGENT_LISTEN_{name}_MS");
+            if let Some(v) = get(&key) {
+                *slot = Duration::from_millis(parse_number(&key, &v)?);
+            }
+            Ok(())
+        };
+        ms("REQUEST_TIMEOUT", &mut limits.request_timeout)?;
+        ms("REGISTER_DELAY", &mut limits.register_delay)?;
+        ms("GET_JOB_DELAY", &mut limits.get_job_delay)?;
+        ms("DISCONNECT_DELAY", &mut limits.disconnect_delay)?;
+        ms("SYNC_GIVE_UP", &mut limits.sync_give_up)?;
+        ms("LOG_FLUSH_TIMEOUT", &mut limits.log_flush_timeout)?;
+        ms("PUSH_INTERVAL", &mut limits.push_interval)?;
+        ms("STOP_GRACE", &mut limits.stop_grace)?;
+        let count = |name: &str, slot: &mut u32| -> Result<(), ListenError> {
+            let key = format!("AGENT_LISTEN_{name}");
+            if let Some(v) = get(&key) {
+                *slot = u32::try_from(parse_number(&key, &v)?)
+                    .map_err(|_| ListenError::invalid(&key, &v, "is too large"))?
+                    .max(1);
+            }
+            Ok(())
+        };
+        count("REGISTER_ATTEMPTS", &mut limits.register_attempts)?;
+        count("GET_JOB_ATTEMPTS", &mut limits.get_job_attempts)?;
+        count("DISCONNECT_ATTEMPTS", &mut limits.disconnect_attempts)?;
+        Ok(limits)
+    }
+}
+
+fn parse_number(key: &str, value: &str) -> Result<u64, ListenError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ListenError::invalid(key, value, "is not a number"))
+}
+
+/// Everything listen mode needs, checked.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// `host[:port]` of the control plane.
+    pub endpoint: String,
+    /// The registration token.
+    pub token: String,
+    pub https: bool,
+    /// The name to register with (the control plane may replace it).
+    pub name: String,
+    /// `(NAME, VALUE)` exported into every job.
+    pub env_vars: Vec<(String, String)>,
+    /// `host:container` pairs mounted into compose jobs.
+    pub files: Vec<(String, String)>,
+    pub fail_on_missing_files: bool,
+    pub disconnect_after_job: bool,
+    /// Zero: never.
+    pub idle_timeout: Duration,
+    pub job_id: Option<String>,
+    pub shutdown_hook: Option<PathBuf>,
+    pub pre_job_hook: Option<PathBuf>,
+    pub fail_on_pre_job_hook_error: bool,
+    pub source_pre_job_hook: bool,
+    pub post_job_hook: Option<PathBuf>,
+    pub upload_job_logs: UploadJobLogs,
+    pub interruption_grace: Duration,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+}
+
+impl ListenConfig {
+    /// The base URL of the control plane's agent API.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/api/v1/self_hosted_agents", self.endpoint)
+    }
+
+    /// Builds the configuration from the flags, the config file they name
+    /// and the environment (`SEMAPHORE_AGENT_NAME`, `AGENT_LISTEN_*`).
+    pub fn build(args: &StartArgs) -> Result<ListenConfig, Error> {
+        let file = match &args.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(merge(args, file, &env)?)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io("cannot read the config file", path, e))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml_ng::from_slice(&bytes).map_err(|source| {
+        ListenError::ConfigFile {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// Flags win over the file; a switch given on the command line turns its
+/// option on whatever the file says.
+fn merge(
+    args: &StartArgs,
+    file: FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ListenConfig, ListenError> {
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or(file.endpoint)
+        .filter(|e| !e.trim().is_empty())
+        .ok_or(ListenError::Missing { key: "endpoint" })?;
+    let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+    if endpoint.contains("://") {
+        return Err(ListenError::invalid(
+            "endpoint",
+            &endpoint,
+            "is not host[:port] (no scheme; no-https chooses http)",
+        ));
+    }
+    let token = args
+        .token
+        .clone()
+        .or(file.token)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or(ListenError::Missing { key: "token" })?;
+    let name = match args
+        .name
+        .clone()
+        .or(file.name)
+        .or_else(|| env("SEMAPHORE_AGENT_NAME"))
+    {
+        Some(name) => {
+            check_name(&name)?;
+            name
+        }
+        None => random_name(),
+    };
+    let env_vars = if args.env_vars.is_empty() {
+        file.env_vars.unwrap_or_default()
+    } else {
+        args.env_vars.clone()
+    }
+    .iter()
+    .map(|pair| parse_env_var(pair))
+    .collect::<Result<Vec<_>, _>>()?;
+    let files = if args.files.is_empty() {
+        file.files.unwrap_or_default()
+    } else {
+        args.files
+            .iter()
+            .flat_map(|f| f.split(','))
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+    .iter()
+    .map(|pair| parse_file(pair))
+    .collect::<Result<Vec<_>, _>>()?;
+    let upload = args
+        .upload_job_logs
+        .clone()
+        .or(file.upload_job_logs)
+        .unwrap_or_else(|| "never".into());
+    let upload_job_logs = match upload.as_str() {
+        "never" => UploadJobLogs::Never,
+        "always" => UploadJobLogs::Always,
+        "when-trimmed" => UploadJobLogs::WhenTrimmed,
+        other => {
+            return Err(ListenError::invalid(
+                "upload-job-logs",
+                other,
+                "is not one of never, always, when-trimmed",
+            ))
+        }
+    };
+    let disconnect_after_job =
+        args.disconnect_after_job || file.disconnect_after_job.unwrap_or(false);
+    let job_id = args
+        .job_id
+        .clone()
+        .or(file.job_id)
+        .filter(|j| !j.is_empty());
+    if job_id.is_some() && !disconnect_after_job {
+        return Err(ListenError::invalid(
+            "job-id",
+            job_id.as_deref().unwrap_or_default(),
+            "needs disconnect-after-job",
+        ));
+    }
+    let limits = Limits::from_env(&|name| env(name))?;
+    Ok(ListenConfig {
+        endpoint,
+        token,
+        https: !(args.no_https || file.no_https.unwrap_or(false)),
+        name,
+        env_vars,
+        files,
+        fail_on_missing_files: args.fail_on_missing_files
+            || file.fail_on_missing_files.unwrap_or(false),
+        disconnect_after_job,
+        idle_timeout: Duration::from_secs(
+            args.disconnect_after_idle_timeout
+                .or(file.disconnect_after_idle_timeout)
+                .unwrap_or(0),
+        ),
+        job_id,
+        shutdown_hook: args.shutdown_hook_path.clone().or(file.shutdown_hook_path),
+        pre_job_hook: args.pre_job_hook_path.clone().or(file.pre_job_hook_path),
+        fail_on_pre_job_hook_error: args.fail_on_pre_job_hook_error
+            || file.fail_on_pre_job_hook_error.unwrap_or(false),
+        source_pre_job_hook: args.source_pre_job_hook || file.source_pre_job_hook.unwrap_or(false),
+        post_job_hook: args.post_job_hook_path.clone().or(file.post_job_hook_path),
+        upload_job_logs,
+        interruption_grace: Duration::from_secs(
+            args.interruption_grace_period
+                .or(file.interruption_grace_period)
+                .unwrap_or(0),
+        ),
+        data_dir: crate::config::data_dir(args.data_dir.clone()),
+        limits,
+    })
+}
+
+fn parse_env_var(pair: &str) -> Result<(String, String), ListenError> {
+    match pair.split_once('=') {
+        Some((name, value)) if is_shell_identifier(name) => {
+            Ok((name.to_string(), value.to_string()))
+        }
+        _ => Err(ListenError::invalid(
+            "env-vars",
+            pair,
+            "is not NAME=VALUE with a shell variable name",
+        )),
+    }
+}
+
+fn parse_file(pair: &str) -> Result<(String, String), ListenError> {
+    match pair.split_once(':') {
+        Some((host, dest)) if !host.is_empty() && !dest.is_empty() => {
+            Ok((host.to_string(), dest.to_string()))
+        }
+        _ => Err(ListenError::invalid(
+            "files",
+            pair,
+            "is not host/path:/container/path",
+        )),
+    }
+}
+
+/// A URL is taken as is; any other name has 8 to 80 characters.
+fn check_name(name: &str) -> Result<(), ListenError> {
+    if name.starts_with("http://") || name.starts_with("https://") {
+        return Ok(());
+    }
+    let n = name.chars().count();
+    if !(8..=80).contains(&n) {
+        return Err(ListenError::invalid(
+            "name",
+            name,
+            "needs 8 to 80 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// 20 URL-safe characters from the kernel's generator.
+fn random_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let hex = crate::util::random_hex(20);
+    (0..20)
+        .map(|i| {
+            let byte = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap_or(0);
+            char::from(ALPHABET[usize::from(byte) % ALPHABET.len()])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> StartArgs {
+        <StartArgs as argh::FromArgs>::from_args(&["start"], list).expect("valid flags")
+    }
+
+    fn file(text: &str) -> Result<FileConfig, String> {
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let err = file("endpoint: x\ntoken: t\nkubernetes-pod-spec: y\n").unwrap_err();
+        assert!(err.contains("kubernetes-pod-spec"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = file(
+            "endpoint: file.example\ntoken: file-token\nenv-vars: [A=1]\n\
+             disconnect-after-idle-timeout: 30\nupload-job-logs: always\n",
+        )
+        .unwrap();
+        let cfg = merge(
+            &args(&["--endpoint", "flag.example:8080", "--env-vars", "B=2=3"]),
+            f,
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(cfg.endpoint, "flag.example:8080");
+        assert_eq!(cfg.token, "file-token");
+        assert_eq!(cfg.env_vars, [("B".to_string(), "2=3".to_string())]);
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.upload_job_logs, UploadJobLogs::Always);
+        assert!(cfg.https);
+        assert_eq!(
+            cfg.base_url(),
+            "https://flag.example:8080/api/v1/self_hosted_agents"
+        );
+    }
+
+    #[test]
+    fn endpoint_and_token_are_required() {
+        let err = merge(&args(&["--endpoint", "x"]), FileConfig::default(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no token"), "{err}");
+        let err = merge(&args(&["--token", "t"]), FileConfig::default(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no endpoint"), "{err}");
+    }
+
+    #[test]
+    fn names_and_values_are_checked() {
+        let base = ["--endpoint", "x", "--token", "t"];
+        let with = |extra: &[&str]| {
+            let mut list = base.to_vec();
+            list.extend_from_slice(extra);
+            merge(&args(&list), FileConfig::default(), &no_env).map_err(|e| e.to_string())
+        };
+        assert!(with(&["--name", "short"]).unwrap_err().contains("8 to 80"));
+        assert!(with(&["--env-vars", "1A=x"])
+            .unwrap_err()
+            .contains("NAME=VALUE"));
+        assert!(with(&["--upload-job-logs", "sometimes"])
+            .unwrap_err()
+            .contains("sometimes"));
+        assert!(with(&["--job-id", "j"])
+            .unwrap_err()
+            .contains("disconnect-after-job"));
+        let cfg = with(&["--files", "/a:/b,/c:/d", "--no-https"]).unwrap();
+        assert_eq!(cfg.files.len(), 2);
+        assert!(!cfg.https);
+        assert_eq!(cfg.name.len(), 20);
+    }
+
+    #[test]
+    fn limits_come_from_the_environment() {
+        let limits = Limits::from_env(&|name| match name {
+            "AGENT_LISTEN_SYNC_GIVE_UP_MS" => Some("1500".into()),
+            "AGENT_LISTEN_REGISTER_ATTEMPTS" => Some("3".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(limits.sync_give_up, Duration::from_millis(1500));
+        assert_eq!(limits.register_attempts, 3);
+        assert_eq!(limits.get_job_attempts, 10);
+        assert!(Limits::from_env(&|_| Some("soon".into())).is_err());
+    }
+}

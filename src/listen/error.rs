@@ -1,0 +1,87 @@
+//! Why listen mode cannot start: a bad configuration (file, flags,
+//! environment, trust roots) or a registration that never succeeded. Each
+//! message ends with its cause's, and `source()` returns that cause.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::client::ClientError;
+
+#[derive(Debug)]
+pub enum ListenError {
+    /// The config file is not YAML with our keys (an unknown key included).
+    ConfigFile {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    /// A required setting is missing.
+    Missing { key: &'static str },
+    /// A setting has a value that cannot be used.
+    Invalid {
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
+    /// `SSL_CERT_FILE` holds no certificate.
+    NoCertificates { path: PathBuf },
+    /// Registration failed on every attempt.
+    Register {
+        endpoint: String,
+        attempts: u32,
+        source: ClientError,
+    },
+}
+
+impl ListenError {
+    pub fn invalid(key: &str, value: &str, reason: &'static str) -> ListenError {
+        ListenError::Invalid {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::ConfigFile { path, source } => {
+                write!(f, "config file {}: {source}", path.display())
+            }
+            ListenError::Missing { key } => {
+                write!(f, "no {key}: give --{key} or `{key}` in the config file")
+            }
+            ListenError::Invalid { key, value, reason } => {
+                write!(f, "{key} '{value}': {reason}")
+            }
+            ListenError::NoCertificates { path } => {
+                write!(
+                    f,
+                    "SSL_CERT_FILE {} holds no PEM certificate",
+                    path.display()
+                )
+            }
+            ListenError::Register {
+                endpoint,
+                attempts,
+                source,
+            } => write!(
+                f,
+                "cannot register with {endpoint} ({attempts} attempts): {}",
+                super::client::describe(source)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListenError::ConfigFile { source, .. } => Some(source),
+            ListenError::Register { source, .. } => Some(source),
+            ListenError::Missing { .. }
+            | ListenError::Invalid { .. }
+            | ListenError::NoCertificates { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The sync loop of listen mode: the agent's state (`waiting-for-jobs`,
+//! `starting-job`, `running-job`, `stopping-job`, `finished-job`), one sync
+//! every few seconds (at once when a job finishes or a signal arrives), and
+//! what it does with each action (`continue`, `run-job`, `stop-job`,
+//! `wait-for-jobs`, `shutdown`). It also owns the local reasons to leave:
+//! the idle timeout, the end of the interruption grace period, and too long
+//! without a successful sync.
+//!
+//! It owns the current job only through its stop handle and thread; the
+//! job's side is worker.rs. It returns why the agent shuts down and leaves
+//! the disconnect and the hook to its caller.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::client::{describe, SyncRequest, SyncResponse};
+use super::shutdown::ShutdownReason;
+use super::worker::{self, JobEvent, Shared};
+use crate::job::eventlog::{now_secs, JobResult};
+use crate::job::stop::{self, StopHandle};
+
+/// The sync interval when the control plane names none: 3 to 6 s.
+const DEFAULT_INTERVAL_MS: (u64, u64) = (3000, 6000);
+/// The longest pause between syncs whatever the control plane says.
+const MAX_INTERVAL: Duration = Duration::from_secs(300);
+/// How long shutdown waits for a stopped job beyond its stop grace period
+/// and log flush.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+
+/// What the loop hears from other threads.
+pub enum Msg {
+    Job(String, JobEvent),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    WaitingForJobs,
+    StartingJob,
+    RunningJob,
+    StoppingJob,
+    FinishedJob(JobResult),
+}
+
+impl State {
+    fn wire(self) -> &'static str {
+        match self {
+            State::WaitingForJobs => "waiting-for-jobs",
+            State::StartingJob => "starting-job",
+            State::RunningJob => "running-job",
+            State::StoppingJob => "stopping-job",
+            State::FinishedJob(_) => "finished-job",
+        }
+    }
+}
+
+struct CurrentJob {
+    job_id: String,
+    stop: StopHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct SyncLoop {
+    shared: Arc<Shared>,
+    state: State,
+    job: Option<CurrentJob>,
+    /// Unix time of the first SIGTERM/SIGINT, 0 before.
+    interrupted_at: u64,
+    /// When a job still running after the signal is stopped.
+    grace_deadline: Option<Instant>,
+    last_sync_ok: Instant,
+    failed_syncs: u32,
+    idle_since: Instant,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+}
+
+impl SyncLoop {
+    pub fn new(shared: Arc<Shared>, tx: Sender<Msg>, rx: Receiver<Msg>) -> SyncLoop {
+        let now = Instant::now();
+        SyncLoop {
+            shared,
+            state: State::WaitingForJobs,
+            job: None,
+            interrupted_at: 0,
+            grace_deadline: None,
+            last_sync_ok: now,
+            failed_syncs: 0,
+            idle_since: now,
+            tx,
+            rx,
+        }
+    }
+
+    /// Syncs until a reason to shut down; a running job is stopped first.
+    pub fn run(mut self) -> ShutdownReason {
+        let reason = self.sync_until_shutdown();
+        self.stop_job_and_wait();
+        reason
+    }
+
+    fn sync_until_shutdown(&mut self) -> ShutdownReason {
+        let mut next_sync = Instant::now();
+        loop {
+            let wake_at = [Some(next_sync), self.grace_deadline, self.idle_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_sync);
+            match self.rx.recv_deadline(wake_at) {
+                Ok(Msg::Job(job_id, event)) => {
+                    if self.on_job_event(&job_id, event) {
+                        next_sync = Instant::now();
+                    }
+                }
+                Ok(Msg::Signal(signal)) => {
+                    self.on_signal(signal);
+                    next_sync = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
+            }
+            if let Some(deadline) = self.idle_deadline() {
+                if Instant::now() >= deadline {
+                    log::info!(
+                        "no job for {:?}: disconnecting",
+                        self.shared.cfg.idle_timeout
+                    );
+                    return ShutdownReason::Idle;
+                }
+            }
+            if self.grace_deadline.is_some_and(|d| Instant::now() >= d)
+                && matches!(self.state, State::StartingJob | State::RunningJob)
+            {
+                log::info!("the interruption grace period is over: stopping the job");
+                self.stop_job();
+            }
+            if Instant::now() < next_sync {
+                continue;
+            }
+            let interval = match self.sync() {
+                Ok(response) => {
+                    if let Some(reason) = self.act(&response) {
+                        return reason;
+                    }
+                    match response.next_sync_after {
+                        0 => default_interval(),
+                        ms => Duration::from_millis(ms).min(MAX_INTERVAL),
+                    }
+                }
+                Err(()) => {
+                    let without = self.last_sync_ok.elapsed();
+                    if without >= self.shared.cfg.limits.sync_give_up {
+                        log::error!("no successful sync for {without:?}: shutting down");
+                        return ShutdownReason::UnableToSync;
+                    }
+                    default_interval()
+                }
+            };
+            next_sync = Instant::now() + interval;
+            if self.interrupted_at != 0 {
+                let grace_over = self.grace_deadline.is_some_and(|d| Instant::now() >= d);
+                match self.state {
+                    State::WaitingForJobs => return ShutdownReason::Interrupted,
+                    // Its result was reported (or tried): no need to wait
+                    // for the acknowledgement any longer.
+                    State::FinishedJob(_) if grace_over => return ShutdownReason::Interrupted,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Returns whether to sync at once.
+    fn on_job_event(&mut self, job_id: &str, event: JobEvent) -> bool {
+        let Some(job) = self.job.as_mut().filter(|j| j.job_id == job_id) else {
+            log::warn!("job {job_id}: {event:?} from a job that is not current; ignored");
+            return false;
+        };
+        match event {
+            JobEvent::Started => {
+                if self.state == State::StartingJob {
+                    self.set_state(State::RunningJob);
+                }
+                false
+            }
+            JobEvent::Finished(result) => {
+                if let Some(thread) = job.thread.take() {
+                    let _ = thread.join();
+                }
+                self.set_state(State::FinishedJob(result));
+                true
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        if self.interrupted_at == 0 {
+            self.interrupted_at = now_secs();
+            let grace = self.shared.cfg.interruption_grace;
+            self.grace_deadline = Some(Instant::now() + grace);
+            log::info!(
+                "signal {signal}: telling the control plane; a running job may go on for {grace:?}"
+            );
+        } else {
+            log::info!("signal {signal} again: stopping now");
+            self.grace_deadline = Some(Instant::now());
+        }
+    }
+
+    fn sync(&mut self) -> Result<SyncResponse, ()> {
+        let (job_id, job_result) = match (&self.job, self.state) {
+            (Some(job), State::FinishedJob(result)) => (job.job_id.as_str(), result.as_str()),
+            (Some(job), _) => (job.job_id.as_str(), ""),
+            (None, _) => ("", ""),
+        };
+        let request = SyncRequest {
+            state: self.state.wire(),
+            job_id,
+            job_result,
+            interrupted_at: self.interrupted_at,
+        };
+        log::debug!("sync: {request:?}");
+        match self.shared.client.sync(&request) {
+            Ok(response) => {
+                if self.failed_syncs > 0 {
+                    log::info!("sync works again after {} failure(s)", self.failed_syncs);
+                }
+                self.failed_syncs = 0;
+                self.last_sync_ok = Instant::now();
+                log::debug!("sync answer: {response:?}");
+                Ok(response)
+            }
+            Err(e) => {
+                self.failed_syncs += 1;
+                log::error!(
+                    "sync failed: {} ({} in a row, last success {:?} ago)",
+                    describe(&e),
+                    self.failed_syncs,
+                    self.last_sync_ok.elapsed()
+                );
+                Err(())
+            }
+        }
+    }
+
+    /// Carries out an action; `Some` when it is to shut down.
+    fn act(&mut self, response: &SyncResponse) -> Option<ShutdownReason> {
+        match response.action.as_str() {
+            "" | "continue" => {}
+            "run-job" => self.run_job(&response.job_id),
+            "stop-job" => match self.state {
+                State::StartingJob | State::RunningJob => {
+                    log::info!("job {}: the control plane asks to stop it", response.job_id);
+                    self.stop_job();
+                }
+                state => log::debug!("stop-job while {}: nothing to stop", state.wire()),
+            },
+            "wait-for-jobs" => match self.state {
+                State::FinishedJob(_) => {
+                    if let Some(job) = self.job.take() {
+                        log::info!("job {}: the control plane has its result", job.job_id);
+                    }
+                    self.set_state(State::WaitingForJobs);
+                    self.idle_since = Instant::now();
+                    if self.shared.cfg.disconnect_after_job {
+                        log::info!("disconnect-after-job: the job is done, disconnecting");
+                        return Some(ShutdownReason::JobFinished);
+                    }
+                }
+                State::WaitingForJobs => {}
+                state => log::warn!(
+                    "wait-for-jobs while {}: ignored, the job is not over",
+                    state.wire()
+                ),
+            },
+            "shutdown" => {
+                let reason = ShutdownReason::from_api(&response.shutdown_reason);
+                log::info!(
+                    "the control plane asks to shut down (reason '{}')",
+                    response.shutdown_reason
+                );
+                return Some(reason);
+            }
+            other => log::warn!("unknown sync action '{other}'; ignored"),
+        }
+        None
+    }
+
+    fn run_job(&mut self, job_id: &str) {
+        if self.state != State::WaitingForJobs || self.job.is_some() {
+            log::warn!("run-job {job_id} while {}: ignored", self.state.wire());
+            return;
+        }
+        if self.interrupted_at != 0 {
+            log::warn!("run-job {job_id} after an interruption: ignored");
+            return;
+        }
+        if job_id.is_empty() {
+            log::warn!("run-job without a job id: ignored");
+            return;
+        }
+        log::info!("job {job_id}: the control plane asks to run it");
+        let (stop, signal) = stop::stop_pair();
+        let tx = self.tx.clone();
+        let id = job_id.to_string();
+        let notify = Box::new(move |event| {
+            let _ = tx.send(Msg::Job(id.clone(), event));
+        });
+        let thread = worker::spawn(Arc::clone(&self.shared), job_id.to_string(), signal, notify);
+        self.job = Some(CurrentJob {
+            job_id: job_id.to_string(),
+            stop,
+            thread: Some(thread),
+        });
+        self.set_state(State::StartingJob);
+    }
+
+    fn stop_job(&mut self) {
+        if let Some(job) = &self.job {
+            job.stop.stop();
+            if matches!(self.state, State::StartingJob | State::RunningJob) {
+                self.set_state(State::StoppingJob);
+            }
+        }
+    }
+
+    /// On the way out: a job still running is stopped, and its teardown and
+    /// log flush get a bounded time.
+    fn stop_job_and_wait(&mut self) {
+        let Some(thread) = self.job.as_mut().and_then(|j| j.thread.take()) else {
+            return;
+        };
+        let Some(job) = &self.job else { return };
+        log::info!("job {}: stopping it before shutting down", job.job_id);
+        job.stop.stop();
+        let limits = &self.shared.cfg.limits;
+        let deadline = Instant::now() + limits.stop_grace + limits.log_flush_timeout + STOP_MARGIN;
+        loop {
+            match self.rx.recv_deadline(deadline) {
+                Ok(Msg::Job(id, JobEvent::Finished(result))) if id == job.job_id => {
+                    log::info!("job {id}: {} before the shutdown", result.as_str());
+                    let _ = thread.join();
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    log::error!(
+                        "job {}: still tearing down at the shutdown deadline; exiting anyway",
+                        job.job_id
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        let timeout = self.shared.cfg.idle_timeout;
+        (self.state == State::WaitingForJobs && !timeout.is_zero())
+            .then(|| self.idle_since + timeout)
+    }
+
+    fn set_state(&mut self, state: State) {
+        if state != self.state {
+            let job = self
+                .job
+                .as_ref()
+                .map(|j| format!(" (job {})", j.job_id))
+                .unwrap_or_default();
+            let result = match state {
+                State::FinishedJob(r) => format!(", result {}", r.as_str()),
+                _ => String::new(),
+            };
+            log::info!(
+                "state: {} -> {}{job}{result}",
+                self.state.wire(),
+                state.wire()
+            );
+            self.state = state;
+        }
+    }
+}
+
+/// 3 to 6 s, jittered so that many agents do not sync in step.
+fn default_interval() -> Duration {
+    let (lo, hi) = DEFAULT_INTERVAL_MS;
+    let random = u64::from_str_radix(&crate::util::random_hex(4), 16).unwrap_or(0);
+    Duration::from_millis(lo + random % (hi - lo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_interval_is_3_to_6_seconds() {
+        for _ in 0..50 {
+            let d = default_interval();
+            assert!(
+                d >= Duration::from_secs(3) && d < Duration::from_secs(6),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wire_states() {
+        assert_eq!(State::WaitingForJobs.wire(), "waiting-for-jobs");
+        assert_eq!(
+            State::FinishedJob(JobResult::Stopped).wire(),
+            "finished-job"
+        );
+    }
+}

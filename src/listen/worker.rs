@@ -1,0 +1,275 @@
+//! One job of listen mode, on its own thread: fetch the job request (bounded
+//! retries), check it, create its directory and event log, start the log
+//! pusher, run the job with the same engine as `agent serve` (the agent's
+//! env vars and files added), wait until the log is pushed (or the flush
+//! time is up), upload the log as an artifact when the configuration says
+//! so, and report the result.
+//!
+//! It reports to the sync loop only through `notify` (`Started`, then
+//! `Finished`), and is stopped only through its `StopSignal`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::client::{retry, Client};
+use super::config::{ListenConfig, UploadJobLogs};
+use super::push::{PushTarget, Pusher};
+use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
+use crate::job::lifecycle;
+use crate::job::request::{EnvVar, ExecutorKind, JobRequest};
+use crate::job::spec::{AgentOptions, JobSpec};
+use crate::job::stop::StopSignal;
+use crate::job::workspace::{JobDir, JobRecord};
+
+/// Finished jobs whose directories (and event logs) stay on disk.
+const KEEP_JOB_DIRS: usize = 10;
+
+/// What the sync loop hears from a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    /// The request was fetched and the job runs.
+    Started,
+    /// The job is over and its log pushed (or given up on).
+    Finished(JobResult),
+}
+
+/// What every job shares.
+pub struct Shared {
+    pub client: Client,
+    pub cfg: Arc<ListenConfig>,
+    pub options: AgentOptions,
+}
+
+pub fn spawn(
+    shared: Arc<Shared>,
+    job_id: String,
+    stop: StopSignal,
+    notify: Box<dyn Fn(JobEvent) + Send>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("job".into())
+        .spawn(move || {
+            let result = run(&shared, &job_id, stop, &*notify);
+            log::info!("job {job_id} finished: {}", result.as_str());
+            notify(JobEvent::Finished(result));
+        })
+        .expect("cannot start a job thread")
+}
+
+fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent)) -> JobResult {
+    let limits = &shared.cfg.limits;
+    log::info!("job {job_id}: fetching the job request");
+    let bytes = retry(
+        &format!("job {job_id}: GET /jobs/{{id}}"),
+        limits.get_job_attempts,
+        limits.get_job_delay,
+        &|| stop.is_requested(),
+        || shared.client.get_job(job_id),
+    );
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(_) if stop.is_requested() => return JobResult::Stopped,
+        Err(_) => return JobResult::Failed,
+    };
+    let mut request = match JobRequest::from_json(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("job {job_id}: {e}");
+            return JobResult::Failed;
+        }
+    };
+    if request.job_id.is_empty() {
+        request.job_id = job_id.to_string();
+    }
+    let target = PushTarget {
+        url: request.logger.url.clone(),
+        token: request.logger.token.clone(),
+    };
+    let check = request.validate_pushed();
+    if target.url.is_empty() {
+        // Nowhere to show why: the agent log has to do.
+        log::error!(
+            "job {job_id}: {}",
+            check.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+        return JobResult::Failed;
+    }
+    prune_job_dirs(&shared.cfg.data_dir, KEEP_JOB_DIRS);
+    let record = JobRecord::new(
+        &request,
+        check.as_ref().copied().unwrap_or(ExecutorKind::Shell),
+    );
+    let dir = match JobDir::create(&shared.cfg.data_dir, &record) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("job {job_id}: {e}");
+            return JobResult::Failed;
+        }
+    };
+    let mut log = match EventLog::create(&dir.root) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!(
+                "job {job_id}: cannot create the event log in {}: {e}",
+                dir.root.display()
+            );
+            return JobResult::Failed;
+        }
+    };
+    let pusher = Pusher::start(
+        shared.client.clone(),
+        log.files(),
+        target,
+        limits.push_interval,
+        job_id,
+    );
+    let waker = pusher.waker();
+    log.set_observer(Box::new(move |_, _| waker.wake()));
+    notify(JobEvent::Started);
+    log::info!(
+        "job {job_id} started; its event log is {}",
+        log.files().log_path.display()
+    );
+
+    let result = match check
+        .map_err(|e| e.to_string())
+        .and_then(|kind| missing_files(&shared.cfg, kind).map_or(Ok(kind), Err))
+    {
+        Err(message) => {
+            log.write(&Event::JobStarted {
+                timestamp: now_secs(),
+            });
+            log.close_after_failure(&format!("{message}\n"));
+            JobResult::Failed
+        }
+        Ok(kind) => {
+            add_agent_env_vars(&mut request, &shared.cfg.env_vars);
+            run_job(shared, &request, kind, &dir, stop, &mut log)
+        }
+    };
+    let files = log.files();
+    drop(log);
+    let report = pusher.finish(limits.log_flush_timeout);
+    let upload = match shared.cfg.upload_job_logs {
+        UploadJobLogs::Never => false,
+        UploadJobLogs::Always => true,
+        UploadJobLogs::WhenTrimmed => report.refused,
+    };
+    if upload {
+        crate::job::artifact::upload(&request, &files);
+    }
+    dir.remove_work();
+    result
+}
+
+fn run_job(
+    shared: &Shared,
+    request: &JobRequest,
+    executor: ExecutorKind,
+    dir: &JobDir,
+    stop: StopSignal,
+    log: &mut EventLog,
+) -> JobResult {
+    let home = crate::config::home_dir();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lifecycle::run(
+            JobSpec {
+                request,
+                executor,
+                work_dir: &dir.work,
+                home: &home,
+                mark: &dir.mark,
+                stop,
+                grace: shared.cfg.limits.stop_grace,
+                options: &shared.options,
+            },
+            log,
+        )
+    }));
+    // A bug in the agent fails the job, never the agent.
+    run.unwrap_or_else(|_| {
+        log::error!("job {}: the agent failed while running it", request.job_id);
+        log.close_after_failure("\nThe agent failed while running this job; see the agent log.\n");
+        JobResult::Failed
+    })
+}
+
+/// With `fail-on-missing-files`, a compose job fails when a `files` source
+/// is missing on the host (without it, the mount is skipped with a warning).
+fn missing_files(cfg: &ListenConfig, kind: ExecutorKind) -> Option<String> {
+    if !cfg.fail_on_missing_files || kind != ExecutorKind::DockerCompose {
+        return None;
+    }
+    let missing: Vec<&str> = cfg
+        .files
+        .iter()
+        .filter(|(host, _)| !Path::new(host).exists())
+        .map(|(host, _)| host.as_str())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "The agent is configured to fail the job when a file to mount is missing: {}",
+            missing.join(", ")
+        )
+    })
+}
+
+/// The agent's `env-vars` join the job's; the agent's value wins, as the
+/// host's configuration does in the reference agent.
+fn add_agent_env_vars(request: &mut JobRequest, vars: &[(String, String)]) {
+    use base64::Engine;
+    request
+        .env_vars
+        .extend(vars.iter().map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: base64::engine::general_purpose::STANDARD.encode(value),
+            secret: false,
+        }));
+}
+
+/// Keeps the `keep` newest job directories of the data dir; of the older
+/// ones, those no living agent holds are removed.
+fn prune_job_dirs(data_dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("jobs")) else {
+        return;
+    };
+    let mut dirs: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let modified = meta.modified().ok()?;
+            meta.is_dir().then(|| (modified, e.path()))
+        })
+        .collect();
+    if dirs.len() <= keep {
+        return;
+    }
+    dirs.sort();
+    for (_, path) in &dirs[..dirs.len() - keep] {
+        // Taking it over proves that no agent is using it.
+        let Some((dir, _)) = JobDir::take_over(path) else {
+            continue;
+        };
+        if let Err(e) = std::fs::remove_dir_all(&dir.root) {
+            log::warn!("cannot remove {}: {e}", dir.root.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_env_var_wins() {
+        let mut request =
+            JobRequest::from_json(br#"{"env_vars":[{"name":"A","value":"am9i"}]}"#).unwrap();
+        add_agent_env_vars(
+            &mut request,
+            &[("A".into(), "agent".into()), ("B".into(), "b".into())],
+        );
+        assert_eq!(request.env_value("A").unwrap(), b"agent");
+        assert_eq!(request.env_value("B").unwrap(), b"b");
+    }
+}
