@@ -10,6 +10,7 @@ mod disk;
 mod hostile;
 mod isolation;
 mod job_file;
+mod listen;
 mod run;
 mod serve;
 mod skips;

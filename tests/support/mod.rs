@@ -1064,6 +1064,7 @@ pub fn wait_for_background_processes(job_id: &str) {
 }
 pub mod callback;
 pub mod client;
+pub mod control_plane;
 pub mod docker;
 pub mod server;
 pub mod skip;

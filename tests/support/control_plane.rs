@@ -1,0 +1,920 @@
+//! A control plane for the tests of listen mode (`agent start`): a small
+//! real HTTP(S) server on 127.0.0.1 that implements register, sync, get job,
+//! refresh, disconnect and the log route, keeps scheduled jobs in memory,
+//! and lets a test schedule a job, ask for a stop or a shutdown, read the
+//! pushed lines, and make the control plane misbehave (down, slow, a token
+//! that expires, a log that is full).
+//!
+//! `ListenAgent` runs the real `agent start` binary against it in a
+//! throw-away HOME and data directory; dropping it kills the agent and any
+//! process of the jobs it was given. Like the rest of `support`, this knows
+//! the wire format and the command line, not the agent's insides.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::job_processes;
+
+const BASE: &str = "/api/v1/self_hosted_agents";
+/// The registration token agents are started with.
+pub const REGISTRATION_TOKEN: &str = "registration-token-for-tests";
+const POLL: Duration = Duration::from_millis(20);
+
+/// One sync the control plane received, with its answer.
+#[derive(Clone, Debug)]
+pub struct SyncRecord {
+    pub request: Value,
+    pub response: Value,
+}
+
+/// One request to the log route.
+#[derive(Clone, Debug)]
+pub struct PushRecord {
+    pub start_from: u64,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    access_token: String,
+    log_token: String,
+    n_log_tokens: u64,
+    registrations: Vec<Value>,
+    register_headers: Vec<(String, String)>,
+    syncs: Vec<SyncRecord>,
+    queue: VecDeque<String>,
+    jobs: HashMap<String, Value>,
+    stops: Vec<String>,
+    shutdown: Option<String>,
+    /// Accepted lines per job, with when each arrived.
+    lines: HashMap<String, Vec<(String, Instant)>>,
+    pushes: Vec<PushRecord>,
+    /// Pushes whose `start_from` was past the accepted lines.
+    gaps: Vec<String>,
+    finished: HashMap<String, String>,
+    disconnects: usize,
+    refreshes: usize,
+    // Faults.
+    down: bool,
+    delay: Option<Duration>,
+    refuse_after: Option<usize>,
+    next_sync_after: u64,
+    in_flight: HashMap<&'static str, usize>,
+    max_in_flight: HashMap<&'static str, usize>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    stopping: AtomicBool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How the control plane starts.
+pub struct ControlPlaneBuilder {
+    tls: bool,
+    next_sync_after: u64,
+}
+
+impl ControlPlaneBuilder {
+    /// Serve HTTPS with a fresh self-signed certificate (see `cert_pem`).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    pub fn start(self) -> ControlPlane {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the control plane");
+        let port = listener.local_addr().expect("its address").port();
+        let (tls, cert_pem) = if self.tls {
+            let certified = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+            ])
+            .expect("a self-signed certificate");
+            let cert_der = certified.cert.der().clone();
+            let key_der =
+                rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+                    .expect("a private key");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert_der], key_der)
+                .expect("a TLS server config");
+            (Some(Arc::new(config)), Some(certified.cert.pem()))
+        } else {
+            (None, None)
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                access_token: format!("access-{}", random_hex()),
+                log_token: "log-token-0".into(),
+                next_sync_after: self.next_sync_after,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            tls,
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let shared = Arc::clone(&shared);
+                    thread::spawn(move || handle_connection(&shared, stream));
+                }
+            })
+        };
+        ControlPlane {
+            port,
+            cert_pem,
+            shared,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// The running control plane of one test.
+pub struct ControlPlane {
+    port: u16,
+    cert_pem: Option<String>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    pub fn builder() -> ControlPlaneBuilder {
+        ControlPlaneBuilder {
+            tls: false,
+            next_sync_after: 200,
+        }
+    }
+
+    /// Plain HTTP, a sync every 200 ms.
+    pub fn start() -> ControlPlane {
+        ControlPlane::builder().start()
+    }
+
+    /// `host:port`, as `--endpoint` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.cert_pem.is_some()
+    }
+
+    pub fn cert_pem(&self) -> Option<&str> {
+        self.cert_pem.as_deref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.is_tls() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Queues a job: the next agent waiting for jobs gets it. The request
+    /// gets a push logger pointing here.
+    pub fn schedule(&self, job: &Value) -> String {
+        let job_id = job["job_id"].as_str().expect("a job_id").to_owned();
+        let mut request = job.clone();
+        let mut state = self.shared.lock();
+        request["logger"] = json!({
+            "method": "push",
+            "url": format!("{}://127.0.0.1:{}/logs/{job_id}", self.scheme(), self.port),
+            "token": state.log_token,
+        });
+        state.jobs.insert(job_id.clone(), request);
+        state.queue.push_back(job_id.clone());
+        self.shared.changed.notify_all();
+        job_id
+    }
+
+    /// Queues a job with this exact request (`None`: a job `GET /jobs/{id}`
+    /// does not know).
+    pub fn schedule_raw(&self, job_id: &str, request: Option<Value>) {
+        let mut state = self.shared.lock();
+        if let Some(request) = request {
+            state.jobs.insert(job_id.to_owned(), request);
+        }
+        state.queue.push_back(job_id.to_owned());
+    }
+
+    /// The next sync about this job answers `stop-job`.
+    pub fn request_stop(&self, job_id: &str) {
+        self.shared.lock().stops.push(job_id.to_owned());
+    }
+
+    /// Every further sync answers `shutdown` with this reason.
+    pub fn request_shutdown(&self, reason: &str) {
+        self.shared.lock().shutdown = Some(reason.to_owned());
+    }
+
+    /// Down: every connection is closed at once, unanswered.
+    pub fn set_down(&self, down: bool) {
+        self.shared.lock().down = down;
+    }
+
+    /// Slow: every answer waits this long (or until the client gives up).
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.shared.lock().delay = delay;
+    }
+
+    /// The log token changes: pushes with the old one get 401 until the
+    /// agent refreshes it.
+    pub fn expire_log_token(&self) {
+        let mut state = self.shared.lock();
+        state.n_log_tokens += 1;
+        state.log_token = format!("log-token-{}", state.n_log_tokens);
+    }
+
+    /// The log route takes at most `n` lines of a job, then answers 422.
+    pub fn refuse_lines_after(&self, n: usize) {
+        self.shared.lock().refuse_after = Some(n);
+    }
+
+    pub fn registrations(&self) -> Vec<Value> {
+        self.shared.lock().registrations.clone()
+    }
+
+    /// A header of the first registration.
+    pub fn register_header(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .register_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn syncs(&self) -> Vec<SyncRecord> {
+        self.shared.lock().syncs.clone()
+    }
+
+    pub fn pushes(&self) -> Vec<PushRecord> {
+        self.shared.lock().pushes.clone()
+    }
+
+    pub fn disconnects(&self) -> usize {
+        self.shared.lock().disconnects
+    }
+
+    pub fn refreshes(&self) -> usize {
+        self.shared.lock().refreshes
+    }
+
+    /// Pushes that skipped lines (should never happen).
+    pub fn gaps(&self) -> Vec<String> {
+        self.shared.lock().gaps.clone()
+    }
+
+    /// The most requests of this kind (`sync`, `log`, `job`) that were
+    /// open at once, counting only those the client still waited for.
+    pub fn max_in_flight(&self, route: &str) -> usize {
+        self.shared
+            .lock()
+            .max_in_flight
+            .get(route)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The lines accepted for a job so far, parsed.
+    pub fn lines(&self, job_id: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .lines
+            .get(job_id)
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|(l, _)| serde_json::from_str(l).expect("a JSON line"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The accepted lines with their arrival times.
+    pub fn timed_lines(&self, job_id: &str) -> Vec<(String, Instant)> {
+        self.shared
+            .lock()
+            .lines
+            .get(job_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The result the agent reported in `finished-job`, once it has.
+    pub fn result(&self, job_id: &str) -> Option<String> {
+        self.shared.lock().finished.get(job_id).cloned()
+    }
+
+    /// Waits for the `finished-job` report of a job; returns its result.
+    pub fn wait_for_result(&self, job_id: &str, timeout: Duration) -> String {
+        self.wait(&format!("finished-job of {job_id}"), timeout, |s| {
+            s.finished.get(job_id).cloned()
+        })
+    }
+
+    /// Waits until a pushed line of the job satisfies `predicate`.
+    pub fn wait_for_line(
+        &self,
+        job_id: &str,
+        what: &str,
+        timeout: Duration,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait(what, timeout, |s| {
+            s.lines.get(job_id).and_then(|lines| {
+                lines
+                    .iter()
+                    .map(|(l, _)| serde_json::from_str::<Value>(l).expect("a JSON line"))
+                    .find(|v| predicate(v))
+            })
+        })
+    }
+
+    /// Waits until a sync request satisfies `predicate`; returns it.
+    pub fn wait_for_sync(
+        &self,
+        what: &str,
+        timeout: Duration,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait(what, timeout, |s| {
+            s.syncs
+                .iter()
+                .map(|r| &r.request)
+                .find(|r| predicate(r))
+                .cloned()
+        })
+    }
+
+    fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut found: impl FnMut(&State) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(value) = found(&state) {
+                return value;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let syncs: Vec<String> = state
+                    .syncs
+                    .iter()
+                    .rev()
+                    .take(10)
+                    .map(|s| format!("{} -> {}", s.request, s.response))
+                    .collect();
+                panic!(
+                    "no {what} within {timeout:?}; last syncs:\n{}",
+                    syncs.join("\n")
+                );
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left.min(Duration::from_millis(200)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The server side
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn handle_connection(shared: &Shared, tcp: TcpStream) {
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(10)));
+    if shared.lock().down {
+        let _ = tcp.shutdown(Shutdown::Both);
+        return;
+    }
+    match &shared.tls {
+        Some(config) => {
+            let Ok(conn) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                return;
+            };
+            let probe = tcp.try_clone().ok();
+            let stream = rustls::StreamOwned::new(conn, tcp);
+            serve(shared, stream, probe.as_ref(), true);
+        }
+        None => {
+            let probe = tcp.try_clone().ok();
+            serve(shared, tcp, probe.as_ref(), false);
+        }
+    }
+}
+
+fn serve<S: Read + Write>(shared: &Shared, stream: S, probe: Option<&TcpStream>, tls: bool) {
+    let mut reader = BufReader::new(stream);
+    let Some(request) = read_request(&mut reader) else {
+        return;
+    };
+    let route = match (request.method.as_str(), request.path.as_str()) {
+        (_, p) if p.starts_with("/logs/") => "log",
+        (_, p) if p == format!("{BASE}/sync") => "sync",
+        (_, p) if p.starts_with(&format!("{BASE}/jobs/")) => "job",
+        _ => "other",
+    };
+    {
+        let mut state = shared.lock();
+        let n = state.in_flight.entry(route).or_insert(0);
+        *n += 1;
+        let n = *n;
+        let max = state.max_in_flight.entry(route).or_insert(0);
+        *max = (*max).max(n);
+    }
+    let delay = shared.lock().delay;
+    let client_waits = match (delay, probe) {
+        (Some(delay), Some(probe)) if !tls => wait_or_hang_up(probe, delay),
+        (Some(delay), _) => {
+            thread::sleep(delay);
+            true
+        }
+        _ => true,
+    };
+    let answer = client_waits.then(|| answer(shared, &request));
+    shared
+        .lock()
+        .in_flight
+        .entry(route)
+        .and_modify(|n| *n = n.saturating_sub(1));
+    let Some((status, body)) = answer else {
+        return;
+    };
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        422 => "Unprocessable Entity",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let stream = reader.get_mut();
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+    let _ = stream.flush();
+    shared.changed.notify_all();
+}
+
+/// Waits `delay` unless the client hangs up first; true if it still waits.
+fn wait_or_hang_up(stream: &TcpStream, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut byte = [0u8; 1];
+    while Instant::now() < deadline {
+        match stream.peek(&mut byte) {
+            Ok(0) => return false,
+            Ok(_) => thread::sleep(Duration::from_millis(20)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn read_request(reader: &mut impl BufRead) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), q.to_owned()),
+        None => (target, String::new()),
+    };
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    })
+}
+
+fn json_body(value: Value) -> (u16, Vec<u8>) {
+    (200, value.to_string().into_bytes())
+}
+
+fn answer(shared: &Shared, request: &Request) -> (u16, Vec<u8>) {
+    let mut state = shared.lock();
+    let auth = request
+        .header("Authorization")
+        .unwrap_or_default()
+        .to_owned();
+    let agent_auth = format!("Token {}", state.access_token);
+    let path = request.path.as_str();
+    if let Some(job_id) = path.strip_prefix("/logs/") {
+        return push(&mut state, job_id, request, &auth);
+    }
+    let Some(route) = path.strip_prefix(BASE) else {
+        return (404, b"{}".to_vec());
+    };
+    if route == "/register" {
+        if auth != format!("Token {REGISTRATION_TOKEN}") {
+            return (401, br#"{"message":"bad registration token"}"#.to_vec());
+        }
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        if state.registrations.is_empty() {
+            state.register_headers = request.headers.clone();
+        }
+        state.registrations.push(body.clone());
+        return json_body(json!({ "name": body["name"], "token": state.access_token }));
+    }
+    if auth != agent_auth {
+        return (401, br#"{"message":"bad access token"}"#.to_vec());
+    }
+    match (request.method.as_str(), route) {
+        ("POST", "/sync") => {
+            let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+            let response = sync_answer(&mut state, &body);
+            state.syncs.push(SyncRecord {
+                request: body,
+                response: response.clone(),
+            });
+            json_body(response)
+        }
+        ("GET", r) if r.starts_with("/jobs/") => match state.jobs.get(&r["/jobs/".len()..]) {
+            Some(job) => (200, job.to_string().into_bytes()),
+            None => (404, b"{}".to_vec()),
+        },
+        ("POST", "/refresh") => {
+            state.refreshes += 1;
+            json_body(json!({ "token": state.log_token }))
+        }
+        ("POST", "/disconnect") => {
+            state.disconnects += 1;
+            json_body(json!({}))
+        }
+        _ => (404, b"{}".to_vec()),
+    }
+}
+
+/// What a control plane would answer to this sync.
+fn sync_answer(state: &mut State, request: &Value) -> Value {
+    let next = state.next_sync_after;
+    let with_next = |mut v: Value| {
+        if next > 0 {
+            v["next_sync_after"] = json!(next);
+        }
+        v
+    };
+    if let Some(reason) = &state.shutdown {
+        return with_next(json!({ "action": "shutdown", "shutdown_reason": reason }));
+    }
+    let job_id = request["job_id"].as_str().unwrap_or_default().to_owned();
+    let interrupted = request["interrupted_at"].as_u64().unwrap_or(0) != 0;
+    match request["state"].as_str().unwrap_or_default() {
+        "waiting-for-jobs" if interrupted => {
+            with_next(json!({ "action": "shutdown", "shutdown_reason": "interrupted" }))
+        }
+        "waiting-for-jobs" => match state.queue.pop_front() {
+            Some(id) => with_next(json!({ "action": "run-job", "job_id": id })),
+            None => with_next(json!({ "action": "continue" })),
+        },
+        "starting-job" | "running-job" if state.stops.contains(&job_id) => {
+            with_next(json!({ "action": "stop-job", "job_id": job_id }))
+        }
+        "finished-job" => {
+            let result = request["job_result"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            state.finished.insert(job_id, result);
+            with_next(json!({ "action": "wait-for-jobs" }))
+        }
+        _ => with_next(json!({ "action": "continue" })),
+    }
+}
+
+fn push(state: &mut State, job_id: &str, request: &Request, auth: &str) -> (u16, Vec<u8>) {
+    let start_from: u64 = request
+        .query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("start_from="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let text = String::from_utf8_lossy(&request.body).into_owned();
+    let new_lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let n_lines = new_lines.len();
+    let status = if auth != format!("Bearer {}", state.log_token) {
+        401
+    } else if request.header("Content-Type") != Some("text/plain") {
+        400
+    } else {
+        let refuse_after = state.refuse_after;
+        let now = Instant::now();
+        let accepted = state.lines.entry(job_id.to_owned()).or_default();
+        let have = accepted.len() as u64;
+        if start_from > have {
+            let gap = format!("{job_id}: start_from {start_from} with {have} lines accepted");
+            state.gaps.push(gap);
+            400
+        } else if refuse_after.is_some_and(|max| have as usize + n_lines > max) {
+            422
+        } else {
+            // A resend after a lost answer overlaps what was accepted.
+            let skip = (have - start_from) as usize;
+            accepted.extend(new_lines.into_iter().skip(skip).map(|l| (l, now)));
+            200
+        }
+    };
+    state.pushes.push(PushRecord { start_from, status });
+    (status, b"{}".to_vec())
+}
+
+// ---------------------------------------------------------------------------
+// The agent
+
+/// How `agent start` is run.
+pub struct ListenAgentBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    config_file: Option<String>,
+    flags: bool,
+}
+
+impl ListenAgentBuilder {
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Writes this text as the config file and passes `--config-file`,
+    /// instead of `--endpoint`/`--token`/`--no-https`.
+    pub fn config_file(mut self, text: &str) -> Self {
+        self.config_file = Some(text.to_owned());
+        self.flags = false;
+        self
+    }
+
+    /// Neither the endpoint flags nor a config file.
+    pub fn no_endpoint_flags(mut self) -> Self {
+        self.flags = false;
+        self
+    }
+
+    pub fn start(self, cp: &ControlPlane) -> ListenAgent {
+        ListenAgent::start(self, cp, true)
+    }
+
+    /// Starts without telling the agent to trust the control plane's
+    /// certificate.
+    pub fn start_untrusted(self, cp: &ControlPlane) -> ListenAgent {
+        ListenAgent::start(self, cp, false)
+    }
+}
+
+/// A running `agent start` of one test.
+pub struct ListenAgent {
+    child: Option<Child>,
+    pid: i32,
+    dir: tempfile::TempDir,
+    job_ids: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+}
+
+impl ListenAgent {
+    pub fn builder() -> ListenAgentBuilder {
+        ListenAgentBuilder {
+            args: Vec::new(),
+            env: Vec::new(),
+            config_file: None,
+            flags: true,
+        }
+    }
+
+    fn start(options: ListenAgentBuilder, cp: &ControlPlane, trust: bool) -> ListenAgent {
+        let dir = tempfile::Builder::new()
+            .prefix("agent-listen-it-")
+            .tempdir()
+            .expect("create a temporary directory");
+        for sub in ["home", "data", "tmp"] {
+            fs::create_dir(dir.path().join(sub)).expect("create the agent's directories");
+        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
+        command.arg("start");
+        if options.flags {
+            command
+                .args(["--endpoint", &cp.endpoint()])
+                .args(["--token", REGISTRATION_TOKEN]);
+            if !cp.is_tls() {
+                command.arg("--no-https");
+            }
+        }
+        if let Some(text) = &options.config_file {
+            let path = dir.path().join("agent.yml");
+            fs::write(&path, text).expect("write the config file");
+            command.arg("--config-file").arg(&path);
+        }
+        if let Some(pem) = cp.cert_pem().filter(|_| trust) {
+            let path = dir.path().join("ca.pem");
+            fs::write(&path, pem).expect("write the CA file");
+            command.env("SSL_CERT_FILE", &path);
+        }
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(&options.args)
+            .env("HOME", dir.path().join("home"))
+            .env("TMPDIR", dir.path().join("tmp"))
+            .env(
+                "SEMAPHORE_AGENT_LOG_FILE_PATH",
+                dir.path().join("agent_log"),
+            )
+            .env_remove("SEMAPHORE_AGENT_NAME")
+            .env_remove("SEMAPHORE_AGENT_LOG_LEVEL")
+            .env_remove("AGENT_DATA_DIR")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("stdout.txt")).expect("stdout.txt"))
+            .stderr(fs::File::create(dir.path().join("stderr.txt")).expect("stderr.txt"));
+        let child = command.spawn().expect("start the agent binary");
+        let pid = child.id() as i32;
+        ListenAgent {
+            child: Some(child),
+            pid,
+            dir,
+            job_ids: Arc::new(Mutex::new(Vec::new())),
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// The agent's stderr (its log) so far.
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
+    }
+
+    /// Remembers a job id so that drop kills its processes if the test fails.
+    pub fn track(&self, job_id: &str) {
+        self.job_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job_id.to_owned());
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        assert!(self.status.is_none(), "the agent has exited");
+        // SAFETY: kill(2) on our own child, not reaped yet (status is None).
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid);
+    }
+
+    /// Waits for the agent to exit; fails the test after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("a child");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                self.status = Some(status);
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the agent did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for ListenAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for id in self
+            .job_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            for process in job_processes(id) {
+                // SAFETY: kill(2) has no memory-safety preconditions; the
+                // pid was just seen carrying this job's mark or token.
+                unsafe {
+                    libc::kill(process.pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
