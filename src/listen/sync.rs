@@ -105,7 +105,11 @@ impl SyncLoop {
     fn sync_until_shutdown(&mut self) -> ShutdownReason {
         let mut next_sync = Instant::now();
         loop {
-            let wake_at = [Some(next_sync), self.grace_deadline, self.idle_deadline()]
+            // The grace deadline matters only while a job runs (once passed,
+            // the job is stopping and the deadline must not wake us again).
+            let running = matches!(self.state, State::StartingJob | State::RunningJob);
+            let grace = self.grace_deadline.filter(|_| running);
+            let wake_at = [Some(next_sync), grace, self.idle_deadline()]
                 .into_iter()
                 .flatten()
                 .min()
