@@ -11,6 +11,7 @@ mod hostile;
 mod isolation;
 mod job_file;
 mod listen;
+mod listen_compose;
 mod run;
 mod serve;
 mod skips;

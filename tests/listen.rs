@@ -9,71 +9,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::control_plane::{ControlPlane, ListenAgent};
+use crate::support::control_plane::ControlPlane;
+use crate::support::listen_agent::{assert_pushed_log_complete, reported_states, ListenAgent};
 use crate::support::server::{unix_now, TestAgent};
-use crate::support::{
-    assert_no_job_processes, check_invariants, normalize, wait_until, Job, JOB_TIMEOUT,
-};
+use crate::support::{assert_no_job_processes, normalize, wait_until, Job, JOB_TIMEOUT};
 
 /// How long an agent may take to register and sync for the first time.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The agent's own event log file of a job, as written on disk.
-fn event_log_file(agent: &ListenAgent, job_id: &str) -> String {
-    let jobs = agent.root().join("data/jobs");
-    let dir = fs::read_dir(&jobs)
-        .unwrap_or_else(|e| panic!("read {}: {e}", jobs.display()))
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{job_id}."))
-        })
-        .unwrap_or_else(|| panic!("no directory of job {job_id} in {}", jobs.display()));
-    fs::read_to_string(dir.path().join("events.jsonl")).expect("read the event log")
-}
-
-/// The accepted lines of a job, as the text of a log file.
-fn pushed_text(cp: &ControlPlane, job_id: &str) -> String {
-    cp.timed_lines(job_id)
-        .into_iter()
-        .map(|(line, _)| line + "\n")
-        .collect()
-}
-
-/// Checks what every pushed log must satisfy: the event-log invariants, and
-/// exactly the lines of the agent's file, in order, each once.
-fn assert_pushed_log_complete(cp: &ControlPlane, agent: &ListenAgent, job_id: &str, since: i64) {
-    let pushed = cp.lines(job_id);
-    if let Err(problem) = check_invariants(&pushed, since, unix_now() + 1) {
-        panic!("the pushed log of {job_id} breaks the invariants: {problem}\n{pushed:#?}");
-    }
-    assert_eq!(
-        pushed_text(cp, job_id),
-        event_log_file(agent, job_id),
-        "the pushed lines differ from the agent's event log file"
-    );
-    assert!(
-        cp.gaps().is_empty(),
-        "pushes skipped lines: {:?}",
-        cp.gaps()
-    );
-}
-
-/// The distinct states the agent reported, in order.
-fn reported_states(cp: &ControlPlane) -> Vec<String> {
-    let mut states: Vec<String> = Vec::new();
-    for sync in cp.syncs() {
-        let state = sync.request["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if states.last() != Some(&state) {
-            states.push(state);
-        }
-    }
-    states
-}
 
 /// The events with the agent's HOME written as `~`, since two agents have
 /// two homes.

@@ -4,18 +4,13 @@
 //! and lets a test schedule a job, ask for a stop or a shutdown, read the
 //! pushed lines, and make the control plane misbehave (down, slow, a token
 //! that expires, a log that is full).
-//!
-//! `ListenAgent` runs the real `agent start` binary against it in a
-//! throw-away HOME and data directory; dropping it kills the agent and any
-//! process of the jobs it was given. Like the rest of `support`, this knows
-//! the wire format and the command line, not the agent's insides.
+//! Like the rest of `support`, it knows the wire format, not the agent's
+//! insides.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -23,12 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::job_processes;
-
 const BASE: &str = "/api/v1/self_hosted_agents";
 /// The registration token agents are started with.
 pub const REGISTRATION_TOKEN: &str = "registration-token-for-tests";
-const POLL: Duration = Duration::from_millis(20);
 
 /// One sync the control plane received, with its answer.
 #[derive(Clone, Debug)]
@@ -716,205 +708,4 @@ fn push(state: &mut State, job_id: &str, request: &Request, auth: &str) -> (u16,
     };
     state.pushes.push(PushRecord { start_from, status });
     (status, b"{}".to_vec())
-}
-
-// ---------------------------------------------------------------------------
-// The agent
-
-/// How `agent start` is run.
-pub struct ListenAgentBuilder {
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    config_file: Option<String>,
-    flags: bool,
-}
-
-impl ListenAgentBuilder {
-    pub fn arg(mut self, arg: &str) -> Self {
-        self.args.push(arg.to_owned());
-        self
-    }
-
-    pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.env.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Writes this text as the config file and passes `--config-file`,
-    /// instead of `--endpoint`/`--token`/`--no-https`.
-    pub fn config_file(mut self, text: &str) -> Self {
-        self.config_file = Some(text.to_owned());
-        self.flags = false;
-        self
-    }
-
-    /// Neither the endpoint flags nor a config file.
-    pub fn no_endpoint_flags(mut self) -> Self {
-        self.flags = false;
-        self
-    }
-
-    pub fn start(self, cp: &ControlPlane) -> ListenAgent {
-        ListenAgent::start(self, cp, true)
-    }
-
-    /// Starts without telling the agent to trust the control plane's
-    /// certificate.
-    pub fn start_untrusted(self, cp: &ControlPlane) -> ListenAgent {
-        ListenAgent::start(self, cp, false)
-    }
-}
-
-/// A running `agent start` of one test.
-pub struct ListenAgent {
-    child: Option<Child>,
-    pid: i32,
-    dir: tempfile::TempDir,
-    job_ids: Arc<Mutex<Vec<String>>>,
-    status: Option<ExitStatus>,
-}
-
-impl ListenAgent {
-    pub fn builder() -> ListenAgentBuilder {
-        ListenAgentBuilder {
-            args: Vec::new(),
-            env: Vec::new(),
-            config_file: None,
-            flags: true,
-        }
-    }
-
-    fn start(options: ListenAgentBuilder, cp: &ControlPlane, trust: bool) -> ListenAgent {
-        let dir = tempfile::Builder::new()
-            .prefix("agent-listen-it-")
-            .tempdir()
-            .expect("create a temporary directory");
-        for sub in ["home", "data", "tmp"] {
-            fs::create_dir(dir.path().join(sub)).expect("create the agent's directories");
-        }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
-        command.arg("start");
-        if options.flags {
-            command
-                .args(["--endpoint", &cp.endpoint()])
-                .args(["--token", REGISTRATION_TOKEN]);
-            if !cp.is_tls() {
-                command.arg("--no-https");
-            }
-        }
-        if let Some(text) = &options.config_file {
-            let path = dir.path().join("agent.yml");
-            fs::write(&path, text).expect("write the config file");
-            command.arg("--config-file").arg(&path);
-        }
-        if let Some(pem) = cp.cert_pem().filter(|_| trust) {
-            let path = dir.path().join("ca.pem");
-            fs::write(&path, pem).expect("write the CA file");
-            command.env("SSL_CERT_FILE", &path);
-        }
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(&options.args)
-            .env("HOME", dir.path().join("home"))
-            .env("TMPDIR", dir.path().join("tmp"))
-            .env(
-                "SEMAPHORE_AGENT_LOG_FILE_PATH",
-                dir.path().join("agent_log"),
-            )
-            .env_remove("SEMAPHORE_AGENT_NAME")
-            .env_remove("SEMAPHORE_AGENT_LOG_LEVEL")
-            .env_remove("AGENT_DATA_DIR")
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout.txt")).expect("stdout.txt"))
-            .stderr(fs::File::create(dir.path().join("stderr.txt")).expect("stderr.txt"));
-        let child = command.spawn().expect("start the agent binary");
-        let pid = child.id() as i32;
-        ListenAgent {
-            child: Some(child),
-            pid,
-            dir,
-            job_ids: Arc::new(Mutex::new(Vec::new())),
-            status: None,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    /// The agent's stderr (its log) so far.
-    pub fn stderr_text(&self) -> String {
-        fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default()
-    }
-
-    /// Remembers a job id so that drop kills its processes if the test fails.
-    pub fn track(&self, job_id: &str) {
-        self.job_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job_id.to_owned());
-    }
-
-    pub fn signal(&self, signal: libc::c_int) {
-        assert!(self.status.is_none(), "the agent has exited");
-        // SAFETY: kill(2) on our own child, not reaped yet (status is None).
-        let rc = unsafe { libc::kill(self.pid, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid);
-    }
-
-    /// Waits for the agent to exit; fails the test after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(status) = self.status {
-            return status;
-        }
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("a child");
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the agent") {
-                self.status = Some(status);
-                return status;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "the agent did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr_text()
-                );
-            }
-            thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for ListenAgent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for id in self
-            .job_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            for process in job_processes(id) {
-                // SAFETY: kill(2) has no memory-safety preconditions; the
-                // pid was just seen carrying this job's mark or token.
-                unsafe {
-                    libc::kill(process.pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
 }

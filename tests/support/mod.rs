@@ -1066,6 +1066,7 @@ pub mod callback;
 pub mod client;
 pub mod control_plane;
 pub mod docker;
+pub mod listen_agent;
 pub mod server;
 pub mod skip;
 pub mod sshd;
