@@ -526,7 +526,9 @@ fn sigterm_during_a_job_waits_the_grace_period_then_stops_it_and_exits() {
 
 #[test]
 fn sigterm_while_waiting_exits_at_once() {
-    let cp = ControlPlane::start();
+    // No next_sync_after: the agent syncs every 3 to 6 s, but a signal
+    // makes it sync at once.
+    let cp = ControlPlane::builder().next_sync_after(0).start();
     let mut agent = ListenAgent::builder()
         .arg("--interruption-grace-period")
         .arg("60")

@@ -31,10 +31,13 @@
 //! `cargo bench --bench bench -- <word>...` runs only the benchmarks whose
 //! title contains one of the words.
 //!
+//! The listen-mode benchmarks run `agent start` against the tests' control
+//! plane (`support::control_plane`).
+//!
 //! This file runs the benchmarks and prints the summary. Each benchmark has
 //! a file by subject (`throughput`, `big_writes`, `serve`, `latency`,
-//! `pollers`, `compose`, `hostile`); `measure`, `agent_run`, `server`,
-//! `events`, `scratch` and `report` are what they share.
+//! `pollers`, `compose`, `hostile`, `listen`); `measure`, `agent_run`,
+//! `server`, `events`, `scratch` and `report` are what they share.
 
 mod agent_run;
 mod big_writes;
@@ -42,6 +45,7 @@ mod compose;
 mod events;
 mod hostile;
 mod latency;
+mod listen;
 mod measure;
 mod pollers;
 mod report;
@@ -97,7 +101,7 @@ fn main() {
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
-    let benches: [(&str, BenchFn); 11] = [
+    let benches: [(&str, BenchFn); 13] = [
         ("per-command overhead", throughput::bench_command_overhead),
         ("throughput", throughput::bench_throughput),
         ("big writes", big_writes::bench_big_writes),
@@ -118,6 +122,8 @@ fn main() {
             "GET /is_alive during a connection flood",
             hostile::bench_flood,
         ),
+        ("idle agent start (listen mode)", listen::bench_idle),
+        ("log push latency (listen mode)", listen::bench_latency),
     ];
     // `cargo bench --bench bench -- log` runs the benchmarks whose title
     // contains `log`; cargo itself passes `--bench`, which is not a filter.

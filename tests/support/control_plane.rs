@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -48,8 +48,9 @@ struct State {
     jobs: HashMap<String, Value>,
     stops: Vec<String>,
     shutdown: Option<String>,
-    /// Accepted lines per job, with when each arrived.
-    lines: HashMap<String, Vec<(String, Instant)>>,
+    /// Accepted lines per job, with when each arrived (wall clock, to
+    /// compare with times a job prints).
+    lines: HashMap<String, Vec<(String, SystemTime)>>,
     pushes: Vec<PushRecord>,
     /// Pushes whose `start_from` was past the accepted lines.
     gaps: Vec<String>,
@@ -88,6 +89,13 @@ impl ControlPlaneBuilder {
     /// Serve HTTPS with a fresh self-signed certificate (see `cert_pem`).
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// The `next_sync_after` of every answer, in milliseconds (0: none, so
+    /// the agent picks its default interval).
+    pub fn next_sync_after(mut self, ms: u64) -> Self {
+        self.next_sync_after = ms;
         self
     }
 
@@ -312,7 +320,7 @@ impl ControlPlane {
     }
 
     /// The accepted lines with their arrival times.
-    pub fn timed_lines(&self, job_id: &str) -> Vec<(String, Instant)> {
+    pub fn timed_lines(&self, job_id: &str) -> Vec<(String, SystemTime)> {
         self.shared
             .lock()
             .lines
@@ -690,7 +698,7 @@ fn push(state: &mut State, job_id: &str, request: &Request, auth: &str) -> (u16,
         400
     } else {
         let refuse_after = state.refuse_after;
-        let now = Instant::now();
+        let now = SystemTime::now();
         let accepted = state.lines.entry(job_id.to_owned()).or_default();
         let have = accepted.len() as u64;
         if start_from > have {
