@@ -687,3 +687,113 @@ fn start_with_only_serve_flags_is_serve() {
         "{first:?}"
     );
 }
+
+#[test]
+fn a_refused_registration_exits_with_the_answer() {
+    let cp = ControlPlane::start();
+    let mut agent = ListenAgent::builder()
+        .no_endpoint_flags()
+        .arg("--endpoint")
+        .arg(&cp.endpoint())
+        .arg("--no-https")
+        .arg("--token")
+        .arg("not-the-token")
+        .env("AGENT_LISTEN_REGISTER_ATTEMPTS", "2")
+        .env("AGENT_LISTEN_REGISTER_DELAY_MS", "100")
+        .start(&cp);
+    let status = agent.wait_exit(START_TIMEOUT);
+    assert_eq!(status.code(), Some(2));
+    let stderr = agent.stderr_text();
+    assert!(
+        stderr.contains("POST /register answered 401: {\"message\":\"bad registration token\"}"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Hooks
+
+/// A hook script that prints `line`, exports `FROM_HOOK` and ends with
+/// status `code`, whether sourced or run with bash.
+fn hook(dir: &tempfile::TempDir, name: &str, line: &str, code: i32) -> String {
+    let path = dir.path().join(name);
+    // `return` ends a sourced hook; run with bash it fails, and `exit` ends it.
+    let body =
+        format!("echo '{line}'\nexport FROM_HOOK=set\nreturn {code} 2>/dev/null || exit {code}\n");
+    fs::write(&path, body).expect("write the hook");
+    path.display().to_string()
+}
+
+fn outputs(cp: &ControlPlane, job_id: &str) -> String {
+    cp.lines(job_id)
+        .iter()
+        .filter_map(|v| v["output"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn hooks_run_around_the_job_and_a_failing_pre_job_hook_lets_it_go_on() {
+    let cp = ControlPlane::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let agent = ListenAgent::builder()
+        .arg("--pre-job-hook-path")
+        .arg(&hook(&dir, "pre.sh", "pre-job hook ran", 3))
+        .arg("--post-job-hook-path")
+        .arg(&hook(&dir, "post.sh", "post-job hook ran", 4))
+        .start(&cp);
+    let job = Job::new("listen-hooks")
+        .command("echo \"command ran, FROM_HOOK=${FROM_HOOK:-unset}\"")
+        .always("echo epilogue ran");
+    agent.track(&job.job_id);
+    cp.schedule(&job.to_value());
+    // Neither hook changes the result.
+    assert_eq!(cp.wait_for_result(&job.job_id, JOB_TIMEOUT), "passed");
+    let text = outputs(&cp, &job.job_id);
+    let order = [
+        "proceed with the job even if the pre-job hook fails",
+        "pre-job hook ran",
+        // Run with bash, not sourced: its export stays in the hook.
+        "command ran, FROM_HOOK=unset",
+        "epilogue ran",
+        "post-job hook ran",
+    ];
+    let mut at = 0;
+    for part in order {
+        let found = text[at..]
+            .find(part)
+            .unwrap_or_else(|| panic!("{part:?} is missing or out of order in:\n{text}"));
+        at += found + part.len();
+    }
+}
+
+#[test]
+fn a_sourced_pre_job_hook_that_fails_fails_the_job_when_configured_so() {
+    let cp = ControlPlane::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let agent = ListenAgent::builder()
+        .arg("--pre-job-hook-path")
+        .arg(&hook(&dir, "pre.sh", "pre-job hook ran", 0))
+        .arg("--source-pre-job-hook")
+        .start(&cp);
+    let job = Job::new("listen-hook-source").command("echo \"FROM_HOOK=$FROM_HOOK\"");
+    agent.track(&job.job_id);
+    cp.schedule(&job.to_value());
+    assert_eq!(cp.wait_for_result(&job.job_id, JOB_TIMEOUT), "passed");
+    assert!(outputs(&cp, &job.job_id).contains("FROM_HOOK=set\n"));
+
+    let failing = ListenAgent::builder()
+        .arg("--pre-job-hook-path")
+        .arg(&hook(&dir, "failing.sh", "failing hook ran", 1))
+        .arg("--fail-on-pre-job-hook-error")
+        .start(&cp);
+    let job = Job::new("listen-hook-fail").command("echo never");
+    failing.track(&job.job_id);
+    cp.schedule(&job.to_value());
+    assert_eq!(cp.wait_for_result(&job.job_id, JOB_TIMEOUT), "failed");
+    let text = outputs(&cp, &job.job_id);
+    assert!(
+        text.contains("fail the job if the pre-job hook fails"),
+        "{text}"
+    );
+    assert!(!text.contains("never"), "{text}");
+}

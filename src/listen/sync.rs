@@ -256,6 +256,12 @@ impl SyncLoop {
         match response.action.as_str() {
             "" | "continue" => {}
             "run-job" => self.run_job(&response.job_id),
+            "stop-job" if !self.is_current(&response.job_id) => {
+                log::warn!(
+                    "stop-job for job {}, which is not ours; ignored",
+                    response.job_id
+                );
+            }
             "stop-job" => match self.state {
                 State::StartingJob | State::RunningJob => {
                     log::info!("job {}: the control plane asks to stop it", response.job_id);
@@ -360,6 +366,11 @@ impl SyncLoop {
                 }
             }
         }
+    }
+
+    /// Whether `job_id` names the current job (an empty id names any).
+    fn is_current(&self, job_id: &str) -> bool {
+        job_id.is_empty() || self.job.as_ref().is_some_and(|j| j.job_id == job_id)
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
