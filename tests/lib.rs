@@ -12,6 +12,8 @@ mod isolation;
 mod job_file;
 mod listen;
 mod listen_compose;
+mod listen_config;
+mod listen_faults;
 mod run;
 mod serve;
 mod skips;

@@ -54,6 +54,8 @@ struct State {
     pushes: Vec<PushRecord>,
     /// Pushes whose `start_from` was past the accepted lines.
     gaps: Vec<String>,
+    /// Pushes that sent again lines already accepted.
+    overlaps: Vec<String>,
     finished: HashMap<String, String>,
     disconnects: usize,
     refreshes: usize,
@@ -291,6 +293,11 @@ impl ControlPlane {
     /// Pushes that skipped lines (should never happen).
     pub fn gaps(&self) -> Vec<String> {
         self.shared.lock().gaps.clone()
+    }
+
+    /// Pushes that repeated accepted lines (only after a lost answer).
+    pub fn overlaps(&self) -> Vec<String> {
+        self.shared.lock().overlaps.clone()
     }
 
     /// The most requests of this kind (`sync`, `log`, `job`) that were
@@ -710,6 +717,10 @@ fn push(state: &mut State, job_id: &str, request: &Request, auth: &str) -> (u16,
         } else {
             // A resend after a lost answer overlaps what was accepted.
             let skip = (have - start_from) as usize;
+            if skip > 0 {
+                let overlap = format!("{job_id}: start_from {start_from} with {have} accepted");
+                state.overlaps.push(overlap);
+            }
             accepted.extend(new_lines.into_iter().skip(skip).map(|l| (l, now)));
             200
         }

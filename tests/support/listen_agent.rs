@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::control_plane::{ControlPlane, REGISTRATION_TOKEN};
 use super::server::unix_now;
+use super::Job;
 use super::{check_invariants, job_processes};
 
 const POLL: Duration = Duration::from_millis(20);
@@ -259,6 +260,11 @@ pub fn assert_pushed_log_complete(
         "pushes skipped lines: {:?}",
         cp.gaps()
     );
+    assert!(
+        cp.overlaps().is_empty(),
+        "pushes repeated accepted lines: {:?}",
+        cp.overlaps()
+    );
 }
 
 /// The distinct states the agent reported, in order.
@@ -274,4 +280,59 @@ pub fn reported_states(cp: &ControlPlane) -> Vec<String> {
         }
     }
     states
+}
+
+/// How long an agent may take to register and sync for the first time.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A shutdown hook that records the reason it was given; returns the hook's
+/// path and where the reason lands.
+pub fn shutdown_hook(agent_dir: &tempfile::TempDir) -> (String, std::path::PathBuf) {
+    let record = agent_dir.path().join("reason");
+    let hook = agent_dir.path().join("shutdown-hook.sh");
+    fs::write(
+        &hook,
+        format!(
+            "printf '%s' \"$SEMAPHORE_AGENT_SHUTDOWN_REASON\" > '{}'\n",
+            record.display()
+        ),
+    )
+    .expect("write the hook");
+    (hook.display().to_string(), record)
+}
+
+pub fn read_reason(record: &std::path::Path) -> String {
+    fs::read_to_string(record).unwrap_or_else(|e| panic!("the shutdown hook did not run: {e}"))
+}
+
+/// A job that prints `n` numbered lines, `pause` apart.
+pub fn printing_job(name: &str, n: usize, pause: &str) -> Job {
+    Job::new(name).command(&format!(
+        "for i in $(seq 1 {n}); do echo line $i; sleep {pause}; done"
+    ))
+}
+
+/// The numbered lines of `printing_job` in a pushed log, in order.
+pub fn printed_lines(cp: &ControlPlane, job_id: &str) -> Vec<String> {
+    let text: String = cp
+        .lines(job_id)
+        .iter()
+        .filter(|v| v["event"] == "cmd_output")
+        .map(|v| v["output"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    text.lines()
+        .filter(|l| l.starts_with("line "))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn expected_lines(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("line {i}")).collect()
+}
+
+pub fn outputs(cp: &ControlPlane, job_id: &str) -> String {
+    cp.lines(job_id)
+        .iter()
+        .filter_map(|v| v["output"].as_str().map(str::to_owned))
+        .collect()
 }
