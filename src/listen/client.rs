@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::error::ListenError;
+use super::shutdown::ShutdownReason;
 use crate::error::Error;
 
 /// Largest response body read from the control plane (a job request
@@ -114,9 +115,47 @@ pub struct Registered {
     pub token: String,
 }
 
+/// The state a sync reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    WaitingForJobs,
+    StartingJob,
+    RunningJob,
+    StoppingJob,
+    FinishedJob,
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentState::WaitingForJobs => "waiting-for-jobs",
+            AgentState::StartingJob => "starting-job",
+            AgentState::RunningJob => "running-job",
+            AgentState::StoppingJob => "stopping-job",
+            AgentState::FinishedJob => "finished-job",
+        })
+    }
+}
+
+/// What a sync answer asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    #[default]
+    Continue,
+    RunJob,
+    StopJob,
+    WaitForJobs,
+    Shutdown,
+    /// An action this agent does not know.
+    #[serde(other)]
+    Unknown,
+}
+
 #[derive(Debug, Serialize)]
 pub struct SyncRequest<'a> {
-    pub state: &'a str,
+    pub state: AgentState,
     pub job_id: &'a str,
     pub job_result: &'a str,
     pub interrupted_at: u64,
@@ -125,11 +164,11 @@ pub struct SyncRequest<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct SyncResponse {
     #[serde(default)]
-    pub action: String,
+    pub action: Action,
     #[serde(default)]
     pub job_id: String,
     #[serde(default)]
-    pub shutdown_reason: String,
+    pub shutdown_reason: ShutdownReason,
     /// Milliseconds until the next sync; absent or zero: the default.
     #[serde(default)]
     pub next_sync_after: u64,
@@ -379,6 +418,31 @@ pub fn retry<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_wire_format() {
+        let request = SyncRequest {
+            state: AgentState::FinishedJob,
+            job_id: "j",
+            job_result: "passed",
+            interrupted_at: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"state":"finished-job","job_id":"j","job_result":"passed","interrupted_at":0}"#
+        );
+        let answer: SyncResponse =
+            serde_json::from_str(r#"{"action":"run-job","job_id":"j"}"#).unwrap();
+        assert_eq!(
+            (answer.action, answer.job_id.as_str()),
+            (Action::RunJob, "j")
+        );
+        let answer: SyncResponse = serde_json::from_str(r#"{"action":"dance"}"#).unwrap();
+        assert_eq!(answer.action, Action::Unknown);
+        let answer: SyncResponse = serde_json::from_str("{}").unwrap();
+        assert_eq!(answer.action, Action::Continue);
+        assert_eq!(AgentState::WaitingForJobs.to_string(), "waiting-for-jobs");
+    }
 
     #[test]
     fn job_ids_are_one_segment() {

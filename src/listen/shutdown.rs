@@ -7,10 +7,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
 use super::client::{describe, retry, Client};
 use super::config::Limits;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Deserialized from a sync answer's `shutdown_reason` (`idle`,
+/// `job-finished`, `requested`, `interrupted`; anything else is `Unknown`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ShutdownReason {
     /// No job for `disconnect-after-idle-timeout` seconds.
     Idle,
@@ -23,21 +28,12 @@ pub enum ShutdownReason {
     /// No successful sync for too long.
     UnableToSync,
     /// The control plane asked with a reason we do not know.
+    #[default]
+    #[serde(other)]
     Unknown,
 }
 
 impl ShutdownReason {
-    /// The `shutdown_reason` of a sync response.
-    pub fn from_api(reason: &str) -> ShutdownReason {
-        match reason {
-            "idle" => ShutdownReason::Idle,
-            "job-finished" => ShutdownReason::JobFinished,
-            "requested" => ShutdownReason::Requested,
-            "interrupted" => ShutdownReason::Interrupted,
-            _ => ShutdownReason::Unknown,
-        }
-    }
-
     /// The value the shutdown hook sees, as the reference agent names it.
     pub fn hook_value(self) -> &'static str {
         match self {
@@ -146,12 +142,10 @@ mod tests {
 
     #[test]
     fn reasons_from_the_api() {
-        assert_eq!(ShutdownReason::from_api("idle"), ShutdownReason::Idle);
-        assert_eq!(
-            ShutdownReason::from_api("job-finished").hook_value(),
-            "JOB_FINISHED"
-        );
-        assert_eq!(ShutdownReason::from_api("?"), ShutdownReason::Unknown);
+        let reason = |text: &str| serde_json::from_str::<ShutdownReason>(text).unwrap();
+        assert_eq!(reason(r#""idle""#), ShutdownReason::Idle);
+        assert_eq!(reason(r#""job-finished""#).hook_value(), "JOB_FINISHED");
+        assert_eq!(reason(r#""?""#), ShutdownReason::Unknown);
         assert_eq!(ShutdownReason::UnableToSync.exit_code(), 1);
         assert_eq!(ShutdownReason::Requested.exit_code(), 0);
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::client::{describe, SyncRequest, SyncResponse};
+use super::client::{describe, Action, AgentState, SyncRequest, SyncResponse};
 use super::shutdown::ShutdownReason;
 use super::worker::{self, JobEvent, Shared};
 use crate::job::eventlog::{now_secs, JobResult};
@@ -46,13 +46,14 @@ enum State {
 }
 
 impl State {
-    fn wire(self) -> &'static str {
+    /// The state as a sync reports it.
+    fn reported(self) -> AgentState {
         match self {
-            State::WaitingForJobs => "waiting-for-jobs",
-            State::StartingJob => "starting-job",
-            State::RunningJob => "running-job",
-            State::StoppingJob => "stopping-job",
-            State::FinishedJob(_) => "finished-job",
+            State::WaitingForJobs => AgentState::WaitingForJobs,
+            State::StartingJob => AgentState::StartingJob,
+            State::RunningJob => AgentState::RunningJob,
+            State::StoppingJob => AgentState::StoppingJob,
+            State::FinishedJob(_) => AgentState::FinishedJob,
         }
     }
 }
@@ -222,7 +223,7 @@ impl SyncLoop {
             (None, _) => ("", ""),
         };
         let request = SyncRequest {
-            state: self.state.wire(),
+            state: self.state.reported(),
             job_id,
             job_result,
             interrupted_at: self.interrupted_at,
@@ -253,23 +254,23 @@ impl SyncLoop {
 
     /// Carries out an action; `Some` when it is to shut down.
     fn act(&mut self, response: &SyncResponse) -> Option<ShutdownReason> {
-        match response.action.as_str() {
-            "" | "continue" => {}
-            "run-job" => self.run_job(&response.job_id),
-            "stop-job" if !self.is_current(&response.job_id) => {
+        match response.action {
+            Action::Continue => {}
+            Action::RunJob => self.run_job(&response.job_id),
+            Action::StopJob if !self.is_current(&response.job_id) => {
                 log::warn!(
                     "stop-job for job {}, which is not ours; ignored",
                     response.job_id
                 );
             }
-            "stop-job" => match self.state {
+            Action::StopJob => match self.state {
                 State::StartingJob | State::RunningJob => {
                     log::info!("job {}: the control plane asks to stop it", response.job_id);
                     self.stop_job();
                 }
-                state => log::debug!("stop-job while {}: nothing to stop", state.wire()),
+                state => log::debug!("stop-job while {}: nothing to stop", state.reported()),
             },
-            "wait-for-jobs" => match self.state {
+            Action::WaitForJobs => match self.state {
                 State::FinishedJob(_) => {
                     if let Some(job) = self.job.take() {
                         log::info!("job {}: the control plane has its result", job.job_id);
@@ -284,25 +285,25 @@ impl SyncLoop {
                 State::WaitingForJobs => {}
                 state => log::warn!(
                     "wait-for-jobs while {}: ignored, the job is not over",
-                    state.wire()
+                    state.reported()
                 ),
             },
-            "shutdown" => {
-                let reason = ShutdownReason::from_api(&response.shutdown_reason);
+            Action::Shutdown => {
+                let reason = response.shutdown_reason;
                 log::info!(
-                    "the control plane asks to shut down (reason '{}')",
-                    response.shutdown_reason
+                    "the control plane asks to shut down (reason {})",
+                    reason.hook_value()
                 );
                 return Some(reason);
             }
-            other => log::warn!("unknown sync action '{other}'; ignored"),
+            Action::Unknown => log::warn!("unknown sync action; ignored"),
         }
         None
     }
 
     fn run_job(&mut self, job_id: &str) {
         if self.state != State::WaitingForJobs || self.job.is_some() {
-            log::warn!("run-job {job_id} while {}: ignored", self.state.wire());
+            log::warn!("run-job {job_id} while {}: ignored", self.state.reported());
             return;
         }
         if self.interrupted_at != 0 {
@@ -392,8 +393,8 @@ impl SyncLoop {
             };
             log::info!(
                 "state: {} -> {}{job}{result}",
-                self.state.wire(),
-                state.wire()
+                self.state.reported(),
+                state.reported()
             );
             self.state = state;
         }
@@ -423,11 +424,10 @@ mod tests {
     }
 
     #[test]
-    fn wire_states() {
-        assert_eq!(State::WaitingForJobs.wire(), "waiting-for-jobs");
+    fn reported_states() {
         assert_eq!(
-            State::FinishedJob(JobResult::Stopped).wire(),
-            "finished-job"
+            State::FinishedJob(JobResult::Stopped).reported(),
+            AgentState::FinishedJob
         );
     }
 }
