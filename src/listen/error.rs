@@ -52,7 +52,7 @@ impl fmt::Display for ListenError {
                 write!(f, "no {key}: give --{key} or `{key}` in the config file")
             }
             ListenError::Invalid { key, value, reason } => {
-                write!(f, "{key} '{value}': {reason}")
+                write!(f, "{key} '{value}' {reason}")
             }
             ListenError::NoCertificates { path } => {
                 write!(
