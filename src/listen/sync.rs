@@ -147,7 +147,7 @@ impl SyncLoop {
                 continue;
             }
             let interval = match self.sync() {
-                Ok(response) => {
+                Some(response) => {
                     if let Some(reason) = self.act(&response) {
                         return reason;
                     }
@@ -156,7 +156,7 @@ impl SyncLoop {
                         ms => Duration::from_millis(ms).min(MAX_INTERVAL),
                     }
                 }
-                Err(()) => {
+                None => {
                     let without = self.last_sync_ok.elapsed();
                     if without >= self.shared.cfg.limits.sync_give_up {
                         log::error!("no successful sync for {without:?}: shutting down");
@@ -216,7 +216,8 @@ impl SyncLoop {
         }
     }
 
-    fn sync(&mut self) -> Result<SyncResponse, ()> {
+    /// One sync; `None` when it failed (the failure is logged).
+    fn sync(&mut self) -> Option<SyncResponse> {
         let (job_id, job_result) = match (&self.job, self.state) {
             (Some(job), State::FinishedJob(result)) => (job.job_id.as_str(), result.as_str()),
             (Some(job), _) => (job.job_id.as_str(), ""),
@@ -237,7 +238,7 @@ impl SyncLoop {
                 self.failed_syncs = 0;
                 self.last_sync_ok = Instant::now();
                 log::debug!("sync answer: {response:?}");
-                Ok(response)
+                Some(response)
             }
             Err(e) => {
                 self.failed_syncs += 1;
@@ -247,7 +248,7 @@ impl SyncLoop {
                     self.failed_syncs,
                     self.last_sync_ok.elapsed()
                 );
-                Err(())
+                None
             }
         }
     }
