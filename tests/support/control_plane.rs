@@ -2,8 +2,9 @@
 //! real HTTP(S) server on 127.0.0.1 that implements register, sync, get job,
 //! refresh, disconnect and the log route, keeps scheduled jobs in memory,
 //! and lets a test schedule a job, ask for a stop or a shutdown, read the
-//! pushed lines, and make the control plane misbehave (down, slow, a token
-//! that expires, a log that is full).
+//! pushed lines, and make the control plane misbehave: down (its port
+//! closed), slow, a log token that expires, a log that is full.
+//!
 //! Like the rest of `support`, it knows the wire format, not the agent's
 //! insides.
 
@@ -136,26 +137,28 @@ impl ControlPlaneBuilder {
             stopping: AtomicBool::new(false),
             tls,
         });
-        let thread = {
-            let shared = Arc::clone(&shared);
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if shared.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let shared = Arc::clone(&shared);
-                    thread::spawn(move || handle_connection(&shared, stream));
-                }
-            })
-        };
+        let thread = accept_loop(listener, Arc::clone(&shared));
         ControlPlane {
             port,
             cert_pem,
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         }
     }
+}
+
+/// Serves each connection on a thread of its own until `stopping`.
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            if shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || handle_connection(&shared, stream));
+        }
+    })
 }
 
 /// The running control plane of one test.
@@ -163,7 +166,8 @@ pub struct ControlPlane {
     port: u16,
     cert_pem: Option<String>,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// The accept loop; none while the control plane is down.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ControlPlane {
@@ -237,9 +241,35 @@ impl ControlPlane {
         self.shared.lock().shutdown = Some(reason.to_owned());
     }
 
-    /// Down: every connection is closed at once, unanswered.
+    /// Down: the port is closed, so connections are refused; connections
+    /// already open are closed unanswered. Up again: the same port listens.
     pub fn set_down(&self, down: bool) {
         self.shared.lock().down = down;
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if down {
+            self.stop_accepting(&mut thread);
+        } else if thread.is_none() {
+            self.shared.stopping.store(false, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let listener = loop {
+                match TcpListener::bind(("127.0.0.1", self.port)) {
+                    Ok(l) => break l,
+                    Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                    Err(e) => panic!("cannot listen on port {} again: {e}", self.port),
+                }
+            };
+            *thread = Some(accept_loop(listener, Arc::clone(&self.shared)));
+        }
+    }
+
+    fn stop_accepting(&self, thread: &mut Option<JoinHandle<()>>) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag and drops the
+        // listener.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = thread.take() {
+            let _ = thread.join();
+        }
     }
 
     /// Slow: every answer waits this long (or until the client gives up).
@@ -420,11 +450,8 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        self.stop_accepting(&mut thread);
     }
 }
 
