@@ -418,3 +418,36 @@ fn a_sourced_pre_job_hook_that_fails_fails_the_job_when_configured_so() {
     );
     assert!(!text.contains("never"), "{text}");
 }
+
+#[test]
+fn the_grace_period_ends_on_time_even_while_a_sync_waits_for_its_answer() {
+    let cp = ControlPlane::start();
+    let mut agent = ListenAgent::builder()
+        .arg("--interruption-grace-period")
+        .arg("2")
+        .start(&cp);
+    let (job, directive) = endless_job("listen-grace-slow");
+    agent.track(&job.job_id);
+    cp.schedule(&job.to_value());
+    wait_for_cmd_started(&cp, &job.job_id, &directive);
+    crate::support::wait_for_background_processes(&job.job_id);
+    agent.signal(libc::SIGTERM);
+    cp.wait_for_sync("interrupted_at", START_TIMEOUT, |s| {
+        s["interrupted_at"].as_u64().unwrap_or(0) != 0
+    });
+    // From now on every answer takes 10 s: the next sync hangs through the
+    // end of the grace period.
+    cp.set_delay(Some(Duration::from_secs(10)));
+    let signalled = Instant::now();
+    wait_until(
+        "the job's processes to be gone",
+        Duration::from_secs(10),
+        || crate::support::job_processes(&job.job_id).is_empty(),
+    );
+    // Stopped at about 2 s, not when that sync returns.
+    assert!(signalled.elapsed() < Duration::from_secs(7));
+    cp.set_delay(None);
+    let status = agent.wait_exit(JOB_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr_text());
+    assert_eq!(cp.result(&job.job_id).as_deref(), Some("stopped"));
+}

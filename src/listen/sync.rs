@@ -72,6 +72,8 @@ pub struct SyncLoop {
     interrupted_at: u64,
     /// When a job still running after the signal is stopped.
     grace_deadline: Option<Instant>,
+    /// Stops that job at the deadline even while a sync waits for its answer.
+    grace_timer: Option<GraceTimer>,
     last_sync_ok: Instant,
     failed_syncs: u32,
     idle_since: Instant,
@@ -88,6 +90,7 @@ impl SyncLoop {
             job: None,
             interrupted_at: 0,
             grace_deadline: None,
+            grace_timer: None,
             last_sync_ok: now,
             failed_syncs: 0,
             idle_since: now,
@@ -140,7 +143,7 @@ impl SyncLoop {
             if self.grace_deadline.is_some_and(|d| Instant::now() >= d)
                 && matches!(self.state, State::StartingJob | State::RunningJob)
             {
-                log::info!("the interruption grace period is over: stopping the job");
+                // The grace timer may have stopped it already.
                 self.stop_job();
             }
             if Instant::now() < next_sync {
@@ -210,6 +213,9 @@ impl SyncLoop {
             log::info!(
                 "signal {signal}: telling the control plane; a running job may go on for {grace:?}"
             );
+            if let Some(job) = &self.job {
+                self.grace_timer = Some(GraceTimer::start(job.stop.clone(), grace));
+            }
         } else {
             log::info!("signal {signal} again: stopping now");
             self.grace_deadline = Some(Instant::now());
@@ -398,6 +404,42 @@ impl SyncLoop {
                 state.reported()
             );
             self.state = state;
+        }
+    }
+}
+
+/// Stops the job when the interruption grace period is over, on a thread
+/// of its own so that a sync waiting for its answer cannot delay it.
+/// Dropping it cancels it.
+struct GraceTimer {
+    cancel: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GraceTimer {
+    fn start(stop: StopHandle, grace: Duration) -> GraceTimer {
+        let (cancel, cancelled) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::Builder::new()
+            .name("grace-timer".into())
+            .spawn(move || {
+                if cancelled.recv_timeout(grace) == Err(RecvTimeoutError::Timeout) {
+                    log::info!("the interruption grace period is over: stopping the job");
+                    stop.stop();
+                }
+            })
+            .expect("cannot start the grace timer thread");
+        GraceTimer {
+            cancel: Some(cancel),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for GraceTimer {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
