@@ -57,7 +57,9 @@ pub fn spawn(
         .expect("cannot start a job thread")
 }
 
-fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent)) -> JobResult {
+/// Fetches and decodes the job request (bounded retries, given up when
+/// the job is stopped); `Err` holds the result to report without it.
+fn fetch(shared: &Shared, job_id: &str, stop: &StopSignal) -> Result<JobRequest, JobResult> {
     let limits = &shared.cfg.limits;
     log::info!("job {job_id}: fetching the job request");
     let bytes = retry(
@@ -66,22 +68,30 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         limits.get_job_delay,
         &|| stop.is_requested(),
         || shared.client.get_job(job_id),
-    );
-    let bytes = match bytes {
-        Ok(bytes) => bytes,
-        Err(_) if stop.is_requested() => return JobResult::Stopped,
-        Err(_) => return JobResult::Failed,
-    };
-    let mut request = match JobRequest::from_json(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("job {job_id}: {e}");
-            return JobResult::Failed;
+    )
+    .map_err(|_| {
+        if stop.is_requested() {
+            JobResult::Stopped
+        } else {
+            JobResult::Failed
         }
-    };
+    })?;
+    let mut request = JobRequest::from_json(&bytes).map_err(|e| {
+        log::error!("job {job_id}: {e}");
+        JobResult::Failed
+    })?;
     if request.job_id.is_empty() {
         request.job_id = job_id.to_string();
     }
+    Ok(request)
+}
+
+fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent)) -> JobResult {
+    let limits = &shared.cfg.limits;
+    let mut request = match fetch(shared, job_id, &stop) {
+        Ok(request) => request,
+        Err(result) => return result,
+    };
     let target = PushTarget {
         url: request.logger.url.clone(),
         token: request.logger.token.clone(),
