@@ -30,6 +30,12 @@ const MAX_INTERVAL: Duration = Duration::from_secs(300);
 /// and log flush.
 const STOP_MARGIN: Duration = Duration::from_secs(30);
 
+/// Why a job was stopped, for its log.
+const STOP_BY_CONTROL_PLANE: &str = "The job was stopped by the control plane.";
+const STOP_BY_GRACE: &str =
+    "The job was stopped at the end of the interruption grace period of the agent.";
+const STOP_BY_SHUTDOWN: &str = "The job was stopped because the agent is shutting down.";
+
 /// What the loop hears from other threads.
 pub enum Msg {
     Job(String, JobEvent),
@@ -144,7 +150,7 @@ impl SyncLoop {
                 && matches!(self.state, State::StartingJob | State::RunningJob)
             {
                 // The grace timer may have stopped it already.
-                self.stop_job();
+                self.stop_job(STOP_BY_GRACE);
             }
             if Instant::now() < next_sync {
                 continue;
@@ -273,7 +279,7 @@ impl SyncLoop {
             Action::StopJob => match self.state {
                 State::StartingJob | State::RunningJob => {
                     log::info!("job {}: the control plane asks to stop it", response.job_id);
-                    self.stop_job();
+                    self.stop_job(STOP_BY_CONTROL_PLANE);
                 }
                 state => log::debug!("stop-job while {}: nothing to stop", state.reported()),
             },
@@ -337,9 +343,9 @@ impl SyncLoop {
         self.set_state(State::StartingJob);
     }
 
-    fn stop_job(&mut self) {
+    fn stop_job(&mut self, reason: &str) {
         if let Some(job) = &self.job {
-            job.stop.stop();
+            job.stop.stop(reason);
             if matches!(self.state, State::StartingJob | State::RunningJob) {
                 self.set_state(State::StoppingJob);
             }
@@ -354,7 +360,7 @@ impl SyncLoop {
         };
         let Some(job) = &self.job else { return };
         log::info!("job {}: stopping it before shutting down", job.job_id);
-        job.stop.stop();
+        job.stop.stop(STOP_BY_SHUTDOWN);
         let limits = &self.shared.cfg.limits;
         let deadline = Instant::now() + limits.stop_grace + limits.log_flush_timeout + STOP_MARGIN;
         loop {
@@ -424,7 +430,7 @@ impl GraceTimer {
             .spawn(move || {
                 if cancelled.recv_timeout(grace) == Err(RecvTimeoutError::Timeout) {
                     log::info!("the interruption grace period is over: stopping the job");
-                    stop.stop();
+                    stop.stop(STOP_BY_GRACE);
                 }
             })
             .expect("cannot start the grace timer thread");

@@ -17,7 +17,7 @@ use super::config::{ListenConfig, UploadJobLogs};
 use super::push::{PushTarget, Pusher};
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::lifecycle;
-use crate::job::request::{EnvVar, ExecutorKind, JobRequest};
+use crate::job::request::{EnvVar, ExecutorKind, Format, JobRequest};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::StopSignal;
 use crate::job::workspace::{JobDir, JobRecord};
@@ -76,10 +76,17 @@ fn fetch(shared: &Shared, job_id: &str, stop: &StopSignal) -> Result<JobRequest,
             JobResult::Failed
         }
     })?;
-    let mut request = JobRequest::from_json(&bytes).map_err(|e| {
+    let decoded = JobRequest::decode(&bytes, Format::Json).map_err(|e| {
         log::error!("job {job_id}: {e}");
         JobResult::Failed
     })?;
+    if !decoded.unknown_keys.is_empty() {
+        log::warn!(
+            "job {job_id}: keys this agent does not know: {}",
+            decoded.unknown_keys.join(", ")
+        );
+    }
+    let mut request = decoded.request;
     if request.job_id.is_empty() {
         request.job_id = job_id.to_string();
     }
