@@ -105,7 +105,11 @@ fn signal(pid: i32, sig: i32) {
 /// State letter and session id from /proc/<pid>/stat. The command name may
 /// contain spaces and parentheses, so fields are counted after the last ')'.
 fn stat_state_and_session(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// State letter and session id from the text of a /proc/<pid>/stat file.
+fn parse_stat(stat: &str) -> Option<(char, i32)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
@@ -143,9 +147,57 @@ mod tests {
     }
 
     #[test]
-    fn stat_parsing_survives_odd_names() {
-        let me = std::process::id() as i32;
-        let (state, _sid) = stat_state_and_session(me).unwrap();
-        assert!(state.is_ascii_alphabetic());
+    fn stat_lines_with_odd_names_parse_to_the_right_session() {
+        // pid (comm) state ppid pgrp session tty_nr ...
+        let lines = [
+            ("4242 (a) b (c) S 1 4242 4242 0 -1 4194560", ('S', 4242)),
+            ("17 ()) R 1 16 15 34816 17", ('R', 15)),
+            ("9 (sleep) Z 8 7 6 0 -1", ('Z', 6)),
+            ("31 ( ) ) D 2 3 5 0 -1", ('D', 5)),
+        ];
+        for (line, expected) in lines {
+            assert_eq!(parse_stat(line), Some(expected), "{line}");
+        }
+        assert_eq!(parse_stat("12 (no closing parenthesis S 1 2 3"), None);
+        assert_eq!(parse_stat("12 (short) S 1 2"), None);
+        assert_eq!(parse_stat("12 (nan) S 1 2 x"), None);
+    }
+
+    #[test]
+    fn a_live_process_with_an_odd_name_is_read_right() {
+        // The kernel names a process after the file it executes: a link
+        // named `a) b (c` to sleep, run by setsid so that its pid is also its
+        // session id.
+        let dir = std::env::temp_dir().join(format!("agent-stat-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let odd = dir.join("a) b (c");
+        let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("sleep is installed");
+        let _ = fs::remove_file(&odd);
+        std::os::unix::fs::symlink(sleep, &odd).unwrap();
+        let mut child = Command::new("setsid")
+            .arg(&odd)
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let named = loop {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains("(a) b (c)") || Instant::now() >= deadline {
+                break stat;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let parsed = stat_state_and_session(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(named.contains("(a) b (c)"), "not renamed: {named:?}");
+        let (state, session) = parsed.expect("the stat line parses");
+        assert!("RSD".contains(state), "state {state}");
+        assert_eq!(session, pid);
     }
 }
