@@ -258,4 +258,42 @@ mod tests {
             ))
         );
     }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token_with(claims: &str) -> String {
+        sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, claims, b"myJwtToken")
+    }
+
+    #[test]
+    fn tokens_two_minutes_outside_their_validity_are_refused() {
+        let auth = Authenticator::new(b"myJwtToken");
+        let now = now();
+        assert_eq!(
+            auth.verify(&token_with(&format!(r#"{{"exp":{}}}"#, now - 120))),
+            Err(AuthError::InvalidToken("token is expired".into()))
+        );
+        assert_eq!(
+            auth.verify(&token_with(&format!(r#"{{"nbf":{}}}"#, now + 120))),
+            Err(AuthError::InvalidToken("token is not valid yet".into()))
+        );
+    }
+
+    #[test]
+    fn clock_skew_within_the_tolerance_is_accepted() {
+        let auth = Authenticator::new(b"myJwtToken");
+        let now = now();
+        let claims = format!(
+            r#"{{"exp":{},"nbf":{},"iat":{}}}"#,
+            now - 10,
+            now + 10,
+            now + 10
+        );
+        assert_eq!(auth.verify(&token_with(&claims)), Ok(()));
+    }
 }
