@@ -15,6 +15,7 @@ mod listen_compose;
 mod listen_config;
 mod listen_faults;
 mod run;
+mod secrets;
 mod serve;
 mod skips;
 mod ssh;

@@ -385,6 +385,16 @@ impl ComposeJob {
         self
     }
 
+    pub fn secret_env(mut self, name: &str, value: impl AsRef<[u8]>) -> ComposeJob {
+        self.job = self.job.secret_env(name, value);
+        self
+    }
+
+    pub fn always(mut self, directive: &str) -> ComposeJob {
+        self.job = self.job.always(directive);
+        self
+    }
+
     pub fn file(mut self, path: &str, content: impl AsRef<[u8]>, mode: &str) -> ComposeJob {
         self.job = self.job.file(path, content, mode);
         self

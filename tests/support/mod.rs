@@ -146,6 +146,13 @@ impl Job {
         self
     }
 
+    /// An env var with `secret: true` (docs/protocol.md §13.3).
+    pub fn secret_env(mut self, name: &str, value: impl AsRef<[u8]>) -> Job {
+        self.env_vars
+            .push(json!({ "name": name, "value": b64(value), "secret": true }));
+        self
+    }
+
     pub fn file(self, path: &str, content: impl AsRef<[u8]>, mode: &str) -> Job {
         let content = b64(content);
         self.file_b64(path, &content, mode)
@@ -193,6 +200,8 @@ pub fn with_callbacks(job: &Job, finished: &str, teardown_finished: &str, token:
 /// TMPDIR and the job files. Removed on drop.
 pub struct Sandbox {
     dir: tempfile::TempDir,
+    /// `--stop-grace-period` of `agent run`, when not the default.
+    stop_grace_period: Option<u64>,
 }
 
 impl Default for Sandbox {
@@ -210,7 +219,16 @@ impl Sandbox {
         for sub in ["home", "data", "tmp"] {
             fs::create_dir(dir.path().join(sub)).expect("create sandbox directories");
         }
-        Sandbox { dir }
+        Sandbox {
+            dir,
+            stop_grace_period: None,
+        }
+    }
+
+    /// Runs the agent with this `--stop-grace-period`.
+    pub fn with_stop_grace_period(mut self, seconds: u64) -> Sandbox {
+        self.stop_grace_period = Some(seconds);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -252,12 +270,16 @@ impl Sandbox {
         fs::write(&job_file, text).expect("write the job file");
         let started = Instant::now();
         let started_secs = unix_now();
-        let mut child = self
-            .agent_command()
+        let mut command = self.agent_command();
+        command
             .arg("run")
             .arg("--json")
             .arg("--data-dir")
-            .arg(self.data_dir())
+            .arg(self.data_dir());
+        if let Some(seconds) = self.stop_grace_period {
+            command.arg("--stop-grace-period").arg(seconds.to_string());
+        }
+        let mut child = command
             .arg(&job_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
