@@ -10,6 +10,7 @@ mod disk;
 mod hostile;
 mod isolation;
 mod job_file;
+mod latency;
 mod listen;
 mod listen_compose;
 mod listen_config;
