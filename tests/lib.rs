@@ -20,6 +20,7 @@ mod secrets;
 mod serve;
 mod skips;
 mod ssh;
+mod stop;
 mod stops;
 mod support;
 mod terminal;
