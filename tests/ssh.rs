@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::docker::{self, BASH_IMAGE};
 use crate::support::server::{poll_until, TestAgent, EVENT_TIMEOUT};
-use crate::support::sshd::{
-    self, run_bounded, shell_quote, try_run_bounded, ClientKey, SshOutput, Sshd, SSH_TIMEOUT,
-};
+use crate::support::sshd::{self, run_bounded, shell_quote, ClientKey, Sshd, SSH_TIMEOUT};
 use crate::support::{
     assert_no_job_processes, b64, env_export, job_processes, log_of, no_files, normalize,
     result_export, step, Ev, Job,
@@ -41,8 +40,6 @@ const UNRELATED_KEY: &str =
 const SLEEP: &str = "sleep 600";
 /// How long starting a compose job (pull step, containers, session) may take.
 const COMPOSE_TIMEOUT: Duration = Duration::from_secs(180);
-/// The image the compose job runs in (built by tests/docker/images.sh).
-const BASH_IMAGE: &str = "agent-test/bash:1";
 
 /// `/tmp/ssh_jump_point-<job_id>`, with every character outside
 /// `[A-Za-z0-9._-]` of the id replaced by `_` (§13.2).
@@ -598,63 +595,6 @@ fn an_undecodable_key_fails_the_job_before_anything_runs() {
 // ---------------------------------------------------------------------------
 // Compose executor
 
-/// What a short host command printed, or `None` if it could not be run.
-fn try_host_command(program: &str, args: &[&str]) -> Option<SshOutput> {
-    let mut command = Command::new(program);
-    command.args(args);
-    try_run_bounded(command, Duration::from_secs(60)).ok()
-}
-
-fn docker_ok(args: &[&str]) -> bool {
-    try_host_command("docker", args).is_some_and(|out| out.code == Some(0))
-}
-
-/// The same detection as §9.1 step 3: `docker compose` v2, else
-/// `docker-compose`.
-fn compose_ok() -> bool {
-    let works = |program: &str, args: &[&str], banner: &str| {
-        try_host_command(program, args)
-            .is_some_and(|out| out.code == Some(0) && out.stdout.contains(banner))
-    };
-    works("docker", &["compose", "version"], "Docker Compose version")
-        || works("docker-compose", &["--version"], "docker-compose version")
-}
-
-/// Whether the compose test can run: docker, a compose tool and the image.
-/// Under `AGENT_REQUIRE_DOCKER=1` the image is built if missing and anything
-/// else missing fails the test.
-fn compose_available() -> bool {
-    let required = crate::support::skip::required();
-    let problem = if !docker_ok(&["info"]) {
-        Some("docker does not work here".to_owned())
-    } else if !compose_ok() {
-        Some("neither `docker compose` nor `docker-compose` works here".to_owned())
-    } else if docker_ok(&["image", "inspect", BASH_IMAGE]) {
-        None
-    } else if required {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker/images.sh");
-        let mut build = Command::new(&script);
-        build.arg("bash");
-        let built = run_bounded(build, Duration::from_secs(900));
-        assert_eq!(
-            built.code,
-            Some(0),
-            "{} bash failed: {built:#?}",
-            script.display()
-        );
-        (!docker_ok(&["image", "inspect", BASH_IMAGE]))
-            .then(|| format!("{BASH_IMAGE} is still missing after images.sh"))
-    } else {
-        Some(format!(
-            "the image {BASH_IMAGE} does not exist (tests/docker/images.sh bash builds it)"
-        ))
-    };
-    match problem {
-        None => true,
-        Some(problem) => crate::support::skip::skip(&problem),
-    }
-}
-
 /// Names of running containers whose name contains `needle`.
 fn containers_named(needle: &str) -> Vec<String> {
     let mut ps = Command::new("docker");
@@ -680,7 +620,7 @@ fn without_waiting_preamble(stdout: &str) -> &str {
 /// the agent user's files as they were.
 #[test]
 fn compose_jump_point_leads_into_the_main_container() {
-    if !sshd::available() || !compose_available() {
+    if !sshd::available() || !docker::ready() {
         return;
     }
     let agent = TestAgent::builder().stop_grace_period(2).start();
