@@ -2,9 +2,10 @@
 //! sorted (§5.2 step 4), and the env file the session sources.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::job::request::{decode_b64, is_shell_identifier, EnvVar};
-use crate::util::shell_quote_bytes;
+use crate::util::{shell_quote_bytes, write_private};
 
 /// Decoded variables by name: the value and whether it is a secret.
 pub type EnvVars = BTreeMap<String, (Vec<u8>, bool)>;
@@ -42,9 +43,15 @@ pub fn decode_env(vars: &[EnvVar]) -> Result<EnvVars, String> {
     Ok(out)
 }
 
-/// The env file the session sources: one `export NAME='value'` line per
-/// variable, values quoted byte-exact.
-pub fn env_file_contents(vars: &EnvVars) -> Vec<u8> {
+/// Writes the env file the session sources, readable by the agent's user
+/// only.
+pub fn write_env_file(path: &Path, vars: &EnvVars) -> std::io::Result<()> {
+    write_private(path, &env_file_contents(vars))
+}
+
+/// The env file's text: one `export NAME='value'` line per variable, values
+/// quoted byte-exact.
+fn env_file_contents(vars: &EnvVars) -> Vec<u8> {
     let mut contents = Vec::new();
     for (name, (value, _)) in vars {
         contents.extend_from_slice(format!("export {name}=").as_bytes());
@@ -57,7 +64,6 @@ pub fn env_file_contents(vars: &EnvVars) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::write_private;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
@@ -95,23 +101,25 @@ mod tests {
 
     #[test]
     fn env_file_round_trips_through_bash() {
-        let dir = std::env::temp_dir().join(format!("agent-envfile-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let value = b"it's \"$HOME\" `id` \\n\nline2 $(x) !x";
-        let vars = decode_env(&[var("V", value)]).unwrap();
-        let contents = env_file_contents(&vars);
-        let file = dir.join("env");
-        write_private(&file, &contents).unwrap();
+        let vars = decode_env(&[var("V", value), var("W", b"")]).unwrap();
+        let file = dir.path().join("env");
+        write_env_file(&file, &vars).unwrap();
         assert_eq!(
             fs::metadata(&file).unwrap().permissions().mode() & 0o777,
             0o600
         );
         let out = std::process::Command::new("bash")
             .arg("-c")
-            .arg(format!("source {}; printf '%s' \"$V\"", file.display()))
+            .arg(format!(
+                "source {}; printf '%s|%s' \"$V\" \"${{W-unset}}\"",
+                file.display()
+            ))
             .output()
             .unwrap();
-        assert_eq!(out.stdout, value);
-        fs::remove_dir_all(dir).unwrap();
+        let mut expected = value.to_vec();
+        expected.extend_from_slice(b"|");
+        assert_eq!(out.stdout, expected);
     }
 }

@@ -16,7 +16,7 @@ use crossbeam_channel::bounded;
 
 use crate::executor::jumppoint::{self, JumpPoint};
 use crate::executor::Executor;
-use crate::job::env::{decode_env, env_file_contents, MIN_SECRET_LEN};
+use crate::job::env::{decode_env, write_env_file, MIN_SECRET_LEN};
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::request::Command;
 use crate::job::spec::JobSpec;
@@ -25,7 +25,7 @@ use crate::job::steps::{
     STEP_PRE_JOB_HOOK,
 };
 use crate::process::session::{Outcome, Session};
-use crate::util::{shell_quote, write_private};
+use crate::util::shell_quote;
 
 /// Where the jump point scripts go; the `sem` CLI relies on this path.
 pub const JUMP_POINT_DIR: &str = "/tmp";
@@ -201,8 +201,7 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
         }
     };
     let env_file = steps.spec.work_dir.join("env");
-    let contents = env_file_contents(&vars);
-    if let Err(e) = write_private(&env_file, &contents) {
+    if let Err(e) = write_env_file(&env_file, &vars) {
         steps.output(&format!(
             "Failed to write the environment file {}: {e}\n",
             env_file.display()
