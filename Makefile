@@ -90,10 +90,11 @@ mutants:
 		|| $(CARGO) install --locked cargo-mutants@$(MUTANTS_VERSION)
 	@status=0; for target in $(MUTANTS_TARGETS); do \
 		file=$${target%%:*}; filters=$$(echo "$${target#*:}" | tr , ' '); \
+		out=mutants.out/$$(basename $$file .rs); mkdir -p $$out; \
 		echo "== $$file (tests: $$filters)"; \
 		$(MUTANTS_RUNNER_VAR)="unshare --map-root-user --pid --fork --mount-proc" \
 		$(CARGO) mutants --in-place --no-shuffle --timeout $(MUTANTS_TIMEOUT) \
-			--file $$file --output mutants.out/$$(basename $$file .rs) \
+			--file $$file --output $$out \
 			-- --bin agent -- $$filters || status=1; \
 	done; exit $$status
 
