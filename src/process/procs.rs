@@ -121,8 +121,47 @@ fn parse_stat(stat: &str) -> Option<(char, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-    use std::process::Command;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::{Child, Command, ExitStatus};
+
+    /// Polls `condition` for at most 10 s.
+    fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Reaps `child` if it exits within 10 s.
+    fn wait_bounded(child: &mut Child) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A marked bash running `script` in a process group of its own, and the
+    /// job that owns it by its mark only.
+    fn marked_bash(name: &str, script: &str) -> (Child, JobProcesses) {
+        let mark = format!("{name}-{}", std::process::id());
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env(MARK_VAR, &mark)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        (child, JobProcesses::new(-1, &mark))
+    }
 
     #[test]
     fn finds_and_kills_marked_processes_that_left_the_session() {
@@ -135,15 +174,73 @@ mod tests {
             .spawn()
             .unwrap();
         let job = JobProcesses::new(-1, &mark);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !job.list().contains(&(child.id() as i32)) {
-            assert!(Instant::now() < deadline, "marked process not found");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the marked process", || {
+            job.list().contains(&(child.id() as i32))
+        });
         let killer = std::thread::spawn(move || job.kill_all(Duration::from_secs(2)));
-        let status = child.wait().unwrap();
+        let status = wait_bounded(&mut child).expect("the marked process was killed");
         killer.join().unwrap();
         assert!(!status.success());
+    }
+
+    #[test]
+    fn only_live_processes_of_the_job_are_listed() {
+        // Neither marked nor in the job's session.
+        let mut stranger = Command::new("sleep").arg("1000").spawn().unwrap();
+        let (mut marked, job) = marked_bash("listed", "sleep 1000");
+        wait_until("the marked process", || {
+            job.list().contains(&(marked.id() as i32))
+        });
+        assert!(!job.list().contains(&(stranger.id() as i32)));
+        // A process of this test's own session that has exited and is not
+        // reaped yet: a zombie is not a live process of the session.
+        let me = std::process::id() as i32;
+        let (_, session) = stat_state_and_session(me).unwrap();
+        let mut zombie = Command::new("true").spawn().unwrap();
+        let zombie_pid = zombie.id() as i32;
+        wait_until("the zombie", || {
+            stat_state_and_session(zombie_pid).is_some_and(|(state, _)| state == 'Z')
+        });
+        let own_session = JobProcesses::new(session, "no-such-mark");
+        let listed = own_session.list();
+        assert!(listed.contains(&(stranger.id() as i32)), "{listed:?}");
+        assert!(!listed.contains(&zombie_pid), "{listed:?}");
+        zombie.wait().unwrap();
+        for child in [&mut stranger, &mut marked] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_process_that_cleans_up_on_term_gets_the_time_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("cleaned-up");
+        let script = format!(
+            "trap 'sleep 0.3; touch {}; exit 0' TERM HUP; sleep 1000 & wait",
+            done.display()
+        );
+        let (mut child, job) = marked_bash("graceful", &script);
+        wait_until("the marked sleep", || job.list().len() == 2);
+        let started = Instant::now();
+        job.kill_all(Duration::from_secs(30));
+        // Done as soon as the processes are gone, not after the grace period.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(done.exists(), "SIGKILL came before the clean-up ended");
+        assert!(wait_bounded(&mut child).is_some());
+        assert!(job.list().is_empty());
+    }
+
+    #[test]
+    fn a_process_that_ignores_term_and_hup_is_killed_after_the_grace_period() {
+        let (mut child, job) = marked_bash("stubborn", "trap '' TERM HUP INT; sleep 1000; :");
+        wait_until("the marked sleep", || job.list().len() == 2);
+        let started = Instant::now();
+        job.kill_all(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let status = wait_bounded(&mut child).expect("the stubborn bash was killed");
+        assert_eq!(status.signal(), Some(sys::SIGKILL));
+        assert!(job.list().is_empty());
     }
 
     #[test]
