@@ -73,8 +73,9 @@ bench:
 # after the colon; a bug no test notices is reported as MISSED. One run per
 # module, in place (do not edit the tree meanwhile), one build at a time.
 # Reports go to mutants.out/<module>/; README, Tests, lists the mutants that
-# no test can notice. The tests run in a PID namespace of their own: a
-# planted bug in process killing must not reach the host's processes.
+# no test can notice. The tests run in a PID namespace of their own and in a
+# session of their own: a planted bug in process killing (`kill -1`,
+# `kill 0`) must not reach the host's processes.
 MUTANTS_VERSION := 27.1.0
 MUTANTS_TIMEOUT ?= 60
 MUTANTS_RUNNER_VAR := CARGO_TARGET_$(shell echo $(HOST) | tr a-z- A-Z_)_RUNNER
@@ -92,10 +93,10 @@ mutants:
 		file=$${target%%:*}; filters=$$(echo "$${target#*:}" | tr , ' '); \
 		out=mutants.out/$$(basename $$file .rs); mkdir -p $$out; \
 		echo "== $$file (tests: $$filters)"; \
-		$(MUTANTS_RUNNER_VAR)="unshare --map-root-user --pid --fork --mount-proc" \
+		$(MUTANTS_RUNNER_VAR)="unshare --map-root-user --pid --fork --mount-proc setsid --wait" \
 		$(CARGO) mutants --in-place --no-shuffle --timeout $(MUTANTS_TIMEOUT) \
 			--file $$file --output $$out \
-			-- --bin agent -- $$filters || status=1; \
+			--cargo-arg=--bin=agent -- -- $$filters || status=1; \
 	done; exit $$status
 
 clean:
