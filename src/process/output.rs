@@ -330,4 +330,47 @@ mod tests {
         assert!(c.take_settled().is_none());
         assert_eq!(c.take_all().unwrap(), "\u{FFFD}\u{FFFD}");
     }
+
+    #[test]
+    fn sustained_output_comes_in_64_kib_chunks() {
+        // docs/protocol.md §6.2: an event carries up to 64 KiB.
+        let mut c = Chunker::new();
+        c.push(&vec![b'a'; 64 * 1024 - 1]);
+        assert_eq!(c.len(), 64 * 1024 - 1);
+        assert!(c.take_full().is_none());
+        c.push(b"b");
+        assert_eq!(c.take_full().unwrap().len(), 64 * 1024);
+        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn a_full_chunk_ends_before_a_character_it_would_split() {
+        let mut c = Chunker::new();
+        c.push(&vec![b'a'; MAX_CHUNK - 1]);
+        c.push("€".as_bytes());
+        assert!(!c.is_empty());
+        assert_eq!(c.take_full().unwrap(), "a".repeat(MAX_CHUNK - 1));
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.take_all().unwrap(), "€");
+    }
+
+    #[test]
+    fn settled_text_and_whole_secrets_are_not_held_back() {
+        let mut c = Chunker::with_secrets(Arc::new(vec![b"hunter22".to_vec()]));
+        c.push(b"pw=hunter22");
+        assert_eq!(c.take_settled().unwrap(), "pw=[MASKED]");
+        c.push(b"ok hunter22");
+        assert_eq!(c.take_forced().unwrap(), "ok [MASKED]");
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_character_cut_short_after_text_gives_one_replacement_per_byte() {
+        assert_eq!(render(b"ab\xE2\x82"), "ab\u{FFFD}\u{FFFD}");
+        let mut c = Chunker::new();
+        c.push(b"ok \xF0\x9F\x98");
+        assert_eq!(c.take_settled().unwrap(), "ok ");
+        assert_eq!(c.take_all().unwrap(), "\u{FFFD}".repeat(3));
+    }
 }
