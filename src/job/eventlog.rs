@@ -671,4 +671,107 @@ mod tests {
         assert!(none.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    fn lines_of(dir: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn results_and_timestamps_are_the_wire_values() {
+        let results = [JobResult::Passed, JobResult::Failed, JobResult::Stopped];
+        assert_eq!(
+            results.map(JobResult::as_str),
+            ["passed", "failed", "stopped"]
+        );
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let now = now_secs();
+        assert!(before <= now && now <= before + 60, "{before} {now}");
+    }
+
+    #[test]
+    fn progress_and_the_observer_follow_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::create(dir.path()).unwrap();
+        let files = log.files();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        log.set_observer(Box::new(move |event, line| {
+            let finished = matches!(event, Event::JobFinished { .. });
+            sink.lock().unwrap().push((finished, line.to_vec()));
+        }));
+        log.write(&Event::JobStarted { timestamp: 7 });
+        let progress = files.progress();
+        let first = br#"{"event":"job_started","timestamp":7}"#;
+        assert_eq!(
+            (progress.bytes, progress.finished),
+            (first.len() as u64 + 1, false)
+        );
+        log.write(&Event::JobFinished {
+            timestamp: 8,
+            result: JobResult::Passed.as_str(),
+        });
+        let text = std::fs::read(dir.path().join("events.jsonl")).unwrap();
+        let progress = files.progress();
+        assert_eq!(
+            (progress.bytes, progress.finished),
+            (text.len() as u64, true)
+        );
+        let lines: Vec<(bool, Vec<u8>)> = text
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .enumerate()
+            .map(|(i, line)| (i == 1, line.to_vec()))
+            .collect();
+        assert_eq!(*seen.lock().unwrap(), lines);
+    }
+
+    #[test]
+    fn a_failure_after_a_finished_step_gets_a_step_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::create(dir.path()).unwrap();
+        log.write(&Event::CmdStarted {
+            timestamp: 5,
+            directive: "make",
+        });
+        log.write(&Event::CmdFinished {
+            timestamp: 6,
+            directive: "make",
+            exit_code: 0,
+            started_at: 5,
+            finished_at: 6,
+        });
+        log.close_after_failure("boom\n");
+        let events = lines_of(dir.path());
+        let summary: Vec<(String, String)> = events
+            .iter()
+            .map(|e| {
+                let text = |key: &str| e[key].as_str().unwrap_or_default().to_string();
+                (
+                    text("event"),
+                    text("directive") + &text("output") + &text("result"),
+                )
+            })
+            .collect();
+        let expected = [
+            ("cmd_started", "make"),
+            ("cmd_finished", "make"),
+            ("cmd_started", "Agent error"),
+            ("cmd_output", "boom\n"),
+            ("cmd_finished", "Agent error"),
+            ("job_finished", "failed"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(summary, expected);
+        assert_eq!(events[4]["exit_code"], 1);
+    }
 }
