@@ -379,4 +379,174 @@ mod tests {
             "request body too large: more than 18446744073709551615 bytes, limit 100"
         );
     }
+
+    #[test]
+    fn find_head_end_points_past_the_blank_line() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn plan_keeps_expect_for_http_1_1_and_drops_every_hop_by_hop_header() {
+        let plan = plan_request(
+            b"PUT /x HTTP/1.1\r\nExpect: 100-Continue\r\nKeep-Alive: 5\r\n\
+              Proxy-Connection: keep-alive\r\nTrailer: X\r\nContent-Length: 100\r\n\
+              Connection: close\r\nConnection: close\r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(plan.head).unwrap(),
+            "PUT /x HTTP/1.1\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\
+             Connection: close\r\nX-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
+        );
+        // A body of exactly the limit is accepted.
+        assert_eq!(plan.body_len, 100);
+        assert!(!plan.keep_alive);
+        // HTTP/1.0 closes after one exchange, even without `Connection`.
+        let plan = plan_request(b"GET / HTTP/1.0\r\n\r\n", peer(), 100).unwrap();
+        assert!(!plan.keep_alive);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let cases: [(&[u8], u16, &str); 17] = [
+            (
+                b"GET / HTTP/1.1\r\n",
+                400,
+                "bad request: incomplete request head",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nA: \xc3\xa9\r\n\r\n",
+                400,
+                "bad request: request head has bytes that are not printable ASCII",
+            ),
+            (
+                b"GET /\nx HTTP/1.1\r\n\r\n",
+                400,
+                "bad request: malformed request line",
+            ),
+            (
+                b"GET /\rx HTTP/1.1\r\n\r\n",
+                400,
+                "bad request: malformed request line",
+            ),
+            (
+                b"G@T / HTTP/1.1\r\n\r\n",
+                400,
+                "bad request: malformed request line",
+            ),
+            (
+                b" / HTTP/1.1\r\n\r\n",
+                400,
+                "bad request: malformed request line",
+            ),
+            (
+                b"GET / HTTP/1.2\r\n\r\n",
+                505,
+                "unsupported HTTP version HTTP/1.2; use HTTP/1.1",
+            ),
+            (
+                b"GET / HTTP/1.10\r\n\r\n",
+                400,
+                "bad request: malformed HTTP version",
+            ),
+            (
+                b"GET / HTTPS1.1\r\n\r\n",
+                400,
+                "bad request: malformed HTTP version",
+            ),
+            (
+                b"GET / HTTP/x.1\r\n\r\n",
+                400,
+                "bad request: malformed HTTP version",
+            ),
+            (
+                b"GET / HTTP/1x1\r\n\r\n",
+                400,
+                "bad request: malformed HTTP version",
+            ),
+            (
+                b"GET / HTTP/1.x\r\n\r\n",
+                400,
+                "bad request: malformed HTTP version",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+                400,
+                "bad request: malformed header name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\n: x\r\n\r\n",
+                400,
+                "bad request: malformed header name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+                400,
+                "bad request: malformed Content-Length",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nExpect: x\r\n\r\n",
+                417,
+                "unsupported expectation: x",
+            ),
+            (
+                b"PUT / HTTP/1.1\r\nContent-Length: 0101\r\n\r\n",
+                413,
+                "request body too large: 101 bytes, limit 100",
+            ),
+        ];
+        for (head, status, message) in cases {
+            let refusal = plan_request(head, peer(), 100).unwrap_err();
+            let head = String::from_utf8_lossy(head);
+            assert_eq!(
+                (refusal.status, refusal.message.as_str()),
+                (status, message),
+                "{head}"
+            );
+        }
+        let refusal = plan_request(
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal.message,
+            "Transfer-Encoding is not supported; send the body with Content-Length"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_a_complete_response_that_closes() {
+        let body = r#"{"message":"request head too large: limit 8192 bytes"}"#;
+        assert_eq!(
+            String::from_utf8(Rejection::head_too_large(8192).response()).unwrap(),
+            format!(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        );
+        let reasons = [
+            (400, "Bad Request"),
+            (411, "Length Required"),
+            (413, "Payload Too Large"),
+            (417, "Expectation Failed"),
+            (505, "HTTP Version Not Supported"),
+        ];
+        for (status, reason) in reasons {
+            let rejection = Rejection {
+                status,
+                message: String::new(),
+            };
+            let response = String::from_utf8(rejection.response()).unwrap();
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status} {reason}\r\n")),
+                "{response}"
+            );
+        }
+    }
 }
