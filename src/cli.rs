@@ -118,6 +118,33 @@ pub struct ServeArgs {
     /// concurrent connections (default 256); when all are taken, the oldest
     /// that has sent no request makes room, else a new one is refused
     pub max_connections: usize,
+    #[argh(option)]
+    /// where jobs' `cache` keeps archives: local (default) or sftp
+    pub cache_backend: Option<String>,
+    #[argh(option)]
+    /// the local cache directory (default: cache in the data dir)
+    pub cache_dir: Option<PathBuf>,
+    #[argh(option)]
+    /// the most the cache may hold in bytes; older keys go first
+    pub cache_max_bytes: Option<u64>,
+    #[argh(option)]
+    /// which keys go when room is needed: store-time (default), access-time, size
+    pub cache_cleanup_by: Option<String>,
+    #[argh(option)]
+    /// the SFTP cache server, host[:port] (or $SEMAPHORE_CACHE_URL)
+    pub cache_sftp_url: Option<String>,
+    #[argh(option)]
+    /// the SFTP user (or $SEMAPHORE_CACHE_USERNAME)
+    pub cache_sftp_user: Option<String>,
+    #[argh(option)]
+    /// the SFTP private key (or $SEMAPHORE_CACHE_PRIVATE_KEY_PATH)
+    pub cache_sftp_key: Option<PathBuf>,
+    #[argh(option)]
+    /// the directory on the SFTP server holding the archives (default: the login directory)
+    pub cache_sftp_path: Option<String>,
+    #[argh(option)]
+    /// a statically linked agent binary mounted into compose jobs as `cache` (default: this binary when static)
+    pub cache_static_binary: Option<PathBuf>,
 }
 
 /// Register with a control plane and run the jobs it hands out (listen mode:

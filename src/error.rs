@@ -128,6 +128,10 @@ pub enum Error {
         status: Option<i32>,
         output: String,
     },
+    /// A `--cache-*` flag (or `SEMAPHORE_CACHE_*` variable) that cannot work.
+    CacheConfig(String),
+    /// The cache's backend could not be opened.
+    Cache(crate::cache::error::CacheError),
 }
 
 impl Error {
@@ -158,6 +162,8 @@ impl fmt::Display for Error {
             }
             Error::Front(e) => e.fmt(f),
             Error::Listen(e) => e.fmt(f),
+            Error::CacheConfig(message) => f.write_str(message),
+            Error::Cache(e) => write!(f, "cache: {e}"),
             Error::SessionStart { status, output } => {
                 match status {
                     Some(code) => {
@@ -184,10 +190,12 @@ impl std::error::Error for Error {
             Error::Request(e) => e.source(),
             Error::Front(e) => e.source(),
             Error::Listen(e) => e.source(),
+            Error::Cache(e) => e.source(),
             Error::NoSecret
             | Error::Resolve { .. }
             | Error::HalfTlsPair { .. }
-            | Error::SessionStart { .. } => None,
+            | Error::SessionStart { .. }
+            | Error::CacheConfig(_) => None,
         }
     }
 }

@@ -3,6 +3,8 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod cache;
+mod checkout;
 mod cli;
 mod cmd;
 mod config;
@@ -24,6 +26,18 @@ use std::process::ExitCode;
 const EXIT_AGENT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // The job's `cache` program is this binary under another name.
+    let args: Vec<String> = std::env::args().collect();
+    let called = args
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .and_then(|n| n.to_str());
+    if called == Some("cache") {
+        return cache::cli::main(&args[1..]);
+    }
+    if args.get(1).map(String::as_str) == Some("cache") {
+        return cache::cli::main(&args[2..]);
+    }
     let cli = parse_args();
     if cli.version {
         println!("{}", version::long());

@@ -2,6 +2,7 @@
 //! test module is listed here and shares `support`, which runs the real
 //! `agent` binary and checks what every run must satisfy.
 
+mod cache;
 mod cli;
 mod compose;
 mod crash;

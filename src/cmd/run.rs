@@ -99,6 +99,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         })
     };
 
+    let cache = crate::cache::session::agent_cache(Default::default(), &data_dir)?;
     let home = config::home_dir();
     let result = lifecycle::run(
         JobSpec {
@@ -111,6 +112,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
             grace: Duration::from_secs(args.stop_grace_period),
             options: &AgentOptions {
                 expose_kvm: true,
+                cache: Some(cache),
                 ..AgentOptions::default()
             },
         },

@@ -42,6 +42,9 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
     logging::init("info", Some(&agent_log))
         .map_err(|e| Error::io("cannot open the agent log", &agent_log, e))?;
     let config = ServeConfig::from_args(&args)?;
+    // Before any thread: this takes the toolbox's variables out of the
+    // environment the jobs inherit.
+    let cache = crate::cache::session::agent_cache(cache_args(&args), &config.data_dir)?;
     if config.secret.len() < 32 {
         log::warn!(
             "the JWT secret is {} bytes long; 32 or more are recommended",
@@ -96,6 +99,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
             expose_kvm: args.expose_kvm_device,
             host_files: args.files.clone(),
             metrics,
+            cache: Some(cache),
         },
     };
     let (runner, _runner_threads) = Runner::start(runner_cfg);
@@ -151,6 +155,21 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
     }
     drop(front);
     Ok(())
+}
+
+/// The `--cache-*` flags.
+fn cache_args(args: &ServeArgs) -> crate::cache::config::CacheArgs {
+    crate::cache::config::CacheArgs {
+        backend: args.cache_backend.clone(),
+        dir: args.cache_dir.clone(),
+        max_bytes: args.cache_max_bytes,
+        cleanup_by: args.cache_cleanup_by.clone(),
+        sftp_url: args.cache_sftp_url.clone(),
+        sftp_user: args.cache_sftp_user.clone(),
+        sftp_key: args.cache_sftp_key.clone(),
+        sftp_path: args.cache_sftp_path.clone(),
+        static_binary: args.cache_static_binary.clone(),
+    }
 }
 
 /// How long shutdown waits for teardown beyond the stop grace period.

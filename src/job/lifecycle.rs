@@ -18,7 +18,7 @@ use crate::executor::jumppoint::{self, JumpPoint};
 use crate::executor::Executor;
 use crate::job::env::{decode_env, write_env_file, MIN_SECRET_LEN};
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
-use crate::job::request::Command;
+use crate::job::request::{Command, ExecutorKind};
 use crate::job::spec::JobSpec;
 use crate::job::steps::{
     Started, Step, Steps, STEP_CHECK_RESULT, STEP_EXPORT_ENV, STEP_JUMP_POINT, STEP_POST_JOB_HOOK,
@@ -75,6 +75,22 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
     result
 }
 
+/// The job's cache service, when the agent has a cache. A failure leaves the
+/// job without `cache` and is logged by the agent.
+fn start_cache(spec: &JobSpec<'_>) -> Option<crate::cache::session::JobCache> {
+    let agent = spec.options.cache.as_ref()?;
+    let env = decode_env(&spec.request.env_vars).unwrap_or_default();
+    let vars = env.iter().map(|(k, (v, _))| (k.as_str(), v.as_slice()));
+    let in_container = spec.executor == ExecutorKind::DockerCompose;
+    match crate::cache::session::start(agent, vars, spec.work_dir, in_container) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("job {}: no cache: {e}", spec.request.job_id);
+            None
+        }
+    }
+}
+
 fn run_steps(
     spec: &JobSpec<'_>,
     log: &mut EventLog,
@@ -84,6 +100,8 @@ fn run_steps(
     if spec.stop.is_requested() {
         return JobResult::Stopped;
     }
+    // The cache service outlives the session and the compose project.
+    let job_cache = start_cache(spec);
     // Declared before the session, so the session (and its processes) goes
     // first and the executor's cleanup (`compose down`) after it, on every
     // way out.
@@ -111,6 +129,7 @@ fn run_steps(
         Started::Stopped => return JobResult::Stopped,
     };
     session.interrupt_on(interrupted);
+    session.run_silent(&crate::cache::session::setup_script(job_cache.as_ref()));
 
     // Steps 4 to 7: stop at the first failure, then go to the result export.
     let mut last_status = 0;

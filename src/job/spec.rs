@@ -25,6 +25,8 @@ pub struct AgentOptions {
     /// `--files host:dest,...` for compose jobs' main container.
     pub host_files: Option<String>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The cache every job's `cache` command uses.
+    pub cache: Option<Arc<crate::cache::session::AgentCache>>,
 }
 
 /// Everything a job needs besides its request.

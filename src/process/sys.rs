@@ -269,3 +269,20 @@ impl TermMode {
         (self.0.c_lflag & libc::ICANON != 0 && eof != 0).then_some(eof)
     }
 }
+
+/// Bytes an unprivileged user may still write on the file system of `path`
+/// (`statvfs(3)`: available blocks times the fragment size).
+pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+    // SAFETY: an all-zero `statvfs` is a valid value of this plain C struct.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call, and
+    // `stat` is a valid, exclusively borrowed `statvfs` for it to fill.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail * stat.f_frsize)
+}

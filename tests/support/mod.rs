@@ -1084,6 +1084,7 @@ pub fn wait_for_background_processes(job_id: &str) {
         "processes of job {job_id} without AGENT_JOB_MARK=<job_id>.: {unmarked:#?}"
     );
 }
+pub mod cache;
 pub mod callback;
 pub mod client;
 pub mod control_plane;

@@ -107,10 +107,12 @@ pub(crate) fn start(
         work_dir: spec.work_dir.to_path_buf(),
         docker_config: spec.work_dir.join("docker-config"),
     };
-    let opts = FileOptions {
+    let mut opts = FileOptions {
         kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
         volumes: file::host_volumes(spec.options.host_files.as_deref()),
     };
+    opts.volumes
+        .extend(crate::cache::session::container_volume(spec.options));
     let written = file::compose_file(&request.compose.containers, &opts)
         .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()))
         .and_then(|bytes| write_private(&project.file, &bytes).map_err(|e| e.to_string()))

@@ -1,0 +1,253 @@
+//! Where archives live. `Backend` is the closed set of stores (a local
+//! directory, an SFTP server); `Store` adds what every backend shares: the
+//! size limit, the order in which keys go when room is needed, and one store
+//! at a time per agent.
+//!
+//! A third backend (S3, GCS, ...) is one more file here and one more
+//! variant: it lists entries with their sizes and times, opens an archive as
+//! a readable file, commits a staged file under a key without ever showing
+//! a partial archive under that key, and deletes. Nothing above this module
+//! changes.
+
+pub mod local;
+pub mod sftp;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{BackendConfig, CacheConfig, CleanupBy};
+use super::error::CacheError;
+
+/// One stored archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    /// Bytes of the compressed archive.
+    pub size: u64,
+    /// Unix milliseconds.
+    pub stored_ms: u64,
+    pub accessed_ms: u64,
+}
+
+/// An archive opened for reading. A spooled copy is removed on drop.
+pub struct Fetched {
+    pub file: File,
+    pub size: u64,
+    spooled: Option<PathBuf>,
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        if let Some(path) = &self.spooled {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+pub enum Backend {
+    Local(local::Local),
+    Sftp(sftp::Sftp),
+}
+
+impl Backend {
+    pub fn open(cfg: &CacheConfig) -> Result<Backend, CacheError> {
+        match &cfg.backend {
+            BackendConfig::Local { dir } => Ok(Backend::Local(local::Local::open(dir)?)),
+            BackendConfig::Sftp(s) => Ok(Backend::Sftp(sftp::Sftp::new(s, &cfg.spool_dir)?)),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
+        match self {
+            Backend::Local(b) => b.list(),
+            Backend::Sftp(b) => b.list(),
+        }
+    }
+
+    pub fn has(&self, key: &str) -> Result<bool, CacheError> {
+        match self {
+            Backend::Local(b) => Ok(b.has(key)),
+            Backend::Sftp(b) => Ok(b.list()?.iter().any(|e| e.key == key)),
+        }
+    }
+
+    /// A new file for an incoming archive, and its path.
+    pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
+        match self {
+            Backend::Local(b) => b.stage(),
+            Backend::Sftp(b) => b.stage(),
+        }
+    }
+
+    /// Puts the staged file under `key`. False when the key appeared
+    /// meanwhile (another agent stored it first): the first one stays.
+    pub fn commit(&self, key: &str, staged: &Path) -> Result<bool, CacheError> {
+        match self {
+            Backend::Local(b) => b.commit(key, staged),
+            Backend::Sftp(b) => b.commit(key, staged),
+        }
+    }
+
+    pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
+        match self {
+            Backend::Local(b) => b.fetch(key),
+            Backend::Sftp(b) => b.fetch(key),
+        }
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), CacheError> {
+        match self {
+            Backend::Local(b) => b.delete(key),
+            Backend::Sftp(b) => b.delete(key),
+        }
+    }
+
+    /// Free bytes on the backend's disk, when it can tell.
+    pub fn free(&self) -> Result<Option<u64>, CacheError> {
+        match self {
+            Backend::Local(b) => Ok(b.free()),
+            Backend::Sftp(b) => b.free(),
+        }
+    }
+}
+
+/// A backend with its limit. Shared by the jobs of an agent.
+pub struct Store {
+    pub backend: Backend,
+    max_bytes: Option<u64>,
+    cleanup_by: CleanupBy,
+    /// One store's make-room-and-commit at a time in this agent.
+    lock: Mutex<()>,
+}
+
+/// What `cache usage` shows.
+pub struct Usage {
+    pub used: u64,
+    pub free: Option<u64>,
+}
+
+impl Store {
+    pub fn open(cfg: &CacheConfig) -> Result<Store, CacheError> {
+        Ok(Store {
+            backend: Backend::open(cfg)?,
+            max_bytes: cfg.max_bytes,
+            cleanup_by: cfg.cleanup_by,
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.max_bytes
+    }
+
+    /// Commits a staged archive of `size` bytes under `key`, first removing
+    /// keys (in the configured order) until it fits under the limit.
+    /// Returns the removed keys and whether this archive was the one kept.
+    pub fn put(
+        &self,
+        key: &str,
+        staged: &Path,
+        size: u64,
+    ) -> Result<(Vec<Entry>, bool), CacheError> {
+        if let Some(limit) = self.max_bytes {
+            if size > limit {
+                return Err(CacheError::TooLarge {
+                    key: key.to_string(),
+                    size,
+                    limit,
+                });
+            }
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = Vec::new();
+        if let Some(limit) = self.max_bytes {
+            let mut entries: Vec<Entry> = self
+                .backend
+                .list()?
+                .into_iter()
+                .filter(|e| e.key != key)
+                .collect();
+            let mut used: u64 = entries.iter().map(|e| e.size).sum();
+            order_for_removal(&mut entries, self.cleanup_by);
+            for victim in entries {
+                if used + size <= limit {
+                    break;
+                }
+                self.backend.delete(&victim.key)?;
+                used -= victim.size;
+                evicted.push(victim);
+            }
+        }
+        let kept = self.backend.commit(key, staged)?;
+        Ok((evicted, kept))
+    }
+
+    pub fn usage(&self) -> Result<Usage, CacheError> {
+        let used = self.backend.list()?.iter().map(|e| e.size).sum();
+        let disk_free = self.backend.free()?;
+        let free = match (self.max_bytes, disk_free) {
+            (Some(limit), Some(disk)) => Some(limit.saturating_sub(used).min(disk)),
+            (Some(limit), None) => Some(limit.saturating_sub(used)),
+            (None, disk) => disk,
+        };
+        Ok(Usage { used, free })
+    }
+
+    pub fn clear(&self) -> Result<usize, CacheError> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.backend.list()?;
+        for e in &entries {
+            self.backend.delete(&e.key)?;
+        }
+        Ok(entries.len())
+    }
+}
+
+/// Sorts entries so that the first is the first to go.
+fn order_for_removal(entries: &mut [Entry], by: CleanupBy) {
+    match by {
+        CleanupBy::StoreTime => entries.sort_by_key(|e| (e.stored_ms, e.key.clone())),
+        CleanupBy::AccessTime => entries.sort_by_key(|e| (e.accessed_ms, e.key.clone())),
+        CleanupBy::Size => {
+            entries.sort_by_key(|e| (std::cmp::Reverse(e.size), e.stored_ms, e.key.clone()))
+        }
+    }
+}
+
+/// Milliseconds since the epoch of a file time.
+pub fn unix_ms(t: std::io::Result<std::time::SystemTime>) -> u64 {
+    t.ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(key: &str, size: u64, stored_ms: u64, accessed_ms: u64) -> Entry {
+        Entry {
+            key: key.into(),
+            size,
+            stored_ms,
+            accessed_ms,
+        }
+    }
+
+    #[test]
+    fn removal_orders() {
+        let all = vec![e("a", 5, 1, 9), e("b", 9, 2, 3), e("c", 1, 3, 1)];
+        let keys = |by| {
+            let mut v = all.clone();
+            order_for_removal(&mut v, by);
+            v.into_iter().map(|e| e.key).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(CleanupBy::StoreTime), ["a", "b", "c"]);
+        assert_eq!(keys(CleanupBy::AccessTime), ["c", "b", "a"]);
+        assert_eq!(keys(CleanupBy::Size), ["b", "a", "c"]);
+    }
+}

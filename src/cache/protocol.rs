@@ -1,0 +1,272 @@
+//! The framing on a job's cache socket. Every frame is a kind byte, a
+//! 32-bit big-endian length and that many bytes:
+//!
+//! - `J`: one JSON message, a `Request` from `cache` or a `Reply` from the
+//!   agent;
+//! - `D`: a piece of an archive;
+//! - `E`: the end of an archive.
+//!
+//! A connection carries one request. `store`: the client sends `Store`, the
+//! agent answers `Ready` (or `Exists`, or an error), the client sends the
+//! archive as `D` frames and an `E`, the agent answers `Stored` or an error.
+//! `restore`: the client sends `Restore`, the agent answers `Hit` followed
+//! by the archive (`D`... `E`), or `Miss`. A `J` frame where data was
+//! expected is an error `Reply` that ends the transfer. Every other request
+//! gets one reply.
+//!
+//! This module knows the bytes, not what the commands do.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::Entry;
+
+/// The largest frame either side accepts (a JSON list of many keys fits).
+const MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// Archive bytes per `D` frame.
+pub const CHUNK: usize = 1024 * 1024;
+
+const JSON: u8 = b'J';
+const DATA: u8 = b'D';
+const END: u8 = b'E';
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Store { key: String },
+    Restore { key: String },
+    HasKey { key: String },
+    List,
+    Delete { key: String },
+    Clear,
+    Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Send the archive.
+    Ready,
+    Exists,
+    Stored {
+        size: u64,
+        /// Keys removed to make room, oldest first.
+        evicted: Vec<String>,
+    },
+    /// The archive of `key` follows.
+    Hit {
+        key: String,
+        size: u64,
+    },
+    Miss,
+    HasKey {
+        exists: bool,
+    },
+    List {
+        entries: Vec<Entry>,
+    },
+    Deleted,
+    Cleared {
+        keys: usize,
+    },
+    Usage {
+        used: u64,
+        free: Option<u64>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+pub enum Frame {
+    Json(Vec<u8>),
+    Data(Vec<u8>),
+    End,
+}
+
+fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| invalid("frame too large"))?;
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
+pub fn write_json(w: &mut impl Write, message: &impl Serialize) -> io::Result<()> {
+    let bytes = serde_json::to_vec(message).map_err(io::Error::other)?;
+    write_frame(w, JSON, &bytes)?;
+    w.flush()
+}
+
+pub fn write_end(w: &mut impl Write) -> io::Result<()> {
+    write_frame(w, END, &[])?;
+    w.flush()
+}
+
+pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len > MAX_FRAME {
+        return Err(invalid("frame too large"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    match head[0] {
+        JSON => Ok(Frame::Json(payload)),
+        DATA => Ok(Frame::Data(payload)),
+        END if len == 0 => Ok(Frame::End),
+        _ => Err(invalid("unknown frame")),
+    }
+}
+
+/// Reads one JSON message; anything else is an error.
+pub fn read_json<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<T> {
+    match read_frame(r)? {
+        Frame::Json(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+        _ => Err(invalid("expected a message")),
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Writes an archive as `D` frames of up to `CHUNK` bytes; `finish` sends
+/// the `E`.
+pub struct DataWriter<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> DataWriter<W> {
+    pub fn new(inner: W) -> DataWriter<W> {
+        DataWriter {
+            inner,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            write_frame(&mut self.inner, DATA, &self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        self.flush_chunk()?;
+        write_end(&mut self.inner)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for DataWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_chunk()?;
+        self.inner.flush()
+    }
+}
+
+/// Reads an archive sent as `D` frames, up to its `E`. A message in its
+/// place (the sender's error) ends the read with that message.
+pub struct DataReader<R: Read> {
+    inner: R,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl<R: Read> DataReader<R> {
+    pub fn new(inner: R) -> DataReader<R> {
+        DataReader {
+            inner,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: Read> Read for DataReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match read_frame(&mut self.inner)? {
+                Frame::Data(bytes) => {
+                    self.chunk = bytes;
+                    self.pos = 0;
+                }
+                Frame::End => self.done = true,
+                Frame::Json(bytes) => {
+                    let message = match serde_json::from_slice::<Reply>(&bytes) {
+                        Ok(Reply::Error { message }) => message,
+                        _ => "the archive stopped short".to_string(),
+                    };
+                    return Err(io::Error::other(message));
+                }
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_round_trips_in_frames() {
+        let payload: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let mut w = DataWriter::new(Vec::new());
+        w.write_all(&payload).unwrap();
+        let wire = w.finish().unwrap();
+        let mut r = DataReader::new(&wire[..]);
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back, payload);
+        assert!(r.done);
+    }
+
+    #[test]
+    fn an_error_in_place_of_data_is_read_as_one() {
+        let mut wire = Vec::new();
+        write_json(
+            &mut wire,
+            &Reply::Error {
+                message: "disk gone".into(),
+            },
+        )
+        .unwrap();
+        let err = DataReader::new(&wire[..])
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "disk gone");
+    }
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let mut wire = Vec::new();
+        write_json(&mut wire, &Request::HasKey { key: "k".into() }).unwrap();
+        assert_eq!(&wire[5..], br#"{"op":"has_key","key":"k"}"#);
+        let back: Request = read_json(&mut &wire[..]).unwrap();
+        assert_eq!(back, Request::HasKey { key: "k".into() });
+    }
+}

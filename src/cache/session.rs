@@ -1,0 +1,115 @@
+//! What a job's session gets from the cache: the per-job service on a socket
+//! in the work directory, the `cache` program on PATH (a link to the agent's
+//! own binary for shell jobs; the static binary mounted at `CONTAINER_BIN`
+//! in compose jobs), and `AGENT_CACHE_SOCKET`. The script that sets these
+//! up also defines `checkout`.
+//!
+//! Only the socket's path enters the job's environment: never the cache
+//! directory, the SFTP key or its path.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::backend::Store;
+use super::config::CacheConfig;
+use super::service::CacheService;
+use super::{SOCKET_ENV, SOCKET_NAME};
+use crate::util::shell_quote;
+
+/// Where compose jobs find `cache` (a read-only mount into main).
+pub const CONTAINER_BIN: &str = "/opt/agent/bin";
+
+/// The agent's cache: its configuration and the store jobs share.
+pub struct AgentCache {
+    pub config: CacheConfig,
+    pub store: Arc<Store>,
+}
+
+/// A job's cache, served while it lives.
+pub struct JobCache {
+    service: CacheService,
+    bin_dir: PathBuf,
+}
+
+/// Starts the cache of one job. `env` is the job's env vars, which may
+/// select another backend (the toolbox's `SEMAPHORE_CACHE_*`). An error is
+/// for the job log; the job then runs without a cache.
+pub fn start<'a>(
+    agent: &AgentCache,
+    env: impl Iterator<Item = (&'a str, &'a [u8])>,
+    work_dir: &Path,
+    in_container: bool,
+) -> Result<JobCache, String> {
+    let env = env.map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+    let cfg = agent.config.for_job(&env)?;
+    let store = if cfg.backend == agent.config.backend {
+        Arc::clone(&agent.store)
+    } else {
+        Arc::new(Store::open(&cfg).map_err(|e| e.to_string())?)
+    };
+    let bin_dir = if in_container {
+        if cfg.static_binary.is_none() {
+            return Err(
+                "no statically linked agent binary to mount (--cache-static-binary)".into(),
+            );
+        }
+        PathBuf::from(CONTAINER_BIN)
+    } else {
+        let dir = work_dir.join("bin");
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find the agent's own binary: {e}"))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|_| std::os::unix::fs::symlink(&exe, dir.join("cache")))
+            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        dir
+    };
+    let socket = work_dir.join(SOCKET_NAME);
+    let service = CacheService::start(&socket, store)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    Ok(JobCache { service, bin_dir })
+}
+
+/// The script the session sources before the job's commands: `checkout`,
+/// and `cache` when the job has one.
+pub fn setup_script(cache: Option<&JobCache>) -> String {
+    let mut script = String::from(crate::checkout::FUNCTION);
+    if let Some(c) = cache {
+        script.push_str(&format!(
+            "export PATH={}:\"$PATH\"\nexport {SOCKET_ENV}={}\n",
+            shell_quote(&c.bin_dir.to_string_lossy()),
+            shell_quote(&c.service.socket().to_string_lossy()),
+        ));
+    }
+    script
+}
+
+/// The mount that puts `cache` into a compose job's main container, when
+/// the agent has a cache and a static binary to mount.
+pub fn container_volume(options: &crate::job::spec::AgentOptions) -> Option<String> {
+    let binary = options.cache.as_ref()?.config.static_binary.as_ref()?;
+    Some(format!("{}:{CONTAINER_BIN}/cache:ro", binary.display()))
+}
+
+/// The agent's cache from its flags: the configuration checked, the
+/// backend opened (a local directory is made; an SFTP server is not
+/// contacted until a job asks).
+pub fn agent_cache(
+    args: super::config::CacheArgs,
+    data_dir: &Path,
+) -> Result<Arc<AgentCache>, crate::error::Error> {
+    use crate::error::Error;
+    let config = args.into_config(data_dir).map_err(Error::CacheConfig)?;
+    let store = Store::open(&config).map_err(Error::Cache)?;
+    if config.static_binary.is_none() {
+        log::info!(
+            "this agent binary is not statically linked: compose jobs get no `cache` (see --cache-static-binary)"
+        );
+    }
+    Ok(Arc::new(AgentCache {
+        config,
+        store: Arc::new(store),
+    }))
+}

@@ -1,0 +1,282 @@
+//! Integration tests of `cache` in jobs run by `agent serve` on the local
+//! backend: every subcommand, fallback keys, the size limit, a damaged
+//! archive and the lock-file detection. Each test has its own agent, data
+//! directory and so its own cache.
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::support::cache::run;
+use crate::support::server::TestAgent;
+use crate::support::Job;
+
+/// The cache directory of an agent started with the defaults.
+fn cache_dir(agent: &TestAgent) -> PathBuf {
+    agent.root().join("data/cache")
+}
+
+/// Makes `deps/` with a file of mode 751 dated 2001-09-09, a symlink and a
+/// subdirectory.
+const MAKE_TREE: &str = "mkdir -p deps/sub && printf 'hello\\n' > deps/sub/a.txt && chmod 751 deps/sub/a.txt && ln -s sub/a.txt deps/link && touch -d @1000000000 deps/sub/a.txt";
+/// What `MAKE_TREE` made, as `stat` shows it.
+const SHOW_TREE: &str = "stat -c '%n %a %Y' deps/sub/a.txt && readlink deps/link && cat deps/link";
+
+#[test]
+fn a_shell_job_stores_and_another_restores_with_every_subcommand() {
+    let agent = TestAgent::start_default();
+    let first = Job::new("cache-store")
+        .command("mkdir -p w1 && cd w1")
+        .command(MAKE_TREE)
+        .command("cache store deps/master/1 deps")
+        .command("cache store deps-master-1 deps")
+        .command("cache has_key deps-master-1")
+        .command("cache has_key nothing-here || echo \"exit $?\"")
+        .command("cache is_not_empty");
+    let ran = run(&agent, &first);
+    ran.assert_passed();
+    let stored = ran.ok("cache store deps/master/1 deps");
+    assert!(
+        stored.starts_with("Stored 'deps-master-1': deps ("),
+        "{stored}"
+    );
+    assert_eq!(
+        ran.ok("cache store deps-master-1 deps"),
+        "Key 'deps-master-1' already exists; not stored again.\n"
+    );
+    assert_eq!(
+        ran.ok("cache has_key deps-master-1"),
+        "Key 'deps-master-1' exists in the cache.\n"
+    );
+    assert_eq!(
+        ran.ok("cache has_key nothing-here || echo \"exit $?\""),
+        "Key 'nothing-here' does not exist in the cache.\nexit 1\n"
+    );
+    // The archive is a file of the agent's, not of the job's directory.
+    assert!(cache_dir(&agent).join("deps-master-1").is_file());
+
+    let second = Job::new("cache-restore")
+        .command("mkdir -p w2 && cd w2")
+        .command("cache restore nope,deps-master-")
+        .command(SHOW_TREE)
+        .command("cache list")
+        .command("cache usage")
+        .command("cache delete deps-master-1")
+        .command("cache delete deps-master-1 || echo \"exit $?\"")
+        .command("cache store other deps && cache clear")
+        .command("cache is_not_empty || echo empty")
+        .command("cache restore deps-master-1");
+    let ran = run(&agent, &second);
+    ran.assert_passed();
+    let restored = ran.ok("cache restore nope,deps-master-");
+    assert!(
+        restored.starts_with(
+            "MISS 'nope'\nHIT 'deps-master-1' (matched by 'deps-master-'): deps restored, "
+        ),
+        "{restored}"
+    );
+    assert_eq!(
+        ran.ok(SHOW_TREE),
+        "deps/sub/a.txt 751 1000000000\nsub/a.txt\nhello\n"
+    );
+    let list = ran.ok("cache list");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("KEY "), "{list}");
+    assert!(lines[1].starts_with("deps-master-1 "), "{list}");
+    assert!(lines[1].ends_with(" UTC"), "{list}");
+    let usage = ran.ok("cache usage");
+    assert!(
+        usage.starts_with("Used: ") && usage.contains(". Free: "),
+        "{usage}"
+    );
+    assert_eq!(
+        ran.ok("cache delete deps-master-1"),
+        "Deleted 'deps-master-1'.\n"
+    );
+    assert_eq!(
+        ran.ok("cache delete deps-master-1 || echo \"exit $?\""),
+        "cache: key 'deps-master-1' not found\nexit 1\n"
+    );
+    assert!(ran
+        .ok("cache store other deps && cache clear")
+        .ends_with("Deleted 1 key(s); the cache is empty.\n"));
+    assert_eq!(ran.ok("cache is_not_empty || echo empty"), "empty\n");
+    // A miss is not a failure.
+    assert_eq!(
+        ran.ok("cache restore deps-master-1"),
+        "MISS 'deps-master-1'\n"
+    );
+}
+
+#[test]
+fn a_fallback_key_restores_the_newest_match() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("cache-fallback")
+        .command("mkdir -p v && echo old > v/f && cache store gems-master-aaa v")
+        .command("echo new > v/f && cache store gems-master-bbb v")
+        .command("echo other > v/f && cache store npm-master-ccc v")
+        .command("rm -rf v && cache restore gems-feature-x-123,gems-feature-x-,gems-master-")
+        .command("cat v/f");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    let out = ran.ok("rm -rf v && cache restore gems-feature-x-123,gems-feature-x-,gems-master-");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..2],
+        ["MISS 'gems-feature-x-123'", "MISS 'gems-feature-x-'"]
+    );
+    assert!(
+        lines[2].starts_with("HIT 'gems-master-bbb' (matched by 'gems-master-'): v restored"),
+        "{out}"
+    );
+    assert_eq!(ran.ok("cat v/f"), "new\n");
+}
+
+#[test]
+fn an_absolute_path_comes_back_where_it_was() {
+    let agent = TestAgent::start_default();
+    let dir = agent.root().join("abs");
+    let d = dir.display();
+    let job = Job::new("cache-absolute")
+        .command(&format!(
+            "mkdir -p {d} && echo x > {d}/f && cache store abs {d}"
+        ))
+        .command(&format!(
+            "rm -rf {d} && cd / && cache restore abs && cat {d}/f"
+        ));
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    assert!(ran
+        .ok(&format!(
+            "rm -rf {d} && cd / && cache restore abs && cat {d}/f"
+        ))
+        .ends_with("x\n"));
+}
+
+#[test]
+fn storing_past_the_limit_removes_the_oldest_and_a_too_large_archive_is_refused() {
+    let agent = TestAgent::builder()
+        .arg("--cache-max-bytes")
+        .arg("300000")
+        .start();
+    // Random bytes do not compress: each archive is about 100 kB.
+    let job = Job::new("cache-limit")
+        .command("for k in k1 k2 k3 k4; do head -c 90000 /dev/urandom > blob && cache store $k blob; done")
+        .command("cache list")
+        .command("head -c 400000 /dev/urandom > big && cache store big big")
+        .command("cache has_key big || echo refused");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    let stores = ran.ok(
+        "for k in k1 k2 k3 k4; do head -c 90000 /dev/urandom > blob && cache store $k blob; done",
+    );
+    assert!(stores.contains("Removed 'k1' to make room.\n"), "{stores}");
+    let list = ran.ok("cache list");
+    let keys: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(keys, ["k4", "k3", "k2"], "{list}");
+    let big = ran.ok("head -c 400000 /dev/urandom > big && cache store big big");
+    assert!(
+        big.starts_with("cache: the archive of 'big' is ")
+            && big.contains("but the cache holds at most 293.0 KiB; not stored"),
+        "{big}"
+    );
+    assert_eq!(
+        ran.ok("cache has_key big || echo refused"),
+        "Key 'big' does not exist in the cache.\nrefused\n"
+    );
+    // Nothing half-written is left in the cache directory.
+    let mut names: Vec<String> = fs::read_dir(cache_dir(&agent))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["k2", "k3", "k4"]);
+}
+
+#[test]
+fn a_corrupt_archive_is_reported_and_the_files_stay_untouched() {
+    let agent = TestAgent::start_default();
+    let store = Job::new("cache-corrupt-store")
+        .command("mkdir -p s && cd s")
+        .command("mkdir -p c && head -c 200000 /dev/urandom > c/data && echo v1 > c/version && cache store broken c");
+    run(&agent, &store).assert_passed();
+    let archive = cache_dir(&agent).join("broken");
+    let mut bytes = fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    fs::write(&archive, bytes).unwrap();
+
+    let restore = Job::new("cache-corrupt-restore")
+        .command("mkdir -p c && echo mine > c/version")
+        .command("cache restore broken")
+        .command("cat c/version && ls c");
+    let ran = run(&agent, &restore);
+    ran.assert_passed();
+    let out = ran.cmd("cache restore broken").output;
+    assert!(
+        out.starts_with("cache: the archive of 'broken' is corrupt (")
+            && out.ends_with("); nothing was restored\n"),
+        "{out}"
+    );
+    assert_eq!(ran.ok("cat c/version && ls c"), "mine\nversion\n");
+}
+
+#[test]
+fn lock_files_choose_what_to_store_and_restore() {
+    let agent = TestAgent::start_default();
+    let store = Job::new("cache-detect-store")
+        .env("SEMAPHORE_GIT_BRANCH", "feature/x")
+        .command("mkdir -p app && cd app")
+        .command(
+            "echo 'GEM' > Gemfile.lock && mkdir -p vendor/bundle && echo gem > vendor/bundle/g",
+        )
+        .command(
+            "echo '{}' > package-lock.json && mkdir -p node_modules && echo mod > node_modules/m",
+        )
+        .command("cache store")
+        .command("cache list");
+    let ran = run(&agent, &store);
+    ran.assert_passed();
+    let out = ran.ok("cache store");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0], "Detected package-lock.json.");
+    assert!(
+        lines[1].starts_with("Stored 'node-modules-feature-x-"),
+        "{out}"
+    );
+    assert_eq!(lines[2], "Detected Gemfile.lock.");
+    assert!(lines[3].starts_with("Stored 'gems-feature-x-"), "{out}");
+
+    // A changed lock file misses its own key and falls back to the branch's.
+    let restore = Job::new("cache-detect-restore")
+        .env("SEMAPHORE_GIT_BRANCH", "feature/x")
+        .command("mkdir -p app2 && cd app2")
+        .command("echo 'GEM2' > Gemfile.lock && echo '{}' > package-lock.json")
+        .command("cache restore")
+        .command("cat vendor/bundle/g node_modules/m");
+    let ran = run(&agent, &restore);
+    ran.assert_passed();
+    let out = ran.ok("cache restore");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "Detected package-lock.json.");
+    assert!(
+        lines[1].starts_with("HIT 'node-modules-feature-x-"),
+        "{out}"
+    );
+    assert!(!lines[1].contains("matched by"), "{out}");
+    assert_eq!(lines[2], "Detected Gemfile.lock.");
+    assert!(lines[3].starts_with("MISS 'gems-feature-x-"), "{out}");
+    assert!(
+        lines[4].starts_with("HIT 'gems-feature-x-")
+            && lines[4].contains("(matched by 'gems-feature-x-')"),
+        "{out}"
+    );
+    assert_eq!(ran.ok("cat vendor/bundle/g node_modules/m"), "gem\nmod\n");
+}
