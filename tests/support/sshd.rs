@@ -197,6 +197,16 @@ impl Sshd {
         );
     }
 
+    /// The port sshd listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The user every key logs in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// What sshd has logged so far, for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
