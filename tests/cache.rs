@@ -1,12 +1,15 @@
 //! Integration tests of `cache` in jobs run by `agent serve` on the local
 //! backend: every subcommand, fallback keys, the size limit, a damaged
-//! archive and the lock-file detection. Each test has its own agent, data
-//! directory and so its own cache.
+//! archive and the lock-file detection in shell jobs; compose jobs (on the
+//! real Docker engine, gated like the compose tests) with the static build
+//! of the agent mounted as `cache`, in an image with bash and nothing else.
+//! Each test has its own agent, data directory and so its own cache.
 
 use std::fs;
 use std::path::PathBuf;
 
-use crate::support::cache::run;
+use crate::support::cache::{bash_only_image, run, run_value, static_agent};
+use crate::support::docker::{self, ComposeJob, Container, BASH_IMAGE, COMPOSE_JOB_TIMEOUT};
 use crate::support::server::TestAgent;
 use crate::support::Job;
 
@@ -279,4 +282,80 @@ fn lock_files_choose_what_to_store_and_restore() {
         "{out}"
     );
     assert_eq!(ran.ok("cat vendor/bundle/g node_modules/m"), "gem\nmod\n");
+}
+
+/// An agent whose compose jobs get the static build of the agent as `cache`.
+fn compose_agent() -> TestAgent {
+    let binary = static_agent();
+    TestAgent::builder()
+        .arg("--cache-static-binary")
+        .arg(binary.to_str().expect("a UTF-8 path"))
+        .start()
+}
+
+#[test]
+fn a_compose_job_uses_the_cache_without_seeing_its_directory() {
+    if !docker::ready() {
+        return;
+    }
+    let agent = compose_agent();
+    let hidden = format!("ls {} || echo hidden", cache_dir(&agent).display());
+    let store = ComposeJob::new("cache-compose-store", Container::new("main", BASH_IMAGE))
+        .command("mkdir -p /w/deps/sub && cd /w && echo hi > deps/sub/a && chmod 640 deps/sub/a")
+        .command("cache store compose-deps deps")
+        .command(&hidden);
+    let ran = run_value(&agent, &store.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    assert!(
+        ran.ok("cache store compose-deps deps")
+            .starts_with("Stored 'compose-deps': deps ("),
+        "{}",
+        ran.render()
+    );
+    assert!(ran.ok(&hidden).ends_with("hidden\n"), "{}", ran.render());
+    assert!(cache_dir(&agent).join("compose-deps").is_file());
+
+    let restore = ComposeJob::new("cache-compose-restore", Container::new("main", BASH_IMAGE))
+        .command("mkdir -p /w && cd /w && cache restore compose-deps")
+        .command("stat -c '%a' /w/deps/sub/a && cat /w/deps/sub/a")
+        .command("cache has_key compose-deps && cache list");
+    let ran = run_value(&agent, &restore.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    assert!(ran
+        .ok("mkdir -p /w && cd /w && cache restore compose-deps")
+        .starts_with("HIT 'compose-deps': deps restored"));
+    assert_eq!(
+        ran.ok("stat -c '%a' /w/deps/sub/a && cat /w/deps/sub/a"),
+        "640\nhi\n"
+    );
+}
+
+#[test]
+fn an_image_with_bash_alone_stores_and_restores() {
+    if !docker::ready() {
+        return;
+    }
+    let image = bash_only_image();
+    let agent = compose_agent();
+    let store = ComposeJob::new("cache-bash-only-store", Container::new("main", image))
+        .command("command -v tar || command -v ssh || echo no-tar-no-ssh")
+        .command("cd /tmp && printf 'only bash\\n' > note && cache store bash-only note");
+    let ran = run_value(&agent, &store.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    assert!(ran
+        .ok("command -v tar || command -v ssh || echo no-tar-no-ssh")
+        .contains("no-tar-no-ssh"));
+    let out = ran.ok("cd /tmp && printf 'only bash\\n' > note && cache store bash-only note");
+    assert!(out.contains("Stored 'bash-only': note ("), "{out}");
+
+    let restore = ComposeJob::new("cache-bash-only-restore", Container::new("main", image))
+        .command(
+            "cd /tmp && cache restore bash-only && read -r line < note && echo \"read: $line\"",
+        );
+    let ran = run_value(&agent, &restore.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    let out =
+        ran.ok("cd /tmp && cache restore bash-only && read -r line < note && echo \"read: $line\"");
+    assert!(out.contains("HIT 'bash-only': note restored"), "{out}");
+    assert!(out.contains("read: only bash\n"), "{out}");
 }

@@ -128,3 +128,77 @@ pub fn run_value(agent: &TestAgent, job: &Value, timeout: Duration) -> Ran {
     assert_eq!(agent.client().archivator_read(&job_id).status, 200);
     Ran { events, job_id }
 }
+
+/// How long building the static agent may take (a first build compiles
+/// every dependency again, for the static target).
+const STATIC_BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// A statically linked build of the agent, for compose jobs' `cache`: the
+/// test binary's agent is linked against the host's glibc and would not run
+/// in an image without it. Built once into `target/static-agent` (cargo's
+/// own lock serialises concurrent tests; later builds are up to date).
+pub fn static_agent() -> std::path::PathBuf {
+    use std::process::Command;
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let host = Command::new("rustc")
+                .arg("-vV")
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+                })
+                .expect("the host triple from rustc -vV");
+            let target_dir = manifest_dir.join("target/static-agent");
+            let mut command = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            command
+                .args(["build", "--quiet", "--bin", "agent", "--target", &host])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .current_dir(manifest_dir);
+            let out = super::docker::run_bounded(command, b"", STATIC_BUILD_TIMEOUT);
+            assert!(
+                out.success(),
+                "building the static agent failed:\n{}",
+                out.stderr
+            );
+            target_dir.join(host).join("debug/agent")
+        })
+        .clone()
+}
+
+/// An image with bash and nothing else (no tar, no ssh, no coreutils):
+/// the bash of `BASH_IMAGE`, and /tmp.
+pub fn bash_only_image() -> &'static str {
+    const TAG: &str = "agent-test/bash-only:1";
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        use super::docker::{docker, BASH_IMAGE};
+        let dir = tempfile::tempdir().expect("a build context");
+        let name = format!("agent-bash-only-{}", std::process::id());
+        docker(&["create", "--name", &name, BASH_IMAGE]).ok("docker create");
+        let bash = dir.path().join("bash");
+        let copied = docker(&["cp", &format!("{name}:/bin/bash"), &bash.to_string_lossy()]);
+        docker(&["rm", "-f", &name]).ok("docker rm");
+        copied.ok("docker cp of bash");
+        std::fs::create_dir(dir.path().join("tmp")).expect("a tmp directory");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch\nCOPY bash /bin/bash\nCOPY tmp /tmp\nENV PATH=/bin\n",
+        )
+        .expect("write the Dockerfile");
+        let mut command = std::process::Command::new("docker");
+        command
+            .args(["build", "-q", "-t", TAG])
+            .arg(dir.path())
+            .env("DOCKER_BUILDKIT", "0");
+        super::docker::run_bounded(command, b"", Duration::from_secs(120))
+            .ok("docker build of the bash-only image");
+    });
+    TAG
+}
