@@ -3,6 +3,7 @@
 //! `agent` binary and checks what every run must satisfy.
 
 mod cache;
+mod cache_sftp;
 mod checkout;
 mod cli;
 mod compose;

@@ -1091,5 +1091,6 @@ pub mod control_plane;
 pub mod docker;
 pub mod listen_agent;
 pub mod server;
+pub mod sftp;
 pub mod skip;
 pub mod sshd;

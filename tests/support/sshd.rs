@@ -121,6 +121,12 @@ impl Sshd {
     /// Starts sshd reading keys from `authorized_keys` (absolute). Call
     /// `available` first.
     pub fn start(authorized_keys: &Path) -> Sshd {
+        Sshd::start_with(authorized_keys, "")
+    }
+
+    /// `start`, with `extra` appended to the configuration (e.g. a chrooted
+    /// `internal-sftp`).
+    pub fn start_with(authorized_keys: &Path, extra: &str) -> Sshd {
         assert!(
             authorized_keys.is_absolute(),
             "AuthorizedKeysFile must be absolute: {}",
@@ -152,7 +158,8 @@ impl Sshd {
                      PidFile {pid_file}\n\
                      PrintMotd no\n\
                      PrintLastLog no\n\
-                     LogLevel VERBOSE\n",
+                     LogLevel VERBOSE\n\
+                     {extra}",
                     host_key = host_key.display(),
                     keys = authorized_keys.display(),
                     pid_file = dir.path().join("sshd.pid").display(),

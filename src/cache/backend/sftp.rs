@@ -143,12 +143,7 @@ impl Sftp {
         };
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
-        let detail = stderr
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let detail = reason(&stderr);
         match status {
             None => Err(CacheError::Unreachable {
                 server,
@@ -245,6 +240,22 @@ impl Sftp {
         let ran = self.run(&format!("-df \"{base}\"\n"), SHORT_DEADLINE)?;
         Ok(parse_df(&ran.stdout))
     }
+}
+
+/// The line of sftp's stderr that says why: ssh's own reason rather than
+/// sftp's "Connection closed" after it, else the last line.
+fn reason(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| is_connection_failure(l) && !l.starts_with("Connection closed"))
+        .or(lines.last())
+        .map(|l| l.strip_prefix("ssh: ").unwrap_or(l).to_string())
+        .unwrap_or_default()
 }
 
 /// ssh's words for a server it could not log in to.
@@ -365,6 +376,20 @@ mod tests {
         let expected = crate::cache::cli::days_from_civil(2026, 11, 29) as u64 * 86_400_000
             + (20 * 60 + 1) * 60_000;
         assert_eq!(entries[0].stored_ms, expected);
+    }
+
+    #[test]
+    fn the_reason_is_ssh_s_not_sftp_s() {
+        let stderr =
+            "ssh: connect to host 127.0.0.1 port 9: Connection refused\r\nConnection closed\n";
+        assert_eq!(
+            reason(stderr),
+            "connect to host 127.0.0.1 port 9: Connection refused"
+        );
+        assert_eq!(
+            reason("remote open: No such file\n"),
+            "remote open: No such file"
+        );
     }
 
     #[test]

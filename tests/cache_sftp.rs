@@ -1,0 +1,227 @@
+//! Integration tests of the SFTP cache backend against a real OpenSSH
+//! server on loopback (a chrooted, key-only `internal-sftp`): two agents
+//! with their own data directories share one cache, a job can bring the
+//! toolbox's `SEMAPHORE_CACHE_*` variables, a compose job uses the cache
+//! but cannot read the key, and a server that is down or silent gives a
+//! clear error in bounded time without harming the agent.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use crate::support::cache::{run, run_value, static_agent};
+use crate::support::docker::{self, ComposeJob, Container, BASH_IMAGE, COMPOSE_JOB_TIMEOUT};
+use crate::support::server::TestAgent;
+use crate::support::sftp::SftpServer;
+use crate::support::sshd;
+use crate::support::Job;
+
+/// The longest an unreachable server may hold a `cache` command.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(40);
+
+fn agent_of(server: &SftpServer) -> TestAgent {
+    let mut builder = TestAgent::builder();
+    for arg in server.agent_args() {
+        builder = builder.arg(&arg);
+    }
+    builder.start()
+}
+
+#[test]
+fn two_agents_share_one_sftp_cache() {
+    if !sshd::available("two_agents_share_one_sftp_cache") {
+        return;
+    }
+    let server = SftpServer::start();
+    let first = agent_of(&server);
+    let second = agent_of(&server);
+
+    let store = Job::new("sftp-store")
+        .command("mkdir -p a/deps && cd a && echo shared > deps/f && ln -s f deps/l")
+        .command("cache store deps-main-1 deps")
+        .command("cache store deps/main/1 deps")
+        .command("cache has_key deps-main-1");
+    let ran = run(&first, &store);
+    ran.assert_passed();
+    assert!(ran
+        .ok("cache store deps-main-1 deps")
+        .starts_with("Stored 'deps-main-1': deps ("));
+    assert_eq!(
+        ran.ok("cache store deps/main/1 deps"),
+        "Key 'deps-main-1' already exists; not stored again.\n"
+    );
+    // One complete archive, no temporary file left.
+    assert_eq!(server.names(), ["deps-main-1"]);
+
+    let restore = Job::new("sftp-restore")
+        .command("mkdir -p b && cd b && cache restore deps-feature-,deps-main-")
+        .command("cat deps/l")
+        .command("cache list")
+        .command("cache usage")
+        .command("cache delete deps-main-1 && cache is_not_empty || echo empty");
+    let ran = run(&second, &restore);
+    ran.assert_passed();
+    let out = ran.ok("mkdir -p b && cd b && cache restore deps-feature-,deps-main-");
+    assert!(
+        out.starts_with(
+            "MISS 'deps-feature-'\nHIT 'deps-main-1' (matched by 'deps-main-'): deps restored"
+        ),
+        "{out}"
+    );
+    assert_eq!(ran.ok("cat deps/l"), "shared\n");
+    let list = ran.ok("cache list");
+    assert!(
+        list.lines()
+            .nth(1)
+            .unwrap_or("")
+            .starts_with("deps-main-1 "),
+        "{list}"
+    );
+    assert!(ran.ok("cache usage").starts_with("Used: "));
+    assert_eq!(
+        ran.ok("cache delete deps-main-1 && cache is_not_empty || echo empty"),
+        "Deleted 'deps-main-1'.\nempty\n"
+    );
+    assert!(server.names().is_empty());
+}
+
+#[test]
+fn a_job_can_bring_the_toolbox_sftp_variables() {
+    if !sshd::available("a_job_can_bring_the_toolbox_sftp_variables") {
+        return;
+    }
+    let server = SftpServer::start();
+    let agent = TestAgent::start_default();
+    let job = Job::new("sftp-job-vars")
+        .env("SEMAPHORE_CACHE_BACKEND", "sftp")
+        .env("SEMAPHORE_CACHE_URL", server.url())
+        .env("SEMAPHORE_CACHE_USERNAME", "root")
+        .env(
+            "SEMAPHORE_CACHE_PRIVATE_KEY_PATH",
+            server.key_path().to_str().unwrap(),
+        )
+        .command("echo x > f && cache store from-job f");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    // The chroot's root is the login directory: archives land there.
+    assert!(
+        server.dir().parent().unwrap().join("from-job").is_file(),
+        "{}",
+        ran.render()
+    );
+}
+
+#[test]
+fn concurrent_stores_of_one_key_leave_one_complete_archive() {
+    if !sshd::available("concurrent_stores_of_one_key_leave_one_complete_archive") {
+        return;
+    }
+    let server = SftpServer::start();
+    let agents = [agent_of(&server), agent_of(&server)];
+    std::thread::scope(|s| {
+        for (i, agent) in agents.iter().enumerate() {
+            s.spawn(move || {
+                let job = Job::new(&format!("sftp-race-{i}"))
+                    .command(&format!("mkdir -p r{i}/d && cd r{i}/d && head -c 3000000 /dev/urandom > blob && sha256sum blob > sum"))
+                    .command(&format!("cd ~/r{i} && cache store raced d"));
+                run(agent, &job).assert_passed();
+            });
+        }
+    });
+    assert_eq!(server.names(), ["raced"]);
+    let check = Job::new("sftp-race-check")
+        .command("mkdir -p check && cd check && cache restore raced && cd d && sha256sum -c sum");
+    let ran = run(&agents[0], &check);
+    ran.assert_passed();
+}
+
+#[test]
+fn a_compose_job_uses_the_sftp_cache_but_cannot_read_the_key() {
+    if !sshd::available("a_compose_job_uses_the_sftp_cache_but_cannot_read_the_key")
+        || !docker::ready()
+    {
+        return;
+    }
+    let server = SftpServer::start();
+    let binary = static_agent();
+    let mut builder = TestAgent::builder()
+        .arg("--cache-static-binary")
+        .arg(binary.to_str().unwrap());
+    for arg in server.agent_args() {
+        builder = builder.arg(&arg);
+    }
+    let agent = builder.start();
+    let key = server.key_path().display().to_string();
+    let probe = format!(
+        "cat {key} 2>&1 || echo unreadable; env | grep -c -e SEMAPHORE_CACHE -e {key} || true"
+    );
+    let job = ComposeJob::new("sftp-compose", Container::new("main", BASH_IMAGE))
+        .command("mkdir -p /w && cd /w && echo c > f && cache store compose-sftp f")
+        .command("rm f && cache restore compose-sftp && cat f")
+        .command(&probe);
+    let ran = run_value(&agent, &job.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    assert!(ran
+        .ok("rm f && cache restore compose-sftp && cat f")
+        .ends_with("c\n"));
+    assert!(
+        ran.ok(&probe).ends_with("unreadable\n0\n"),
+        "{}",
+        ran.render()
+    );
+    assert_eq!(server.names(), ["compose-sftp"]);
+}
+
+#[test]
+fn an_unreachable_server_gives_a_clear_error_in_bounded_time() {
+    if !sshd::available("an_unreachable_server_gives_a_clear_error_in_bounded_time") {
+        return;
+    }
+    // One port nobody listens on, one that accepts and never says a word.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key");
+    std::fs::write(&key, "not a key\n").unwrap();
+    for (port, reason) in [(closed_port, "Connection refused"), (silent_port, "")] {
+        let agent = TestAgent::builder()
+            .arg("--cache-backend")
+            .arg("sftp")
+            .arg("--cache-sftp-url")
+            .arg(&format!("127.0.0.1:{port}"))
+            .arg("--cache-sftp-user")
+            .arg("nobody")
+            .arg("--cache-sftp-key")
+            .arg(key.to_str().unwrap())
+            .start();
+        let job = Job::new("sftp-down")
+            .command("echo x > f && cache store down f")
+            .command("cache restore down")
+            .command("cache list || echo \"exit $?\"");
+        let started = Instant::now();
+        let ran = run(&agent, &job);
+        assert!(
+            started.elapsed() < 3 * UNREACHABLE_LIMIT,
+            "took {:?}",
+            started.elapsed()
+        );
+        ran.assert_passed();
+        let server = format!("cannot reach the SFTP cache server nobody@127.0.0.1:{port}: ");
+        for directive in ["echo x > f && cache store down f", "cache restore down"] {
+            let out = ran.ok(directive);
+            assert!(
+                out.starts_with(&format!("cache: {server}")) && out.contains(reason),
+                "{directive}: {out}"
+            );
+        }
+        assert!(ran
+            .ok("cache list || echo \"exit $?\"")
+            .ends_with("exit 1\n"));
+        // The agent goes on serving.
+        let after = run(&agent, &Job::new("sftp-after").command("echo alive"));
+        assert_eq!(after.ok("echo alive"), "alive\n");
+    }
+    drop(silent);
+}
