@@ -170,6 +170,7 @@ pub fn unpack(input: impl Read, cwd: &Path) -> io::Result<Restored> {
     let mut manifest: Option<Manifest> = None;
     let mut counts = Counts::default();
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    let mut made_parent: Option<PathBuf> = None;
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
@@ -193,8 +194,12 @@ pub fn unpack(input: impl Read, cwd: &Path) -> io::Result<Restored> {
         }
         let base = if m.absolute { Path::new("/") } else { cwd };
         let dest = base.join(&name);
+        // Entries of one directory come together: make it once.
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)?;
+            if made_parent.as_deref() != Some(parent) {
+                fs::create_dir_all(parent)?;
+                made_parent = Some(parent.to_path_buf());
+            }
         }
         let kind = entry.header().entry_type();
         if kind.is_dir() {
