@@ -67,6 +67,7 @@ lint:
 
 bench:
 	$(CARGO) bench --bench bench
+	$(CARGO) bench --bench cache
 
 # Mutation testing (not part of `make test`): cargo-mutants, pinned, plants
 # one bug at a time in each of these modules and runs the unit tests named

@@ -1,0 +1,412 @@
+//! `make bench` (cache part): `cache store` then `cache restore` of a tree
+//! of 20,000 files totalling 200 MB, in a job of the release agent (`agent
+//! run`, its local cache in a scratch data directory; then an SFTP cache on
+//! a loopback sshd when this machine can run one), against
+//! `tar -c | zstd -1` plus `zstd -d | tar -x` of the same tree. Target: at
+//! most 1.5 times the baseline. Also a restore miss and a `has_key` answer
+//! on the local cache, each under 50 ms.
+//!
+//! Times inside the job are taken by the job itself (`date +%s%N` around
+//! each command), so the job's start and the agent's own steps are not
+//! counted. Each figure is the median of `RUNS` runs, agent and baseline
+//! interleaved. A missed target prints `MISSED`; a run that fails prints
+//! `ERROR` and the process exits 1.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+const N_FILES: usize = 20_000;
+const FILE_BYTES: usize = 10_000;
+const RUNS: usize = 3;
+const RATIO_TARGET: f64 = 1.5;
+const LOOKUP_TARGET: Duration = Duration::from_millis(50);
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| "cache".contains(f.as_str())) {
+        return;
+    }
+    println!("== cache store and restore ==");
+    let scratch = tempfile::Builder::new()
+        .prefix("agent-cache-bench-")
+        .tempdir()
+        .expect("a scratch directory");
+    let tree = scratch.path().join("src/tree");
+    make_tree(&tree);
+    println!(
+        "  tree: {N_FILES} files of {FILE_BYTES} bytes ({} MB), text-like content",
+        N_FILES * FILE_BYTES / 1_000_000
+    );
+    let mut failed = false;
+    let baseline = match baseline(scratch.path()) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("  ERROR: baseline: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "  baseline tar -c | zstd -1, zstd -d | tar -x: {} + {} = {}",
+        ms(baseline.0),
+        ms(baseline.1),
+        ms(baseline.0 + baseline.1)
+    );
+    let local = run_backend(scratch.path(), "local", &[]);
+    failed |= report("local", &local, baseline);
+    if let Ok(r) = &local {
+        for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
+            let verdict = if took <= LOOKUP_TARGET {
+                "ok"
+            } else {
+                "MISSED"
+            };
+            println!(
+                "  {what} on the local cache: {} (target < {}) {verdict}",
+                ms(took),
+                ms(LOOKUP_TARGET)
+            );
+        }
+    }
+    match Sftp::start(scratch.path()) {
+        Ok(sftp) => {
+            let r = run_backend(scratch.path(), "sftp", &sftp.env());
+            failed |= report("sftp on loopback", &r, baseline);
+        }
+        Err(why) => println!("  sftp: SKIPPED ({why})"),
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Text-like files (a small alphabet, random order): zstd -1 packs them to
+/// about half, as it would source trees and dependency caches.
+fn make_tree(tree: &Path) {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz      \n{}();=._ABCDEFGH0123";
+    let mut buf = vec![0u8; FILE_BYTES];
+    for i in 0..N_FILES {
+        let dir = tree.join(format!("d{:03}", i / 200));
+        if i % 200 == 0 {
+            fs::create_dir_all(&dir).expect("create the tree");
+        }
+        for b in buf.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = alphabet[(state % alphabet.len() as u64) as usize];
+        }
+        fs::write(dir.join(format!("f{i:05}.txt")), &buf).expect("write the tree");
+    }
+}
+
+fn sh(script: &str, dir: &Path) -> Result<Duration, String> {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("bash: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(started.elapsed())
+}
+
+/// The medians of `tar -c | zstd -1` and `zstd -d | tar -x`.
+fn baseline(scratch: &Path) -> Result<(Duration, Duration), String> {
+    let (mut packs, mut unpacks) = (Vec::new(), Vec::new());
+    let src = scratch.join("src");
+    let out = scratch.join("baseline-out");
+    for _ in 0..RUNS {
+        let archive = scratch.join("baseline.tar.zst");
+        let _ = fs::remove_file(&archive);
+        packs.push(sh(
+            &format!("tar -cf - tree | zstd -1 -q -o {}", archive.display()),
+            &src,
+        )?);
+        let _ = fs::remove_dir_all(&out);
+        fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        unpacks.push(sh(
+            &format!("zstd -d -q -c {} | tar -xf -", archive.display()),
+            &out,
+        )?);
+    }
+    let _ = fs::remove_dir_all(&out);
+    Ok((median(packs), median(unpacks)))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Measured {
+    store: Duration,
+    restore: Duration,
+    miss: Duration,
+    has_key: Duration,
+    archive_bytes: u64,
+}
+
+/// A command timed by the job: prints `<label> <nanoseconds>`.
+fn timed(label: &str, command: &str) -> Value {
+    json!({ "directive": format!(
+        "s=$(date +%s%N); {command} >/dev/null || exit 1; e=$(date +%s%N); echo \"{label} $((e - s))\""
+    ) })
+}
+
+/// Runs RUNS jobs, each storing and restoring the tree, and takes medians.
+fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Measured, String> {
+    let (mut stores, mut restores, mut misses, mut has) = (vec![], vec![], vec![], vec![]);
+    let mut archive_bytes = 0;
+    let src = scratch.join("src");
+    for run in 0..RUNS {
+        let key = format!("bench-{name}-{run}");
+        let work = scratch.join(format!("work-{name}"));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        let env_vars: Vec<Value> = env
+            .iter()
+            .map(|(k, v)| json!({ "name": k, "value": b64(v.as_bytes()) }))
+            .collect();
+        let job = json!({
+            "job_id": format!("bench-cache-{name}-{run}"),
+            "env_vars": env_vars,
+            "commands": [
+                { "directive": format!("cd {}", src.display()) },
+                timed("STORE", &format!("cache store {key} tree")),
+                { "directive": format!("cd {}", work.display()) },
+                timed("RESTORE", &format!("cache restore {key}")),
+                { "directive": format!("test $(find tree -type f | wc -l) = {N_FILES}") },
+                timed("MISS", "cache restore no-such-key-anywhere"),
+                timed("HASKEY", &format!("cache has_key {key}")),
+                { "directive": "cache list | grep bench- | tail -n 1" },
+            ],
+        });
+        let data = scratch.join(format!("data-{name}"));
+        let job_file = scratch.join("job.json");
+        fs::write(&job_file, job.to_string()).map_err(|e| e.to_string())?;
+        let out = Command::new(AGENT)
+            .arg("run")
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(&job_file)
+            .env("HOME", scratch)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("agent run: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut output = String::new();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            if v["event"] == "cmd_output" {
+                output.push_str(v["output"].as_str().unwrap_or(""));
+            }
+        }
+        if !out.status.success() {
+            return Err(format!("{name}: the job failed:\n{output}"));
+        }
+        let get = |label: &str| -> Result<Duration, String> {
+            output
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{label} ")))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .map(Duration::from_nanos)
+                .ok_or_else(|| format!("{name}: no {label} figure in:\n{output}"))
+        };
+        stores.push(get("STORE")?);
+        restores.push(get("RESTORE")?);
+        misses.push(get("MISS")?);
+        has.push(get("HASKEY")?);
+        archive_bytes = output
+            .lines()
+            .find(|l| l.starts_with("bench-"))
+            .map(|l| l.to_string())
+            .map(|l| parse_human(&l))
+            .unwrap_or(0);
+        let _ = fs::remove_dir_all(&work);
+    }
+    Ok(Measured {
+        store: median(stores),
+        restore: median(restores),
+        miss: median(misses),
+        has_key: median(has),
+        archive_bytes,
+    })
+}
+
+/// The size column of a `cache list` line, in bytes (approximately).
+fn parse_human(line: &str) -> u64 {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (Some(n), Some(unit)) = (f.get(1), f.get(2)) else {
+        return 0;
+    };
+    let n: f64 = n.parse().unwrap_or(0.0);
+    let mult = match *unit {
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => 1.0,
+    };
+    (n * mult) as u64
+}
+
+/// Prints the figures; returns whether the run failed.
+fn report(name: &str, r: &Result<Measured, String>, base: (Duration, Duration)) -> bool {
+    match r {
+        Err(e) => {
+            println!("  {name}: ERROR: {e}");
+            true
+        }
+        Ok(m) => {
+            let total = m.store + m.restore;
+            let ratio = total.as_secs_f64() / (base.0 + base.1).as_secs_f64();
+            let verdict = if ratio <= RATIO_TARGET {
+                "ok"
+            } else {
+                "MISSED"
+            };
+            println!(
+                "  {name}: store {} + restore {} = {} (archive {:.0} MB); {ratio:.2}x the baseline (target <= {RATIO_TARGET}x) {verdict}",
+                ms(m.store),
+                ms(m.restore),
+                ms(total),
+                m.archive_bytes as f64 / 1e6
+            );
+            false
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A loopback sshd serving a chrooted `internal-sftp`, for the SFTP figure.
+struct Sftp {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Sftp {
+    fn start(scratch: &Path) -> Result<Sftp, String> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n");
+        if !Path::new("/usr/sbin/sshd").exists() || !root {
+            return Err("needs /usr/sbin/sshd and root".into());
+        }
+        fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("agent-cache-bench-sftp-")
+            .tempdir_in("/run")
+            .map_err(|e| e.to_string())?;
+        let chroot = dir.path().join("root");
+        fs::create_dir_all(chroot.join("cache")).map_err(|e| e.to_string())?;
+        let keygen = |p: &PathBuf| {
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(p)
+                .status()
+                .map_err(|e| e.to_string())
+        };
+        let host = dir.path().join("host");
+        let client = scratch.join("client-key");
+        keygen(&host)?;
+        keygen(&client)?;
+        fs::copy(client.with_extension("pub"), dir.path().join("keys"))
+            .map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let config = dir.path().join("config");
+        let mut f = fs::File::create(&config).map_err(|e| e.to_string())?;
+        write!(
+            f,
+            "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {}\nSubsystem sftp internal-sftp\nChrootDirectory {}\nForceCommand internal-sftp\n",
+            host.display(),
+            dir.path().join("keys").display(),
+            dir.path().join("pid").display(),
+            chroot.display()
+        )
+        .map_err(|e| e.to_string())?;
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("sshd did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Sftp {
+            child,
+            _dir: dir,
+            port,
+            key: client,
+        })
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SEMAPHORE_CACHE_BACKEND", "sftp".into()),
+            ("SEMAPHORE_CACHE_URL", format!("127.0.0.1:{}", self.port)),
+            ("SEMAPHORE_CACHE_USERNAME", "root".into()),
+            (
+                "SEMAPHORE_CACHE_PRIVATE_KEY_PATH",
+                self.key.to_string_lossy().into_owned(),
+            ),
+        ]
+    }
+}
+
+impl Drop for Sftp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
