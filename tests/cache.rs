@@ -136,6 +136,17 @@ fn a_fallback_key_restores_the_newest_match() {
 }
 
 #[test]
+fn a_path_among_the_job_s_env_vars_keeps_cache() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("cache-path")
+        .env("PATH", "/usr/bin:/bin")
+        .command("cache is_not_empty || echo empty");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    assert_eq!(ran.ok("cache is_not_empty || echo empty"), "empty\n");
+}
+
+#[test]
 fn an_absolute_path_comes_back_where_it_was() {
     let agent = TestAgent::start_default();
     let dir = agent.root().join("abs");

@@ -129,11 +129,13 @@ fn run_steps(
         Started::Stopped => return JobResult::Stopped,
     };
     session.interrupt_on(interrupted);
-    session.run_silent(&crate::cache::session::setup_script(job_cache.as_ref()));
 
     // Steps 4 to 7: stop at the first failure, then go to the result export.
     let mut last_status = 0;
-    if !export_env(&mut steps, &executor, &mut session) {
+    let exported = export_env(&mut steps, &executor, &mut session);
+    // After the job's env vars, so that a PATH among them keeps `cache`.
+    session.run_silent(&crate::cache::session::setup_script(job_cache.as_ref()));
+    if !exported {
         last_status = 1;
     } else if spec.stop.is_requested() {
         return JobResult::Stopped;
