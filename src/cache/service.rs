@@ -223,7 +223,11 @@ fn store_archive(
     out.flush()
         .map_err(|e| CacheError::io("cannot write", &staged.0, e))?;
     drop(out);
-    let (evicted, _) = store.put(key, &staged.0, size)?;
+    let (evicted, kept) = store.put(key, &staged.0, size)?;
+    if !kept {
+        // Another agent stored the key meanwhile; its archive stays.
+        return Ok(Reply::Exists);
+    }
     Ok(Reply::Stored {
         size,
         evicted: evicted.into_iter().map(|e| e.key).collect(),
