@@ -9,7 +9,7 @@
 //! Times inside the job are taken by the job itself (`date +%s%N` around
 //! each command), so the job's start and the agent's own steps are not
 //! counted. Each figure is the median of `RUNS` runs, agent and baseline
-//! interleaved. A missed target prints `MISSED`; a run that fails prints
+//! interleaved run by run. A missed target prints `MISSED`; a run that fails prints
 //! `ERROR` and the process exits 1.
 
 use std::fs;
@@ -47,21 +47,8 @@ fn main() {
         N_FILES * FILE_BYTES / 1_000_000
     );
     let mut failed = false;
-    let baseline = match baseline(scratch.path()) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("  ERROR: baseline: {e}");
-            std::process::exit(1);
-        }
-    };
-    println!(
-        "  baseline tar -c | zstd -1, zstd -d | tar -x: {} + {} = {}",
-        ms(baseline.0),
-        ms(baseline.1),
-        ms(baseline.0 + baseline.1)
-    );
     let local = run_backend(scratch.path(), "local", &[]);
-    failed |= report("local", &local, baseline);
+    failed |= report("local", &local);
     if let Ok(r) = &local {
         for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
             let verdict = if took <= LOOKUP_TARGET {
@@ -79,7 +66,7 @@ fn main() {
     match Sftp::start(scratch.path()) {
         Ok(sftp) => {
             let r = run_backend(scratch.path(), "sftp", &sftp.env());
-            failed |= report("sftp on loopback", &r, baseline);
+            failed |= report("sftp on loopback", &r);
         }
         Err(why) => println!("  sftp: SKIPPED ({why})"),
     }
@@ -130,27 +117,25 @@ fn sh(script: &str, dir: &Path) -> Result<Duration, String> {
     Ok(started.elapsed())
 }
 
-/// The medians of `tar -c | zstd -1` and `zstd -d | tar -x`.
-fn baseline(scratch: &Path) -> Result<(Duration, Duration), String> {
-    let (mut packs, mut unpacks) = (Vec::new(), Vec::new());
+/// One run of `tar -c | zstd -1` and one of `zstd -d | tar -x`.
+fn baseline_once(scratch: &Path) -> Result<(Duration, Duration), String> {
     let src = scratch.join("src");
     let out = scratch.join("baseline-out");
-    for _ in 0..RUNS {
-        let archive = scratch.join("baseline.tar.zst");
-        let _ = fs::remove_file(&archive);
-        packs.push(sh(
-            &format!("tar -cf - tree | zstd -1 -q -o {}", archive.display()),
-            &src,
-        )?);
-        let _ = fs::remove_dir_all(&out);
-        fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-        unpacks.push(sh(
-            &format!("zstd -d -q -c {} | tar -xf -", archive.display()),
-            &out,
-        )?);
-    }
+    let archive = scratch.join("baseline.tar.zst");
+    let _ = fs::remove_file(&archive);
+    let pack = sh(
+        &format!("tar -cf - tree | zstd -1 -q -o {}", archive.display()),
+        &src,
+    )?;
     let _ = fs::remove_dir_all(&out);
-    Ok((median(packs), median(unpacks)))
+    fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let unpack = sh(
+        &format!("zstd -d -q -c {} | tar -xf -", archive.display()),
+        &out,
+    )?;
+    let _ = fs::remove_dir_all(&out);
+    let _ = fs::remove_file(&archive);
+    Ok((pack, unpack))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -164,6 +149,8 @@ struct Measured {
     miss: Duration,
     has_key: Duration,
     archive_bytes: u64,
+    /// The baseline's pack and unpack, run between the agent's runs.
+    baseline: (Duration, Duration),
 }
 
 /// A command timed by the job: prints `<label> <nanoseconds>`.
@@ -176,9 +163,14 @@ fn timed(label: &str, command: &str) -> Value {
 /// Runs RUNS jobs, each storing and restoring the tree, and takes medians.
 fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Measured, String> {
     let (mut stores, mut restores, mut misses, mut has) = (vec![], vec![], vec![], vec![]);
+    let (mut packs, mut unpacks) = (vec![], vec![]);
     let mut archive_bytes = 0;
     let src = scratch.join("src");
     for run in 0..RUNS {
+        // Interleaved, so that a change in the machine's load hits both.
+        let (pack, unpack) = baseline_once(scratch)?;
+        packs.push(pack);
+        unpacks.push(unpack);
         let key = format!("bench-{name}-{run}");
         let work = scratch.join(format!("work-{name}"));
         let _ = fs::remove_dir_all(&work);
@@ -251,6 +243,7 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
         miss: median(misses),
         has_key: median(has),
         archive_bytes,
+        baseline: (median(packs), median(unpacks)),
     })
 }
 
@@ -271,13 +264,20 @@ fn parse_human(line: &str) -> u64 {
 }
 
 /// Prints the figures; returns whether the run failed.
-fn report(name: &str, r: &Result<Measured, String>, base: (Duration, Duration)) -> bool {
+fn report(name: &str, r: &Result<Measured, String>) -> bool {
     match r {
         Err(e) => {
             println!("  {name}: ERROR: {e}");
             true
         }
         Ok(m) => {
+            let base = m.baseline;
+            println!(
+                "  {name}: baseline tar -c | zstd -1 {} + zstd -d | tar -x {} = {}",
+                ms(base.0),
+                ms(base.1),
+                ms(base.0 + base.1)
+            );
             let total = m.store + m.restore;
             let ratio = total.as_secs_f64() / (base.0 + base.1).as_secs_f64();
             let verdict = if ratio <= RATIO_TARGET {
