@@ -28,7 +28,7 @@ fn agent_of(server: &SftpServer) -> TestAgent {
 
 #[test]
 fn two_agents_share_one_sftp_cache() {
-    if !sshd::available("two_agents_share_one_sftp_cache") {
+    if !sshd::available() {
         return;
     }
     let server = SftpServer::start();
@@ -86,7 +86,7 @@ fn two_agents_share_one_sftp_cache() {
 
 #[test]
 fn a_job_can_bring_the_toolbox_sftp_variables() {
-    if !sshd::available("a_job_can_bring_the_toolbox_sftp_variables") {
+    if !sshd::available() {
         return;
     }
     let server = SftpServer::start();
@@ -112,7 +112,7 @@ fn a_job_can_bring_the_toolbox_sftp_variables() {
 
 #[test]
 fn concurrent_stores_of_one_key_leave_one_complete_archive() {
-    if !sshd::available("concurrent_stores_of_one_key_leave_one_complete_archive") {
+    if !sshd::available() {
         return;
     }
     let server = SftpServer::start();
@@ -136,9 +136,7 @@ fn concurrent_stores_of_one_key_leave_one_complete_archive() {
 
 #[test]
 fn a_compose_job_uses_the_sftp_cache_but_cannot_read_the_key() {
-    if !sshd::available("a_compose_job_uses_the_sftp_cache_but_cannot_read_the_key")
-        || !docker::ready()
-    {
+    if !sshd::available() || !docker::ready() {
         return;
     }
     let server = SftpServer::start();
@@ -173,7 +171,7 @@ fn a_compose_job_uses_the_sftp_cache_but_cannot_read_the_key() {
 
 #[test]
 fn an_unreachable_server_gives_a_clear_error_in_bounded_time() {
-    if !sshd::available("an_unreachable_server_gives_a_clear_error_in_bounded_time") {
+    if !sshd::available() {
         return;
     }
     // One port nobody listens on, one that accepts and never says a word.
