@@ -1,6 +1,6 @@
 //! What the usage messages need beyond argh's own text: `start` in the
-//! command list (it is routed to `serve` before argh parses), and the
-//! nearest command to a mistyped one. Pure text functions; `main` prints.
+//! command list when argh does not list one itself, and the nearest command
+//! to a mistyped one. Pure text functions; `main` prints.
 
 /// argh's help text with `start` listed under `serve`, as another name for
 /// it, unless argh lists a `start` of its own.
