@@ -68,6 +68,9 @@ pub(super) struct ResponseFramer {
     /// A `100 Continue` arrived that [`ResponseFramer::take_continue`] has
     /// not reported yet.
     continued: bool,
+    /// The next final response head gets `Connection: close`: the
+    /// connection ends after it.
+    close_on_final_head: bool,
 }
 
 impl Default for ResponseFramer {
@@ -79,6 +82,7 @@ impl Default for ResponseFramer {
             head: Vec::new(),
             line: Vec::new(),
             continued: false,
+            close_on_final_head: false,
         }
     }
 }
@@ -177,6 +181,12 @@ impl ResponseFramer {
         }
     }
 
+    /// Whether a final response head that arrives now must say
+    /// `Connection: close`.
+    pub(super) fn set_close_on_final_head(&mut self, close: bool) {
+        self.close_on_final_head = close;
+    }
+
     fn complete(&mut self) {
         self.current = None;
         self.phase = Phase::Head;
@@ -248,6 +258,12 @@ impl ResponseFramer {
         }
         let expect = self.pending.pop_front().ok_or(FramingError::Unsolicited)?;
         self.current = Some(expect);
+        let mut head = head;
+        if self.close_on_final_head {
+            // Before the blank line that ends the head.
+            head.truncate(head.len() - 2);
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+        }
         if expect.dechunk && parsed.chunked {
             for line in head.split_inclusive(|&byte| byte == b'\n') {
                 let is_coding = line
@@ -365,6 +381,25 @@ mod tests {
             dechunk: false,
             relay_continue: true,
         }
+    }
+
+    #[test]
+    fn an_answer_before_the_body_says_the_connection_closes() {
+        let answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno";
+        let mut framer = ResponseFramer::default();
+        framer.expect(plain());
+        framer.set_close_on_final_head(true);
+        let mut out = Vec::new();
+        framer.feed(answer, &mut out).unwrap();
+        assert_eq!(
+            out,
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+        );
+        let mut framer = ResponseFramer::default();
+        framer.expect(plain());
+        let mut out = Vec::new();
+        framer.feed(answer, &mut out).unwrap();
+        assert_eq!(out, answer);
     }
 
     #[test]

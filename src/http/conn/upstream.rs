@@ -94,6 +94,12 @@ impl Session<'_> {
                 progress = true;
             }
             Ok(n) => {
+                // A response that comes before the request's body is all in
+                // ends the connection (the rest of the body is not read), so
+                // it must tell the client not to send another request on it.
+                let body_unread =
+                    matches!(self.reading, Reading::Body { remaining, .. } if remaining > 0);
+                self.framer.set_close_on_final_head(body_unread);
                 self.framer
                     .feed(&self.from_up[..n], &mut self.out)
                     .map_err(CloseReason::Framing)?;
