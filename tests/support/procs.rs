@@ -1,0 +1,138 @@
+//! A job's processes on this host, found by its AGENT_JOB_MARK: listing them, waiting for them, and asserting that none is left.
+
+use super::*;
+
+/// A process on the host that belongs to a job.
+#[derive(Clone, Debug)]
+pub struct JobProcess {
+    pub pid: i32,
+    pub cmdline: String,
+    /// Its environment has `AGENT_JOB_MARK=<job_id>.…`.
+    pub marked: bool,
+    /// Its command line has the job's token.
+    pub has_token: bool,
+}
+
+/// Every live process of the job, found by its mark or its token.
+pub fn job_processes(job_id: &str) -> Vec<JobProcess> {
+    let mark = format!("AGENT_JOB_MARK={job_id}.");
+    let token = token_for(job_id);
+    let own_pid = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == own_pid {
+            continue;
+        }
+        let dir = entry.path();
+        // A zombie has already lost its memory; it is its parent's to reap.
+        let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if state == Some('Z') || state == Some('X') {
+            continue;
+        }
+        let environ = fs::read(dir.join("environ")).unwrap_or_default();
+        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+        let marked = environ
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(mark.as_bytes()));
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let has_token = cmdline.contains(&token);
+        if marked || has_token {
+            found.push(JobProcess {
+                pid,
+                cmdline: cmdline.trim_end().to_owned(),
+                marked,
+                has_token,
+            });
+        }
+    }
+    found
+}
+
+/// Fails the test if a process of the job is still alive a few seconds after
+/// the agent exited (killing them first, so one failure does not leak into
+/// the rest of the suite).
+pub fn assert_no_job_processes(job_id: &str) {
+    let deadline = Instant::now() + LEFTOVER_TIMEOUT;
+    loop {
+        let left = job_processes(job_id);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            kill_job_processes(job_id);
+            panic!("processes of job {job_id} are left after the agent exited: {left:#?}");
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+pub(crate) fn kill_job_processes(job_id: &str) {
+    for process in job_processes(job_id) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid was
+        // just seen carrying this job's mark or token.
+        unsafe {
+            libc::kill(process.pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A shell snippet that leaves long-running processes of every kind the
+/// agent must clean up: plain and `setsid` background jobs, and an orphaned
+/// grandchild. Those whose command line carries the job's token are the ones
+/// `job_processes` can also find without the mark.
+pub fn background_processes(job_id: &str) -> String {
+    let token = token_for(job_id);
+    format!(
+        "sleep 1000 &\n\
+         setsid sleep 1000 &\n\
+         bash -c 'sleep 1000; : {token}' &\n\
+         setsid bash -c 'sleep 1000; : {token}' &\n\
+         ( bash -c 'sleep 1000; : {token}' & )\n"
+    )
+}
+
+/// How many processes with the token `background_processes` starts.
+pub const N_TOKEN_PROCESSES: usize = 3;
+/// How many `sleep 1000` it starts: plain, `setsid`, and one under each token
+/// process.
+pub const N_SLEEPS: usize = 2 + N_TOKEN_PROCESSES;
+
+/// Waits until the processes of `background_processes` are all running, and
+/// checks that the two ways of finding them agree: every token process also
+/// carries the job's mark.
+pub fn wait_for_background_processes(job_id: &str) {
+    wait_until(
+        "the background processes of the job",
+        Duration::from_secs(10),
+        || {
+            let processes = job_processes(job_id);
+            let n_tokens = processes.iter().filter(|p| p.has_token).count();
+            let n_sleeps = processes
+                .iter()
+                .filter(|p| p.cmdline == "sleep 1000")
+                .count();
+            n_tokens >= N_TOKEN_PROCESSES && n_sleeps >= N_SLEEPS
+        },
+    );
+    let processes = job_processes(job_id);
+    let unmarked: Vec<&JobProcess> = processes.iter().filter(|p| !p.marked).collect();
+    assert!(
+        unmarked.is_empty(),
+        "processes of job {job_id} without AGENT_JOB_MARK=<job_id>.: {unmarked:#?}"
+    );
+}
