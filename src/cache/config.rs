@@ -139,37 +139,37 @@ impl CacheConfig {
 /// Whether `path` is a statically linked ELF executable (no interpreter), so
 /// that it runs in any Linux image of the same architecture.
 pub fn is_static_elf(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the ELF header and the program headers are read: the binary
+    // itself may be a hundred megabytes (a debug build).
+    let Ok(mut file) = std::fs::File::open(path) else {
         return false;
     };
-    let u16_at = |i: usize| {
-        bytes
-            .get(i..i + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |i: usize| {
-        bytes
-            .get(i..i + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |i: usize| {
-        bytes
-            .get(i..i + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-    };
-    // A little-endian ELF64 file only: the agent's own targets.
-    if bytes.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+    let mut header = [0u8; 64];
+    if file.read_exact(&mut header).is_err() {
         return false;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
+    // A little-endian ELF64 file only: the agent's own targets.
+    if header[..6] != [0x7f, b'E', b'L', b'F', 2, 1] {
         return false;
-    };
+    }
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let mut phoff = [0u8; 8];
+    phoff.copy_from_slice(&header[0x20..0x28]);
+    let phoff = u64::from_le_bytes(phoff);
+    let phentsize = usize::from(u16_at(&header, 0x36));
+    let phnum = usize::from(u16_at(&header, 0x38));
+    if phentsize < 4 || phentsize * phnum > 64 * 1024 {
+        return false;
+    }
+    let mut table = vec![0u8; phentsize * phnum];
+    if file.seek(SeekFrom::Start(phoff)).is_err() || file.read_exact(&mut table).is_err() {
+        return false;
+    }
     const PT_INTERP: u32 = 3;
-    (0..usize::from(phnum)).all(|i| {
-        let at = phoff as usize + i * usize::from(phentsize);
-        u32_at(at).is_some_and(|t| t != PT_INTERP)
-    })
+    table
+        .chunks_exact(phentsize)
+        .all(|entry| u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) != PT_INTERP)
 }
 
 #[cfg(test)]
