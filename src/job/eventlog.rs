@@ -471,23 +471,26 @@ impl Drop for EventLog {
     }
 }
 
+/// The events of a log from index `from`, parsed (for unit tests).
+#[cfg(test)]
+pub(crate) fn events_of(files: &LogFiles, from: u64) -> Vec<serde_json::Value> {
+    use std::io::Read;
+    let mut text = String::new();
+    files
+        .read_from(from)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
     use std::path::PathBuf;
-
-    fn events_of(files: &LogFiles, from: u64) -> Vec<serde_json::Value> {
-        let mut text = String::new();
-        files
-            .read_from(from)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
 
     #[test]
     fn directives_are_masked() {

@@ -176,20 +176,7 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::eventlog::Event;
-    use std::io::Read;
-
-    fn events_of(files: &LogFiles, from: u64) -> Vec<serde_json::Value> {
-        let mut text = String::new();
-        files
-            .read_from(from)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
+    use crate::job::eventlog::{events_of, Event};
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("agent-reopen-{name}-{}", std::process::id()));
