@@ -6,9 +6,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::mem;
 use std::net::{Ipv4Addr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -17,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::client::sign_jwt;
+use crate::support::net::connect_from;
 use crate::support::server::{poll_until, read_response_head, TestAgent, TlsStream};
 use crate::support::{b64, Job, Sandbox};
 
@@ -26,45 +25,6 @@ const FLOOD: usize = 500;
 const PENDING_PER_ADDRESS: usize = 32;
 /// Bound of anything the tests wait for here.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A TCP connection to `port` on 127.0.0.1 from `source`, another loopback
-/// address: the agent sees a different peer than the test's other clients.
-fn connect_from(source: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket(2) has no preconditions; the descriptor it returns is
-    // owned by the TcpStream at once, which closes it on every path.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        TcpStream::from_raw_fd(fd)
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let local = sockaddr(source, 0);
-    let remote = sockaddr(Ipv4Addr::LOCALHOST, port);
-    // SAFETY: `fd` is the open socket owned by `stream`; both addresses are
-    // valid `sockaddr_in` values that live across the calls, and `len` is
-    // their size.
-    unsafe {
-        if libc::bind(fd, (&raw const local).cast(), len) != 0
-            || libc::connect(fd, (&raw const remote).cast(), len) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    stream.set_read_timeout(Some(WAIT))?;
-    stream.set_write_timeout(Some(WAIT))?;
-    Ok(stream)
-}
 
 /// Sends `GET /is_alive` with `Connection: close` and returns the status and
 /// body.
@@ -108,7 +68,7 @@ fn a_flood_of_idle_connections_does_not_lock_others_out() {
     let fresh = Ipv4Addr::new(127, 0, 0, 2);
     for _ in 0..5 {
         let took = Instant::now();
-        let tcp = connect_from(fresh, agent.port()).expect("connect from 127.0.0.2");
+        let tcp = connect_from(fresh, agent.port(), WAIT).expect("connect from 127.0.0.2");
         assert_eq!(is_alive_over(agent.tls_over(tcp)), (200, "yes".to_owned()));
         assert!(
             took.elapsed() < Duration::from_secs(2),

@@ -3,9 +3,7 @@
 //! hundreds of idle connections.
 
 use std::io::{self, Read, Write};
-use std::mem;
 use std::net::{Ipv4Addr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +14,7 @@ use crate::pollers::percentile;
 use crate::report::{fmt_duration_fine, fmt_kib, Failure, Row};
 use crate::serve::status_field;
 use crate::server::Serve;
+use crate::support::net::connect_from;
 use crate::support::server::TestAgent;
 use crate::RUN_TIMEOUT;
 
@@ -189,7 +188,8 @@ pub(super) fn bench_flood() -> Result<Vec<Row>, Failure> {
 /// One sample: a new connection from `source`, the handshake, `GET
 /// /is_alive` with `Connection: close`, the answer read to the close.
 fn is_alive_from(agent: &TestAgent, source: Ipv4Addr) -> io::Result<()> {
-    let tcp = connect_from(source, agent.port())?;
+    let tcp = connect_from(source, agent.port(), Duration::from_secs(10))?;
+    tcp.set_nodelay(true)?;
     let mut tls = agent.tls_over(tcp);
     tls.write_all(b"GET /is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut answer = Vec::new();
@@ -201,44 +201,6 @@ fn is_alive_from(agent: &TestAgent, source: Ipv4Addr) -> io::Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A TCP connection to 127.0.0.1:`port` from the loopback address `source`
-/// (bound before connecting, which std cannot do).
-fn connect_from(source: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket(2) has no preconditions; the TcpStream owns the new
-    // descriptor at once and closes it on every path.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        TcpStream::from_raw_fd(fd)
-    };
-    let (local, remote) = (sockaddr(source, 0), sockaddr(Ipv4Addr::LOCALHOST, port));
-    // SAFETY: the descriptor is the open socket `stream` owns; both
-    // addresses are valid `sockaddr_in` values alive across the calls, and
-    // `len` is their size.
-    let failed = unsafe {
-        libc::bind(stream.as_raw_fd(), (&raw const local).cast(), len) != 0
-            || libc::connect(stream.as_raw_fd(), (&raw const remote).cast(), len) != 0
-    };
-    if failed {
-        return Err(io::Error::last_os_error());
-    }
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// Whether the peer closed `stream`, which never sent anything.

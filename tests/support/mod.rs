@@ -814,6 +814,7 @@ pub mod control_plane;
 pub mod docker;
 pub mod invariants;
 pub mod listen_agent;
+pub mod net;
 pub mod procs;
 pub mod registry;
 pub mod server;
