@@ -2,7 +2,9 @@
 //! in the work directory, the `cache` program on PATH (a link to the agent's
 //! own binary for shell jobs; the static binary mounted at `CONTAINER_BIN`
 //! in compose jobs), and `AGENT_CACHE_SOCKET`. The script that sets these
-//! up also defines `checkout`.
+//! up also defines `checkout`; it is a file in the job's work dir
+//! (`SETUP_FILE`), which the session and the job's SSH jump point
+//! (docs/protocol.md §8) both source.
 //!
 //! Only the socket's path enters the job's environment: never the cache
 //! directory, the SFTP key or its path.
@@ -19,6 +21,11 @@ use crate::util::shell_quote;
 
 /// Where compose jobs find `cache` (a read-only mount into main).
 pub const CONTAINER_BIN: &str = "/opt/agent/bin";
+/// The setup script's file in the job's work dir: mode 0600, owned like
+/// the env file next to it. It holds no secret (a PATH entry, the socket's
+/// path and `checkout`), and it is at the same path inside a compose job's
+/// main container, where the work dir is mounted.
+pub const SETUP_FILE: &str = "setup.sh";
 
 /// The agent's cache: its configuration and the store jobs share.
 pub struct AgentCache {

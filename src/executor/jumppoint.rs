@@ -81,32 +81,46 @@ pub fn decode_keys(keys: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// What an interactive session through a shell job's jump point reads at
-/// start: the startup files of a login shell, then the job's env vars on
-/// top, in the order the job's own session has them.
-/// `AGENT_JUMP_POINT_ENV` names the env file.
-const INTERACTIVE_RC: &str = "[ -f /etc/profile ] && . /etc/profile; \
-for f in ~/.bash_profile ~/.bash_login ~/.profile; do if [ -f \"$f\" ]; then . \"$f\"; break; fi; done; \
-[ -r \"$AGENT_JUMP_POINT_ENV\" ] && . \"$AGENT_JUMP_POINT_ENV\"; unset AGENT_JUMP_POINT_ENV";
+/// What every shell through a shell job's jump point reads after the
+/// startup files: the job's env vars, then its setup script (`cache`,
+/// `checkout`), in the order the job's own session has them.
+/// `AGENT_JUMP_POINT_ENV` and `AGENT_JUMP_POINT_SETUP` name the files.
+const JOB_RC: &str = "[ -r \"$AGENT_JUMP_POINT_ENV\" ] && . \"$AGENT_JUMP_POINT_ENV\"; \
+[ -r \"$AGENT_JUMP_POINT_SETUP\" ] && . \"$AGENT_JUMP_POINT_SETUP\"; \
+unset AGENT_JUMP_POINT_ENV AGENT_JUMP_POINT_SETUP";
 
-/// The jump point script (§8): the job's env vars, then a shell or the
-/// given command, on the host in the job's current directory or inside main.
-pub fn script(job_id: &str, target: &Target, env_file: &Path) -> String {
+/// What a shell through a shell job's jump point reads first: the startup
+/// files of a login shell (then `JOB_RC`).
+const PROFILE_RC: &str = "[ -f /etc/profile ] && . /etc/profile; \
+for f in ~/.bash_profile ~/.bash_login ~/.profile; do if [ -f \"$f\" ]; then . \"$f\"; break; fi; done";
+
+/// How the jump point runs the command it is given: a program replaces the
+/// script's shell, as it always did; a builtin or a function (`checkout`,
+/// `type`) runs in it.
+const RUN_ARGS: &str = "if [ \"$(type -t -- \"$1\")\" = file ]; then exec \"$@\"; fi; \"$@\"";
+
+/// The jump point script (§8): the job's env vars and setup script, then a
+/// shell or the given command (a program, a builtin or a function such as
+/// `checkout`), on the host in the job's current directory or inside main.
+pub fn script(job_id: &str, target: &Target, env_file: &Path, setup_file: &Path) -> String {
     let env = shell_quote(&env_file.to_string_lossy());
+    let setup = shell_quote(&setup_file.to_string_lossy());
     match target {
         Target::Shell { session_pid } => format!(
             "#!/usr/bin/env bash\n\
              # SSH jump point into job {job}\n\
              [ -r {env} ] && . {env}\n\
+             [ -r {setup} ] && . {setup}\n\
              cd \"$(readlink /proc/{session_pid}/cwd 2>/dev/null || echo ~)\" 2>/dev/null || cd ~\n\
-             if [ $# -gt 0 ]; then exec \"$@\"; fi\n\
-             if [ -t 0 ]; then\n\
-             \texport AGENT_JUMP_POINT_ENV={env}\n\
-             \texec bash --rcfile <(printf '%s\\n' {rc}) -i\n\
-             fi\n\
-             exec bash --login\n",
+             if [ $# -gt 0 ]; then {RUN_ARGS}; exit; fi\n\
+             export AGENT_JUMP_POINT_ENV={env} AGENT_JUMP_POINT_SETUP={setup}\n\
+             if [ -t 0 ]; then exec bash --rcfile <(printf '%s\\n' {rc}) -i; fi\n\
+             BASH_ENV=<(printf '%s\\n' {bash_env}) exec bash\n",
             job = job_id.replace('\n', " "),
-            rc = shell_quote(INTERACTIVE_RC),
+            rc = shell_quote(&format!("{PROFILE_RC}; {JOB_RC}")),
+            // Read before anything else, so nothing the profile starts
+            // inherits it.
+            bash_env = shell_quote(&format!("unset BASH_ENV; {PROFILE_RC}; {JOB_RC}")),
         ),
         Target::Container { name } => {
             let name = shell_quote(name);
@@ -126,8 +140,11 @@ pub fn script(job_id: &str, target: &Target, env_file: &Path) -> String {
                  \tif [ -t 0 ]; then exec docker exec -ti {name} bash --login; fi\n\
                  \texec docker exec -i {name} bash --login\n\
                  fi\n\
-                 exec docker exec -i {name} bash -c '[ -r \"$0\" ] && . \"$0\"; exec \"$@\"' {env} \"$@\"\n",
+                 exec docker exec -i {name} bash -c {run} {env} {setup} \"$@\"\n",
                 job = job_id.replace('\n', " "),
+                run = shell_quote(&format!(
+                    "[ -r \"$0\" ] && . \"$0\"; [ -r \"$1\" ] && . \"$1\"; shift; {RUN_ARGS}"
+                )),
             )
         }
     }
@@ -331,8 +348,9 @@ impl JumpPoint {
         job_id: &str,
         target: &Target,
         env_file: &Path,
+        setup_file: &Path,
     ) -> Result<(), String> {
-        let text = script(job_id, target, env_file);
+        let text = script(job_id, target, env_file, setup_file);
         let (latest, own) = script_paths(&self.tmp_dir, job_id);
         for path in [&own, &latest] {
             replace_file(path, text.as_bytes(), 0o755)
@@ -415,28 +433,72 @@ mod tests {
     }
 
     #[test]
-    fn the_shell_script_carries_the_env_into_every_kind_of_session() {
+    fn the_shell_script_carries_the_env_and_setup_into_every_kind_of_session() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
         let dir = std::env::temp_dir().join(format!("agent-jp-script-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let env = dir.join("env");
+        let (env, setup) = (dir.join("env"), dir.join("setup.sh"));
         fs::write(&env, "export JOB_VAR='it'\\''s'\n").unwrap();
-        let text = script("j", &Target::Shell { session_pid: 1 }, &env);
+        // A profile that resets PATH, as /etc/profile often does (the
+        // setup script still comes after it), and runs a bash script of its
+        // own (which must not read what the jump point hands its shell).
+        fs::write(
+            dir.join(".profile"),
+            "export PATH=/usr/bin:/bin\nfrom_child=$(bash -c 'echo ok')\n",
+        )
+        .unwrap();
+        fs::write(
+            &setup,
+            "jobfn() { printf 'fn:%s' \"$JOB_VAR\"; }\nexport PATH=/job/bin:\"$PATH\"\n",
+        )
+        .unwrap();
+        let text = script("j", &Target::Shell { session_pid: 1 }, &env, &setup);
         let path = dir.join("jp");
         fs::write(&path, &text).unwrap();
-        let out = std::process::Command::new("bash")
-            .arg(&path)
-            .args(["bash", "-c", "printf '%s' \"$JOB_VAR\""])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's");
-        // The interactive rc file is valid bash and ends with the env file.
-        let rc = std::process::Command::new("bash")
-            .args(["-c", &format!("{INTERACTIVE_RC}\nprintf '%s' \"$JOB_VAR\"")])
+        let run = |args: &[&str], stdin: &str| {
+            let mut child = Command::new("bash")
+                .arg(&path)
+                .args(args)
+                .env("HOME", &dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stdin.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        // A program, a function of the setup script, a builtin.
+        assert_eq!(run(&["bash", "-c", "printf '%s' \"$JOB_VAR\""], ""), "it's");
+        assert_eq!(run(&["jobfn"], ""), "fn:it's");
+        assert_eq!(run(&["type", "-t", "jobfn"], ""), "function\n");
+        // No command and no terminal: a shell reading stdin, with the
+        // user's profile, then the job's env and setup.
+        assert_eq!(
+            run(
+                &[],
+                "jobfn; printf ' %s %s %s' \"${PATH%%:*}\" \"${BASH_ENV-unset}\" \"$from_child\""
+            ),
+            "fn:it's /job/bin unset ok"
+        );
+        // The interactive rc file is valid bash and ends with the job's files.
+        let rc = Command::new("bash")
+            .args([
+                "-c",
+                &format!("{PROFILE_RC}; {JOB_RC}\njobfn; printf ' %s' \"${{PATH%%:*}}\""),
+            ])
             .env("AGENT_JUMP_POINT_ENV", &env)
+            .env("AGENT_JUMP_POINT_SETUP", &setup)
             .env("HOME", &dir)
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&rc.stdout), "it's");
+        assert_eq!(String::from_utf8_lossy(&rc.stdout), "fn:it's /job/bin");
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -466,7 +528,7 @@ mod tests {
             &record,
         )
         .unwrap();
-        jp.write_script("job/1", &Target::Shell { session_pid: 1 }, &env)
+        jp.write_script("job/1", &Target::Shell { session_pid: 1 }, &env, &env)
             .unwrap();
         let keys = fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap();
         assert_eq!(keys, "ssh-rsa OTHER\nssh-ed25519 MINE\n");

@@ -52,13 +52,17 @@ impl Executor {
     }
 
     /// After the env vars are exported: in a container, login shells (the
-    /// jump point) read them through the container user's profile.
-    pub(crate) fn env_exported(&self, session: &mut Session, env_file: &Path) {
+    /// jump point) read them, then the setup script (`cache`, `checkout`),
+    /// through the container user's profile (docs/protocol.md §8).
+    pub(crate) fn env_exported(&self, session: &mut Session, env_file: &Path, setup_file: &Path) {
         match self {
             Executor::Shell => {}
             Executor::Compose(_) => {
                 let env = shell_quote(&env_file.to_string_lossy());
-                let line = shell_quote(&format!("[ -r {env} ] && . {env}"));
+                let setup = shell_quote(&setup_file.to_string_lossy());
+                let line = shell_quote(&format!(
+                    "[ -r {env} ] && . {env}; [ -r {setup} ] && . {setup}"
+                ));
                 session.run_silent(&format!("printf '%s\\n' {line} >> ~/.bash_profile"));
             }
         }

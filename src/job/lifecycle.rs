@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
+use crate::cache::session::SETUP_FILE;
 use crate::executor::jumppoint::{self, JumpPoint};
 use crate::executor::Executor;
 use crate::job::env::{decode_env, write_env_file, MIN_SECRET_LEN};
@@ -25,7 +26,7 @@ use crate::job::steps::{
     STEP_PRE_JOB_HOOK,
 };
 use crate::process::session::{Outcome, Session};
-use crate::util::shell_quote;
+use crate::util::{shell_quote, write_private};
 
 /// Where the jump point scripts go; the `sem` CLI relies on this path.
 pub const JUMP_POINT_DIR: &str = "/tmp";
@@ -134,7 +135,7 @@ fn run_steps(
     let mut last_status = 0;
     let exported = export_env(&mut steps, &executor, &mut session);
     // After the job's env vars, so that a PATH among them keeps `cache`.
-    session.run_silent(&crate::cache::session::setup_script(job_cache.as_ref()));
+    source_setup(spec, job_cache.as_ref(), &mut session);
     if !exported {
         last_status = 1;
     } else if spec.stop.is_requested() {
@@ -249,10 +250,35 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
         ))
         .exit_code();
     if status == 0 {
-        executor.env_exported(session, &env_file);
+        let setup_file = steps.spec.work_dir.join(SETUP_FILE);
+        executor.env_exported(session, &env_file, &setup_file);
     }
     steps.finished(STEP_EXPORT_ENV, status, started_at);
     status == 0
+}
+
+/// Writes the setup script (`checkout`, and `cache` when the job has one)
+/// next to the env file, where the jump point sources it too
+/// (docs/protocol.md §8), and sources it in the session. A file that cannot
+/// be written leaves only the jump point without them.
+fn source_setup(
+    spec: &JobSpec<'_>,
+    cache: Option<&crate::cache::session::JobCache>,
+    session: &mut Session,
+) {
+    let text = crate::cache::session::setup_script(cache);
+    let path = spec.work_dir.join(SETUP_FILE);
+    match write_private(&path, text.as_bytes()) {
+        Ok(()) => session.run_silent(&format!("source {}", shell_quote(&path.to_string_lossy()))),
+        Err(e) => {
+            log::error!(
+                "job {}: cannot write {}: {e}; its jump point has no `cache` and no `checkout`",
+                spec.request.job_id,
+                path.display()
+            );
+            session.run_silent(&text)
+        }
+    };
 }
 
 /// Step 6: the pre-job hook, when the agent has one. None when not

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use self::file::FileOptions;
 use self::project::Project;
+use crate::cache::session::SETUP_FILE;
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
 use crate::job::files::{inject_file, resolve_path};
@@ -134,7 +135,12 @@ pub(crate) fn start(
     let target = Target::Container {
         name: project.container.clone(),
     };
-    if let Err(e) = jump_point.write_script(&request.job_id, &target, &spec.work_dir.join("env")) {
+    if let Err(e) = jump_point.write_script(
+        &request.job_id,
+        &target,
+        &spec.work_dir.join("env"),
+        &spec.work_dir.join(SETUP_FILE),
+    ) {
         log::error!("job {}: {e}", request.job_id);
     }
 

@@ -11,6 +11,8 @@
 //! started one owns it) and tests run in parallel, so it is checked only
 //! when it is provably this job's.
 
+mod tools;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
