@@ -32,6 +32,10 @@ fn main() -> ExitCode {
         .first()
         .and_then(|p| std::path::Path::new(p).file_name())
         .and_then(|n| n.to_str());
+    // Hidden: how a session without `stty` turns echo off (docs/protocol.md §4).
+    if called == Some(process::session::ECHO_OFF_NAME) {
+        return process::session::echo_off_main();
+    }
     if called == Some("cache") {
         return cache::cli::main(&args[1..]);
     }

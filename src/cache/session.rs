@@ -100,6 +100,12 @@ pub fn container_volume(options: &crate::job::spec::AgentOptions) -> Option<Stri
     Some(format!("{}:{CONTAINER_BIN}/cache:ro", binary.display()))
 }
 
+/// The agent's binary inside a compose job's main container, when it is
+/// mounted there (`container_volume`).
+pub fn container_program(options: &crate::job::spec::AgentOptions) -> Option<String> {
+    container_volume(options).map(|_| format!("{CONTAINER_BIN}/cache"))
+}
+
 /// The agent's cache from its flags: the configuration checked, the
 /// backend opened (a local directory is made; an SFTP server is not
 /// contacted until a job asks).

@@ -29,6 +29,8 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
                 grace: spec.grace,
                 stdin,
                 stdin_path,
+                // The agent turned echo off itself: the terminal is its own.
+                echo_off_program: None,
             })
         });
     match session {

@@ -94,6 +94,29 @@ pub struct SessionSpec<'a> {
     pub stdin: StdinTerminal,
     /// The path of `stdin`'s slave as the session's bash sees it.
     pub stdin_path: String,
+    /// The agent's own binary as the session's bash sees it, which turns
+    /// the terminal's echo off where `stty` is missing (§4); None where
+    /// there is none.
+    pub echo_off_program: Option<String>,
+}
+
+/// The name (`argv[0]`) under which the agent's binary turns off the echo
+/// of the terminal on its stdin, then exits (docs/protocol.md §4): how a
+/// session in an image without `stty` stops echoing the agent's
+/// instructions. No command of the CLI.
+pub const ECHO_OFF_NAME: &str = "agent-echo-off";
+
+/// The agent's binary called `ECHO_OFF_NAME`: exits 0 once the terminal on
+/// stdin echoes nothing, 1 when it cannot (stdin is not a terminal).
+pub fn echo_off_main() -> std::process::ExitCode {
+    let stdin = std::io::stdin().as_raw_fd();
+    match TermMode::of(stdin).and_then(|mode| mode.without_echo().apply(stdin)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{ECHO_OFF_NAME}: cannot turn off the echo of stdin: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 pub struct Session {
@@ -217,8 +240,17 @@ impl Session {
         // Should a line be dropped anyway, the prompt command still reports
         // the status (a second end marker, after the first, is ignored).
         // Everything printed before the readiness marker is discarded.
+        // Without `stty` the agent's own binary turns echo off; without
+        // either, echo stays on (README, "How a job runs").
+        let echo_off = match &spec.echo_off_program {
+            Some(program) => format!(
+                "stty -echo 2>/dev/null || (exec -a {ECHO_OFF_NAME} {}) 2>/dev/null",
+                shell_quote(program)
+            ),
+            None => "stty -echo 2>/dev/null".to_string(),
+        };
         let init = format!(
-            "stty -echo 2>/dev/null; export COLUMNS={cols} LINES={rows}; set +m; PS1=; PS2=; PROMPT_COMMAND='printf \"\\001{n}E%d\\001\" $?'; unset HISTFILE; cd ~; printf '\\001{n}R\\001'\n",
+            "{echo_off}; export COLUMNS={cols} LINES={rows}; set +m; PS1=; PS2=; PROMPT_COMMAND='printf \"\\001{n}E%d\\001\" $?'; unset HISTFILE; cd ~; printf '\\001{n}R\\001'\n",
             n = session.nonce,
             cols = TERM_SIZE.cols,
             rows = TERM_SIZE.rows,

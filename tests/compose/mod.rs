@@ -36,6 +36,7 @@ use crate::support::{
 mod checkout;
 mod cleanup;
 mod credentials;
+mod echo;
 mod metrics;
 
 use credentials::{generic_docker, push_private_image, with_credentials};

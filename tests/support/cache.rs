@@ -202,3 +202,41 @@ pub fn bash_only_image() -> &'static str {
     });
     TAG
 }
+
+/// Where `probe_image` keeps busybox: off PATH, so the image has no
+/// `stty`, yet a test can look at the terminal with `busybox stty`.
+pub const PROBE_BUSYBOX: &str = "/opt/probe/busybox";
+
+/// `bash_only_image` plus busybox at `PROBE_BUSYBOX` (not on PATH).
+pub fn probe_image() -> &'static str {
+    const TAG: &str = "agent-test/bash-only-probe:1";
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        use super::docker::{docker, BASH_IMAGE};
+        let base = bash_only_image();
+        let dir = tempfile::tempdir().expect("a build context");
+        let name = format!("agent-bash-only-probe-{}", std::process::id());
+        docker(&["create", "--name", &name, BASH_IMAGE]).ok("docker create");
+        let busybox = dir.path().join("busybox");
+        let copied = docker(&[
+            "cp",
+            &format!("{name}:/bin/busybox"),
+            &busybox.to_string_lossy(),
+        ]);
+        docker(&["rm", "-f", &name]).ok("docker rm");
+        copied.ok("docker cp of busybox");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!("FROM {base}\nCOPY busybox {PROBE_BUSYBOX}\n"),
+        )
+        .expect("write the Dockerfile");
+        let mut command = std::process::Command::new("docker");
+        command
+            .args(["build", "-q", "-t", TAG])
+            .arg(dir.path())
+            .env("DOCKER_BUILDKIT", "0");
+        super::docker::run_bounded(command, b"", Duration::from_secs(120))
+            .ok("docker build of the probe image");
+    });
+    TAG
+}

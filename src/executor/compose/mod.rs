@@ -226,6 +226,7 @@ pub(crate) fn start(
                 grace: spec.grace,
                 stdin,
                 stdin_path: project::STDIN_TERMINAL.into(),
+                echo_off_program: crate::cache::session::container_program(spec.options),
             })
         });
     let session = match session {
