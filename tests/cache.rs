@@ -254,19 +254,27 @@ fn lock_files_choose_what_to_store_and_restore() {
             "echo '{}' > package-lock.json && mkdir -p node_modules && echo mod > node_modules/m",
         )
         .command("cache store")
-        .command("cache list");
+        .command("cache list")
+        .command("md5sum Gemfile.lock");
     let ran = run(&agent, &store);
     ran.assert_passed();
+    // The key's checksum is md5sum's, as the toolbox makes it.
+    let md5 = ran.ok("md5sum Gemfile.lock");
+    let md5 = md5.split_whitespace().next().unwrap();
     let out = ran.ok("cache store");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
-    assert_eq!(lines[0], "Detected package-lock.json.");
+    // The toolbox's order of lock files.
+    assert_eq!(lines[0], "Detected Gemfile.lock.");
     assert!(
-        lines[1].starts_with("Stored 'node-modules-feature-x-"),
+        lines[1].starts_with(&format!("Stored 'gems-feature-x-{md5}':")),
         "{out}"
     );
-    assert_eq!(lines[2], "Detected Gemfile.lock.");
-    assert!(lines[3].starts_with("Stored 'gems-feature-x-"), "{out}");
+    assert_eq!(lines[2], "Detected package-lock.json.");
+    assert!(
+        lines[3].starts_with("Stored 'node-modules-feature-x-"),
+        "{out}"
+    );
 
     // A changed lock file misses its own key and falls back to the branch's.
     let restore = Job::new("cache-detect-restore")
@@ -279,19 +287,19 @@ fn lock_files_choose_what_to_store_and_restore() {
     ran.assert_passed();
     let out = ran.ok("cache restore");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "Detected package-lock.json.");
+    assert_eq!(lines[0], "Detected Gemfile.lock.");
+    assert!(lines[1].starts_with("MISS 'gems-feature-x-"), "{out}");
     assert!(
-        lines[1].starts_with("HIT 'node-modules-feature-x-"),
+        lines[2].starts_with("HIT 'gems-feature-x-")
+            && lines[2].contains("(matched by 'gems-feature-x-')"),
         "{out}"
     );
-    assert!(!lines[1].contains("matched by"), "{out}");
-    assert_eq!(lines[2], "Detected Gemfile.lock.");
-    assert!(lines[3].starts_with("MISS 'gems-feature-x-"), "{out}");
+    assert_eq!(lines[3], "Detected package-lock.json.");
     assert!(
-        lines[4].starts_with("HIT 'gems-feature-x-")
-            && lines[4].contains("(matched by 'gems-feature-x-')"),
+        lines[4].starts_with("HIT 'node-modules-feature-x-"),
         "{out}"
     );
+    assert!(!lines[4].contains("matched by"), "{out}");
     assert_eq!(ran.ok("cat vendor/bundle/g node_modules/m"), "gem\nmod\n");
 }
 

@@ -1,23 +1,26 @@
 //! `cache store` and `cache restore` without arguments: the lock files of
 //! the usual package managers in the current directory say what to keep,
-//! under keys made of the branch (`SEMAPHORE_GIT_BRANCH`) and a checksum of
-//! the lock file, so a changed lock file makes a new key and a restore falls
-//! back to the branch's newest key, then to master's.
+//! under keys made of the branch (`SEMAPHORE_GIT_BRANCH`) and the MD5 of
+//! the lock file (the toolbox's keys, so caches stored by either are found
+//! by both), so a changed lock file makes a new key and a restore falls
+//! back to the branch's newest key, then to master's and main's.
 //!
 //! | lock file           | path                 | key prefix            |
 //! |---------------------|----------------------|-----------------------|
-//! | `package-lock.json` | `node_modules`       | `node-modules`        |
-//! | `yarn.lock`         | `node_modules`       | `node-modules`        |
-//! |                     | `~/.cache/yarn`      | `yarn-cache`          |
+//! | `.nvmrc`            | `~/.nvm`             | `nvm`                 |
 //! | `Gemfile.lock`      | `vendor/bundle`      | `gems`                |
-//! | `requirements.txt`  | `.pip_cache`         | `requirements`        |
-//! | `go.sum`            | `$GOPATH/pkg/mod`    | `go`                  |
-//! | `composer.lock`     | `vendor`             | `composer`            |
+//! | `package-lock.json` | `node_modules`       | `node-modules`        |
+//! | `yarn.lock`         | `~/.cache/yarn`      | `yarn-cache`          |
+//! |                     | `node_modules`       | `node-modules`        |
 //! | `mix.lock`          | `deps`, `_build`     | `mix-deps`, `mix-build` |
+//! | `requirements.txt`  | `.pip_cache`         | `requirements`        |
+//! | `composer.lock`     | `vendor`             | `composer`            |
 //! | `pom.xml`           | `.m2`, `target`      | `maven`, `maven-target` |
+//! | `Podfile.lock`      | `Pods`               | `pods`                |
+//! | `go.sum`            | `$GOPATH/pkg/mod`    | `go`                  |
 //!
-//! A key is `PREFIX-BRANCH-CHECKSUM`; restore tries it, then `PREFIX-BRANCH-`
-//! and `PREFIX-master-` (the newest key each matches).
+//! A key is `PREFIX-BRANCH-CHECKSUM`; restore tries it, then `PREFIX-BRANCH-`,
+//! `PREFIX-master-` and `PREFIX-main-` (the newest key each matches).
 
 use std::path::{Path, PathBuf};
 
@@ -52,28 +55,30 @@ pub struct Detected {
 /// Lock file, then (key prefix, path) pairs. A path starting with `~/` is
 /// under the home, `$GOPATH/` under the Go path.
 const TABLE: &[(&str, &[(&str, &str)])] = &[
+    (".nvmrc", &[("nvm", "~/.nvm")]),
+    ("Gemfile.lock", &[("gems", "vendor/bundle")]),
     ("package-lock.json", &[("node-modules", "node_modules")]),
     (
         "yarn.lock",
         &[
-            ("node-modules", "node_modules"),
             ("yarn-cache", "~/.cache/yarn"),
+            ("node-modules", "node_modules"),
         ],
     ),
-    ("Gemfile.lock", &[("gems", "vendor/bundle")]),
-    ("requirements.txt", &[("requirements", ".pip_cache")]),
-    ("go.sum", &[("go", "$GOPATH/pkg/mod")]),
-    ("composer.lock", &[("composer", "vendor")]),
     ("mix.lock", &[("mix-deps", "deps"), ("mix-build", "_build")]),
+    ("requirements.txt", &[("requirements", ".pip_cache")]),
+    ("composer.lock", &[("composer", "vendor")]),
     ("pom.xml", &[("maven", ".m2"), ("maven-target", "target")]),
+    ("Podfile.lock", &[("pods", "Pods")]),
+    ("go.sum", &[("go", "$GOPATH/pkg/mod")]),
 ];
 
-/// The checksum in keys: the first 32 hex digits of the SHA-256 of the
-/// lock file.
+/// The checksum in keys: the MD5 of the lock file in hex, as the toolbox's
+/// `checksum` prints it (`md5sum`), so both make the same keys.
 pub fn checksum(bytes: &[u8]) -> String {
-    hmac_sha256::Hash::hash(bytes)
+    use md5::{Digest, Md5};
+    Md5::digest(bytes)
         .iter()
-        .take(16)
         .map(|b| format!("{b:02x}"))
         .collect()
 }
@@ -107,15 +112,24 @@ pub fn detect(dir: &Path, env: &Env) -> Vec<Detected> {
                 lockfile,
                 key: format!("{prefix}-{branch}-{sum}"),
                 path,
-                restore_keys: vec![
-                    format!("{prefix}-{branch}-{sum}"),
-                    format!("{prefix}-{branch}-"),
-                    format!("{prefix}-master-"),
-                ],
+                restore_keys: restore_keys(prefix, &branch, &sum),
             });
         }
     }
     found
+}
+
+/// The exact key, then the newest of the branch, then of `master` and
+/// `main` (each once).
+fn restore_keys(prefix: &str, branch: &str, sum: &str) -> Vec<String> {
+    let mut keys = vec![format!("{prefix}-{branch}-{sum}")];
+    for b in [branch, "master", "main"] {
+        let key = format!("{prefix}-{b}-");
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 #[cfg(test)]
@@ -140,10 +154,31 @@ mod tests {
         assert_eq!(found[0].path, Path::new("vendor/bundle"));
         assert_eq!(
             found[0].restore_keys[1..],
-            ["gems-feature-x-".to_string(), "gems-master-".to_string()]
+            ["gems-feature-x-", "gems-master-", "gems-main-"]
         );
         assert_eq!(found[1].path, Path::new("deps"));
         assert_eq!(found[2].path, Path::new("_build"));
+    }
+
+    #[test]
+    fn the_checksum_is_md5sum_s() {
+        assert_eq!(checksum(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            checksum(b"The quick brown fox jumps over the lazy dog"),
+            "9e107d9d372bb6826bd81d3542a419d6"
+        );
+    }
+
+    #[test]
+    fn a_branch_named_master_or_main_is_tried_once() {
+        assert_eq!(
+            restore_keys("go", "main", "s"),
+            ["go-main-s", "go-main-", "go-master-"]
+        );
+        assert_eq!(
+            restore_keys("go", "master", "s"),
+            ["go-master-s", "go-master-", "go-main-"]
+        );
     }
 
     #[test]
