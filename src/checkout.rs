@@ -9,9 +9,13 @@
 //! It fetches the ref shallowly, fetches the SHA itself (or the whole
 //! history of the ref) when the shallow fetch does not reach it, checks out
 //! exactly the SHA and leaves the session in the checkout directory. With
-//! `--use-cache` the `.git` directory comes from the job cache first and is
-//! stored there when it was not. It needs only `git` (and, for
-//! `--use-cache`, the agent's `cache`).
+//! `--use-cache` the `.git` directory comes from the job cache first (key
+//! `checkout-DIR@UNIXTIME`, the newest that matches `checkout-DIR@`), and is
+//! stored there when it was not, or again, under a new time, once the
+//! stored one is `SEMAPHORE_GIT_CACHE_AGE` seconds old (default 259200,
+//! three days, as the toolbox); the older key is then deleted. A directory
+//! that has a `.git` already leaves the cache alone. It needs only
+//! `git` (and, for `--use-cache`, the agent's `cache`).
 //!
 //! This module is the function's text; it knows nothing of sessions.
 
@@ -66,9 +70,16 @@ pub const FUNCTION: &str = r#"checkout() {
     echo "checkout: git is not installed" >&2; return 1
   fi
   mkdir -p -- "$dir" && cd -- "$dir" || { echo "checkout: cannot enter '$dir'" >&2; return 1; }
-  local key="checkout-${dir//[^A-Za-z0-9._-]/-}" cached=''
-  if [ -n "$use_cache" ] && [ ! -d .git ]; then
-    cache restore "$key" && [ -d .git ] && cached=1
+  local key="checkout-${dir//[^A-Za-z0-9_-]/-}@" cached='' cached_at='' out
+  if [ -n "$use_cache" ] && [ -d .git ]; then
+    echo "checkout: $PWD has a .git already; the cache is left alone"
+    use_cache=''
+  fi
+  if [ -n "$use_cache" ]; then
+    out="$(cache restore "$key")"; printf '%s\n' "$out"
+    if [[ "$out" =~ ^HIT\ \'(checkout-[^\']*@([0-9]+))\' ]] && [ -d .git ]; then
+      cached="${BASH_REMATCH[1]}"; cached_at="${BASH_REMATCH[2]}"
+    fi
   fi
   if [ ! -d .git ]; then
     git -c init.defaultBranch=checkout init -q . || { cd -- "$start"; return 1; }
@@ -97,8 +108,17 @@ pub const FUNCTION: &str = r#"checkout() {
     git fetch -q --no-tags --depth="$depth" origin "+$src:$src" 2>/dev/null
   fi
   echo "checkout: HEAD is $(git rev-parse HEAD) in $PWD"
-  if [ -n "$use_cache" ] && [ -z "$cached" ]; then
-    cache store "$key" .git
+  if [ -n "$use_cache" ]; then
+    local now="${EPOCHSECONDS:-$(date +%s)}" max_age="${SEMAPHORE_GIT_CACHE_AGE:-259200}"
+    if [ -z "$cached" ]; then
+      cache store "$key$now" .git
+    elif [ $((now - cached_at)) -ge "$max_age" ]; then
+      echo "checkout: the cached .git is $((now - cached_at))s old (SEMAPHORE_GIT_CACHE_AGE=$max_age); refreshing it"
+      cache store "$key$now" .git
+      if [ "$key$now" != "$cached" ] && cache has_key "$key$now" >/dev/null; then
+        cache delete "$cached"
+      fi
+    fi
   fi
 }
 "#;

@@ -265,8 +265,8 @@ fn use_cache_keeps_the_git_directory_in_the_cache() {
     );
     first.assert_passed();
     let out = first.ok("checkout --use-cache");
-    assert!(out.starts_with("MISS 'checkout-project'\n"), "{out}");
-    assert!(out.contains("Stored 'checkout-project': .git ("), "{out}");
+    assert!(out.starts_with("MISS 'checkout-project@'\n"), "{out}");
+    assert!(out.contains("Stored 'checkout-project@"), "{out}");
     let second = run(
         &agent,
         &job("checkout-cache-2", &repo.url(), &repo.feature_tip)
@@ -277,7 +277,7 @@ fn use_cache_keeps_the_git_directory_in_the_cache() {
     );
     second.assert_passed();
     let out = second.ok("checkout --use-cache");
-    assert!(out.starts_with("MISS 'checkout-again'\n"), "{out}");
+    assert!(out.starts_with("MISS 'checkout-again@'\n"), "{out}");
     let third = run(
         &agent,
         &job("checkout-cache-3", &repo.url(), &repo.feature_tip)
@@ -290,13 +290,84 @@ fn use_cache_keeps_the_git_directory_in_the_cache() {
     third.assert_passed();
     let out = third.ok("SEMAPHORE_GIT_DIR=project checkout --use-cache");
     assert!(
-        out.starts_with("HIT 'checkout-project': .git restored"),
+        out.starts_with("HIT 'checkout-project@")
+            && out.contains("(matched by 'checkout-project@'): .git restored"),
         "{out}"
     );
+    // A fresh cache is not stored again.
+    assert!(!out.contains("Stored"), "{out}");
     assert_eq!(
         third.ok("git rev-parse HEAD"),
         format!("{}\n", repo.feature_tip)
     );
+}
+
+/// The stored `.git` of one job, by key.
+fn checkout_keys(ran: &Ran) -> Vec<String> {
+    ran.ok("cache list")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|k| k.starts_with("checkout-project@"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn use_cache_refreshes_a_git_directory_older_than_the_cache_age() {
+    let repo = Repo::make();
+    let agent = TestAgent::start_default();
+    let first = run(
+        &agent,
+        &job("checkout-age-1", &repo.url(), &repo.main_tip)
+            .env("SEMAPHORE_GIT_BRANCH", "main")
+            .command("checkout --use-cache")
+            .command("cache list"),
+    );
+    first.assert_passed();
+    let stored = checkout_keys(&first);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    // Keys name the second they were stored in: the next store must be in
+    // a later second to make a new key (bounded: the loop ends within 1 s).
+    let stored_at = stored[0].rsplit('@').next().unwrap();
+    let wait_past = format!("until [ \"$EPOCHSECONDS\" -gt {stored_at} ]; do sleep 0.05; done");
+
+    // An age of 0 s makes any stored copy old: the fetched .git (which now
+    // has the feature branch too) is stored under a new key, and the old
+    // key goes.
+    let second = run(
+        &agent,
+        &job("checkout-age-2", &repo.url(), &repo.feature_tip)
+            .env("SEMAPHORE_GIT_BRANCH", "feature")
+            .env("SEMAPHORE_GIT_CACHE_AGE", "0")
+            .command(&wait_past)
+            .command("rm -rf ~/project")
+            .command("checkout --use-cache")
+            .command("cache list"),
+    );
+    second.assert_passed();
+    let out = second.ok("checkout --use-cache");
+    assert!(
+        out.contains("s old (SEMAPHORE_GIT_CACHE_AGE=0); refreshing it"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("Deleted '{}'.", stored[0])), "{out}");
+    let now = checkout_keys(&second);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, stored);
+
+    // The refreshed copy has the feature branch's commit.
+    let third = run(
+        &agent,
+        &job("checkout-age-3", &repo.url(), &repo.feature_tip)
+            .env("SEMAPHORE_GIT_BRANCH", "feature")
+            .command("rm -rf ~/project")
+            .command("checkout --use-cache")
+            .command("git rev-parse HEAD"),
+    );
+    third.assert_passed();
+    let out = third.ok("checkout --use-cache");
+    assert!(out.starts_with(&format!("HIT '{}'", now[0])), "{out}");
+    assert!(!out.contains("Stored"), "{out}");
 }
 
 #[test]
