@@ -140,7 +140,7 @@ pub struct ServeArgs {
     /// the SFTP private key (or $SEMAPHORE_CACHE_PRIVATE_KEY_PATH)
     pub cache_sftp_key: Option<PathBuf>,
     #[argh(option)]
-    /// the directory on the SFTP server holding the archives (default: the login directory)
+    /// the directory on the SFTP server holding the archives (or $AGENT_CACHE_SFTP_PATH; default: the login directory)
     pub cache_sftp_path: Option<String>,
     #[argh(option)]
     /// a statically linked agent binary mounted into compose jobs as `cache` (default: this binary when static)

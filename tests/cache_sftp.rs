@@ -111,6 +111,52 @@ fn a_job_can_bring_the_toolbox_sftp_variables() {
 }
 
 #[test]
+fn room_is_made_by_access_time_with_the_backend_from_the_environment() {
+    if !sshd::available() {
+        return;
+    }
+    let server = SftpServer::start();
+    // The whole backend from the environment, as the toolbox's variables
+    // (and the agent's own for the base path) give it.
+    let agent = TestAgent::builder()
+        .env("SEMAPHORE_CACHE_BACKEND", "sftp")
+        .env("SEMAPHORE_CACHE_URL", &server.url())
+        .env("SEMAPHORE_CACHE_USERNAME", server.user())
+        .env(
+            "SEMAPHORE_CACHE_PRIVATE_KEY_PATH",
+            server.key_path().to_str().unwrap(),
+        )
+        .env("SEMAPHORE_CACHE_CLEANUP_BY", "access-time")
+        .env("AGENT_CACHE_SFTP_PATH", crate::support::sftp::BASE)
+        .arg("--cache-max-bytes")
+        .arg("250000")
+        .start();
+    // Three incompressible archives of about 100 kB; two fit. `a` is stored
+    // first but restored after `b` is stored, so `b` is the one to go.
+    let job = Job::new("sftp-access-time")
+        .command("for k in a b c; do head -c 100000 /dev/urandom > $k; done")
+        .command("cache store a a")
+        .command("cache store b b")
+        .command("(mkdir -p back && cd back && cache restore a && cmp a ../a)")
+        .command("cache store c c");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    assert_eq!(
+        ran.ok("cache store c c").lines().next(),
+        Some("Removed 'b' to make room."),
+        "{}",
+        ran.render()
+    );
+    assert_eq!(server.names(), ["a", "c"]);
+    let markers = server.markers();
+    let keys: Vec<&str> = markers
+        .iter()
+        .map(|m| m.rsplit_once('@').unwrap().0)
+        .collect();
+    assert_eq!(keys, ["a", "c"], "{markers:?}");
+}
+
+#[test]
 fn concurrent_stores_of_one_key_leave_one_complete_archive() {
     if !sshd::available() {
         return;

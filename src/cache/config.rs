@@ -14,6 +14,9 @@ pub const ENV_URL: &str = "SEMAPHORE_CACHE_URL";
 pub const ENV_USERNAME: &str = "SEMAPHORE_CACHE_USERNAME";
 pub const ENV_KEY_PATH: &str = "SEMAPHORE_CACHE_PRIVATE_KEY_PATH";
 pub const ENV_CLEANUP_BY: &str = "SEMAPHORE_CACHE_CLEANUP_BY";
+/// The agent's own variable for `--cache-sftp-path` (the toolbox has none:
+/// it keeps archives in the login directory).
+pub const ENV_SFTP_PATH: &str = "AGENT_CACHE_SFTP_PATH";
 
 /// How long connecting to the SFTP server may take.
 pub const SFTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,6 +262,7 @@ impl CacheArgs {
         let env_user = take_env(ENV_USERNAME);
         let env_key = take_env(ENV_KEY_PATH);
         let env_cleanup = take_env(ENV_CLEANUP_BY);
+        let env_sftp_path = take_env(ENV_SFTP_PATH);
         let spool_dir = data_dir.join("cache-spool");
         let backend = match self.backend.or(env_backend).as_deref().unwrap_or("local") {
             "local" => BackendConfig::Local {
@@ -283,7 +287,10 @@ impl CacheArgs {
                     port,
                     user,
                     key,
-                    base: self.sftp_path.unwrap_or_else(|| ".".into()),
+                    base: self
+                        .sftp_path
+                        .or(env_sftp_path)
+                        .unwrap_or_else(|| ".".into()),
                     known_hosts: spool_dir.join("known_hosts"),
                 })
             }

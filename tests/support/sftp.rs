@@ -78,9 +78,21 @@ impl SftpServer {
         self.chroot.path().join("cache")
     }
 
-    /// The names in the archives' directory, sorted.
+    /// The names in the archives' directory, sorted, but for the access
+    /// markers' directory (see `markers`).
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.dir())
+        let mut names: Vec<String> = Self::list(&self.dir());
+        names.retain(|n| n != ".access");
+        names
+    }
+
+    /// The access markers (`KEY@MS`), sorted.
+    pub fn markers(&self) -> Vec<String> {
+        Self::list(&self.dir().join(".access"))
+    }
+
+    fn list(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
             .expect("read the cache directory")
             .map(|e| {
                 e.expect("an entry")
@@ -91,6 +103,10 @@ impl SftpServer {
             .collect();
         names.sort();
         names
+    }
+
+    pub fn user(&self) -> &str {
+        self.sshd.user()
     }
 
     pub fn key_path(&self) -> &Path {

@@ -7,6 +7,12 @@
 //! the key only ever names a complete archive, even when two agents store
 //! it at once. Every `sftp` run is bounded: `ConnectTimeout`, keep-alives,
 //! and a deadline after which it is killed.
+//!
+//! `sftp` shows no access times, and its listing shows times to the minute,
+//! so a store and each restore leave an empty marker `.access/KEY@MS` in the
+//! base directory (MS: Unix milliseconds, replacing the key's earlier
+//! marker) for `--cleanup-by access-time`. A key with no marker (stored by
+//! another tool) counts as accessed when it was stored.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -25,6 +31,8 @@ const SHORT_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest an upload or a download may take.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(10);
+/// The directory of access markers, beside the archives.
+const ACCESS_DIR: &str = ".access";
 
 pub struct Sftp {
     cfg: SftpConfig,
@@ -163,8 +171,50 @@ impl Sftp {
         } else {
             &self.cfg.base
         };
-        let ran = self.run(&format!("ls -lt \"{base}\"\n"), SHORT_DEADLINE)?;
-        Ok(parse_listing(&ran.stdout, now_ms()))
+        let access = self.remote(ACCESS_DIR);
+        let ran = self.run(
+            &format!("ls -lt \"{base}\"\n-ls -1 \"{access}\"\n"),
+            SHORT_DEADLINE,
+        )?;
+        let (keys, markers) = split_listings(&ran.stdout);
+        let mut entries = parse_listing(keys, now_ms());
+        for (key, ms) in parse_markers(markers) {
+            if let Some(e) = entries.iter_mut().find(|e| e.key == key) {
+                e.accessed_ms = e.accessed_ms.max(ms);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Batch commands that make `now` the access time of `key`. Keys hold
+    /// no glob characters (see `keys::check`), so `"KEY@"*` (sftp globs
+    /// outside quotes only) is the key's own markers. Every command may fail (`-`): a marker is no reason to fail
+    /// a store or a restore.
+    fn mark_access(&self, key: &str) -> String {
+        let Ok(empty) = self.empty_file() else {
+            return String::new();
+        };
+        let marker = |tail: &str| self.remote(&format!("{ACCESS_DIR}/{key}@{tail}"));
+        format!(
+            "-mkdir \"{}\"\n-rm \"{}\"*\n-put \"{}\" \"{}\"\n",
+            self.remote(ACCESS_DIR),
+            marker(""),
+            empty.display(),
+            marker(&now_ms().to_string()),
+        )
+    }
+
+    /// An empty file to upload as an access marker.
+    fn empty_file(&self) -> Result<PathBuf, CacheError> {
+        let path = self.spool.join("empty");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| CacheError::io("cannot create", &path, e))?;
+        Ok(path)
     }
 
     pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
@@ -181,9 +231,10 @@ impl Sftp {
     pub fn commit(&self, key: &str, staged: &Path) -> Result<bool, CacheError> {
         let tmp = self.remote(&format!(".incoming-{}", random_hex(8)));
         let batch = format!(
-            "put \"{}\" \"{tmp}\"\nrename \"{tmp}\" \"{}\"\n",
+            "put \"{}\" \"{tmp}\"\nrename \"{tmp}\" \"{}\"\n{}",
             staged.display(),
-            self.remote(key)
+            self.remote(key),
+            self.mark_access(key)
         );
         let result = self.run(&batch, TRANSFER_DEADLINE);
         let _ = fs::remove_file(staged);
@@ -196,8 +247,15 @@ impl Sftp {
 
     pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
         let path = self.spool.join(format!("down-{}", random_hex(8)));
+        // The marker is only written when the download succeeded: a failed
+        // command ends the batch.
         let ran = self.run(
-            &format!("get \"{}\" \"{}\"\n", self.remote(key), path.display()),
+            &format!(
+                "get \"{}\" \"{}\"\n{}",
+                self.remote(key),
+                path.display(),
+                self.mark_access(key)
+            ),
             TRANSFER_DEADLINE,
         );
         if let Err(e) = ran {
@@ -219,7 +277,12 @@ impl Sftp {
     }
 
     pub fn delete(&self, key: &str) -> Result<(), CacheError> {
-        match self.run(&format!("rm \"{}\"\n", self.remote(key)), SHORT_DEADLINE) {
+        let batch = format!(
+            "rm \"{}\"\n-rm \"{}\"*\n",
+            self.remote(key),
+            self.remote(&format!("{ACCESS_DIR}/{key}@"))
+        );
+        match self.run(&batch, SHORT_DEADLINE) {
             Ok(_) => Ok(()),
             Err(CacheError::Sftp { detail, .. })
                 if detail.contains("No such file") || detail.contains("not found") =>
@@ -277,6 +340,30 @@ fn is_connection_failure(stderr: &str) -> bool {
 
 fn now_ms() -> u64 {
     super::unix_ms(Ok(SystemTime::now()))
+}
+
+/// The listing of the keys and that of the access markers, from the output
+/// of the two `ls` commands of a batch (each is echoed as `sftp> ls ...`).
+fn split_listings(stdout: &str) -> (&str, &str) {
+    let second = stdout
+        .match_indices("sftp> ")
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap_or(stdout.len());
+    stdout.split_at(second)
+}
+
+/// The markers of an `ls -1` of the access directory: `KEY@MS` names.
+fn parse_markers(stdout: &str) -> Vec<(&str, u64)> {
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .filter_map(|l| {
+            let name = l.trim().rsplit('/').next()?;
+            let (key, ms) = name.rsplit_once('@')?;
+            Some((key, ms.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The `ls -lt` output of sftp's batch mode (commands are echoed after
@@ -376,6 +463,24 @@ mod tests {
         let expected = crate::cache::cli::days_from_civil(2026, 11, 29) as u64 * 86_400_000
             + (20 * 60 + 1) * 60_000;
         assert_eq!(entries[0].stored_ms, expected);
+    }
+
+    #[test]
+    fn access_markers_follow_the_keys_listing() {
+        let out = "sftp> ls -lt \"cache\"\n\
+                   -rw-r--r--    1 0        0              12 Nov 29 20:01 cache/k@1\n\
+                   sftp> -ls -1 \"cache/.access\"\n\
+                   cache/.access/k@1@1764446500123\n\
+                   cache/.access/odd\n\
+                   cache/.access/k@10@17\n";
+        let (keys, markers) = split_listings(out);
+        assert!(keys.contains("cache/k@1") && !keys.contains(".access"));
+        assert_eq!(
+            parse_markers(markers),
+            [("k@1", 1764446500123), ("k@10", 17)]
+        );
+        let (keys, markers) = split_listings("sftp> ls -lt \"cache\"\n");
+        assert_eq!((keys.len(), markers), (21, ""));
     }
 
     #[test]
