@@ -111,12 +111,17 @@ pub fn run(agent: &TestAgent, job: &Job) -> Ran {
 /// `run` for a job request given as JSON, with its own timeout.
 pub fn run_value(agent: &TestAgent, job: &Value, timeout: Duration) -> Ran {
     let job_id = job["job_id"].as_str().expect("a job id").to_owned();
-    // The previous job may still be tearing down.
+    // The previous job may still be tearing down: after the log read it
+    // still sends its teardown_finished callback (docs/protocol.md §7.2).
     poll_until("the agent to take the job", timeout, || {
         let reply = agent.submit(job);
         match reply.status {
             200 => true,
-            422 if reply.message() == "another job is already running" => false,
+            422 if reply.message() == "another job is already running"
+                || reply.message().starts_with("another job is tearing down: ") =>
+            {
+                false
+            }
             other => panic!("POST /jobs of {job_id} answered {other}: {}", reply.text()),
         }
     });
