@@ -130,7 +130,7 @@ pub fn script(job_id: &str, target: &Target, env_file: &Path, setup_file: &Path)
                  cd /tmp\n\
                  echo 'Waiting for the container to start up'\n\
                  tries=0\n\
-                 until docker exec -i {name} true >/dev/null 2>&1; do\n\
+                 until docker exec {name} true </dev/null >/dev/null 2>&1; do\n\
                  \ttries=$((tries + 1))\n\
                  \tif [ $tries -ge 200 ]; then echo; echo 'The container did not start.'; exit 1; fi\n\
                  \tprintf .; sleep 3\n\

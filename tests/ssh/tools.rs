@@ -177,9 +177,9 @@ fn a_compose_job_s_jump_point_has_cache_and_checkout() {
         "the key stored in main is not in the agent's cache"
     );
     // `docker exec -ti ... bash --login`: the container user's profile
-    // reads the job's env and setup. Typing waits for root's prompt: what
-    // is typed while the jump point waits for main goes to its probe.
-    assert_interactive_probe(&sshd, &key, &jump_point, "jp-main", Some("# "));
+    // reads the job's env and setup. The line is typed at once: what is
+    // typed while the jump point checks that main is up reaches the shell.
+    assert_interactive_probe(&sshd, &key, &jump_point, "jp-main", None);
 
     let events = stop_and_tear_down(&agent, &job.job_id);
     assert_eq!(
