@@ -1,8 +1,9 @@
 //! Integration tests of `cache` in jobs run by `agent serve` on the local
 //! backend: every subcommand, fallback keys, the size limit, a damaged
-//! archive and the lock-file detection in shell jobs; compose jobs (on the
-//! real Docker engine, gated like the compose tests) with the static build
-//! of the agent mounted as `cache`, in an image with bash and nothing else.
+//! archive and the lock-file detection, in shell jobs and in compose jobs
+//! (on the real Docker engine, gated like the compose tests) with the
+//! static build of the agent mounted as `cache`, also in an image with bash
+//! and nothing else.
 //! Each test has its own agent, data directory and so its own cache.
 
 use std::fs;
@@ -305,11 +306,118 @@ fn lock_files_choose_what_to_store_and_restore() {
 
 /// An agent whose compose jobs get the static build of the agent as `cache`.
 fn compose_agent() -> TestAgent {
+    compose_agent_with(&[])
+}
+
+fn compose_agent_with(args: &[&str]) -> TestAgent {
     let binary = static_agent();
-    TestAgent::builder()
+    let mut builder = TestAgent::builder()
         .arg("--cache-static-binary")
-        .arg(binary.to_str().expect("a UTF-8 path"))
-        .start()
+        .arg(binary.to_str().expect("a UTF-8 path"));
+    for arg in args {
+        builder = builder.arg(arg);
+    }
+    builder.start()
+}
+
+/// The lines of one command's output.
+fn lines_of(ran: &crate::support::cache::Ran, command: &str) -> Vec<String> {
+    ran.ok(command).lines().map(String::from).collect()
+}
+
+/// The same subcommands as the shell jobs above, in compose jobs' main
+/// container: lock files, a key that exists, fallback keys and a miss, a
+/// damaged archive, the size limit, usage, delete, clear.
+#[test]
+fn a_compose_job_has_every_subcommand() {
+    if !docker::ready() {
+        return;
+    }
+    let agent = compose_agent_with(&["--cache-max-bytes", "300000"]);
+    const APP: &str = "mkdir -p /w/app && cd /w/app && echo GEM > Gemfile.lock && mkdir -p vendor/bundle && echo gem > vendor/bundle/g && echo '{}' > package-lock.json && mkdir -p node_modules && echo mod > node_modules/m";
+    const TWICE: &str = "cache store dup vendor && cache store dup vendor";
+    const BROKEN: &str = "mkdir -p c && head -c 20000 /dev/urandom > c/data && echo v1 > c/version && cache store broken c";
+    const FALLBACK: &str = "cache restore nope-,gems-";
+    let first = ComposeJob::new("cache-compose-all-1", Container::new("main", BASH_IMAGE))
+        .env("SEMAPHORE_GIT_BRANCH", "main")
+        .command(APP)
+        .command("cache store")
+        .command(TWICE)
+        .command(BROKEN)
+        .command("rm -rf vendor")
+        .command(FALLBACK)
+        .command("cat vendor/bundle/g");
+    let ran = run_value(&agent, &first.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    let stored = lines_of(&ran, "cache store");
+    assert_eq!(stored[0], "Detected Gemfile.lock.", "{stored:?}");
+    // md5sum of "GEM\n".
+    assert!(
+        stored[1].starts_with("Stored 'gems-main-dd52c420c970637b96a4c6092bb648c3':"),
+        "{stored:?}"
+    );
+    assert_eq!(stored[2], "Detected package-lock.json.", "{stored:?}");
+    assert_eq!(
+        lines_of(&ran, TWICE)[1],
+        "Key 'dup' already exists; not stored again."
+    );
+    let fallback = lines_of(&ran, FALLBACK);
+    assert_eq!(fallback[0], "MISS 'nope-'", "{fallback:?}");
+    assert!(
+        fallback[1].starts_with("HIT 'gems-main-") && fallback[1].contains("(matched by 'gems-')"),
+        "{fallback:?}"
+    );
+    assert_eq!(ran.ok("cat vendor/bundle/g"), "gem\n");
+
+    // Damaged on the host, between the jobs.
+    let archive = cache_dir(&agent).join("broken");
+    let mut bytes = fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    fs::write(&archive, bytes).unwrap();
+
+    const CORRUPT: &str =
+        "mkdir -p /w/r/c && cd /w/r && echo mine > c/version && cache restore broken";
+    const LIMIT: &str =
+        "for k in k1 k2 k3 k4; do head -c 90000 /dev/urandom > blob && cache store $k blob; done";
+    const BIG: &str = "head -c 400000 /dev/urandom > big && cache store big big";
+    const END: &str = "cache delete k4 && cache clear && (cache is_not_empty || echo empty)";
+    let second = ComposeJob::new("cache-compose-all-2", Container::new("main", BASH_IMAGE))
+        .command(CORRUPT)
+        .command("cat c/version && ls c")
+        .command(LIMIT)
+        .command(BIG)
+        .command("cache usage")
+        .command(END);
+    let ran = run_value(&agent, &second.to_value(), COMPOSE_JOB_TIMEOUT);
+    ran.assert_passed();
+    let out = ran.cmd(CORRUPT).output;
+    assert!(
+        out.starts_with("cache: the archive of 'broken' is corrupt (")
+            && out.ends_with("); nothing was restored\n"),
+        "{out}"
+    );
+    assert_eq!(ran.ok("cat c/version && ls c"), "mine\nversion\n");
+    let limit = ran.ok(LIMIT);
+    assert!(limit.contains("Removed 'gems-main-"), "{limit}");
+    assert!(limit.contains(" to make room.\n"), "{limit}");
+    assert!(
+        ran.ok(BIG)
+            .contains("but the cache holds at most 293.0 KiB; not stored"),
+        "{}",
+        ran.render()
+    );
+    assert!(
+        ran.ok("cache usage").starts_with("Used: "),
+        "{}",
+        ran.render()
+    );
+    let end = lines_of(&ran, END);
+    assert_eq!(end[0], "Deleted 'k4'.", "{end:?}");
+    assert!(end[1].starts_with("Deleted ") && end[1].ends_with(" key(s); the cache is empty."));
+    assert_eq!(end[2], "empty");
 }
 
 #[test]
