@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_agent");
 const N_FILES: usize = 20_000;
+/// The mean file size.
 const FILE_BYTES: usize = 10_000;
 const RUNS: usize = 3;
 const RATIO_TARGET: f64 = 1.5;
@@ -44,7 +45,7 @@ fn main() {
     let tree = scratch.path().join("src/tree");
     make_tree(&tree);
     println!(
-        "  tree: {N_FILES} files of {FILE_BYTES} bytes ({} MB), text-like content",
+        "  tree: {N_FILES} files of {SIZES:?} bytes in turn ({} MB), text-like, random and repetitive",
         N_FILES * FILE_BYTES / 1_000_000
     );
     let mut failed = false;
@@ -89,24 +90,37 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Text-like files (a small alphabet, random order): zstd -1 packs them to
-/// about half, as it would source trees and dependency caches.
+/// File sizes, in turn: a mean of `FILE_BYTES`, so the tree is 200 MB.
+const SIZES: [usize; 5] = [200, 1_000, 4_000, 10_000, 34_800];
+
+/// Mixed sizes (`SIZES`) and contents, in turn: text-like (a small
+/// alphabet, random order; zstd -1 packs it to about half, as source trees
+/// and dependency caches), random bytes (incompressible, as archives and
+/// images), and one repeated line (as generated files and logs).
 fn make_tree(tree: &Path) {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
     let alphabet = b"abcdefghijklmnopqrstuvwxyz      \n{}();=._ABCDEFGH0123";
-    let mut buf = vec![0u8; FILE_BYTES];
+    let line = b"export const value = compute(input, options); // generated\n";
     for i in 0..N_FILES {
         let dir = tree.join(format!("d{:03}", i / 200));
         if i % 200 == 0 {
             fs::create_dir_all(&dir).expect("create the tree");
         }
-        for b in buf.iter_mut() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *b = alphabet[(state % alphabet.len() as u64) as usize];
-        }
-        fs::write(dir.join(format!("f{i:05}.txt")), &buf).expect("write the tree");
+        let size = SIZES[i % SIZES.len()];
+        let buf: Vec<u8> = match i % 3 {
+            0 => (0..size)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect(),
+            1 => (0..size).map(|_| next() as u8).collect(),
+            _ => line.iter().copied().cycle().take(size).collect(),
+        };
+        fs::write(dir.join(format!("f{i:05}.dat")), &buf).expect("write the tree");
     }
 }
 
