@@ -10,7 +10,8 @@
 //! Times inside the job are taken by the job itself (`date +%s%N` around
 //! each command), so the job's start and the agent's own steps are not
 //! counted. Each figure is the median of `RUNS` runs, agent and baseline
-//! interleaved run by run. A missed target prints `MISSED`; a run that fails prints
+//! interleaved run by run, each timed step after a `sync` (untimed), so
+//! that neither pays for the other's dirty pages. A missed target prints `MISSED`; a run that fails prints
 //! `ERROR` and the process exits 1.
 
 use std::fs;
@@ -147,12 +148,14 @@ fn baseline_once(scratch: &Path) -> Result<(Duration, Duration), String> {
     let out = scratch.join("baseline-out");
     let archive = scratch.join("baseline.tar.zst");
     let _ = fs::remove_file(&archive);
+    sh("sync", scratch)?;
     let pack = sh(
         &format!("tar -cf - tree | zstd -1 -q -o {}", archive.display()),
         &src,
     )?;
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    sh("sync", scratch)?;
     let unpack = sh(
         &format!("zstd -d -q -c {} | tar -xf -", archive.display()),
         &out,
@@ -207,9 +210,9 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
             "job_id": format!("bench-cache-{name}-{run}"),
             "env_vars": env_vars,
             "commands": [
-                { "directive": format!("cd {}", src.display()) },
+                { "directive": format!("cd {} && sync", src.display()) },
                 timed("STORE", &format!("cache store {key} tree")),
-                { "directive": format!("cd {}", work.display()) },
+                { "directive": format!("cd {} && sync", work.display()) },
                 timed("RESTORE", &format!("cache restore {key}")),
                 { "directive": format!("test $(find tree -type f | wc -l) = {N_FILES}") },
                 timed("MISS", "cache restore no-such-key-anywhere"),
