@@ -255,6 +255,37 @@ fn stop_and_tear_down(agent: &TestAgent, job_id: &str) -> Vec<Value> {
     tear_down(agent, job_id)
 }
 
+/// An sshd that logs in to `agent`'s user, whose `authorized_keys` holds
+/// an unrelated key first, and a new key `name` for it; the home's files as
+/// they were, to compare with at the end.
+fn sshd_for(agent: &TestAgent, name: &str) -> (HomeFiles, Sshd, ClientKey) {
+    let home = agent.home();
+    seed(
+        &home.join(".ssh/authorized_keys"),
+        &format!("{UNRELATED_KEY}\n"),
+        0o600,
+    );
+    let files = HomeFiles::snapshot(&home);
+    let sshd = Sshd::start(&files.authorized_keys);
+    let key = sshd.new_key(name);
+    (files, sshd, key)
+}
+
+/// `stop_and_tear_down` of a compose job: it ends `stopped`, and its
+/// containers are removed.
+fn stop_compose_job(agent: &TestAgent, job_id: &str) {
+    let events = stop_and_tear_down(agent, job_id);
+    assert_eq!(
+        normalize(&events).last(),
+        Some(&Ev::JobFinished("stopped".to_owned()))
+    );
+    poll_until(
+        &format!("the containers of job {job_id} to be removed"),
+        COMPOSE_TIMEOUT,
+        || containers_named(&job_id.to_lowercase()).is_empty(),
+    );
+}
+
 /// Waits for `job_finished`, reads the log as the archivator and waits for
 /// the end of teardown; checks that no process of the job is left.
 fn tear_down(agent: &TestAgent, job_id: &str) -> Vec<Value> {
@@ -626,15 +657,7 @@ fn compose_jump_point_leads_into_the_main_container() {
         return;
     }
     let agent = TestAgent::builder().stop_grace_period(2).start();
-    let home = agent.home();
-    seed(
-        &home.join(".ssh/authorized_keys"),
-        &format!("{UNRELATED_KEY}\n"),
-        0o600,
-    );
-    let files = HomeFiles::snapshot(&home);
-    let sshd = Sshd::start(&files.authorized_keys);
-    let key = sshd.new_key("compose");
+    let (files, sshd, key) = sshd_for(&agent, "compose");
 
     let job = Job::new("sshc")
         .env("MY_VAR", MY_VALUE)
@@ -691,16 +714,7 @@ fn compose_jump_point_leads_into_the_main_container() {
         "the jump point does not see the job's env vars"
     );
 
-    let events = stop_and_tear_down(&agent, &job.job_id);
-    assert_eq!(
-        normalize(&events).last(),
-        Some(&Ev::JobFinished("stopped".to_owned()))
-    );
-    poll_until(
-        &format!("the containers of job {} to be removed", job.job_id),
-        COMPOSE_TIMEOUT,
-        || containers_named(&job.job_id.to_lowercase()).is_empty(),
-    );
+    stop_compose_job(&agent, &job.job_id);
     assert_key_refused(&sshd, &key);
     files.assert_restored();
 }

@@ -9,12 +9,12 @@ use serde_json::json;
 use std::fs;
 
 use super::{
-    assert_key_refused, containers_named, seed, stop_and_tear_down, tear_down, wait_for_output,
-    with_keys, without_waiting_preamble, HomeFiles, COMPOSE_TIMEOUT, SLEEP, UNRELATED_KEY,
+    assert_key_refused, sshd_for, stop_compose_job, tear_down, wait_for_output, with_keys,
+    without_waiting_preamble, COMPOSE_TIMEOUT, SLEEP,
 };
 use crate::support::cache::static_agent;
 use crate::support::docker::{self, ProjectWatch, BASH_IMAGE};
-use crate::support::server::{poll_until, TestAgent, EVENT_TIMEOUT};
+use crate::support::server::{TestAgent, EVENT_TIMEOUT};
 use crate::support::sshd::{self, shell_quote, ClientKey, Sshd, SSH_TIMEOUT};
 use crate::support::{normalize, Ev, Job};
 
@@ -69,14 +69,7 @@ fn a_shell_job_s_jump_point_has_cache_and_checkout() {
     }
     let agent = TestAgent::builder().stop_grace_period(2).start();
     let home = agent.home();
-    seed(
-        &home.join(".ssh/authorized_keys"),
-        &format!("{UNRELATED_KEY}\n"),
-        0o600,
-    );
-    let files = HomeFiles::snapshot(&home);
-    let sshd = Sshd::start(&files.authorized_keys);
-    let key = sshd.new_key("tools");
+    let (files, sshd, key) = sshd_for(&agent, "tools");
 
     // Holds the job (at most 60 s) until the test creates ~/release; the
     // job then restores what was stored through the jump point.
@@ -142,15 +135,7 @@ fn a_compose_job_s_jump_point_has_cache_and_checkout() {
         .arg("--cache-static-binary")
         .arg(static_agent().to_str().expect("a UTF-8 path"))
         .start();
-    let home = agent.home();
-    seed(
-        &home.join(".ssh/authorized_keys"),
-        &format!("{UNRELATED_KEY}\n"),
-        0o600,
-    );
-    let files = HomeFiles::snapshot(&home);
-    let sshd = Sshd::start(&files.authorized_keys);
-    let key = sshd.new_key("compose-tools");
+    let (files, sshd, key) = sshd_for(&agent, "compose-tools");
 
     let job = Job::new("sshc-tools").command(SLEEP);
     let mut request = with_keys(&job, &[&key]);
@@ -181,16 +166,7 @@ fn a_compose_job_s_jump_point_has_cache_and_checkout() {
     // typed while the jump point checks that main is up reaches the shell.
     assert_interactive_probe(&sshd, &key, &jump_point, "jp-main", None);
 
-    let events = stop_and_tear_down(&agent, &job.job_id);
-    assert_eq!(
-        normalize(&events).last(),
-        Some(&Ev::JobFinished("stopped".to_owned()))
-    );
-    poll_until(
-        &format!("the containers of job {} to be removed", job.job_id),
-        COMPOSE_TIMEOUT,
-        || containers_named(&job.job_id.to_lowercase()).is_empty(),
-    );
+    stop_compose_job(&agent, &job.job_id);
     project.assert_gone();
     assert_key_refused(&sshd, &key);
     files.assert_restored();

@@ -192,20 +192,26 @@ pub fn bash_only_image() -> &'static str {
         docker(&["rm", "-f", &name]).ok("docker rm");
         copied.ok("docker cp of bash");
         std::fs::create_dir(dir.path().join("tmp")).expect("a tmp directory");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
+        build_image(
+            TAG,
+            dir.path(),
             "FROM scratch\nCOPY bash /bin/bash\nCOPY tmp /tmp\nENV PATH=/bin\n",
-        )
-        .expect("write the Dockerfile");
-        let mut command = std::process::Command::new("docker");
-        command
-            .args(["build", "-q", "-t", TAG])
-            .arg(dir.path())
-            .env("DOCKER_BUILDKIT", "0");
-        super::docker::run_bounded(command, b"", Duration::from_secs(120))
-            .ok("docker build of the bash-only image");
+        );
     });
     TAG
+}
+
+/// `docker build -t tag` of `context` with `dockerfile`, bounded; the
+/// classic builder, which needs no registry.
+fn build_image(tag: &str, context: &std::path::Path, dockerfile: &str) {
+    std::fs::write(context.join("Dockerfile"), dockerfile).expect("write the Dockerfile");
+    let mut command = std::process::Command::new("docker");
+    command
+        .args(["build", "-q", "-t", tag])
+        .arg(context)
+        .env("DOCKER_BUILDKIT", "0");
+    super::docker::run_bounded(command, b"", Duration::from_secs(120))
+        .ok(&format!("docker build of {tag}"));
 }
 
 /// Where `probe_image` keeps busybox: off PATH, so the image has no
@@ -230,18 +236,11 @@ pub fn probe_image() -> &'static str {
         ]);
         docker(&["rm", "-f", &name]).ok("docker rm");
         copied.ok("docker cp of busybox");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            format!("FROM {base}\nCOPY busybox {PROBE_BUSYBOX}\n"),
-        )
-        .expect("write the Dockerfile");
-        let mut command = std::process::Command::new("docker");
-        command
-            .args(["build", "-q", "-t", TAG])
-            .arg(dir.path())
-            .env("DOCKER_BUILDKIT", "0");
-        super::docker::run_bounded(command, b"", Duration::from_secs(120))
-            .ok("docker build of the probe image");
+        build_image(
+            TAG,
+            dir.path(),
+            &format!("FROM {base}\nCOPY busybox {PROBE_BUSYBOX}\n"),
+        );
     });
     TAG
 }
