@@ -154,6 +154,13 @@ fn room_is_made_by_access_time_with_the_backend_from_the_environment() {
         .map(|m| m.rsplit_once('@').unwrap().0)
         .collect();
     assert_eq!(keys, ["a", "c"], "{markers:?}");
+
+    // A marker whose key went another way (here: by hand, on the server)
+    // goes with `cache clear`.
+    std::fs::remove_file(server.dir().join("c")).unwrap();
+    run(&agent, &Job::new("sftp-clear").command("cache clear")).assert_passed();
+    assert_eq!(server.names(), Vec::<String>::new());
+    assert_eq!(server.markers(), Vec::<String>::new());
 }
 
 #[test]

@@ -105,6 +105,15 @@ impl Backend {
         }
     }
 
+    /// After `clear`: drops what the backend keeps beside the archives
+    /// (SFTP's access markers, also those of keys another tool deleted).
+    pub fn cleared(&self) -> Result<(), CacheError> {
+        match self {
+            Backend::Local(_) => Ok(()),
+            Backend::Sftp(b) => b.clear_markers(),
+        }
+    }
+
     /// Free bytes on the backend's disk, when it can tell.
     pub fn free(&self) -> Result<Option<u64>, CacheError> {
         match self {
@@ -202,6 +211,7 @@ impl Store {
         for e in &entries {
             self.backend.delete(&e.key)?;
         }
+        self.backend.cleared()?;
         Ok(entries.len())
     }
 }

@@ -293,6 +293,12 @@ impl Sftp {
         }
     }
 
+    /// Removes every access marker.
+    pub fn clear_markers(&self) -> Result<(), CacheError> {
+        let batch = format!("-rm \"{}/\"*\n", self.remote(ACCESS_DIR));
+        self.run(&batch, SHORT_DEADLINE).map(|_| ())
+    }
+
     /// `df` of the base directory (the server's `statvfs` extension).
     pub fn free(&self) -> Result<Option<u64>, CacheError> {
         let base = if self.cfg.base.is_empty() {
