@@ -76,10 +76,17 @@ bench:
 # Reports go to mutants.out/<module>/; README, Tests, lists the mutants that
 # no test can notice. The tests run in a PID namespace of their own and in a
 # session of their own: a planted bug in process killing (`kill -1`,
-# `kill 0`) must not reach the host's processes.
+# `kill 0`) must not reach the host's processes. Each process of a test run
+# gets at most MUTANTS_MEMORY_MIB (4096) MiB of address space (`prlimit
+# --as`, inherited by the processes the tests start): a mutant that
+# allocates without end dies there (an allocation fails, the test binary
+# aborts and the mutant counts as caught) instead of exhausting the machine.
 MUTANTS_VERSION := 27.1.0
 MUTANTS_TIMEOUT ?= 60
+MUTANTS_MEMORY_MIB ?= 4096
 MUTANTS_RUNNER_VAR := CARGO_TARGET_$(shell echo $(HOST) | tr a-z- A-Z_)_RUNNER
+MUTANTS_RUNNER = prlimit --as=$$(($(MUTANTS_MEMORY_MIB) << 20)) -- \
+	unshare --map-root-user --pid --fork --mount-proc setsid --wait
 MUTANTS_TARGETS := \
 	src/process/output.rs:process:: \
 	src/process/procs.rs:process:: \
@@ -94,7 +101,7 @@ mutants:
 		file=$${target%%:*}; filters=$$(echo "$${target#*:}" | tr , ' '); \
 		out=mutants.out/$$(basename $$file .rs); mkdir -p $$out; \
 		echo "== $$file (tests: $$filters)"; \
-		$(MUTANTS_RUNNER_VAR)="unshare --map-root-user --pid --fork --mount-proc setsid --wait" \
+		$(MUTANTS_RUNNER_VAR)="$(MUTANTS_RUNNER)" \
 		$(CARGO) mutants --in-place --no-shuffle --timeout $(MUTANTS_TIMEOUT) \
 			--file $$file --output $$out \
 			--cargo-arg=--bin=agent -- -- $$filters || status=1; \
