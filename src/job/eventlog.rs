@@ -490,6 +490,8 @@ pub(crate) fn events_of(files: &LogFiles, from: u64) -> Vec<serde_json::Value> {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
 
     #[test]
@@ -776,5 +778,204 @@ mod tests {
             .collect();
         assert_eq!(summary, expected);
         assert_eq!(events[4]["exit_code"], 1);
+    }
+
+    /// Each event a log keeps when no write reaches its disk (/dev/full),
+    /// as "event directive|output|result"; the reason for the failure
+    /// reads `<why>`. `open_step` is a step left open by an earlier agent.
+    fn kept_on_a_full_disk(open_step: Option<&str>, events: &[Event<'_>]) -> Vec<String> {
+        let full = || OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = LogFiles::new(
+            dir.path().join("events.jsonl"),
+            dir.path().join("events.idx"),
+            Published::default(),
+        );
+        let open_step = open_step.map(|step| (step.to_string(), 1));
+        let mut log = EventLog::with_files(full(), full(), files, open_step);
+        assert!(!log.is_broken());
+        for event in events {
+            log.write(event);
+        }
+        assert!(log.is_broken());
+        events_of(&log.files(), 0)
+            .iter()
+            .map(|e| {
+                let text = |key: &str| e[key].as_str().unwrap_or_default().to_string();
+                let mut detail = text("directive") + &text("output") + &text("result");
+                if detail.contains("could not write the log of this job") {
+                    detail = "<why>".to_string();
+                }
+                format!("{} {detail}", text("event")).trim_end().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_reason_for_a_failed_write_goes_into_the_open_step_once() {
+        let finished = |directive| Event::CmdFinished {
+            timestamp: 2,
+            directive,
+            exit_code: 1,
+            started_at: 1,
+            finished_at: 2,
+        };
+        let started = |directive| Event::CmdStarted {
+            timestamp: 1,
+            directive,
+        };
+        let output = || Event::CmdOutput {
+            timestamp: 1,
+            output: "x\n",
+        };
+        let job_finished = || Event::JobFinished {
+            timestamp: 2,
+            result: "failed",
+        };
+        // Output is the first write to fail: the reason follows at once.
+        assert_eq!(
+            kept_on_a_full_disk(Some("make"), &[output(), finished("make"), job_finished()]),
+            [
+                "cmd_output <why>",
+                "cmd_finished make",
+                "job_finished failed"
+            ]
+        );
+        // The end of the step is: the reason comes before it.
+        assert_eq!(
+            kept_on_a_full_disk(Some("make"), &[finished("make"), job_finished()]),
+            [
+                "cmd_output <why>",
+                "cmd_finished make",
+                "job_finished failed"
+            ]
+        );
+        // No step to put it in: one of its own, before `job_finished`.
+        assert_eq!(
+            kept_on_a_full_disk(None, &[job_finished()]),
+            [
+                "cmd_started Agent error",
+                "cmd_output <why>",
+                "cmd_finished Agent error",
+                "job_finished failed"
+            ]
+        );
+        // Only the first step after the failure says why.
+        assert_eq!(
+            kept_on_a_full_disk(
+                None,
+                &[
+                    Event::JobStarted { timestamp: 1 },
+                    started("a"),
+                    finished("a"),
+                    started("b"),
+                    output(),
+                    finished("b"),
+                    job_finished()
+                ]
+            ),
+            [
+                "job_started",
+                "cmd_started a",
+                "cmd_output <why>",
+                "cmd_finished a",
+                "cmd_started b",
+                "cmd_finished b",
+                "job_finished failed"
+            ]
+        );
+    }
+
+    /// Everything `reader` can read now.
+    fn read_available(reader: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                Err(e) => panic!("reading the log's socket: {e}"),
+            }
+        }
+    }
+
+    fn line_of(event: &Event<'_>) -> Vec<u8> {
+        let mut line = Vec::new();
+        encode(&mut line, event);
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn lines_kept_in_memory_reach_the_log_once_it_can_be_written_again() {
+        // The log is one end of a non-blocking socket pair: a write fails
+        // (would block) while nobody reads the other end, and works again
+        // once the other end has read what waits there. The index is a file.
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, mut reader) = UnixStream::pair().unwrap();
+        writer.set_nonblocking(true).unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let index_path = dir.path().join("events.idx");
+        let files = LogFiles::new(
+            dir.path().join("events.jsonl"),
+            index_path.clone(),
+            Published::default(),
+        );
+        let index = File::create(&index_path).unwrap();
+        let mut log = EventLog::with_files(File::from(OwnedFd::from(writer)), index, files, None);
+        let started = Event::CmdStarted {
+            timestamp: 1,
+            directive: "yes",
+        };
+        let written = [Event::JobStarted { timestamp: 1 }, started];
+        for event in &written {
+            log.write(event);
+        }
+        let offsets = |bytes: &[u8]| -> Vec<u64> {
+            bytes
+                .chunks(8)
+                .map(|entry| u64::from_le_bytes(entry.try_into().unwrap()))
+                .collect()
+        };
+        let first = line_of(&written[0]).len() as u64;
+        let second = first + line_of(&written[1]).len() as u64;
+        assert_eq!(offsets(&std::fs::read(&index_path).unwrap()), [0, first]);
+
+        // More than the socket holds: this write fails half-way.
+        let flood = "y\n".repeat(4 << 20);
+        log.write(&Event::CmdOutput {
+            timestamp: 1,
+            output: &flood,
+        });
+        assert!(log.is_broken());
+        // The index is cut back to the lines the log had before.
+        assert_eq!(offsets(&std::fs::read(&index_path).unwrap()), [0, first]);
+        let finished = Event::CmdFinished {
+            timestamp: 2,
+            directive: "yes",
+            exit_code: 1,
+            started_at: 1,
+            finished_at: 2,
+        };
+        log.write(&finished);
+        let before = read_available(&mut reader);
+        assert!(before.len() < flood.len(), "the flood was written whole");
+
+        // The socket has room again; the last attempt, when the log is
+        // dropped, writes what was kept: the reason, then `cmd_finished`.
+        drop(log);
+        let text = String::from_utf8(read_available(&mut reader)).unwrap();
+        let (reason, rest) = text.split_once('\n').expect("a whole line");
+        assert!(
+            reason.contains("could not write the log of this job"),
+            "{text}"
+        );
+        assert_eq!(rest.as_bytes(), line_of(&finished), "{text}");
+        let reason = reason.len() as u64 + 1;
+        assert_eq!(
+            offsets(&std::fs::read(&index_path).unwrap()),
+            [0, first, second, second + reason]
+        );
     }
 }
