@@ -213,6 +213,31 @@ mod tests {
     }
 
     #[test]
+    fn a_job_found_by_its_mark_has_no_session_of_its_own() {
+        // `marked` is for a job whose bash is gone: it must match no session,
+        // not the one of these tests (pid 1 of a namespace of its own under
+        // `make mutants`, so session 1) nor the machine init's.
+        let mut stranger = Command::new("sleep").arg("1000").spawn().unwrap();
+        let mark = format!("by-mark-{}", std::process::id());
+        let mut marked = Command::new("sleep")
+            .arg("1000")
+            .env(MARK_VAR, &mark)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let job = JobProcesses::marked(&mark);
+        wait_until("the marked process", || {
+            job.list().contains(&(marked.id() as i32))
+        });
+        let listed = job.list();
+        for child in [&mut stranger, &mut marked] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        assert_eq!(listed, [marked.id() as i32]);
+    }
+
+    #[test]
     fn a_process_that_cleans_up_on_term_gets_the_time_to() {
         let dir = tempfile::tempdir().unwrap();
         let done = dir.path().join("cleaned-up");
@@ -235,9 +260,16 @@ mod tests {
     fn a_process_that_ignores_term_and_hup_is_killed_after_the_grace_period() {
         let (mut child, job) = marked_bash("stubborn", "trap '' TERM HUP INT; sleep 1000; :");
         wait_until("the marked sleep", || job.list().len() == 2);
-        let started = Instant::now();
-        job.kill_all(Duration::from_millis(200));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let (done, returned) = std::sync::mpsc::channel();
+        let killer = job.clone();
+        std::thread::spawn(move || {
+            killer.kill_all(Duration::from_millis(200));
+            let _ = done.send(());
+        });
+        if returned.recv_timeout(Duration::from_secs(5)).is_err() {
+            sys::kill(-(child.id() as i32), sys::SIGKILL);
+            panic!("kill_all did not return within 5 s of a 200 ms grace period");
+        }
         let status = wait_bounded(&mut child).expect("the stubborn bash was killed");
         assert_eq!(status.signal(), Some(sys::SIGKILL));
         assert!(job.list().is_empty());
