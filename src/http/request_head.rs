@@ -381,6 +381,25 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_expects_100_without_a_body_gets_none() {
+        // No body to send after a 100: neither the client nor `tiny_http`
+        // waits for one.
+        let plan = plan_request(
+            b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            peer(),
+            100,
+        )
+        .unwrap();
+        assert_eq!(plan.body_len, 0);
+        assert!(!plan.expect.relay_continue);
+        assert_eq!(
+            String::from_utf8(plan.head).unwrap(),
+            "PUT /x HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\
+             X-Agent-Peer: 192.0.2.7:4242\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn find_head_end_points_past_the_blank_line() {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
