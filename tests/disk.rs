@@ -134,6 +134,9 @@ fn a_full_disk_fails_the_job_loudly_and_the_next_one_starts_clean() {
     assert_eq!(events.last().expect("events")["result"], "passed");
     assert!(outputs(&events).contains("clean\n"));
     assert!(!outputs(&events).contains("could not write"));
-    drop(agent);
+    // The tmpfs goes first (a lazy unmount, while the agent still runs):
+    // the agent's directory, which holds its mount point, is then empty
+    // and goes with the agent.
     drop(tmpfs);
+    drop(agent);
 }
