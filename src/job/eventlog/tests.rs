@@ -1,0 +1,492 @@
+//! Unit tests of the event log: encoding, chunked output, reading from an
+//! offset, write failures and recovery (docs/protocol.md §6).
+
+use super::*;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+#[test]
+fn directives_are_masked() {
+    let dir = temp_dir("mask");
+    let mut log = EventLog::create(&dir).unwrap();
+    log.set_secrets(Arc::new(vec![b"hunter22".to_vec()]));
+    log.write(&Event::CmdStarted {
+        timestamp: 1,
+        directive: "echo hunter22",
+    });
+    log.write(&Event::CmdFinished {
+        timestamp: 1,
+        directive: "echo hunter22",
+        exit_code: 0,
+        started_at: 1,
+        finished_at: 1,
+    });
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert_eq!(text.matches("echo [MASKED]").count(), 2, "{text}");
+    assert!(!text.contains("hunter22"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_failed_write_keeps_steps_and_the_reason_in_memory() {
+    let dir = temp_dir("full");
+    let full = || OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let files = LogFiles::new(dir.join("none"), dir.join("none.idx"), Published::default());
+    let mut log = EventLog::with_files(full(), full(), files, None);
+    let broken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&broken);
+    log.on_broken(Box::new(move || {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    log.write(&Event::JobStarted { timestamp: 1 });
+    log.write(&Event::CmdStarted {
+        timestamp: 1,
+        directive: "yes",
+    });
+    for _ in 0..3 {
+        log.write(&Event::CmdOutput {
+            timestamp: 1,
+            output: "y\n",
+        });
+    }
+    log.write(&Event::CmdFinished {
+        timestamp: 2,
+        directive: "yes",
+        exit_code: 130,
+        started_at: 1,
+        finished_at: 2,
+    });
+    log.write(&Event::JobFinished {
+        timestamp: 2,
+        result: "failed",
+    });
+    assert!(log.is_broken());
+    assert_eq!(broken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let files = log.files();
+    let events = events_of(&files, 0);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "job_started",
+            "cmd_started",
+            "cmd_output",
+            "cmd_finished",
+            "job_finished"
+        ]
+    );
+    assert!(events[2]["output"]
+        .as_str()
+        .unwrap()
+        .contains("could not write the log of this job (No space left on device"));
+    assert!(files.progress().finished);
+    assert_eq!(events_of(&files, 3).len(), 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agent-eventlog-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn output_lines_are_what_serde_writes() {
+    let event = Event::CmdOutput {
+        timestamp: 1_700_000_000,
+        output: "line \"one\"\r\n\u{1}é\\",
+    };
+    let mut line = Vec::new();
+    encode(&mut line, &event);
+    assert_eq!(line, serde_json::to_vec(&event).unwrap());
+}
+
+#[test]
+fn lines_have_wire_field_order() {
+    let dir = temp_dir("order");
+    let mut log = EventLog::create(&dir).unwrap();
+    log.write(&Event::CmdFinished {
+        timestamp: 3,
+        directive: "echo <a>",
+        exit_code: 0,
+        started_at: 1,
+        finished_at: 2,
+    });
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert_eq!(
+        text,
+        "{\"event\":\"cmd_finished\",\"timestamp\":3,\"directive\":\"echo <a>\",\"exit_code\":0,\"started_at\":1,\"finished_at\":2}\n"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_failure_closes_the_open_step() {
+    let dir = temp_dir("failure");
+    let mut log = EventLog::create(&dir).unwrap();
+    log.write(&Event::CmdStarted {
+        timestamp: 5,
+        directive: "make",
+    });
+    log.close_after_failure("boom\n");
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .map(|l| &l[..l.find(",\"timestamp").unwrap()])
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "{\"event\":\"cmd_started\"",
+            "{\"event\":\"cmd_output\"",
+            "{\"event\":\"cmd_finished\"",
+            "{\"event\":\"job_finished\""
+        ]
+    );
+    assert!(text.contains("\"directive\":\"make\",\"exit_code\":1,\"started_at\":5"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn read_from_any_event() {
+    let dir = temp_dir("read");
+    let mut log = EventLog::create(&dir).unwrap();
+    for i in 0..10 {
+        log.write(&Event::CmdOutput {
+            timestamp: i,
+            output: &format!("line {i}\n"),
+        });
+    }
+    let files = log.files();
+    let mut all = String::new();
+    files
+        .read_from(0)
+        .unwrap()
+        .read_to_string(&mut all)
+        .unwrap();
+    assert_eq!(all.lines().count(), 10);
+    let mut tail = String::new();
+    files
+        .read_from(8)
+        .unwrap()
+        .read_to_string(&mut tail)
+        .unwrap();
+    assert_eq!(tail.lines().count(), 2);
+    assert!(tail.starts_with("{\"event\":\"cmd_output\",\"timestamp\":8,"));
+    let mut none = String::new();
+    files
+        .read_from(99)
+        .unwrap()
+        .read_to_string(&mut none)
+        .unwrap();
+    assert!(none.is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn lines_of(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn results_and_timestamps_are_the_wire_values() {
+    let results = [JobResult::Passed, JobResult::Failed, JobResult::Stopped];
+    assert_eq!(
+        results.map(JobResult::as_str),
+        ["passed", "failed", "stopped"]
+    );
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let now = now_secs();
+    assert!(before <= now && now <= before + 60, "{before} {now}");
+}
+
+#[test]
+fn progress_and_the_observer_follow_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::create(dir.path()).unwrap();
+    let files = log.files();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    log.set_observer(Box::new(move |event, line| {
+        let finished = matches!(event, Event::JobFinished { .. });
+        sink.lock().unwrap().push((finished, line.to_vec()));
+    }));
+    log.write(&Event::JobStarted { timestamp: 7 });
+    let progress = files.progress();
+    let first = br#"{"event":"job_started","timestamp":7}"#;
+    assert_eq!(
+        (progress.bytes, progress.finished),
+        (first.len() as u64 + 1, false)
+    );
+    log.write(&Event::JobFinished {
+        timestamp: 8,
+        result: JobResult::Passed.as_str(),
+    });
+    let text = std::fs::read(dir.path().join("events.jsonl")).unwrap();
+    let progress = files.progress();
+    assert_eq!(
+        (progress.bytes, progress.finished),
+        (text.len() as u64, true)
+    );
+    let lines: Vec<(bool, Vec<u8>)> = text
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(i, line)| (i == 1, line.to_vec()))
+        .collect();
+    assert_eq!(*seen.lock().unwrap(), lines);
+}
+
+#[test]
+fn a_failure_after_a_finished_step_gets_a_step_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::create(dir.path()).unwrap();
+    log.write(&Event::CmdStarted {
+        timestamp: 5,
+        directive: "make",
+    });
+    log.write(&Event::CmdFinished {
+        timestamp: 6,
+        directive: "make",
+        exit_code: 0,
+        started_at: 5,
+        finished_at: 6,
+    });
+    log.close_after_failure("boom\n");
+    let events = lines_of(dir.path());
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let text = |key: &str| e[key].as_str().unwrap_or_default().to_string();
+            (
+                text("event"),
+                text("directive") + &text("output") + &text("result"),
+            )
+        })
+        .collect();
+    let expected = [
+        ("cmd_started", "make"),
+        ("cmd_finished", "make"),
+        ("cmd_started", "Agent error"),
+        ("cmd_output", "boom\n"),
+        ("cmd_finished", "Agent error"),
+        ("job_finished", "failed"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(summary, expected);
+    assert_eq!(events[4]["exit_code"], 1);
+}
+
+/// Each event a log keeps when no write reaches its disk (/dev/full),
+/// as "event directive|output|result"; the reason for the failure
+/// reads `<why>`. `open_step` is a step left open by an earlier agent.
+fn kept_on_a_full_disk(open_step: Option<&str>, events: &[Event<'_>]) -> Vec<String> {
+    let full = || OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = LogFiles::new(
+        dir.path().join("events.jsonl"),
+        dir.path().join("events.idx"),
+        Published::default(),
+    );
+    let open_step = open_step.map(|step| (step.to_string(), 1));
+    let mut log = EventLog::with_files(full(), full(), files, open_step);
+    assert!(!log.is_broken());
+    for event in events {
+        log.write(event);
+    }
+    assert!(log.is_broken());
+    events_of(&log.files(), 0)
+        .iter()
+        .map(|e| {
+            let text = |key: &str| e[key].as_str().unwrap_or_default().to_string();
+            let mut detail = text("directive") + &text("output") + &text("result");
+            if detail.contains("could not write the log of this job") {
+                detail = "<why>".to_string();
+            }
+            format!("{} {detail}", text("event")).trim_end().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_reason_for_a_failed_write_goes_into_the_open_step_once() {
+    let finished = |directive| Event::CmdFinished {
+        timestamp: 2,
+        directive,
+        exit_code: 1,
+        started_at: 1,
+        finished_at: 2,
+    };
+    let started = |directive| Event::CmdStarted {
+        timestamp: 1,
+        directive,
+    };
+    let output = || Event::CmdOutput {
+        timestamp: 1,
+        output: "x\n",
+    };
+    let job_finished = || Event::JobFinished {
+        timestamp: 2,
+        result: "failed",
+    };
+    // Output is the first write to fail: the reason follows at once.
+    assert_eq!(
+        kept_on_a_full_disk(Some("make"), &[output(), finished("make"), job_finished()]),
+        [
+            "cmd_output <why>",
+            "cmd_finished make",
+            "job_finished failed"
+        ]
+    );
+    // The end of the step is: the reason comes before it.
+    assert_eq!(
+        kept_on_a_full_disk(Some("make"), &[finished("make"), job_finished()]),
+        [
+            "cmd_output <why>",
+            "cmd_finished make",
+            "job_finished failed"
+        ]
+    );
+    // No step to put it in: one of its own, before `job_finished`.
+    assert_eq!(
+        kept_on_a_full_disk(None, &[job_finished()]),
+        [
+            "cmd_started Agent error",
+            "cmd_output <why>",
+            "cmd_finished Agent error",
+            "job_finished failed"
+        ]
+    );
+    // Only the first step after the failure says why.
+    assert_eq!(
+        kept_on_a_full_disk(
+            None,
+            &[
+                Event::JobStarted { timestamp: 1 },
+                started("a"),
+                finished("a"),
+                started("b"),
+                output(),
+                finished("b"),
+                job_finished()
+            ]
+        ),
+        [
+            "job_started",
+            "cmd_started a",
+            "cmd_output <why>",
+            "cmd_finished a",
+            "cmd_started b",
+            "cmd_finished b",
+            "job_finished failed"
+        ]
+    );
+}
+
+/// Everything `reader` can read now.
+fn read_available(reader: &mut UnixStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+            Err(e) => panic!("reading the log's socket: {e}"),
+        }
+    }
+}
+
+fn line_of(event: &Event<'_>) -> Vec<u8> {
+    let mut line = Vec::new();
+    encode(&mut line, event);
+    line.push(b'\n');
+    line
+}
+
+#[test]
+fn lines_kept_in_memory_reach_the_log_once_it_can_be_written_again() {
+    // The log is one end of a non-blocking socket pair: a write fails
+    // (would block) while nobody reads the other end, and works again
+    // once the other end has read what waits there. The index is a file.
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, mut reader) = UnixStream::pair().unwrap();
+    writer.set_nonblocking(true).unwrap();
+    reader.set_nonblocking(true).unwrap();
+    let index_path = dir.path().join("events.idx");
+    let files = LogFiles::new(
+        dir.path().join("events.jsonl"),
+        index_path.clone(),
+        Published::default(),
+    );
+    let index = File::create(&index_path).unwrap();
+    let mut log = EventLog::with_files(File::from(OwnedFd::from(writer)), index, files, None);
+    let started = Event::CmdStarted {
+        timestamp: 1,
+        directive: "yes",
+    };
+    let written = [Event::JobStarted { timestamp: 1 }, started];
+    for event in &written {
+        log.write(event);
+    }
+    let offsets = |bytes: &[u8]| -> Vec<u64> {
+        bytes
+            .chunks(8)
+            .map(|entry| u64::from_le_bytes(entry.try_into().unwrap()))
+            .collect()
+    };
+    let first = line_of(&written[0]).len() as u64;
+    let second = first + line_of(&written[1]).len() as u64;
+    assert_eq!(offsets(&std::fs::read(&index_path).unwrap()), [0, first]);
+
+    // More than the socket holds: this write fails half-way.
+    let flood = "y\n".repeat(4 << 20);
+    log.write(&Event::CmdOutput {
+        timestamp: 1,
+        output: &flood,
+    });
+    assert!(log.is_broken());
+    // The index is cut back to the lines the log had before.
+    assert_eq!(offsets(&std::fs::read(&index_path).unwrap()), [0, first]);
+    let finished = Event::CmdFinished {
+        timestamp: 2,
+        directive: "yes",
+        exit_code: 1,
+        started_at: 1,
+        finished_at: 2,
+    };
+    log.write(&finished);
+    let before = read_available(&mut reader);
+    assert!(before.len() < flood.len(), "the flood was written whole");
+
+    // The socket has room again; the last attempt, when the log is
+    // dropped, writes what was kept: the reason, then `cmd_finished`.
+    drop(log);
+    let text = String::from_utf8(read_available(&mut reader)).unwrap();
+    let (reason, rest) = text.split_once('\n').expect("a whole line");
+    assert!(
+        reason.contains("could not write the log of this job"),
+        "{text}"
+    );
+    assert_eq!(rest.as_bytes(), line_of(&finished), "{text}");
+    let reason = reason.len() as u64 + 1;
+    assert_eq!(
+        offsets(&std::fs::read(&index_path).unwrap()),
+        [0, first, second, second + reason]
+    );
+}
