@@ -1,7 +1,6 @@
 //! The shell executor: the job's bash runs on this host as the agent's
 //! user, and files are written straight to their paths (§5.2 steps 3 and 5).
 
-use crate::cache::session::SETUP_FILE;
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
 use crate::job::files::{first_bad, inject_file, resolve_path};
@@ -41,8 +40,8 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
             if let Err(e) = jump_point.write_script(
                 &spec.request.job_id,
                 &target,
-                &spec.work_dir.join("env"),
-                &spec.work_dir.join(SETUP_FILE),
+                &spec.env_file(),
+                &spec.setup_file(),
             ) {
                 log::error!("job {}: {e}", spec.request.job_id);
             }

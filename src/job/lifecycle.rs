@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
-use crate::cache::session::SETUP_FILE;
 use crate::executor::jumppoint::{self, JumpPoint};
 use crate::executor::Executor;
 use crate::job::env::{decode_env, write_env_file, MIN_SECRET_LEN};
@@ -222,7 +221,7 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
             return false;
         }
     };
-    let env_file = steps.spec.work_dir.join("env");
+    let env_file = steps.spec.env_file();
     if let Err(e) = write_env_file(&env_file, &vars) {
         steps.output(&format!(
             "Failed to write the environment file {}: {e}\n",
@@ -250,8 +249,7 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
         ))
         .exit_code();
     if status == 0 {
-        let setup_file = steps.spec.work_dir.join(SETUP_FILE);
-        executor.env_exported(session, &env_file, &setup_file);
+        executor.env_exported(session, &env_file, &steps.spec.setup_file());
     }
     steps.finished(STEP_EXPORT_ENV, status, started_at);
     status == 0
@@ -267,7 +265,7 @@ fn source_setup(
     session: &mut Session,
 ) {
     let text = crate::cache::session::setup_script(cache);
-    let path = spec.work_dir.join(SETUP_FILE);
+    let path = spec.setup_file();
     match write_private(&path, text.as_bytes()) {
         Ok(()) => session.run_silent(&format!("source {}", shell_quote(&path.to_string_lossy()))),
         Err(e) => {
@@ -351,7 +349,7 @@ fn export_result(steps: &mut Steps<'_, '_>, session: &mut Session, result: JobRe
     let line = format!("export SEMAPHORE_JOB_RESULT={}\n", result.as_str());
     // Keep the env file complete for the job's jump point (§8). A failed
     // env step wrote none, and then there is nothing to complete.
-    let env_file = steps.spec.work_dir.join("env");
+    let env_file = steps.spec.env_file();
     match OpenOptions::new()
         .append(true)
         .open(&env_file)

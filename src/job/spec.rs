@@ -43,3 +43,17 @@ pub struct JobSpec<'a> {
     pub grace: Duration,
     pub options: &'a AgentOptions,
 }
+
+impl JobSpec<'_> {
+    /// The job's env file (`export` lines), which its session and its jump
+    /// point source (docs/protocol.md §8).
+    pub fn env_file(&self) -> PathBuf {
+        self.work_dir.join("env")
+    }
+
+    /// The job's setup script (`cache`, `checkout`), sourced after the env
+    /// file by the session and the jump point.
+    pub fn setup_file(&self) -> PathBuf {
+        self.work_dir.join(crate::cache::session::SETUP_FILE)
+    }
+}

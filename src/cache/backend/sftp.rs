@@ -37,6 +37,8 @@ const ACCESS_DIR: &str = ".access";
 pub struct Sftp {
     cfg: SftpConfig,
     spool: PathBuf,
+    /// An empty file in the spool, uploaded as an access marker.
+    empty: PathBuf,
 }
 
 /// What one `sftp` run printed.
@@ -51,10 +53,33 @@ impl Sftp {
             .mode(0o700)
             .create(spool)
             .map_err(|e| CacheError::io("cannot create the cache spool directory", spool, e))?;
+        let empty = spool.join("empty");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&empty)
+            .map_err(|e| CacheError::io("cannot create", &empty, e))?;
         Ok(Sftp {
             cfg: cfg.clone(),
             spool: spool.to_path_buf(),
+            empty,
         })
+    }
+
+    /// The base directory, as `ls` and `df` take it.
+    fn base(&self) -> &str {
+        if self.cfg.base.is_empty() {
+            "/"
+        } else {
+            &self.cfg.base
+        }
+    }
+
+    /// The start of every access marker's name of `key` (`KEY@`).
+    fn marker_prefix(&self, key: &str) -> String {
+        self.remote(&format!("{ACCESS_DIR}/{key}@"))
     }
 
     fn remote(&self, name: &str) -> String {
@@ -166,11 +191,7 @@ impl Sftp {
     }
 
     pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
-        let base = if self.cfg.base.is_empty() {
-            "/"
-        } else {
-            &self.cfg.base
-        };
+        let base = self.base();
         let access = self.remote(ACCESS_DIR);
         let ran = self.run(
             &format!("ls -lt \"{base}\"\n-ls -1 \"{access}\"\n"),
@@ -188,33 +209,16 @@ impl Sftp {
 
     /// Batch commands that make `now` the access time of `key`. Keys hold
     /// no glob characters (see `keys::check`), so `"KEY@"*` (sftp globs
-    /// outside quotes only) is the key's own markers. Every command may fail (`-`): a marker is no reason to fail
-    /// a store or a restore.
+    /// outside quotes only) is the key's own markers. Every command may
+    /// fail (`-`): a marker is no reason to fail a store or a restore.
     fn mark_access(&self, key: &str) -> String {
-        let Ok(empty) = self.empty_file() else {
-            return String::new();
-        };
-        let marker = |tail: &str| self.remote(&format!("{ACCESS_DIR}/{key}@{tail}"));
+        let prefix = self.marker_prefix(key);
         format!(
-            "-mkdir \"{}\"\n-rm \"{}\"*\n-put \"{}\" \"{}\"\n",
+            "-mkdir \"{}\"\n-rm \"{prefix}\"*\n-put \"{}\" \"{prefix}{}\"\n",
             self.remote(ACCESS_DIR),
-            marker(""),
-            empty.display(),
-            marker(&now_ms().to_string()),
+            self.empty.display(),
+            now_ms(),
         )
-    }
-
-    /// An empty file to upload as an access marker.
-    fn empty_file(&self) -> Result<PathBuf, CacheError> {
-        let path = self.spool.join("empty");
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| CacheError::io("cannot create", &path, e))?;
-        Ok(path)
     }
 
     pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
@@ -280,7 +284,7 @@ impl Sftp {
         let batch = format!(
             "rm \"{}\"\n-rm \"{}\"*\n",
             self.remote(key),
-            self.remote(&format!("{ACCESS_DIR}/{key}@"))
+            self.marker_prefix(key)
         );
         match self.run(&batch, SHORT_DEADLINE) {
             Ok(_) => Ok(()),
@@ -301,11 +305,7 @@ impl Sftp {
 
     /// `df` of the base directory (the server's `statvfs` extension).
     pub fn free(&self) -> Result<Option<u64>, CacheError> {
-        let base = if self.cfg.base.is_empty() {
-            "/"
-        } else {
-            &self.cfg.base
-        };
+        let base = self.base();
         let ran = self.run(&format!("-df \"{base}\"\n"), SHORT_DEADLINE)?;
         Ok(parse_df(&ran.stdout))
     }

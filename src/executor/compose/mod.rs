@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use self::file::FileOptions;
 use self::project::Project;
-use crate::cache::session::SETUP_FILE;
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::eventlog::now_secs;
 use crate::job::files::{inject_file, resolve_path};
@@ -138,8 +137,8 @@ pub(crate) fn start(
     if let Err(e) = jump_point.write_script(
         &request.job_id,
         &target,
-        &spec.work_dir.join("env"),
-        &spec.work_dir.join(SETUP_FILE),
+        &spec.env_file(),
+        &spec.setup_file(),
     ) {
         log::error!("job {}: {e}", request.job_id);
     }
