@@ -4,6 +4,45 @@
 use argh::FromArgs;
 use std::path::PathBuf;
 
+/// An empty path means no path, as in the reference agent (its e2e
+/// configuration sets `shutdown-hook-path: ""`).
+pub fn non_empty(path: Option<PathBuf>) -> Option<PathBuf> {
+    path.filter(|p| !p.as_os_str().is_empty())
+}
+
+impl Cli {
+    /// Every path flag given as `""` becomes absent.
+    pub fn without_empty_paths(mut self) -> Cli {
+        let clear = |p: &mut Option<PathBuf>| *p = non_empty(p.take());
+        match &mut self.command {
+            Sub::Version(_) => {}
+            Sub::Run(a) => clear(&mut a.data_dir),
+            Sub::Serve(a) => {
+                for p in [
+                    &mut a.auth_token_secret_file,
+                    &mut a.tls_cert_path,
+                    &mut a.tls_key_path,
+                    &mut a.pre_job_hook_path,
+                    &mut a.data_dir,
+                    &mut a.cache_dir,
+                    &mut a.cache_sftp_key,
+                    &mut a.cache_static_binary,
+                ] {
+                    clear(p);
+                }
+            }
+            // The hook paths are merged with the config file first: an
+            // empty flag wins over the file, and then means none.
+            Sub::Start(a) => {
+                clear(&mut a.config_file);
+                clear(&mut a.data_dir);
+            }
+            Sub::Token(a) => clear(&mut a.auth_token_secret_file),
+        }
+        self
+    }
+}
+
 /// A CI job runner that speaks the Semaphore 2.0 agent API.
 #[derive(FromArgs, Debug)]
 #[argh(help_triggers("-h", "--help", "help"))]

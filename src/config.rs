@@ -59,7 +59,8 @@ pub fn home_dir() -> PathBuf {
 
 /// `--data-dir`, else `$AGENT_DATA_DIR`, else `~/.local/state/agent`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("AGENT_DATA_DIR").map(PathBuf::from))
+    crate::cli::non_empty(flag)
+        .or_else(|| crate::cli::non_empty(std::env::var_os("AGENT_DATA_DIR").map(PathBuf::from)))
         .unwrap_or_else(|| home_dir().join(".local/state/agent"))
 }
 

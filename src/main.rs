@@ -113,7 +113,7 @@ fn parse_args() -> cli::Cli {
         _ => {}
     }
     match <cli::Cli as argh::FromArgs>::from_args(&["agent"], &rest) {
-        Ok(cli) => cli,
+        Ok(cli) => cli.without_empty_paths(),
         Err(early) => {
             let output = usage::list_start(early.output.trim_end());
             if early.status.is_ok() {

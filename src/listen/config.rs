@@ -229,6 +229,7 @@ fn merge(
         .name
         .clone()
         .or(file.name)
+        .filter(|n| !n.is_empty())
         .or_else(|| env("SEMAPHORE_AGENT_NAME"))
     {
         Some(name) => {
@@ -306,12 +307,18 @@ fn merge(
                 .unwrap_or(0),
         ),
         job_id,
-        shutdown_hook: args.shutdown_hook_path.clone().or(file.shutdown_hook_path),
-        pre_job_hook: args.pre_job_hook_path.clone().or(file.pre_job_hook_path),
+        shutdown_hook: crate::cli::non_empty(
+            args.shutdown_hook_path.clone().or(file.shutdown_hook_path),
+        ),
+        pre_job_hook: crate::cli::non_empty(
+            args.pre_job_hook_path.clone().or(file.pre_job_hook_path),
+        ),
         fail_on_pre_job_hook_error: args.fail_on_pre_job_hook_error
             || file.fail_on_pre_job_hook_error.unwrap_or(false),
         source_pre_job_hook: args.source_pre_job_hook || file.source_pre_job_hook.unwrap_or(false),
-        post_job_hook: args.post_job_hook_path.clone().or(file.post_job_hook_path),
+        post_job_hook: crate::cli::non_empty(
+            args.post_job_hook_path.clone().or(file.post_job_hook_path),
+        ),
         upload_job_logs,
         interruption_grace: Duration::from_secs(
             args.interruption_grace_period
@@ -458,6 +465,32 @@ mod tests {
         assert_eq!(cfg.files.len(), 2);
         assert!(!cfg.https);
         assert_eq!(cfg.name.len(), 20);
+    }
+
+    #[test]
+    fn empty_paths_and_names_mean_none() {
+        let f = file(
+            "endpoint: x\ntoken: t\nname: ''\nshutdown-hook-path: ''\n\
+             pre-job-hook-path: ''\npost-job-hook-path: /hooks/post\nenv-vars: []\nfiles: []\n",
+        )
+        .unwrap();
+        let cfg = merge(&args(&[]), f, &no_env).unwrap();
+        assert_eq!(cfg.shutdown_hook, None);
+        assert_eq!(cfg.pre_job_hook, None);
+        assert_eq!(cfg.post_job_hook, Some(PathBuf::from("/hooks/post")));
+        assert_eq!(cfg.name.len(), 20);
+        // An empty flag wins over the file, and means none too.
+        let f = file("endpoint: x\ntoken: t\npost-job-hook-path: /hooks/post\n").unwrap();
+        let cli = <crate::cli::Cli as argh::FromArgs>::from_args(
+            &["agent"],
+            &["start", "--post-job-hook-path", ""],
+        )
+        .unwrap()
+        .without_empty_paths();
+        let crate::cli::Sub::Start(start) = cli.command else {
+            panic!("not start")
+        };
+        assert_eq!(merge(&start, f, &no_env).unwrap().post_job_hook, None);
     }
 
     #[test]
