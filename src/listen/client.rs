@@ -44,9 +44,15 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
-    /// A success whose body is not what the route answers.
+    /// A success whose body is not JSON, or not an object.
     Decode {
         route: &'static str,
+        source: serde_json::Error,
+    },
+    /// A field of the answer has a type the agent cannot read.
+    Field {
+        route: &'static str,
+        field: &'static str,
         source: serde_json::Error,
     },
 }
@@ -68,6 +74,9 @@ impl fmt::Display for ClientError {
                 Ok(())
             }
             ClientError::Decode { route, .. } => write!(f, "{route} answered an unexpected body"),
+            ClientError::Field { route, field, .. } => {
+                write!(f, "{route} answered an unexpected `{field}`")
+            }
         }
     }
 }
@@ -76,7 +85,7 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClientError::Transport { source, .. } => Some(source.as_ref()),
-            ClientError::Decode { source, .. } => Some(source),
+            ClientError::Decode { source, .. } | ClientError::Field { source, .. } => Some(source),
             ClientError::Status { .. } => None,
         }
     }
@@ -108,11 +117,13 @@ pub struct RegisterRequest {
     pub job_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// The answer to `/register`. A field the answer lacks is `None` (the
+/// reference's own test control plane answers `{"access_token": ...}`
+/// only).
+#[derive(Debug)]
 pub struct Registered {
-    #[serde(default)]
-    pub name: String,
-    pub token: String,
+    pub name: Option<String>,
+    pub token: Option<String>,
 }
 
 /// The state a sync reports.
@@ -161,22 +172,86 @@ pub struct SyncRequest<'a> {
     pub interrupted_at: u64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct SyncResponse {
-    #[serde(default)]
     pub action: Action,
-    #[serde(default)]
     pub job_id: String,
-    #[serde(default)]
     pub shutdown_reason: ShutdownReason,
     /// Milliseconds until the next sync; absent or zero: the default.
-    #[serde(default)]
     pub next_sync_after: u64,
 }
 
-#[derive(Debug, Deserialize)]
-struct Refreshed {
-    token: String,
+impl SyncResponse {
+    fn from_answer(answer: &Answer) -> Result<SyncResponse, ClientError> {
+        let text = |name| answer.get::<String>(name).map(Option::unwrap_or_default);
+        let action = text("action")?;
+        let reason = text("shutdown_reason")?;
+        Ok(SyncResponse {
+            // A missing or empty action does nothing, as `continue`.
+            action: if action.is_empty() {
+                Action::Continue
+            } else {
+                serde_json::from_value(serde_json::Value::String(action)).unwrap_or_default()
+            },
+            job_id: text("job_id")?,
+            shutdown_reason: serde_json::from_value(serde_json::Value::String(reason))
+                .unwrap_or_default(),
+            // A negative value is no value, as zero.
+            next_sync_after: answer
+                .get::<i64>("next_sync_after")?
+                .map_or(0, |ms| u64::try_from(ms).unwrap_or(0)),
+        })
+    }
+}
+
+/// A JSON object answered by the control plane, read as the reference
+/// agent reads one (Go's `encoding/json`): a field matches its key exactly
+/// or, failing that, ignoring case; a field that is missing or `null` is
+/// `None`; other keys are ignored. A field of the wrong type is an error
+/// that names it.
+struct Answer {
+    route: &'static str,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Answer {
+    fn parse(route: &'static str, body: &[u8]) -> Result<Answer, ClientError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|source| ClientError::Decode { route, source })?;
+        let fields = match value {
+            serde_json::Value::Object(fields) => fields,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => {
+                let source =
+                    serde_json::from_value::<serde_json::Map<String, serde_json::Value>>(other)
+                        .expect_err("not an object");
+                return Err(ClientError::Decode { route, source });
+            }
+        };
+        Ok(Answer { route, fields })
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        field: &'static str,
+    ) -> Result<Option<T>, ClientError> {
+        let value = self.fields.get(field).or_else(|| {
+            self.fields
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(field))
+                .map(|(_, value)| value)
+        });
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|source| ClientError::Field {
+                    route: self.route,
+                    field,
+                    source,
+                }),
+        }
+    }
 }
 
 /// What the log route said to one batch.
@@ -221,15 +296,26 @@ impl Client {
     pub fn register(&mut self, request: &RegisterRequest) -> Result<Registered, ClientError> {
         let route = "POST /register";
         let body = serde_json::to_vec(request).expect("plain struct");
-        let registered: Registered = decode(route, self.post(route, "/register", &body)?)?;
-        self.token = registered.token.clone();
+        let answer = Answer::parse(route, &self.post(route, "/register", &body)?)?;
+        let registered = Registered {
+            name: answer.get::<String>("name")?.filter(|n| !n.is_empty()),
+            token: answer.get::<String>("token")?,
+        };
+        // The reference agent goes on with an empty access token; so does
+        // this one, and says so.
+        if registered.token.is_none() {
+            log::warn!(
+                "{route}: the answer has no `token`; the agent goes on with an empty access token"
+            );
+        }
+        self.token = registered.token.clone().unwrap_or_default();
         Ok(registered)
     }
 
     pub fn sync(&self, request: &SyncRequest<'_>) -> Result<SyncResponse, ClientError> {
         let route = "POST /sync";
         let body = serde_json::to_vec(request).expect("plain struct");
-        decode(route, self.post(route, "/sync", &body)?)
+        SyncResponse::from_answer(&Answer::parse(route, &self.post(route, "/sync", &body)?)?)
     }
 
     /// The job request, as bytes for `JobRequest::from_json`.
@@ -247,8 +333,12 @@ impl Client {
     /// A fresh token for the log push.
     pub fn refresh(&self) -> Result<String, ClientError> {
         let route = "POST /refresh";
-        let refreshed: Refreshed = decode(route, self.post(route, "/refresh", b"")?)?;
-        Ok(refreshed.token)
+        let answer = Answer::parse(route, &self.post(route, "/refresh", b"")?)?;
+        let token = answer.get::<String>("token")?;
+        if token.is_none() {
+            log::warn!("{route}: the answer has no `token`; the log is pushed with an empty token");
+        }
+        Ok(token.unwrap_or_default())
     }
 
     pub fn disconnect(&self) -> Result<(), ClientError> {
@@ -317,13 +407,6 @@ fn read(
             body,
         })
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    route: &'static str,
-    body: Vec<u8>,
-) -> Result<T, ClientError> {
-    serde_json::from_slice(&body).map_err(|source| ClientError::Decode { route, source })
 }
 
 /// A job id as one path segment.
@@ -431,16 +514,46 @@ mod tests {
             serde_json::to_string(&request).unwrap(),
             r#"{"state":"finished-job","job_id":"j","job_result":"passed","interrupted_at":0}"#
         );
-        let answer: SyncResponse =
-            serde_json::from_str(r#"{"action":"run-job","job_id":"j"}"#).unwrap();
+        let sync = |body: &str| {
+            Answer::parse("POST /sync", body.as_bytes()).and_then(|a| SyncResponse::from_answer(&a))
+        };
+        let answer = sync(r#"{"action":"run-job","job_id":"j","extra":[1]}"#).unwrap();
         assert_eq!(
             (answer.action, answer.job_id.as_str()),
             (Action::RunJob, "j")
         );
-        let answer: SyncResponse = serde_json::from_str(r#"{"action":"dance"}"#).unwrap();
-        assert_eq!(answer.action, Action::Unknown);
-        let answer: SyncResponse = serde_json::from_str("{}").unwrap();
-        assert_eq!(answer.action, Action::Continue);
+        assert_eq!(
+            sync(r#"{"action":"dance"}"#).unwrap().action,
+            Action::Unknown
+        );
+        for empty in [
+            "{}",
+            "null",
+            r#"{"action":null,"job_id":null}"#,
+            r#"{"action":""}"#,
+        ] {
+            let answer = sync(empty).unwrap();
+            assert_eq!(
+                (answer.action, answer.job_id.as_str()),
+                (Action::Continue, "")
+            );
+        }
+        // Go matches a key ignoring case when no key matches exactly.
+        let answer =
+            sync(r#"{"Action":"shutdown","SHUTDOWN_REASON":"idle","next_sync_after":-5}"#).unwrap();
+        assert_eq!(answer.action, Action::Shutdown);
+        assert_eq!(answer.shutdown_reason, ShutdownReason::Idle);
+        assert_eq!(answer.next_sync_after, 0);
+        let exact = sync(r#"{"ACTION":"shutdown","action":"continue"}"#).unwrap();
+        assert_eq!(exact.action, Action::Continue);
+        // A wrong type or a body that is not an object is an error.
+        let err = sync(r#"{"next_sync_after":"soon"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "POST /sync answered an unexpected `next_sync_after`"
+        );
+        assert!(sync("[1]").is_err());
+        assert!(sync("<html>").is_err());
         assert_eq!(AgentState::WaitingForJobs.to_string(), "waiting-for-jobs");
     }
 

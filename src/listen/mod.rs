@@ -75,11 +75,15 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
         attempts: limits.register_attempts,
         source,
     })?;
-    let name = if registered.name.is_empty() {
+    // The reference's own test control plane answers no name; the name
+    // registered with stays.
+    let name = registered.name.clone().unwrap_or_else(|| {
+        log::warn!(
+            "POST /register: the answer has no `name`; keeping {}",
+            cfg.name
+        );
         cfg.name.clone()
-    } else {
-        registered.name.clone()
-    };
+    });
     log::info!("registered as {name}");
     println!(
         "agent {} registered with {} as {name}",
