@@ -125,7 +125,8 @@ fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
     let profile = fs::read_to_string(home.join(".bash_profile")).unwrap_or_default();
     assert!(!profile.contains("/work/env"), "~/.bash_profile: {profile}");
 
-    // Its log ends like that of any failed job, with the reason.
+    // Its log ends like that of any failed job: the open step fails, then
+    // `job_finished`, and no line of the agent's; the reason is a remark.
     let events = log_after_restart(&first, &second, &job.job_id);
     let last = events.last().expect("events");
     assert_eq!(
@@ -133,10 +134,10 @@ fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
         (&json!("job_finished"), &json!("failed"))
     );
     let closing = &events[events.len() - 3..events.len() - 1];
-    assert_eq!(closing[0]["event"], "cmd_output");
-    assert!(closing[0]["output"]
-        .as_str()
-        .is_some_and(|o| o.contains("The agent was restarted while this job was running")));
+    assert_eq!(
+        (&closing[0]["event"], &closing[0]["output"]),
+        (&json!("cmd_output"), &json!("ready\n"))
+    );
     assert_eq!(
         (&closing[1]["directive"], &closing[1]["exit_code"]),
         (&json!("echo ready; sleep 1000"), &json!(1))
@@ -145,6 +146,12 @@ fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
     assert_eq!(
         (&info["state"], &info["result"]),
         (&json!("finished"), &json!("failed"))
+    );
+    assert!(
+        info["remarks"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("The agent was restarted while this job was running")),
+        "{info}"
     );
 
     // Its callbacks arrive, finished before teardown_finished.

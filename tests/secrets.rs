@@ -76,9 +76,15 @@ fn a_secret_shorter_than_four_bytes_is_announced_and_left_as_is() {
         .secret_env("TOKEN", SECRET)
         .command(r#"echo "pin=$PIN token=$TOKEN""#);
     let outcome = job.run();
-    let export = "Exporting PIN\n\
-                  The value of PIN is shorter than 4 bytes and is not masked in the log\n\
-                  Exporting TOKEN\n";
+    // The warning is the agent's remark, not a line of the log.
+    assert!(
+        outcome.stderr.contains(
+            "agent: The value of PIN is shorter than 4 bytes and is not masked in the log."
+        ),
+        "stderr:\n{}",
+        outcome.stderr
+    );
+    let export = "Exporting PIN\nExporting TOKEN\n";
     assert_eq!(
         outcome.normalized(),
         log_of(

@@ -210,10 +210,17 @@ fn host_command_output_is_byte_exact() {
         .host_setup(failing)
         .command("echo never");
     let outcome = job.run();
-    assert_eq!(
-        outcome.step(failing).output(),
-        "one\r\ntwo\r\n\rthree\n\
-         The host setup command failed with exit status 3; the job does not start.\n"
+    // As the reference: no step at all; the agent's remark (stderr with
+    // `--json`) has the command's output, byte for byte.
+    assert_eq!(outcome.normalized(), log_of(vec![], "failed"));
+    let remark = format!(
+        "agent: The host setup command `{failing}` failed with exit status 3; \
+         the job did not start. Its output:\none\r\ntwo\r\n\rthree\n"
+    );
+    assert!(
+        outcome.stderr.contains(&remark),
+        "{remark:?} not in stderr:\n{:?}",
+        outcome.stderr
     );
 }
 

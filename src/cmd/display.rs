@@ -67,6 +67,18 @@ impl Display {
                 )
             }
         };
+        self.print(&text);
+    }
+
+    /// A remark of the agent (`EventLog::remark`), on lines of its own.
+    pub fn remark(&mut self, text: &str) {
+        let sep = if self.at_line_start { "" } else { "\n" };
+        let body = format!("agent: {}", text.trim_end());
+        let text = format!("{sep}{}\n", self.paint("1;33", &body));
+        self.print(&text);
+    }
+
+    fn print(&mut self, text: &str) {
         if let Some(last) = text.as_bytes().last() {
             self.at_line_start = *last == b'\n';
         }

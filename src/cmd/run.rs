@@ -5,7 +5,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -57,6 +57,9 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         .map_err(|e| Error::io("cannot create the event log in", &dir.root, e))?;
     eprintln!("agent: event log: {}", log.files().log_path.display());
 
+    // What the agent knows beyond the log (who stopped the job, why it
+    // could not start) is never a log line: the display shows it, and
+    // `--json`, whose stdout is the log, puts it on stderr.
     if args.json {
         log.set_observer(Box::new(|_, line| {
             let mut out = std::io::stdout().lock();
@@ -64,10 +67,20 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
             let _ = out.write_all(b"\n");
             let _ = out.flush();
         }));
+        log.on_remark(Box::new(|text| eprintln!("agent: {text}")));
     } else {
         let color = std::io::stdout().is_terminal();
-        let mut display = Display::new(color);
-        log.set_observer(Box::new(move |event, _| display.show(event)));
+        let display = Arc::new(Mutex::new(Display::new(color)));
+        let shown = Arc::clone(&display);
+        log.set_observer(Box::new(move |event, _| {
+            shown.lock().unwrap_or_else(|e| e.into_inner()).show(event)
+        }));
+        log.on_remark(Box::new(move |text| {
+            display
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remark(text)
+        }));
     }
 
     let (stop, signal) = stop_pair();

@@ -2,16 +2,14 @@
 //! user, and files are written straight to their paths (§5.2 steps 3 and 5).
 
 use crate::executor::jumppoint::{JumpPoint, Target};
-use crate::job::eventlog::now_secs;
 use crate::job::files::{first_bad, inject_file, resolve_path};
-use crate::job::steps::{Started, Steps, STEP_INJECT_FILES, STEP_START_SESSION};
+use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
 use crate::process::session::{Session, SessionSpec};
 use crate::process::terminal::StdinTerminal;
 
 /// Starts `bash --login` in the job's work dir and points the jump point at it.
 pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
     let spec = steps.spec;
-    let started_at = now_secs();
     let session = StdinTerminal::open()
         .map_err(|e| crate::error::Error::Spawn {
             program: "a pseudo-terminal".into(),
@@ -49,7 +47,7 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
         }
         Ok(None) => Started::Stopped,
         Err(e) => {
-            steps.synthetic(STEP_START_SESSION, started_at, &[&format!("{e}\n")], 1);
+            steps.remark(&format!("The shell session could not be started: {e}"));
             Started::Failed
         }
     }

@@ -136,10 +136,15 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// The step that explains a failure outside any step of the job.
+/// The step that says why the log could not be written, when no step of
+/// the job is open to say it (§6.8).
 pub const STEP_AGENT_ERROR: &str = "Agent error";
 
+/// Remarks kept per job (`EventLog::remark`).
+const MAX_REMARKS: usize = 16;
+
 type Observer = Box<dyn FnMut(&Event<'_>, &[u8]) + Send>;
+type RemarkObserver = Box<dyn FnMut(&str) + Send>;
 
 /// Why the log could not be written, and what is still owed to the reader.
 struct Broken {
@@ -166,6 +171,8 @@ pub struct EventLog {
     broken: Option<Broken>,
     /// Told once, when the first write fails.
     on_broken: Option<Box<dyn FnMut() + Send>>,
+    /// Told of every remark.
+    on_remark: Option<RemarkObserver>,
 }
 
 impl EventLog {
@@ -212,38 +219,57 @@ impl EventLog {
             secrets: Arc::default(),
             broken: None,
             on_broken: None,
+            on_remark: None,
         }
     }
 
-    /// Ends the log of a job the agent could not carry on with: the open
-    /// step (or a step of its own) says why and fails, then `job_finished`.
-    pub fn close_after_failure(&mut self, message: &str) {
+    /// Ends the log of a job the agent could not carry on with, as the
+    /// reference ends such a job: the open step (if any) fails, then
+    /// `job_finished` `failed`. Nothing is added to the log; the reason is
+    /// a remark (see `remark`).
+    pub fn close_after_failure(&mut self, reason: &str) {
+        self.remark(reason);
         let now = now_secs();
-        let (directive, started_at) = self
-            .open_step
-            .clone()
-            .unwrap_or_else(|| (STEP_AGENT_ERROR.to_string(), now));
-        if self.open_step.is_none() {
-            self.write(&Event::CmdStarted {
+        if let Some((directive, started_at)) = self.open_step.clone() {
+            self.write(&Event::CmdFinished {
                 timestamp: now,
                 directive: &directive,
+                exit_code: 1,
+                started_at,
+                finished_at: now,
             });
         }
-        self.write(&Event::CmdOutput {
-            timestamp: now,
-            output: message,
-        });
-        self.write(&Event::CmdFinished {
-            timestamp: now,
-            directive: &directive,
-            exit_code: 1,
-            started_at,
-            finished_at: now,
-        });
         self.write(&Event::JobFinished {
             timestamp: now,
             result: JobResult::Failed.as_str(),
         });
+    }
+
+    /// Records what the agent knows of the job that its log must not say
+    /// (the log is exactly the reference's, docs/protocol.md §6.1): why it
+    /// was stopped, why it could not start. Remarks are shown by `GET
+    /// /jobs/{id}` and by `agent run`; the caller puts them in the agent
+    /// log. At most `MAX_REMARKS` are kept.
+    pub fn remark(&mut self, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        {
+            let mut p = self.files.lock();
+            if p.remarks.len() >= MAX_REMARKS {
+                return;
+            }
+            p.remarks.push(text.to_string());
+        }
+        if let Some(observer) = self.on_remark.as_mut() {
+            observer(text);
+        }
+    }
+
+    /// Called with every remark, as it is made (`agent run`'s display).
+    pub fn on_remark(&mut self, observer: RemarkObserver) {
+        self.on_remark = Some(observer);
     }
 
     pub fn files(&self) -> Arc<LogFiles> {

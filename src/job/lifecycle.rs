@@ -21,8 +21,7 @@ use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::request::{Command, ExecutorKind};
 use crate::job::spec::JobSpec;
 use crate::job::steps::{
-    Started, Step, Steps, STEP_CHECK_RESULT, STEP_EXPORT_ENV, STEP_JUMP_POINT, STEP_POST_JOB_HOOK,
-    STEP_PRE_JOB_HOOK,
+    Started, Step, Steps, STEP_CHECK_RESULT, STEP_EXPORT_ENV, STEP_POST_JOB_HOOK, STEP_PRE_JOB_HOOK,
 };
 use crate::process::session::{Outcome, Session};
 use crate::util::{shell_quote, write_private};
@@ -58,6 +57,14 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
         let _ = interrupt.try_send(());
     }));
     let result = run_steps(&spec, log, interrupted);
+    // Who stopped the job is not in the log (the reference writes no such
+    // line); the agent log, the API and `agent run` say it.
+    if result == JobResult::Stopped {
+        if let Some(reason) = spec.stop.reason() {
+            log::info!("job {}: {reason}", spec.request.job_id);
+            log.remark(&reason);
+        }
+    }
     // The result must match the log: one that could not be written fails.
     let result = if log.is_broken() {
         JobResult::Failed
@@ -119,7 +126,7 @@ fn run_steps(
     let jump_point = match jump_point {
         Ok(jp) => jp,
         Err(e) => {
-            steps.synthetic(STEP_JUMP_POINT, now_secs(), &[&format!("{e}\n")], 1);
+            steps.remark(&format!("The SSH jump point could not be set up: {e}"));
             return JobResult::Failed;
         }
     };
@@ -234,8 +241,8 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
     for (name, (value, secret)) in &vars {
         steps.output(&format!("Exporting {name}\n"));
         if *secret && value.len() < MIN_SECRET_LEN {
-            steps.output(&format!(
-                "The value of {name} is shorter than {MIN_SECRET_LEN} bytes and is not masked in the log\n"
+            steps.remark(&format!(
+                "The value of {name} is shorter than {MIN_SECRET_LEN} bytes and is not masked in the log."
             ));
         } else if *secret {
             secrets.push(value.clone());

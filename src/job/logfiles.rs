@@ -34,6 +34,10 @@ pub(crate) struct Published {
     /// The end of each line in `tail`.
     pub(crate) tail_ends: Vec<usize>,
     pub(crate) finished: bool,
+    /// What the agent knows of the job that the log does not say (why it
+    /// was stopped, why it could not start), for the API and the agent
+    /// log; never part of the log itself.
+    pub(crate) remarks: Vec<String>,
 }
 
 /// What readers share with the writer.
@@ -83,6 +87,11 @@ impl LogFiles {
             bytes: p.disk_bytes + p.tail.len() as u64,
             finished: p.finished,
         }
+    }
+
+    /// What the agent knows of the job beyond its log, oldest first.
+    pub fn remarks(&self) -> Vec<String> {
+        self.lock().remarks.clone()
     }
 
     /// Opens a reader over the complete lines from event `start_from` to the

@@ -24,8 +24,9 @@ use crate::job::reopen::LogSummary;
 use crate::job::workspace::{JobDir, JobRecord};
 use crate::process::procs::JobProcesses;
 
-/// What the log of a job cut short by a crash ends with.
-pub const RESTARTED: &str = "\nThe agent was restarted while this job was running: the job was ended, its processes were killed and what it left on the host was removed.\n";
+/// The remark on a job cut short by a crash (its log ends as any failed
+/// job's, without a line of the agent's).
+pub const RESTARTED: &str = "The agent was restarted while this job was running: the job was ended, its processes were killed and what it left on the host was removed.";
 
 /// A directory without a record this old is an earlier agent's, not one
 /// being created right now.

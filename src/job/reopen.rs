@@ -209,11 +209,14 @@ mod tests {
         drop(log);
         let (files, summary) = LogFiles::finished_in(&dir).unwrap().unwrap();
         assert_eq!(summary.finished.map(|f| f.0), Some(JobResult::Failed));
+        // The cut line goes; the open step fails; nothing else is added.
         let events = events_of(&files, 0);
-        assert_eq!(events.len(), 5);
-        assert_eq!(events[3]["directive"], "make");
-        assert_eq!(events[3]["started_at"], 2);
-        assert_eq!(events_of(&files, 4)[0]["event"], "job_finished");
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[2]["event"], "cmd_finished");
+        assert_eq!(events[2]["directive"], "make");
+        assert_eq!(events[2]["started_at"], 2);
+        assert_eq!(events[2]["exit_code"], 1);
+        assert_eq!(events_of(&files, 3)[0]["event"], "job_finished");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

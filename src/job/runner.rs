@@ -25,9 +25,9 @@ use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::{stop_pair, StopHandle, StopSignal};
 use crate::job::workspace::{JobDir, JobRecord};
 
-/// The line a job stopped by the API gets in its log.
+/// Why a job stopped by the API was stopped (a remark, not a log line).
 pub const STOP_BY_API: &str = "The job was stopped by a stop request to the API.";
-/// The line a job gets when the agent stops it on its way out.
+/// Why a job the agent stops on its way out was stopped.
 const STOP_BY_SHUTDOWN: &str = "The job was stopped because the agent is shutting down.";
 
 /// Finished jobs whose logs stay readable (§13.2: at least the last 100).
@@ -67,6 +67,10 @@ pub struct JobInfo {
     pub started_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
+    /// What the agent knows of the job that its log does not say: who
+    /// stopped it, why it could not start (`EventLog::remark`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remarks: Vec<String>,
 }
 
 /// The step of a teardown that can take a while (docs/protocol.md §7.2).
@@ -201,6 +205,7 @@ impl JobEntry {
             queued_at: self.queued_at,
             started_at: s.started_at,
             finished_at: s.finished_at,
+            remarks: self.files.remarks(),
         }
     }
 
@@ -592,9 +597,7 @@ impl Runner {
         // killed what the job started while the panic unwound).
         let result = run.unwrap_or_else(|_| {
             log::error!("job {}: the agent failed while running it", entry.job_id);
-            log.close_after_failure(
-                "\nThe agent failed while running this job; see the agent log.\n",
-            );
+            log.close_after_failure("The agent failed while running this job; see the agent log.");
             JobResult::Failed
         });
         // `job_finished` is in the log: readers may now archive it.

@@ -12,10 +12,8 @@ use crate::process::session::{Outcome, Session};
 pub const STEP_EXPORT_ENV: &str = "Exporting environment variables";
 pub const STEP_INJECT_FILES: &str = "Injecting Files";
 pub const STEP_CHECK_RESULT: &str = "Checking job result";
-pub const STEP_START_SESSION: &str = "Starting the shell session";
 pub const STEP_PRE_JOB_HOOK: &str = "Running the pre-job hook configured in the agent";
 pub const STEP_POST_JOB_HOOK: &str = "Running the post-job hook configured in the agent";
-pub const STEP_JUMP_POINT: &str = "Setting up the SSH jump point";
 
 /// How starting the executor went.
 pub(crate) enum Started {
@@ -54,6 +52,13 @@ impl<'a, 'b> Steps<'a, 'b> {
     /// and ends `failed` (§6.8).
     pub(crate) fn log_broken(&self) -> bool {
         self.log.is_broken()
+    }
+
+    /// What the agent knows that the log must not say (`EventLog::remark`),
+    /// also put in the agent log.
+    pub(crate) fn remark(&mut self, text: &str) {
+        log::warn!("job {}: {}", self.spec.request.job_id, text.trim());
+        self.log.remark(text);
     }
 
     pub(crate) fn output(&mut self, text: &str) {
@@ -137,9 +142,6 @@ impl<'a, 'b> Steps<'a, 'b> {
         });
         let status = outcome.exit_code();
         let step = if outcome == Outcome::Stopped {
-            if let Some(reason) = self.spec.stop.reason() {
-                self.output(&format!("{reason}\n"));
-            }
             Step::Stopped
         } else {
             Step::Done(status)

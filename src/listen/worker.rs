@@ -154,10 +154,13 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         .and_then(|kind| missing_files(&shared.cfg, kind).map_or(Ok(kind), Err))
     {
         Err(message) => {
+            // As the reference: `job_started`, then `job_finished` `failed`,
+            // nothing between; the reason goes to the agent log.
+            log::error!("job {job_id}: {message}");
             log.write(&Event::JobStarted {
                 timestamp: now_secs(),
             });
-            log.close_after_failure(&format!("{message}\n"));
+            log.close_after_failure(&message);
             JobResult::Failed
         }
         Ok(kind) => {
@@ -207,7 +210,7 @@ fn run_job(
     // A bug in the agent fails the job, never the agent.
     run.unwrap_or_else(|_| {
         log::error!("job {}: the agent failed while running it", request.job_id);
-        log.close_after_failure("\nThe agent failed while running this job; see the agent log.\n");
+        log.close_after_failure("The agent failed while running this job; see the agent log.");
         JobResult::Failed
     })
 }

@@ -165,11 +165,7 @@ fn stop_during_a_command_removes_everything_of_the_job() {
         started_log(
             &[],
             no_files(),
-            vec![step(
-                &command,
-                &format!("started\n{}", crate::support::API_STOP_LINE),
-                1,
-            )],
+            vec![step(&command, "started\n", 1)],
             "stopped",
         ),
     );

@@ -17,7 +17,7 @@ use crate::support::client::{parse_log_lines, sign_jwt};
 use crate::support::server::{poll_until, read_response_head, unix_now, TestAgent, EVENT_TIMEOUT};
 use crate::support::{
     env_export, log_of, no_files, normalize, result_export, step, with_callbacks, Job,
-    API_STOP_LINE,
+    API_STOP_REMARK,
 };
 
 mod auth;
@@ -67,14 +67,10 @@ fn listed(agent: &TestAgent, job_id: &str) -> Value {
 }
 
 /// The log of a job stopped through the API while `directive` ran: the
-/// command's output ends with the line that says what stopped it.
+/// reference's, with no line of the agent's (who stopped it is a remark).
 fn expected_stopped_log(directive: &str) -> Vec<crate::support::Ev> {
     log_of(
-        vec![
-            env_export(&[]),
-            no_files(),
-            step(directive, API_STOP_LINE, 1),
-        ],
+        vec![env_export(&[]), no_files(), step(directive, "", 1)],
         "stopped",
     )
 }
@@ -449,7 +445,9 @@ fn stop_a_running_job(route: impl Fn(&str) -> String) {
     assert_eq!(reply.status, 200, "POST {path}: {}", reply.text());
     let events = agent.wait_for_job_finished(&job.job_id);
     assert_eq!(normalize(&events), expected_stopped_log("sleep 1000"));
-    assert_eq!(listed(&agent, &job.job_id)["result"], "stopped");
+    let listed = listed(&agent, &job.job_id);
+    assert_eq!(listed["result"], "stopped");
+    assert_eq!(listed["remarks"], json!([API_STOP_REMARK]), "{listed}");
 }
 
 #[test]

@@ -28,8 +28,9 @@ pub const FILES_STEP: &str = "Injecting Files";
 /// The directive of the self-stop step (§5.2 step 8).
 pub const RESULT_STEP: &str = "Checking job result";
 
-/// The line a command stopped through the API ends with (§5.4).
-pub const API_STOP_LINE: &str = "The job was stopped by a stop request to the API.\n";
+/// What `GET /jobs/{id}` says of a job stopped through the API (§5.4): a
+/// remark, never a line of the log.
+pub const API_STOP_REMARK: &str = "The job was stopped by a stop request to the API.";
 
 /// How long an ordinary job may take before the test gives up on it. Jobs take
 /// well under a second; the margin is for a loaded machine.

@@ -17,7 +17,6 @@ use std::time::Instant;
 use self::file::FileOptions;
 use self::project::Project;
 use crate::executor::jumppoint::{JumpPoint, Target};
-use crate::job::eventlog::now_secs;
 use crate::job::files::{inject_file, resolve_path};
 use crate::job::request::{decode_b64, parse_mode};
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
@@ -29,8 +28,17 @@ use crate::util::{shell_quote, write_private};
 pub const STEP_CREDENTIALS: &str = "Setting up image pull credentials";
 pub const STEP_PULL: &str = "Pulling docker images...";
 pub const STEP_START: &str = "Starting the docker image...";
-const STEP_DETECT: &str = "Detecting the docker compose tool";
-const STEP_COMPOSE_FILE: &str = "Writing the docker compose file";
+/// The most of a failed host setup command's output its remark keeps.
+const HOST_OUTPUT_IN_REMARK: usize = 4096;
+
+/// The end of `text`, at most `max` bytes, cut at a character boundary.
+fn tail_of(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
 
 /// Runs `compose down` when the job is done with the project, however it ended.
 pub struct ProjectGuard {
@@ -53,43 +61,40 @@ pub(crate) fn start(
     let spec = steps.spec;
     let request = spec.request;
 
-    // §9.1 step 2: host setup commands; output to the agent log only, but a
-    // failure is shown in the job log with the command's output.
+    // §9.1 step 2: host setup commands; their output goes to the agent log
+    // only, and a failure ends the job before any step, as in the
+    // reference: the reason is a remark.
     for command in &request.compose.host_setup_commands {
-        let started_at = now_secs();
         let mut cmd = Command::new("bash");
         cmd.arg("-c")
             .arg(&command.directive)
             .stdin(std::process::Stdio::null());
-        let mut lines = Vec::new();
+        let mut lines = String::new();
         let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
             log::info!("host setup: {}", line.trim_end());
-            lines.push(ended(line));
+            lines.push_str(&ended(line));
         });
         let status = match outcome {
             HostOutcome::Exited(0) => continue,
             HostOutcome::Exited(status) => status,
             HostOutcome::Stopped => return Started::Stopped,
             HostOutcome::SpawnFailed(e) => {
-                lines.push(format!("cannot run bash: {e}\n"));
+                lines.push_str(&format!("cannot run bash: {e}\n"));
                 1
             }
         };
-        lines.push(format!(
-            "The host setup command failed with exit status {status}; the job does not start.\n"
+        steps.remark(&format!(
+            "The host setup command `{}` failed with exit status {status}; the job did not start. Its output:\n{}",
+            command.directive,
+            tail_of(&lines, HOST_OUTPUT_IN_REMARK)
         ));
-        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        steps.synthetic(&command.directive, started_at, &refs, status);
         return Started::Failed;
     }
 
     // §9.1 step 3.
     let Some(tool) = project::detect() else {
-        steps.synthetic(
-            STEP_DETECT,
-            now_secs(),
-            &["Neither `docker compose` (v2) nor `docker-compose` (v1) works on this host; install one of them.\n"],
-            1,
+        steps.remark(
+            "Neither `docker compose` (v2) nor `docker-compose` (v1) works on this host; install one of them.",
         );
         return Started::Failed;
     };
@@ -123,7 +128,9 @@ pub(crate) fn start(
                 .map_err(|e| e.to_string())
         });
     if let Err(e) = written {
-        steps.synthetic(STEP_COMPOSE_FILE, now_secs(), &[&format!("{e}\n")], 1);
+        steps.remark(&format!(
+            "The docker compose file could not be written: {e}"
+        ));
         return Started::Failed;
     }
     *guard = Some(ProjectGuard {

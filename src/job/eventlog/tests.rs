@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 #[test]
 fn directives_are_masked() {
@@ -127,14 +128,19 @@ fn lines_have_wire_field_order() {
 }
 
 #[test]
-fn a_failure_closes_the_open_step() {
+fn a_failure_closes_the_open_step_and_adds_no_line() {
     let dir = temp_dir("failure");
     let mut log = EventLog::create(&dir).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let shown = Arc::clone(&seen);
+    log.on_remark(Box::new(move |text| {
+        shown.lock().unwrap().push(text.to_string())
+    }));
     log.write(&Event::CmdStarted {
         timestamp: 5,
         directive: "make",
     });
-    log.close_after_failure("boom\n");
+    log.close_after_failure("\nboom\n");
     let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
     let events: Vec<&str> = text
         .lines()
@@ -144,13 +150,31 @@ fn a_failure_closes_the_open_step() {
         events,
         [
             "{\"event\":\"cmd_started\"",
-            "{\"event\":\"cmd_output\"",
             "{\"event\":\"cmd_finished\"",
             "{\"event\":\"job_finished\""
         ]
     );
     assert!(text.contains("\"directive\":\"make\",\"exit_code\":1,\"started_at\":5"));
+    assert!(text.contains("\"result\":\"failed\""));
+    // The reason is a remark: for the API and `agent run`, not the log.
+    assert_eq!(log.files().remarks(), ["boom"]);
+    assert_eq!(*seen.lock().unwrap(), ["boom"]);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn remarks_are_bounded_and_never_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::create(dir.path()).unwrap();
+    log.remark("  \n");
+    assert!(log.files().remarks().is_empty());
+    for i in 0..MAX_REMARKS + 5 {
+        log.remark(&format!("remark {i}"));
+    }
+    let remarks = log.files().remarks();
+    assert_eq!(remarks.len(), MAX_REMARKS);
+    assert_eq!(remarks[0], "remark 0");
+    assert_eq!(std::fs::read(dir.path().join("events.jsonl")).unwrap(), b"");
 }
 
 #[test]
@@ -250,9 +274,10 @@ fn progress_and_the_observer_follow_every_line() {
 }
 
 #[test]
-fn a_failure_after_a_finished_step_gets_a_step_of_its_own() {
+fn a_failure_after_a_finished_step_ends_the_job_without_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = EventLog::create(dir.path()).unwrap();
+    log.write(&Event::JobStarted { timestamp: 4 });
     log.write(&Event::CmdStarted {
         timestamp: 5,
         directive: "make",
@@ -277,11 +302,9 @@ fn a_failure_after_a_finished_step_gets_a_step_of_its_own() {
         })
         .collect();
     let expected = [
+        ("job_started", ""),
         ("cmd_started", "make"),
         ("cmd_finished", "make"),
-        ("cmd_started", "Agent error"),
-        ("cmd_output", "boom\n"),
-        ("cmd_finished", "Agent error"),
         ("job_finished", "failed"),
     ];
     let expected: Vec<(String, String)> = expected
@@ -289,7 +312,8 @@ fn a_failure_after_a_finished_step_gets_a_step_of_its_own() {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     assert_eq!(summary, expected);
-    assert_eq!(events[4]["exit_code"], 1);
+    assert_eq!(events[2]["exit_code"], 0);
+    assert_eq!(log.files().remarks(), ["boom"]);
 }
 
 /// Each event a log keeps when no write reaches its disk (/dev/full),
