@@ -5,22 +5,33 @@
 
 use std::fs;
 
-use crate::support::control_plane::ControlPlane;
+use crate::support::control_plane::{ControlPlane, Shape};
 use crate::support::docker::{self, wait_for_compose_job, ComposeJob, Container, ProjectWatch};
 use crate::support::docker::{BASH_IMAGE, COMPOSE_JOB_TIMEOUT};
-use crate::support::listen_agent::{assert_pushed_log_complete, ListenAgent};
+use crate::support::listen_agent::{assert_pushed_log_complete, ListenAgent, START_TIMEOUT};
 use crate::support::server::{unix_now, TestAgent};
-use crate::support::{assert_no_job_processes, Job, JOB_TIMEOUT};
+use crate::support::{assert_no_job_processes, wait_until, Job, JOB_TIMEOUT};
 
 #[test]
 fn a_compose_job_pushes_the_log_serve_writes_with_the_agents_files_mounted() {
+    compose_job_pushes_the_log_serve_writes(Shape::Full, "listen-compose");
+}
+
+/// The same against a control plane that answers as the reference agent's
+/// own test hub.
+#[test]
+fn a_compose_job_runs_for_the_reference_hub() {
+    compose_job_pushes_the_log_serve_writes(Shape::ReferenceHub, "listen-compose-hub");
+}
+
+fn compose_job_pushes_the_log_serve_writes(shape: Shape, name: &str) {
     if !docker::ready() {
         return;
     }
     let shared = tempfile::tempdir().expect("a directory to mount");
     fs::write(shared.path().join("note"), "from the host\n").expect("write the note");
     let files = format!("{}:/mounted", shared.path().display());
-    let job = ComposeJob::new("listen-compose", Container::new("main", BASH_IMAGE))
+    let job = ComposeJob::new(name, Container::new("main", BASH_IMAGE))
         .env("IN_JOB", "job value")
         .command("echo \"$IN_JOB\"")
         .command("cat /mounted/note")
@@ -35,7 +46,7 @@ fn a_compose_job_pushes_the_log_serve_writes_with_the_agents_files_mounted() {
     watch.assert_gone();
 
     let since = unix_now();
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::start_shaped(shape);
     let agent = ListenAgent::builder().arg("--files").arg(&files).start(&cp);
     agent.track(job.job_id());
     cp.schedule(&job.to_value());
@@ -66,13 +77,28 @@ fn fail_on_missing_files_fails_a_compose_job_before_it_starts() {
     agent.track(job.job_id());
     cp.schedule(&job.to_value());
     assert_eq!(cp.wait_for_result(job.job_id(), JOB_TIMEOUT), "failed");
-    let output: String = cp
+    // The reference's log exactly: `job_started`, `job_finished` `failed`;
+    // which file is missing is said in the agent log.
+    let events: Vec<(String, String)> = cp
         .lines(job.job_id())
         .iter()
-        .filter_map(|v| v["output"].as_str().map(str::to_owned))
+        .map(|v| {
+            let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            (text("event"), text("result"))
+        })
         .collect();
-    assert!(output.contains("/no/such/host/file"), "{output}");
-    assert!(!output.contains("never"), "{output}");
+    assert_eq!(
+        events,
+        [
+            ("job_started".to_owned(), String::new()),
+            ("job_finished".to_owned(), "failed".to_owned())
+        ]
+    );
+    wait_until(
+        "the missing file named in the agent log",
+        START_TIMEOUT,
+        || agent.stderr_text().contains("/no/such/host/file"),
+    );
     // A shell job does not mount files: the same agent runs it.
     let shell = Job::new("listen-missing-shell").command("echo shell runs");
     agent.track(&shell.job_id);

@@ -5,6 +5,12 @@
 //! pushed lines, and make the control plane misbehave: down (its port
 //! closed), slow, a log token that expires, a log that is full.
 //!
+//! It answers in one of two shapes (`Shape`): the agent API as
+//! docs/listen.md describes it, or exactly as the reference agent's own
+//! test hub answers (`test/hub_reference` of the reference agent), which is
+//! what a user switching from the reference agent tests against. What it
+//! records for the tests (results, gaps, overlaps) is the same in both.
+//!
 //! Like the rest of `support`, it knows the wire format, not the agent's
 //! insides.
 
@@ -23,6 +29,23 @@ const BASE: &str = "/api/v1/self_hosted_agents";
 /// The registration token agents are started with.
 pub const REGISTRATION_TOKEN: &str = "registration-token-for-tests";
 
+/// How the control plane answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The agent API as docs/listen.md describes it: tokens checked,
+    /// `next_sync_after` and `shutdown_reason` given, the log route's
+    /// `start_from` checked (`/logs/{id}`), `/refresh` answered.
+    Full,
+    /// As the reference agent's test hub answers, no more: `/register`
+    /// answers `{"access_token": ...}` (no `token`, no `name`); no token is
+    /// checked; no `next_sync_after` nor `shutdown_reason`; `stop-job` only
+    /// in `running-job` (and for every running job once a shutdown is
+    /// asked); an unknown state is a 500; `GET /jobs/{id}` of an unknown job
+    /// answers `null`; the log route `/api/v1/logs/{id}` appends whatever
+    /// it is sent; `/disconnect` answers an empty body; `/refresh` is a 404.
+    ReferenceHub,
+}
+
 /// One sync the control plane received, with its answer.
 #[derive(Clone, Debug)]
 pub struct SyncRecord {
@@ -37,8 +60,8 @@ pub struct PushRecord {
     pub status: u16,
 }
 
-#[derive(Default)]
 struct State {
+    shape: Shape,
     access_token: String,
     log_token: String,
     n_log_tokens: u64,
@@ -86,9 +109,16 @@ impl Shared {
 pub struct ControlPlaneBuilder {
     tls: bool,
     next_sync_after: u64,
+    shape: Shape,
 }
 
 impl ControlPlaneBuilder {
+    /// Answers in this shape (default `Shape::Full`).
+    pub fn shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
+    }
+
     /// Serve HTTPS with a fresh self-signed certificate (see `cert_pem`).
     pub fn tls(mut self) -> Self {
         self.tls = true;
@@ -128,10 +158,36 @@ impl ControlPlaneBuilder {
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
+                shape: self.shape,
                 access_token: format!("access-{}", random_hex()),
-                log_token: "log-token-0".into(),
-                next_sync_after: self.next_sync_after,
-                ..State::default()
+                log_token: match self.shape {
+                    Shape::Full => "log-token-0".into(),
+                    Shape::ReferenceHub => "jwtToken".into(),
+                },
+                n_log_tokens: 0,
+                registrations: Vec::new(),
+                register_headers: Vec::new(),
+                syncs: Vec::new(),
+                queue: VecDeque::new(),
+                jobs: HashMap::new(),
+                stops: Vec::new(),
+                shutdown: None,
+                lines: HashMap::new(),
+                pushes: Vec::new(),
+                gaps: Vec::new(),
+                overlaps: Vec::new(),
+                finished: HashMap::new(),
+                disconnects: 0,
+                refreshes: 0,
+                down: false,
+                delay: None,
+                refuse_after: None,
+                next_sync_after: match self.shape {
+                    Shape::Full => self.next_sync_after,
+                    Shape::ReferenceHub => 0,
+                },
+                in_flight: HashMap::new(),
+                max_in_flight: HashMap::new(),
             }),
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -175,7 +231,13 @@ impl ControlPlane {
         ControlPlaneBuilder {
             tls: false,
             next_sync_after: 200,
+            shape: Shape::Full,
         }
+    }
+
+    /// Plain HTTP in this shape.
+    pub fn start_shaped(shape: Shape) -> ControlPlane {
+        ControlPlane::builder().shape(shape).start()
     }
 
     /// Plain HTTP, a sync every 200 ms.
@@ -210,9 +272,13 @@ impl ControlPlane {
         let job_id = job["job_id"].as_str().expect("a job_id").to_owned();
         let mut request = job.clone();
         let mut state = self.shared.lock();
+        let route = match state.shape {
+            Shape::Full => "/logs",
+            Shape::ReferenceHub => "/api/v1/logs",
+        };
         request["logger"] = json!({
             "method": "push",
-            "url": format!("{}://127.0.0.1:{}/logs/{job_id}", self.scheme(), self.port),
+            "url": format!("{}://127.0.0.1:{}{route}/{job_id}", self.scheme(), self.port),
             "token": state.log_token,
         });
         state.jobs.insert(job_id.clone(), request);
@@ -627,6 +693,9 @@ fn json_body(value: Value) -> (u16, Vec<u8>) {
 
 fn answer(shared: &Shared, request: &Request) -> (u16, Vec<u8>) {
     let mut state = shared.lock();
+    if state.shape == Shape::ReferenceHub {
+        return answer_as_hub(&mut state, request);
+    }
     let auth = request
         .header("Authorization")
         .unwrap_or_default()
@@ -677,6 +746,123 @@ fn answer(shared: &Shared, request: &Request) -> (u16, Vec<u8>) {
         }
         _ => (404, b"{}".to_vec()),
     }
+}
+
+/// What the reference agent's test hub answers (its `app.rb`): no token
+/// is checked, and every answer is as sparse as the hub's.
+fn answer_as_hub(state: &mut State, request: &Request) -> (u16, Vec<u8>) {
+    let path = request.path.as_str();
+    if let Some(job_id) = path.strip_prefix("/api/v1/logs/") {
+        hub_push(state, job_id, request);
+        return (200, Vec::new());
+    }
+    let Some(route) = path.strip_prefix(BASE) else {
+        return not_found();
+    };
+    match (request.method.as_str(), route) {
+        ("POST", "/register") => {
+            let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+            if state.registrations.is_empty() {
+                state.register_headers = request.headers.clone();
+            }
+            state.registrations.push(body);
+            json_body(json!({ "access_token": state.access_token }))
+        }
+        ("POST", "/disconnect") => {
+            state.disconnects += 1;
+            (200, Vec::new())
+        }
+        ("POST", "/sync") => {
+            let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+            let response = hub_sync_answer(state, &body);
+            let (status, bytes) = match &response {
+                Some(answer) => json_body(answer.clone()),
+                None => (500, b"unknown state".to_vec()),
+            };
+            state.syncs.push(SyncRecord {
+                request: body,
+                response: response.unwrap_or(Value::Null),
+            });
+            (status, bytes)
+        }
+        ("GET", r) if r.starts_with("/jobs/") => {
+            let job_id = &r["/jobs/".len()..];
+            if job_id == "bad-job-id" {
+                return (500, b"error".to_vec());
+            }
+            let job = state.jobs.get(job_id).cloned().unwrap_or(Value::Null);
+            (200, job.to_string().into_bytes())
+        }
+        _ => not_found(),
+    }
+}
+
+/// The hub's log route appends the body's lines, whatever `start_from`
+/// says; a push that does not start where the last one ended is recorded
+/// as a gap or an overlap, for the tests (the hub would keep it silently).
+fn hub_push(state: &mut State, job_id: &str, request: &Request) {
+    let start_from: u64 = request
+        .query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("start_from="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let text = String::from_utf8_lossy(&request.body).into_owned();
+    let now = SystemTime::now();
+    let accepted = state.lines.entry(job_id.to_owned()).or_default();
+    let have = accepted.len() as u64;
+    accepted.extend(text.lines().map(|l| (l.to_owned(), now)));
+    let note = format!("{job_id}: start_from {start_from} with {have} lines kept");
+    match start_from.cmp(&have) {
+        std::cmp::Ordering::Greater => state.gaps.push(note),
+        std::cmp::Ordering::Less => state.overlaps.push(note),
+        std::cmp::Ordering::Equal => {}
+    }
+    state.pushes.push(PushRecord {
+        start_from,
+        status: 200,
+    });
+}
+
+/// Sinatra's answer to a route it does not have.
+fn not_found() -> (u16, Vec<u8>) {
+    (
+        404,
+        b"<!DOCTYPE html><html><body><h2>Sinatra doesn't know this ditty.</h2></body></html>"
+            .to_vec(),
+    )
+}
+
+/// The hub's sync answers; `None` for a state it does not know (it raises,
+/// so the agent gets a 500).
+fn hub_sync_answer(state: &mut State, request: &Value) -> Option<Value> {
+    let job_id = request["job_id"].as_str().unwrap_or_default().to_owned();
+    let shutdown = state.shutdown.is_some();
+    let answer = match request["state"].as_str().unwrap_or_default() {
+        "waiting-for-jobs" if shutdown => json!({ "action": "shutdown" }),
+        "waiting-for-jobs" => match state.queue.pop_front() {
+            Some(id) => json!({ "action": "run-job", "job_id": id }),
+            None => json!({ "action": "continue" }),
+        },
+        "running-job" if shutdown || state.stops.contains(&job_id) => {
+            json!({ "action": "stop-job", "job_id": job_id })
+        }
+        "running-job" | "stopping-job" | "starting-job" => json!({ "action": "continue" }),
+        "finished-job" => {
+            let result = request["job_result"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            state.finished.insert(job_id, result);
+            if shutdown {
+                json!({ "action": "shutdown" })
+            } else {
+                json!({ "action": "wait-for-jobs" })
+            }
+        }
+        _ => return None,
+    };
+    Some(answer)
 }
 
 /// What a control plane would answer to this sync.
