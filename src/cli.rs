@@ -10,7 +10,43 @@ pub fn non_empty(path: Option<PathBuf>) -> Option<PathBuf> {
     path.filter(|p| !p.as_os_str().is_empty())
 }
 
+/// Flags whose values are secrets: hidden from `/proc/PID/cmdline` at start.
+pub const SECRET_FLAGS: &[&str] = &["--token", "--auth-token-secret"];
+
 impl Cli {
+    /// The credentials given in the environment move into the arguments,
+    /// and out of the environment (and `/proc/PID/environ`), so that no job
+    /// inherits them: `AGENT_AUTH_TOKEN_SECRET` (serve, token) when neither
+    /// the flag nor the file gives the secret, `SEMAPHORE_AGENT_TOKEN`
+    /// (start) when neither `--token` nor `--token-file` does. Runs before
+    /// any thread starts.
+    pub fn take_env_credentials(mut self) -> Cli {
+        let take = |name: &str| match crate::process::sys::take_env(name) {
+            Ok(value) => value.filter(|v| !v.is_empty()),
+            Err(e) => {
+                eprintln!("agent: warning: cannot hide ${name} from /proc: {e}");
+                std::env::var(name).ok().filter(|v| !v.is_empty())
+            }
+        };
+        let secret = take("AGENT_AUTH_TOKEN_SECRET");
+        let token = take("SEMAPHORE_AGENT_TOKEN");
+        match &mut self.command {
+            Sub::Serve(a)
+                if a.auth_token_secret.is_none() && a.auth_token_secret_file.is_none() =>
+            {
+                a.auth_token_secret = secret;
+            }
+            Sub::Token(a)
+                if a.auth_token_secret.is_none() && a.auth_token_secret_file.is_none() =>
+            {
+                a.auth_token_secret = secret;
+            }
+            Sub::Start(a) if a.token.is_none() && a.token_file.is_none() => a.token = token,
+            _ => {}
+        }
+        self
+    }
+
     /// Every path flag given as `""` becomes absent.
     pub fn without_empty_paths(mut self) -> Cli {
         let clear = |p: &mut Option<PathBuf>| *p = non_empty(p.take());
@@ -36,6 +72,7 @@ impl Cli {
             Sub::Start(a) => {
                 clear(&mut a.config_file);
                 clear(&mut a.data_dir);
+                clear(&mut a.token_file);
             }
             Sub::Token(a) => clear(&mut a.auth_token_secret_file),
         }
@@ -198,8 +235,13 @@ pub struct StartArgs {
     /// host[:port] of the control plane
     pub endpoint: Option<String>,
     #[argh(option)]
-    /// the registration token
+    /// the registration token (visible to every process of this host on a
+    /// command line: prefer --token-file, token-file in the config file, or
+    /// $SEMAPHORE_AGENT_TOKEN)
     pub token: Option<String>,
+    #[argh(option)]
+    /// file holding the registration token
+    pub token_file: Option<PathBuf>,
     #[argh(switch)]
     /// talk to the control plane over http instead of https
     pub no_https: bool,
@@ -256,6 +298,7 @@ pub const LISTEN_ONLY_FLAGS: &[&str] = &[
     "--config-file",
     "--endpoint",
     "--token",
+    "--token-file",
     "--no-https",
     "--name",
     "--env-vars",

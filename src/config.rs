@@ -64,7 +64,8 @@ pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| home_dir().join(".local/state/agent"))
 }
 
-/// Reads the secret from the flag, the environment or a file, in that order.
+/// Reads the secret from the flag (or `AGENT_AUTH_TOKEN_SECRET`, which
+/// `cli` moved there), else the file.
 pub fn load_secret(flag: Option<String>, file: Option<&Path>) -> Result<Vec<u8>, Error> {
     let secret = if let Some(s) = flag {
         s.into_bytes()
@@ -76,9 +77,7 @@ pub fn load_secret(flag: Option<String>, file: Option<&Path>) -> Result<Vec<u8>,
         }
         bytes
     } else {
-        std::env::var("AGENT_AUTH_TOKEN_SECRET")
-            .unwrap_or_default()
-            .into_bytes()
+        Vec::new()
     };
     if secret.is_empty() {
         return Err(Error::NoSecret);

@@ -74,6 +74,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// A secret given on the command line is readable by every process of the
+/// host (`ps`, `/proc/PID/cmdline`), the agent's own jobs included: its
+/// value is overwritten there, and the user is told to use a file or the
+/// environment instead.
+fn hide_secret_flags() {
+    match process::sys::hide_arg_values(cli::SECRET_FLAGS) {
+        Ok(found) => {
+            for flag in found {
+                let instead = if flag == "--token" {
+                    "--token-file, token-file in the config file, or $SEMAPHORE_AGENT_TOKEN"
+                } else {
+                    "--auth-token-secret-file or $AGENT_AUTH_TOKEN_SECRET"
+                };
+                eprintln!(
+                    "agent: warning: {flag} on the command line can be read by every process of this host; \
+                     it was hidden from this process's command line, but give it with {instead}"
+                );
+            }
+        }
+        Err(e) => eprintln!("agent: warning: cannot hide secret flags from /proc: {e}"),
+    }
+}
+
 fn fail(e: &error::Error) -> ExitCode {
     logging::fatal(&e.to_string());
     ExitCode::from(EXIT_AGENT_ERROR)
@@ -113,7 +136,10 @@ fn parse_args() -> cli::Cli {
         _ => {}
     }
     match <cli::Cli as argh::FromArgs>::from_args(&["agent"], &rest) {
-        Ok(cli) => cli.without_empty_paths(),
+        Ok(cli) => {
+            hide_secret_flags();
+            cli.without_empty_paths().take_env_credentials()
+        }
         Err(early) => {
             let output = usage::list_start(early.output.trim_end());
             if early.status.is_ok() {

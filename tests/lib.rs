@@ -8,6 +8,7 @@ mod checkout;
 mod cli;
 mod compose;
 mod crash;
+mod credentials;
 mod curl;
 mod disk;
 mod hostile;

@@ -22,6 +22,7 @@ use crate::job::request::is_shell_identifier;
 struct FileConfig {
     endpoint: Option<String>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     no_https: Option<bool>,
     name: Option<String>,
     env_vars: Option<Vec<String>>,
@@ -219,12 +220,19 @@ fn merge(
             "is not host[:port] (no scheme; no-https chooses http)",
         ));
     }
-    let token = args
-        .token
-        .clone()
-        .or(file.token)
-        .filter(|t| !t.trim().is_empty())
-        .ok_or(ListenError::Missing { key: "token" })?;
+    // As the reference: a flag, then the environment (which `cli` moved
+    // into `--token`), then the file; a token file where a token may be.
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(read_token(path)?),
+        (None, None) => match (file.token, crate::cli::non_empty(file.token_file)) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(read_token(&path)?),
+            (None, None) => None,
+        },
+    }
+    .filter(|t| !t.trim().is_empty())
+    .ok_or(ListenError::Missing { key: "token" })?;
     let name = match args
         .name
         .clone()
@@ -328,6 +336,15 @@ fn merge(
         data_dir: crate::config::data_dir(args.data_dir.clone()),
         limits,
     })
+}
+
+/// A token file's first line, without its line end.
+fn read_token(path: &Path) -> Result<String, ListenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ListenError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
 
 fn parse_env_var(pair: &str) -> Result<(String, String), ListenError> {

@@ -22,6 +22,11 @@ pub enum ListenError {
         value: String,
         reason: &'static str,
     },
+    /// The token file cannot be read.
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// `SSL_CERT_FILE` holds no certificate.
     NoCertificates { path: PathBuf },
     /// Registration failed on every attempt.
@@ -48,8 +53,16 @@ impl fmt::Display for ListenError {
             ListenError::ConfigFile { path, source } => {
                 write!(f, "config file {}: {source}", path.display())
             }
+            ListenError::Missing { key: "token" } => write!(
+                f,
+                "no token: give --token-file, `token-file` or `token` in the config file, \
+                 $SEMAPHORE_AGENT_TOKEN, or --token"
+            ),
             ListenError::Missing { key } => {
                 write!(f, "no {key}: give --{key} or `{key}` in the config file")
+            }
+            ListenError::TokenFile { path, source } => {
+                write!(f, "cannot read the token file {}: {source}", path.display())
             }
             ListenError::Invalid { key, value, reason } => {
                 write!(f, "{key} '{value}' {reason}")
@@ -79,6 +92,7 @@ impl std::error::Error for ListenError {
         match self {
             ListenError::ConfigFile { source, .. } => Some(source),
             ListenError::Register { source, .. } => Some(source),
+            ListenError::TokenFile { source, .. } => Some(source),
             ListenError::Missing { .. }
             | ListenError::Invalid { .. }
             | ListenError::NoCertificates { .. } => None,

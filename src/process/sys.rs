@@ -286,3 +286,105 @@ pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
     }
     Ok(stat.f_bavail * stat.f_frsize)
 }
+
+/// The bounds of this process's argument and environment areas, the memory
+/// the kernel reads for `/proc/PID/cmdline` and `/proc/PID/environ`
+/// (fields 48 to 51 of `/proc/self/stat`, Linux 3.5 and later).
+fn proc_areas() -> io::Result<[(usize, usize); 2]> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::other("no command name in /proc/self/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3.
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<usize>().ok())
+            .ok_or_else(|| io::Error::other(format!("no field {n} in /proc/self/stat")))
+    };
+    Ok([(field(48)?, field(49)?), (field(50)?, field(51)?)])
+}
+
+/// Overwrites bytes of the argument or environment area (`which`: 0 or 1)
+/// chosen by `pick`, which sees the area as NUL-separated entries and
+/// returns the ranges to overwrite with `fill`. Returns how many ranges
+/// were overwritten.
+fn rewrite_area(
+    which: usize,
+    fill: u8,
+    pick: &dyn Fn(&[u8]) -> Vec<std::ops::Range<usize>>,
+) -> io::Result<usize> {
+    let (start, end) = proc_areas()?[which];
+    if start == 0 || end <= start {
+        return Ok(0);
+    }
+    // SAFETY: [start, end) is this process's own argument or environment
+    // area, mapped and writable for its whole life (the top of the initial
+    // stack, laid out by the kernel at exec). No Rust reference points into
+    // it: the standard library keeps only raw pointers there and copies
+    // what it reads (`env::args`, `env::var` return owned strings). The
+    // caller runs before any other thread of the agent starts, so nothing
+    // reads the bytes while they change; they are only overwritten in
+    // place, never moved or resized.
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    let ranges = pick(area);
+    for range in &ranges {
+        area[range.clone()].fill(fill);
+    }
+    Ok(ranges.len())
+}
+
+/// The NUL-separated entries of an area, with their ranges.
+fn entries(area: &[u8]) -> Vec<(std::ops::Range<usize>, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for entry in area.split(|b| *b == 0) {
+        out.push((at..at + entry.len(), entry));
+        at += entry.len() + 1;
+    }
+    out
+}
+
+/// Hides the value given after each of `flags` on the command line from
+/// `/proc/PID/cmdline` (and so from `ps` and from every process of the same
+/// user, jobs included): each byte of the value becomes `x`. Returns the
+/// flags whose value was hidden. Must run before the agent starts threads.
+pub fn hide_arg_values(flags: &[&str]) -> io::Result<Vec<String>> {
+    let found = std::cell::RefCell::new(Vec::new());
+    rewrite_area(0, b'x', &|area| {
+        let list = entries(area);
+        let mut ranges = Vec::new();
+        for pair in list.windows(2) {
+            let flag = pair[0].1;
+            if let Some(name) = flags.iter().find(|f| f.as_bytes() == flag) {
+                ranges.push(pair[1].0.clone());
+                found.borrow_mut().push(name.to_string());
+            }
+        }
+        ranges
+    })?;
+    Ok(found.into_inner())
+}
+
+/// Removes `name` from the environment and from `/proc/PID/environ`: the
+/// value's bytes in the environment area become NUL. Returns the value.
+/// Must run before the agent starts threads.
+pub fn take_env(name: &str) -> io::Result<Option<String>> {
+    let value = std::env::var(name).ok();
+    if value.is_none() {
+        return Ok(None);
+    }
+    std::env::remove_var(name);
+    let prefix = format!("{name}=");
+    rewrite_area(1, 0, &|area| {
+        entries(area)
+            .into_iter()
+            .filter(|(_, entry)| entry.starts_with(prefix.as_bytes()))
+            .map(|(range, _)| range.start + prefix.len()..range.end)
+            .collect()
+    })?;
+    Ok(value)
+}

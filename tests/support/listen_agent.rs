@@ -91,12 +91,15 @@ impl ListenAgent {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
         command.arg("start");
         if options.flags {
+            // The environment, not `--token`: README, "Listen mode".
             command
                 .args(["--endpoint", &cp.endpoint()])
-                .args(["--token", REGISTRATION_TOKEN]);
+                .env("SEMAPHORE_AGENT_TOKEN", REGISTRATION_TOKEN);
             if !cp.is_tls() {
                 command.arg("--no-https");
             }
+        } else {
+            command.env_remove("SEMAPHORE_AGENT_TOKEN");
         }
         if let Some(text) = &options.config_file {
             let path = dir.path().join("agent.yml");

@@ -246,8 +246,6 @@ impl TestAgent {
         command
             .arg("serve")
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .arg("--auth-token-secret")
-            .arg(&secret)
             .arg("--data-dir")
             .arg(root.join("data"))
             .arg("--tls-cert-path")
@@ -280,7 +278,9 @@ impl TestAgent {
             .env("HOME", root.join("home"))
             .env("TMPDIR", root.join("tmp"))
             .env("SEMAPHORE_AGENT_LOG_FILE_PATH", root.join("agent_log"))
-            .env_remove("AGENT_AUTH_TOKEN_SECRET")
+            // The environment, not the command line, where every process
+            // could read it (README, "Serve the API").
+            .env("AGENT_AUTH_TOKEN_SECRET", &secret)
             .env_remove("AGENT_DATA_DIR")
             .env_remove("SEMAPHORE_AGENT_LOG_LEVEL")
             .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
@@ -408,12 +408,10 @@ impl TestAgent {
     pub fn minted_token(&self, ttl_secs: u64) -> String {
         let output = Command::new(&self.binary)
             .arg("token")
-            .arg("--auth-token-secret")
-            .arg(&self.secret)
             .arg("--ttl")
             .arg(ttl_secs.to_string())
             .env("HOME", self.home())
-            .env_remove("AGENT_AUTH_TOKEN_SECRET")
+            .env("AGENT_AUTH_TOKEN_SECRET", &self.secret)
             .stdin(Stdio::null())
             .output()
             .expect("run agent token");
