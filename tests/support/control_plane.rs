@@ -801,12 +801,7 @@ fn answer_as_hub(state: &mut State, request: &Request) -> (u16, Vec<u8>) {
 /// says; a push that does not start where the last one ended is recorded
 /// as a gap or an overlap, for the tests (the hub would keep it silently).
 fn hub_push(state: &mut State, job_id: &str, request: &Request) {
-    let start_from: u64 = request
-        .query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("start_from="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
+    let start_from = start_from(request);
     let text = String::from_utf8_lossy(&request.body).into_owned();
     let now = SystemTime::now();
     let accepted = state.lines.entry(job_id.to_owned()).or_default();
@@ -902,13 +897,18 @@ fn sync_answer(state: &mut State, request: &Value) -> Value {
     }
 }
 
-fn push(state: &mut State, job_id: &str, request: &Request, auth: &str) -> (u16, Vec<u8>) {
-    let start_from: u64 = request
+/// The `start_from` of a push (`u64::MAX` when missing or not a number).
+fn start_from(request: &Request) -> u64 {
+    request
         .query
         .split('&')
         .find_map(|kv| kv.strip_prefix("start_from="))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
+        .unwrap_or(u64::MAX)
+}
+
+fn push(state: &mut State, job_id: &str, request: &Request, auth: &str) -> (u16, Vec<u8>) {
+    let start_from = start_from(request);
     let text = String::from_utf8_lossy(&request.body).into_owned();
     let new_lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let n_lines = new_lines.len();
