@@ -77,7 +77,7 @@ pub const FUNCTION: &str = r#"checkout() {
   fi
   if [ -n "$use_cache" ]; then
     out="$(cache restore "$key")"; printf '%s\n' "$out"
-    if [[ "$out" =~ ^HIT\ \'(checkout-[^\']*@([0-9]+))\' ]] && [ -d .git ]; then
+    if [[ "$out" =~ HIT:\ \'[^\']*\',\ using\ key\ \'(checkout-[^\']*@([0-9]+))\'\. ]] && [ -d .git ]; then
       cached="${BASH_REMATCH[1]}"; cached_at="${BASH_REMATCH[2]}"
     fi
   fi

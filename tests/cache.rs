@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use crate::support::cache::{bash_only_image, run, run_value, static_agent};
+use crate::support::cache::{bash_only_image, masked, run, run_value, static_agent};
 use crate::support::docker::{self, ComposeJob, Container, BASH_IMAGE, COMPOSE_JOB_TIMEOUT};
 use crate::support::server::TestAgent;
 use crate::support::Job;
@@ -38,22 +38,25 @@ fn a_shell_job_stores_and_another_restores_with_every_subcommand() {
         .command("cache is_not_empty");
     let ran = run(&agent, &first);
     ran.assert_passed();
-    let stored = ran.ok("cache store deps/master/1 deps");
-    assert!(
-        stored.starts_with("Stored 'deps-master-1': deps ("),
-        "{stored}"
+    assert_eq!(
+        masked(&ran.ok("cache store deps/master/1 deps")),
+        "Key 'deps/master/1' is normalized to 'deps-master-1'.\n\
+         Compressing deps...\n\
+         Compression complete. Duration: D. Size: S bytes.\n\
+         Uploading 'deps' with cache key 'deps-master-1'...\n\
+         Upload complete. Duration: D.\n"
     );
     assert_eq!(
         ran.ok("cache store deps-master-1 deps"),
-        "Key 'deps-master-1' already exists; not stored again.\n"
+        "Key 'deps-master-1' already exists.\n"
     );
     assert_eq!(
         ran.ok("cache has_key deps-master-1"),
-        "Key 'deps-master-1' exists in the cache.\n"
+        "Key 'deps-master-1' exists in the cache store.\n"
     );
     assert_eq!(
         ran.ok("cache has_key nothing-here || echo \"exit $?\""),
-        "Key 'nothing-here' does not exist in the cache.\nexit 1\n"
+        "Key 'nothing-here' doesn't exist in the cache store.\nexit 1\n"
     );
     // The archive is a file of the agent's, not of the job's directory.
     assert!(cache_dir(&agent).join("deps-master-1").is_file());
@@ -65,50 +68,59 @@ fn a_shell_job_stores_and_another_restores_with_every_subcommand() {
         .command("cache list")
         .command("cache usage")
         .command("cache delete deps-master-1")
-        .command("cache delete deps-master-1 || echo \"exit $?\"")
+        .command("cache delete deps-master-1; echo \"exit $?\"")
         .command("cache store other deps && cache clear")
         .command("cache is_not_empty || echo empty")
         .command("cache restore deps-master-1");
     let ran = run(&agent, &second);
     ran.assert_passed();
-    let restored = ran.ok("cache restore nope,deps-master-");
-    assert!(
-        restored.starts_with(
-            "MISS 'nope'\nHIT 'deps-master-1' (matched by 'deps-master-'): deps restored, "
-        ),
-        "{restored}"
+    assert_eq!(
+        masked(&ran.ok("cache restore nope,deps-master-")),
+        "MISS: 'nope'.\n\
+         HIT: 'deps-master-', using key 'deps-master-1'.\n\
+         Downloading key 'deps-master-1'...\n\
+         Download complete. Duration: D. Size: S bytes.\n\
+         Unpacking 'TMP/deps-master-1-N'...\n\
+         Unpack complete. Duration: D.\n\
+         Restored: deps/.\n"
     );
     assert_eq!(
         ran.ok(SHOW_TREE),
         "deps/sub/a.txt 751 1000000000\nsub/a.txt\nhello\n"
     );
-    let list = ran.ok("cache list");
-    let lines: Vec<&str> = list.lines().collect();
-    assert_eq!(lines.len(), 2, "{list}");
-    assert!(lines[0].starts_with("KEY "), "{list}");
+    let list = masked(&ran.ok("cache list"));
+    let lines: Vec<&str> = list.split('\n').collect();
+    assert_eq!(lines.len(), 4, "{list}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{:<60} {:<12} {:<22} {:<22}",
+            "NAME", "SIZE", "STORED AT", "ACCESSED AT"
+        )
+    );
     assert!(lines[1].starts_with("deps-master-1 "), "{list}");
-    assert!(lines[1].ends_with(" UTC"), "{list}");
+    assert!(lines[1].contains(" DATE "), "{list}");
+    assert_eq!(lines[2..], ["", ""], "{list}");
     let usage = ran.ok("cache usage");
     assert!(
-        usage.starts_with("Used: ") && usage.contains(". Free: "),
+        usage.starts_with("FREE SPACE: ") && usage.contains("\nUSED SPACE: "),
         "{usage}"
     );
     assert_eq!(
         ran.ok("cache delete deps-master-1"),
-        "Deleted 'deps-master-1'.\n"
+        "Key 'deps-master-1' is deleted.\n"
     );
     assert_eq!(
-        ran.ok("cache delete deps-master-1 || echo \"exit $?\""),
-        "cache: key 'deps-master-1' not found\nexit 1\n"
+        ran.ok("cache delete deps-master-1; echo \"exit $?\""),
+        "Key 'deps-master-1' doesn't exist in the cache store.\nexit 0\n"
     );
-    assert!(ran
-        .ok("cache store other deps && cache clear")
-        .ends_with("Deleted 1 key(s); the cache is empty.\n"));
+    assert!(masked(&ran.ok("cache store other deps && cache clear"))
+        .ends_with("Upload complete. Duration: D.\nDeleted all caches.\n"));
     assert_eq!(ran.ok("cache is_not_empty || echo empty"), "empty\n");
     // A miss is not a failure.
     assert_eq!(
         ran.ok("cache restore deps-master-1"),
-        "MISS 'deps-master-1'\n"
+        "MISS: 'deps-master-1'.\n"
     );
 }
 
@@ -126,13 +138,15 @@ fn a_fallback_key_restores_the_newest_match() {
     let out = ran.ok("rm -rf v && cache restore gems-feature-x-123,gems-feature-x-,gems-master-");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        lines[..2],
-        ["MISS 'gems-feature-x-123'", "MISS 'gems-feature-x-'"]
-    );
-    assert!(
-        lines[2].starts_with("HIT 'gems-master-bbb' (matched by 'gems-master-'): v restored"),
+        lines[..3],
+        [
+            "MISS: 'gems-feature-x-123'.",
+            "MISS: 'gems-feature-x-'.",
+            "HIT: 'gems-master-', using key 'gems-master-bbb'."
+        ],
         "{out}"
     );
+    assert_eq!(lines.last(), Some(&"Restored: v/."), "{out}");
     assert_eq!(ran.ok("cat v/f"), "new\n");
 }
 
@@ -185,7 +199,12 @@ fn storing_past_the_limit_removes_the_oldest_and_a_too_large_archive_is_refused(
     let stores = ran.ok(
         "for k in k1 k2 k3 k4; do head -c 90000 /dev/urandom > blob && cache store $k blob; done",
     );
-    assert!(stores.contains("Removed 'k1' to make room.\n"), "{stores}");
+    assert!(
+        stores.contains(
+            "Not enough space, deleting keys based on STORE_TIME...\nKey 'k1' is deleted.\n"
+        ),
+        "{stores}"
+    );
     let list = ran.ok("cache list");
     let keys: Vec<&str> = list
         .lines()
@@ -193,15 +212,16 @@ fn storing_past_the_limit_removes_the_oldest_and_a_too_large_archive_is_refused(
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(keys, ["k4", "k3", "k2"], "{list}");
-    let big = ran.ok("head -c 400000 /dev/urandom > big && cache store big big");
-    assert!(
-        big.starts_with("cache: the archive of 'big' is ")
-            && big.contains("but the cache holds at most 293.0 KiB; not stored"),
-        "{big}"
+    let big = masked(&ran.ok("head -c 400000 /dev/urandom > big && cache store big big"));
+    assert_eq!(
+        big,
+        "Compressing big...\n\
+         Compression complete. Duration: D. Size: S bytes.\n\
+         Archive exceeds allocated 293.0K for cache.\n"
     );
     assert_eq!(
         ran.ok("cache has_key big || echo refused"),
-        "Key 'big' does not exist in the cache.\nrefused\n"
+        "Key 'big' doesn't exist in the cache store.\nrefused\n"
     );
     // Nothing half-written is left in the cache directory.
     let mut names: Vec<String> = fs::read_dir(cache_dir(&agent))
@@ -234,9 +254,11 @@ fn a_corrupt_archive_is_reported_and_the_files_stay_untouched() {
     let ran = run(&agent, &restore);
     ran.assert_passed();
     let out = ran.cmd("cache restore broken").output;
+    let last = out.lines().last().unwrap_or_default();
     assert!(
-        out.starts_with("cache: the archive of 'broken' is corrupt (")
-            && out.ends_with("); nothing was restored\n"),
+        out.starts_with("HIT: 'broken', using key 'broken'.\nDownloading key 'broken'...\n")
+            && last.starts_with("error: the archive of 'broken' is corrupt (")
+            && last.ends_with("); nothing was restored"),
         "{out}"
     );
     assert_eq!(ran.ok("cat c/version && ls c"), "mine\nversion\n");
@@ -262,19 +284,29 @@ fn lock_files_choose_what_to_store_and_restore() {
     // The key's checksum is md5sum's, as the toolbox makes it.
     let md5 = ran.ok("md5sum Gemfile.lock");
     let md5 = md5.split_whitespace().next().unwrap();
-    let out = ran.ok("cache store");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 4, "{out}");
-    // The toolbox's order of lock files.
-    assert_eq!(lines[0], "Detected Gemfile.lock.");
-    assert!(
-        lines[1].starts_with(&format!("Stored 'gems-feature-x-{md5}':")),
-        "{out}"
-    );
-    assert_eq!(lines[2], "Detected package-lock.json.");
-    assert!(
-        lines[3].starts_with("Stored 'node-modules-feature-x-"),
-        "{out}"
+    let out = masked(&ran.ok("cache store"));
+    // md5sum of "{}\n".
+    let npm = "8a80554c91d9fca8acb82f023de02f11";
+    // The toolbox's order of lock files, its lines, and its keys: the
+    // branch as it is, normalised when the key is.
+    assert_eq!(
+        out,
+        format!(
+            "Detected Gemfile.lock.\n\
+             Using default cache path 'vendor/bundle'.\n\
+             Key 'gems-feature/x-{md5}' is normalized to 'gems-feature-x-{md5}'.\n\
+             Compressing vendor/bundle...\n\
+             Compression complete. Duration: D. Size: S bytes.\n\
+             Uploading 'vendor/bundle' with cache key 'gems-feature-x-{md5}'...\n\
+             Upload complete. Duration: D.\n\
+             Detected package-lock.json.\n\
+             Using default cache path 'node_modules'.\n\
+             Key 'node-modules-feature/x-{npm}' is normalized to 'node-modules-feature-x-{npm}'.\n\
+             Compressing node_modules...\n\
+             Compression complete. Duration: D. Size: S bytes.\n\
+             Uploading 'node_modules' with cache key 'node-modules-feature-x-{npm}'...\n\
+             Upload complete. Duration: D.\n"
+        )
     );
 
     // A changed lock file misses its own key and falls back to the branch's.
@@ -287,20 +319,31 @@ fn lock_files_choose_what_to_store_and_restore() {
     let ran = run(&agent, &restore);
     ran.assert_passed();
     let out = ran.ok("cache restore");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "Detected Gemfile.lock.");
-    assert!(lines[1].starts_with("MISS 'gems-feature-x-"), "{out}");
-    assert!(
-        lines[2].starts_with("HIT 'gems-feature-x-")
-            && lines[2].contains("(matched by 'gems-feature-x-')"),
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            ["Detected", "Fetching", "MISS", "HIT", "Restored"]
+                .iter()
+                .any(|w| l.starts_with(w))
+        })
+        .collect();
+    let gem2 = "082cf9fca5389778577b9f59ace5d03e";
+    let npm = "8a80554c91d9fca8acb82f023de02f11";
+    assert_eq!(
+        lines,
+        [
+            "Detected Gemfile.lock.".to_string(),
+            format!("Fetching 'vendor/bundle' directory with cache keys 'gems-feature/x-{gem2},gems-feature/x,gems-master,gems-main'..."),
+            format!("MISS: 'gems-feature-x-{gem2}'."),
+            "HIT: 'gems-feature-x', using key 'gems-feature-x-dd52c420c970637b96a4c6092bb648c3'.".to_string(),
+            "Restored: vendor/bundle/.".to_string(),
+            "Detected package-lock.json.".to_string(),
+            format!("Fetching 'node_modules' directory with cache keys 'node-modules-feature/x-{npm},node-modules-feature/x,node-modules-master,node-modules-main'..."),
+            format!("HIT: 'node-modules-feature-x-{npm}', using key 'node-modules-feature-x-{npm}'."),
+            "Restored: node_modules/.".to_string(),
+        ],
         "{out}"
     );
-    assert_eq!(lines[3], "Detected package-lock.json.");
-    assert!(
-        lines[4].starts_with("HIT 'node-modules-feature-x-"),
-        "{out}"
-    );
-    assert!(!lines[4].contains("matched by"), "{out}");
     assert_eq!(ran.ok("cat vendor/bundle/g node_modules/m"), "gem\nmod\n");
 }
 
@@ -352,19 +395,20 @@ fn a_compose_job_has_every_subcommand() {
     let stored = lines_of(&ran, "cache store");
     assert_eq!(stored[0], "Detected Gemfile.lock.", "{stored:?}");
     // md5sum of "GEM\n".
-    assert!(
-        stored[1].starts_with("Stored 'gems-main-dd52c420c970637b96a4c6092bb648c3':"),
+    assert_eq!(
+        stored[4],
+        "Uploading 'vendor/bundle' with cache key 'gems-main-dd52c420c970637b96a4c6092bb648c3'...",
         "{stored:?}"
     );
-    assert_eq!(stored[2], "Detected package-lock.json.", "{stored:?}");
+    assert_eq!(stored[6], "Detected package-lock.json.", "{stored:?}");
     assert_eq!(
-        lines_of(&ran, TWICE)[1],
-        "Key 'dup' already exists; not stored again."
+        lines_of(&ran, TWICE).last().map(String::as_str),
+        Some("Key 'dup' already exists.")
     );
     let fallback = lines_of(&ran, FALLBACK);
-    assert_eq!(fallback[0], "MISS 'nope-'", "{fallback:?}");
+    assert_eq!(fallback[0], "MISS: 'nope-'.", "{fallback:?}");
     assert!(
-        fallback[1].starts_with("HIT 'gems-main-") && fallback[1].contains("(matched by 'gems-')"),
+        fallback[1].starts_with("HIT: 'gems-', using key 'gems-main-"),
         "{fallback:?}"
     );
     assert_eq!(ran.ok("cat vendor/bundle/g"), "gem\n");
@@ -395,29 +439,34 @@ fn a_compose_job_has_every_subcommand() {
     ran.assert_passed();
     let out = ran.cmd(CORRUPT).output;
     assert!(
-        out.starts_with("cache: the archive of 'broken' is corrupt (")
-            && out.ends_with("); nothing was restored\n"),
+        out.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("error: the archive of 'broken' is corrupt ("),
         "{out}"
     );
     assert_eq!(ran.ok("cat c/version && ls c"), "mine\nversion\n");
     let limit = ran.ok(LIMIT);
-    assert!(limit.contains("Removed 'gems-main-"), "{limit}");
-    assert!(limit.contains(" to make room.\n"), "{limit}");
+    assert!(
+        limit.contains("Not enough space, deleting keys based on STORE_TIME...\nKey 'gems-main-"),
+        "{limit}"
+    );
     assert!(
         ran.ok(BIG)
-            .contains("but the cache holds at most 293.0 KiB; not stored"),
+            .ends_with("Archive exceeds allocated 293.0K for cache.\n"),
         "{}",
         ran.render()
     );
     assert!(
-        ran.ok("cache usage").starts_with("Used: "),
+        ran.ok("cache usage").starts_with("FREE SPACE: "),
         "{}",
         ran.render()
     );
     let end = lines_of(&ran, END);
-    assert_eq!(end[0], "Deleted 'k4'.", "{end:?}");
-    assert!(end[1].starts_with("Deleted ") && end[1].ends_with(" key(s); the cache is empty."));
-    assert_eq!(end[2], "empty");
+    assert_eq!(
+        end,
+        ["Key 'k4' is deleted.", "Deleted all caches.", "empty"]
+    );
 }
 
 #[test]
@@ -435,7 +484,7 @@ fn a_compose_job_uses_the_cache_without_seeing_its_directory() {
     ran.assert_passed();
     assert!(
         ran.ok("cache store compose-deps deps")
-            .starts_with("Stored 'compose-deps': deps ("),
+            .contains("\nUploading 'deps' with cache key 'compose-deps'...\n"),
         "{}",
         ran.render()
     );
@@ -450,7 +499,7 @@ fn a_compose_job_uses_the_cache_without_seeing_its_directory() {
     ran.assert_passed();
     assert!(ran
         .ok("mkdir -p /w && cd /w && cache restore compose-deps")
-        .starts_with("HIT 'compose-deps': deps restored"));
+        .starts_with("HIT: 'compose-deps', using key 'compose-deps'.\n"));
     assert_eq!(
         ran.ok("stat -c '%a' /w/deps/sub/a && cat /w/deps/sub/a"),
         "640\nhi\n"
@@ -473,7 +522,7 @@ fn an_image_with_bash_alone_stores_and_restores() {
         .ok("command -v tar || command -v ssh || echo no-tar-no-ssh")
         .contains("no-tar-no-ssh"));
     let out = ran.ok("cd /tmp && printf 'only bash\\n' > note && cache store bash-only note");
-    assert!(out.contains("Stored 'bash-only': note ("), "{out}");
+    assert!(out.contains("\nUpload complete. Duration: "), "{out}");
 
     let restore = ComposeJob::new("cache-bash-only-restore", Container::new("main", image))
         .command(
@@ -483,6 +532,10 @@ fn an_image_with_bash_alone_stores_and_restores() {
     ran.assert_passed();
     let out =
         ran.ok("cd /tmp && cache restore bash-only && read -r line < note && echo \"read: $line\"");
-    assert!(out.contains("HIT 'bash-only': note restored"), "{out}");
+    assert!(
+        out.contains("HIT: 'bash-only', using key 'bash-only'.\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nRestored: note.\n"), "{out}");
     assert!(out.contains("read: only bash\n"), "{out}");
 }

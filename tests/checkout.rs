@@ -265,8 +265,11 @@ fn use_cache_keeps_the_git_directory_in_the_cache() {
     );
     first.assert_passed();
     let out = first.ok("checkout --use-cache");
-    assert!(out.starts_with("MISS 'checkout-project@'\n"), "{out}");
-    assert!(out.contains("Stored 'checkout-project@"), "{out}");
+    assert!(out.starts_with("MISS: 'checkout-project@'.\n"), "{out}");
+    assert!(
+        out.contains("Uploading '.git' with cache key 'checkout-project@"),
+        "{out}"
+    );
     let second = run(
         &agent,
         &job("checkout-cache-2", &repo.url(), &repo.feature_tip)
@@ -277,7 +280,7 @@ fn use_cache_keeps_the_git_directory_in_the_cache() {
     );
     second.assert_passed();
     let out = second.ok("checkout --use-cache");
-    assert!(out.starts_with("MISS 'checkout-again@'\n"), "{out}");
+    assert!(out.starts_with("MISS: 'checkout-again@'.\n"), "{out}");
     let third = run(
         &agent,
         &job("checkout-cache-3", &repo.url(), &repo.feature_tip)
@@ -290,12 +293,12 @@ fn use_cache_keeps_the_git_directory_in_the_cache() {
     third.assert_passed();
     let out = third.ok("SEMAPHORE_GIT_DIR=project checkout --use-cache");
     assert!(
-        out.starts_with("HIT 'checkout-project@")
-            && out.contains("(matched by 'checkout-project@'): .git restored"),
+        out.starts_with("HIT: 'checkout-project@', using key 'checkout-project@")
+            && out.contains("\nRestored: .git/.\n"),
         "{out}"
     );
     // A fresh cache is not stored again.
-    assert!(!out.contains("Stored"), "{out}");
+    assert!(!out.contains("Uploading"), "{out}");
     assert_eq!(
         third.ok("git rev-parse HEAD"),
         format!("{}\n", repo.feature_tip)
@@ -350,7 +353,10 @@ fn use_cache_refreshes_a_git_directory_older_than_the_cache_age() {
         out.contains("s old (SEMAPHORE_GIT_CACHE_AGE=0); refreshing it"),
         "{out}"
     );
-    assert!(out.contains(&format!("Deleted '{}'.", stored[0])), "{out}");
+    assert!(
+        out.contains(&format!("Key '{}' is deleted.", stored[0])),
+        "{out}"
+    );
     let now = checkout_keys(&second);
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(now, stored);
@@ -366,8 +372,14 @@ fn use_cache_refreshes_a_git_directory_older_than_the_cache_age() {
     );
     third.assert_passed();
     let out = third.ok("checkout --use-cache");
-    assert!(out.starts_with(&format!("HIT '{}'", now[0])), "{out}");
-    assert!(!out.contains("Stored"), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "HIT: 'checkout-project@', using key '{}'.",
+            now[0]
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("Uploading"), "{out}");
 }
 
 #[test]

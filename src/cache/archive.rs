@@ -21,6 +21,17 @@ const MANIFEST: &str = ".agent-cache-manifest";
 /// zstd level 1: the speed of `zstd -1`, the toolbox's trade-off.
 const LEVEL: i32 = 1;
 
+/// How an archive is compressed. Restore tells them by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveFormat {
+    /// The agent's own: tar and zstd level 1, with a manifest entry first.
+    #[default]
+    Zstd,
+    /// The toolbox's: a plain tar.gz as `tar czf` makes it.
+    Gzip,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     /// The path as the job gave it (for the messages).
@@ -90,9 +101,21 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// Packs `path` (relative to `cwd`, or absolute) into `out` in `format`.
+/// Returns `out`.
+pub fn pack<W: Write>(format: ArchiveFormat, path: &Path, cwd: &Path, out: W) -> io::Result<W> {
+    match format {
+        ArchiveFormat::Zstd => pack_zstd(path, cwd, out).map(|(_, out)| out),
+        ArchiveFormat::Gzip => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "gzip archives are not written yet",
+        )),
+    }
+}
+
 /// Packs `path` (relative to `cwd`, or absolute) into `out`. Symlinks are
 /// stored as symlinks. Returns the counts and `out`.
-pub fn pack<W: Write>(path: &Path, cwd: &Path, out: W) -> io::Result<(Counts, W)> {
+pub fn pack_zstd<W: Write>(path: &Path, cwd: &Path, out: W) -> io::Result<(Counts, W)> {
     let source = cwd.join(path);
     let meta = fs::symlink_metadata(&source)?;
     let (name, absolute) = archive_name(path, cwd)?;
@@ -129,9 +152,9 @@ pub fn pack<W: Write>(path: &Path, cwd: &Path, out: W) -> io::Result<(Counts, W)
 /// What was restored.
 #[derive(Debug)]
 pub struct Restored {
-    /// The path as it was stored.
+    /// The first member's name as tar would have recorded it (a directory
+    /// with a trailing `/`), which the toolbox prints after `Restored:`.
     pub path: String,
-    pub counts: Counts,
 }
 
 /// Reads the whole archive without writing anything: the zstd checksum and
@@ -171,6 +194,7 @@ pub fn unpack(input: impl Read, cwd: &Path) -> io::Result<Restored> {
     let mut counts = Counts::default();
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     let mut made_parent: Option<PathBuf> = None;
+    let mut root_is_dir = false;
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
@@ -202,6 +226,9 @@ pub fn unpack(input: impl Read, cwd: &Path) -> io::Result<Restored> {
             }
         }
         let kind = entry.header().entry_type();
+        if counts.entries == 0 && kind.is_dir() {
+            root_is_dir = true;
+        }
         if kind.is_dir() {
             dirs.push((dest.clone(), entry.header().mtime().unwrap_or(0)));
         }
@@ -217,10 +244,17 @@ pub fn unpack(input: impl Read, cwd: &Path) -> io::Result<Restored> {
         }
     }
     let manifest = manifest.ok_or_else(|| bad_data("the archive is empty"))?;
-    Ok(Restored {
-        path: manifest.path,
-        counts,
-    })
+    let trimmed = manifest.path.trim_end_matches('/');
+    let mut path = if trimmed.is_empty() {
+        manifest.path.clone()
+    } else {
+        trimmed.to_string()
+    };
+    if root_is_dir && !path.ends_with('/') {
+        path.push('/');
+    }
+    let _ = counts;
+    Ok(Restored { path })
 }
 
 fn bad_data(what: &str) -> io::Error {
@@ -268,11 +302,11 @@ mod tests {
             .set_modified(old)
             .unwrap();
 
-        let (_, bytes) = pack(Path::new("deps"), src.path(), Vec::new()).unwrap();
+        let (_, bytes) = pack_zstd(Path::new("deps"), src.path(), Vec::new()).unwrap();
         verify(&bytes[..]).unwrap();
         let dst = tempfile::tempdir().unwrap();
         let restored = unpack(&bytes[..], dst.path()).unwrap();
-        assert_eq!(restored.path, "deps");
+        assert_eq!(restored.path, "deps/");
         let back = dst.path().join("deps");
         assert_eq!(fs::read(back.join("sub/run.sh")).unwrap(), b"#!/bin/sh\n");
         let meta = fs::metadata(back.join("sub/run.sh")).unwrap();
@@ -292,7 +326,7 @@ mod tests {
     fn a_damaged_archive_fails_verification() {
         let src = tempfile::tempdir().unwrap();
         fs::write(src.path().join("f"), vec![7u8; 100_000]).unwrap();
-        let (_, mut bytes) = pack(Path::new("f"), src.path(), Vec::new()).unwrap();
+        let (_, mut bytes) = pack_zstd(Path::new("f"), src.path(), Vec::new()).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         assert!(verify(&bytes[..]).is_err());

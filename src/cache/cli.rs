@@ -1,364 +1,321 @@
 //! `cache`, the program a job runs: the agent's own binary started under
-//! that name (or as `agent cache`). It speaks the toolbox's command line,
-//! packs and unpacks archives itself, and asks the agent on the host to keep
-//! them, over the socket named by `AGENT_CACHE_SOCKET`.
+//! that name (or as `agent cache`). It reads the toolbox's command line
+//! (`args.rs`), prints the toolbox's lines (`output.rs`), and asks the agent
+//! on the host over the socket named by `AGENT_CACHE_SOCKET`; `transfer.rs`
+//! holds `store` and `restore`.
 //!
-//! Exit codes follow the toolbox: `store` and `restore` exit 0 even when
-//! the cache could not help (a miss, an existing key, an unreachable
-//! backend), so that a job never fails because of its cache; the error is
-//! printed. `has_key` and `is_not_empty` answer with 0 or 1; `delete` of a
-//! missing key, a bad command line or a broken backend exit 1.
+//! Exit codes are the toolbox's: 0 for everything that went as it could,
+//! a miss, an existing key and a missing path included; 1 from `has_key`
+//! for a missing key and from `is_not_empty` for an empty cache; the error
+//! path (`error: ...` on stdout) exits 0, or 1 when the job sets
+//! `CACHE_FAIL_ON_ERROR=true`; a wrong number of arguments prints
+//! `Incorrect number of arguments!` and the help and exits 0; an unknown
+//! command or flag exits 1.
 
-use std::io::{BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use super::archive;
-use super::autodetect;
-use super::error::{human, CacheError};
+use super::args::{self, Invocation, Parsed, Sub};
+use super::config::CleanupBy;
+use super::error::CacheError;
+use super::format;
 use super::keys;
-use super::protocol::{self, DataReader, DataWriter, Reply, Request};
+use super::output::Out;
+use super::protocol::{self, Reply, Request};
+use super::transfer;
 use super::SOCKET_ENV;
 
-const USAGE: &str = "usage: cache store [KEY PATH]
-       cache restore [KEY[,KEY...]]
-       cache has_key KEY
-       cache list
-       cache delete KEY
-       cache clear
-       cache usage
-       cache is_not_empty
-
-Without arguments, store and restore find the usual lock files in the
-current directory and use keys made of the branch and their checksum.";
+/// What a command ends with: an exit code, or the error path.
+pub type Outcome = Result<u8, CacheError>;
 
 /// Runs `cache ARGS...` and returns its exit code.
 pub fn main(args: &[String]) -> ExitCode {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
-        [] | ["help"] | ["--help"] | ["-h"] => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+    let mut out = Out::open();
+    let code = match args::parse(args) {
+        Parsed::Help(text) => {
+            out.print(&text);
+            0
         }
-        ["store"] => store_detected(),
-        ["store", key, path] => {
-            store(key, Path::new(path));
-            Ok(true)
+        Parsed::UnknownHelpTopic(words) => {
+            out.print_err(&format!(
+                "Unknown help topic {}\n{}",
+                go_quote_list(&words),
+                args::root_usage()
+            ));
+            0
         }
-        ["restore"] => restore_detected(),
-        ["restore", keys] => {
-            restore(keys);
-            Ok(true)
+        Parsed::UnknownCommand(word) => {
+            let message = Parsed::unknown_command_message(&word);
+            out.print_err(&format!(
+                "Error: {message}\nRun 'cache --help' for usage.\n"
+            ));
+            out.say(&message);
+            1
         }
-        ["has_key", key] => has_key(key),
-        ["list"] => list(),
-        ["delete", key] => delete(key),
-        ["clear"] => clear(),
-        ["usage"] => usage(),
-        ["is_not_empty"] => is_not_empty(),
-        _ => Err(CacheError::Usage(format!(
-            "unknown command line: cache {}\n{USAGE}",
-            args.join(" ")
-        ))),
+        Parsed::Flag { sub, message } => {
+            let usage = match sub {
+                Some(s) => s.usage(),
+                None => args::root_usage().to_string(),
+            };
+            out.print_err(&format!("Error: {message}\n{usage}\n"));
+            out.say(&message);
+            1
+        }
+        Parsed::Run(inv) => match run(&mut out, &inv) {
+            Ok(code) => code,
+            Err(e) => out.fail(&e.to_string()),
+        },
     };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("cache: {e}");
-            ExitCode::from(1)
+    ExitCode::from(code)
+}
+
+/// Go's `%#q` of a list of words: `[`a` `b`]`.
+fn go_quote_list(words: &[String]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| {
+            if w.contains('`') || w.chars().any(char::is_control) {
+                format!("{w:?}")
+            } else {
+                format!("`{w}`")
+            }
+        })
+        .collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+fn run(out: &mut Out, inv: &Invocation) -> Outcome {
+    let n = inv.positional.len();
+    match inv.sub {
+        Sub::Store => {
+            if n != 0 && n != 2 {
+                return incorrect(out, inv.sub);
+            }
+            transfer::store(out, inv)
+        }
+        Sub::Restore => {
+            if n > 1 {
+                return incorrect(out, inv.sub);
+            }
+            transfer::restore(out, inv)
+        }
+        Sub::HasKey => {
+            if n != 1 {
+                return incorrect(out, inv.sub);
+            }
+            has_key(out, &inv.positional[0])
+        }
+        Sub::Delete => {
+            if n != 1 {
+                return incorrect(out, inv.sub);
+            }
+            delete(out, &inv.positional[0])
+        }
+        Sub::List => list(out, inv.value_flag.as_deref()),
+        Sub::Clear => clear(out),
+        Sub::Usage => usage(out),
+        Sub::IsNotEmpty => is_not_empty(out),
+        Sub::Completion => {
+            let script = inv
+                .positional
+                .first()
+                .and_then(|shell| args::completion_script(shell));
+            match script {
+                Some(s) => out.print(&s),
+                None => out.print(&Sub::Completion.help()),
+            }
+            Ok(0)
+        }
+        Sub::Help => {
+            out.print(args::ROOT_HELP);
+            Ok(0)
         }
     }
 }
 
-fn connect() -> Result<UnixStream, CacheError> {
-    let Some(path) = std::env::var_os(SOCKET_ENV) else {
-        return Err(CacheError::Usage(format!(
-            "no cache in this session ({SOCKET_ENV} is not set)"
-        )));
-    };
+/// A wrong number of arguments: the toolbox's line and the help, exit 0,
+/// nothing contacted.
+fn incorrect(out: &mut Out, sub: Sub) -> Outcome {
+    out.say("Incorrect number of arguments!");
+    out.print(&sub.help());
+    Ok(0)
+}
+
+/// What every command does first, as the toolbox initialises its backend:
+/// the job must have a cache, and a `CACHE_SIZE` that does not parse is
+/// said to be ignored. Returns the job's capacity in bytes, if it set one.
+pub fn init(out: &mut Out) -> Result<Option<i64>, CacheError> {
+    socket_path()?;
+    Ok(cache_size(out))
+}
+
+/// `CACHE_SIZE` in KiB, as bytes.
+fn cache_size(out: &mut Out) -> Option<i64> {
+    let value = std::env::var("CACHE_SIZE").ok().filter(|v| !v.is_empty())?;
+    match value.parse::<i64>() {
+        Ok(kib) => Some(kib.saturating_mul(1024)),
+        Err(_) => {
+            out.say(&format!(
+                "Couldn't parse CACHE_SIZE value of '{value}' - using default value for storage backend"
+            ));
+            None
+        }
+    }
+}
+
+fn socket_path() -> Result<PathBuf, CacheError> {
+    std::env::var_os(SOCKET_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            CacheError::Usage(format!(
+                "no cache in this session ({SOCKET_ENV} is not set)"
+            ))
+        })
+}
+
+pub fn connect() -> Result<UnixStream, CacheError> {
+    let path = socket_path()?;
     UnixStream::connect(&path).map_err(|e| {
         CacheError::Usage(format!(
             "cannot reach the agent's cache at {}: {e}",
-            PathBuf::from(path).display()
+            path.display()
         ))
     })
 }
 
 /// One request, one reply.
-fn ask(request: &Request) -> Result<Reply, CacheError> {
+pub fn ask(request: &Request) -> Result<Reply, CacheError> {
     let mut conn = connect()?;
-    protocol::write_json(&mut conn, request).map_err(CacheError::Channel)?;
-    match protocol::read_json(&mut conn).map_err(CacheError::Channel)? {
+    send(&mut conn, request)?;
+    reply(&mut conn)
+}
+
+pub fn send(conn: &mut impl Write, request: &Request) -> Result<(), CacheError> {
+    protocol::write_json(conn, request).map_err(CacheError::Channel)
+}
+
+/// The agent's next reply; its error as the error path's.
+pub fn reply(conn: &mut impl Read) -> Result<Reply, CacheError> {
+    match protocol::read_json(conn).map_err(CacheError::Channel)? {
         Reply::Error { message } => Err(CacheError::Remote(message)),
         reply => Ok(reply),
     }
 }
 
-fn unexpected(reply: Reply) -> CacheError {
+pub fn unexpected(reply: Reply) -> CacheError {
     CacheError::Remote(format!("unexpected answer from the agent: {reply:?}"))
 }
 
-fn secs(since: Instant) -> String {
-    format!("{:.2}s", since.elapsed().as_secs_f64())
-}
-
-fn cwd() -> Result<PathBuf, CacheError> {
-    std::env::current_dir().map_err(|e| CacheError::io("cannot read the current directory", ".", e))
-}
-
-/// `cache store KEY PATH`; prints what happened, errors included.
-pub fn store(key: &str, path: &Path) {
-    if let Err(e) = try_store(key, path) {
-        eprintln!("cache: {e}");
+/// Normalises a key, saying so when it changed.
+pub fn normalized(out: &mut Out, raw: &str) -> String {
+    let key = keys::normalize(raw);
+    if key != raw {
+        out.say(&format!("Key '{raw}' is normalized to '{key}'."));
     }
+    key
 }
 
-fn try_store(key: &str, path: &Path) -> Result<(), CacheError> {
-    let started = Instant::now();
-    let key = keys::normalize(key);
-    keys::check(&key)?;
-    let cwd = cwd()?;
-    if std::fs::symlink_metadata(cwd.join(path)).is_err() {
-        println!(
-            "'{}' does not exist; nothing stored under '{key}'.",
-            path.display()
-        );
-        return Ok(());
-    }
-    let mut conn = connect()?;
-    protocol::write_json(&mut conn, &Request::Store { key: key.clone() })
-        .map_err(CacheError::Channel)?;
-    match protocol::read_json(&mut conn).map_err(CacheError::Channel)? {
-        Reply::Ready => {}
-        Reply::Exists => {
-            println!("Key '{key}' already exists; not stored again.");
-            return Ok(());
-        }
-        Reply::Error { message } => return Err(CacheError::Remote(message)),
-        other => return Err(unexpected(other)),
-    }
-    let data = DataWriter::new(&conn);
-    let (counts, data) =
-        archive::pack(path, &cwd, data).map_err(|e| CacheError::io("cannot pack", path, e))?;
-    data.finish().map_err(CacheError::Channel)?;
-    match protocol::read_json(&mut conn).map_err(CacheError::Channel)? {
-        Reply::Stored { size, evicted } => {
-            for old in evicted {
-                println!("Removed '{old}' to make room.");
-            }
-            println!(
-                "Stored '{key}': {} ({} of files) as {} in {}.",
-                path.display(),
-                human(counts.bytes),
-                human(size),
-                secs(started)
-            );
-            Ok(())
-        }
-        Reply::Error { message } => Err(CacheError::Remote(message)),
-        other => Err(unexpected(other)),
-    }
-}
-
-/// `cache restore KEY[,KEY...]`: the first key that hits is restored.
-/// Returns whether one did.
-pub fn restore(list: &str) -> bool {
-    for wanted in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
-        match try_restore(wanted) {
-            Ok(true) => return true,
-            Ok(false) => println!("MISS '{}'", keys::normalize(wanted)),
-            Err(e) => {
-                eprintln!("cache: {e}");
-                return false;
-            }
-        }
-    }
-    false
-}
-
-fn try_restore(wanted: &str) -> Result<bool, CacheError> {
-    let started = Instant::now();
-    let wanted = keys::normalize(wanted);
-    let mut conn = connect()?;
-    protocol::write_json(
-        &mut conn,
-        &Request::Restore {
-            key: wanted.clone(),
-        },
-    )
-    .map_err(CacheError::Channel)?;
-    let (key, size) = match protocol::read_json(&mut conn).map_err(CacheError::Channel)? {
-        Reply::Miss => return Ok(false),
-        Reply::Hit { key, size } => (key, size),
-        Reply::Error { message } => return Err(CacheError::Remote(message)),
-        other => return Err(unexpected(other)),
-    };
-    let cwd = cwd()?;
-    let data = DataReader::new(BufReader::with_capacity(1024 * 1024, &conn));
-    let restored = archive::unpack(data, &cwd)
-        .map_err(|e| CacheError::Remote(format!("cannot restore '{key}': {e}")))?;
-    let via = if key == wanted {
-        String::new()
-    } else {
-        format!(" (matched by '{wanted}')")
-    };
-    println!(
-        "HIT '{key}'{via}: {} restored, {} ({} of files) in {}.",
-        restored.path,
-        human(size),
-        human(restored.counts.bytes),
-        secs(started)
-    );
-    Ok(true)
-}
-
-fn has_key(key: &str) -> Result<bool, CacheError> {
-    let key = keys::normalize(key);
+fn has_key(out: &mut Out, raw: &str) -> Outcome {
+    init(out)?;
+    let key = normalized(out, raw);
     match ask(&Request::HasKey { key: key.clone() })? {
         Reply::HasKey { exists: true } => {
-            println!("Key '{key}' exists in the cache.");
-            Ok(true)
+            out.say(&format!("Key '{key}' exists in the cache store."));
+            Ok(0)
         }
         Reply::HasKey { exists: false } => {
-            println!("Key '{key}' does not exist in the cache.");
-            Ok(false)
+            out.say(&format!("Key '{key}' doesn't exist in the cache store."));
+            Ok(1)
         }
         other => Err(unexpected(other)),
     }
 }
 
-fn list() -> Result<bool, CacheError> {
+fn delete(out: &mut Out, raw: &str) -> Outcome {
+    init(out)?;
+    let key = normalized(out, raw);
+    match ask(&Request::Delete { key: key.clone() })? {
+        Reply::Deleted { existed: true } => out.say(&format!("Key '{key}' is deleted.")),
+        Reply::Deleted { existed: false } => {
+            out.say(&format!("Key '{key}' doesn't exist in the cache store."))
+        }
+        other => return Err(unexpected(other)),
+    }
+    Ok(0)
+}
+
+/// `cache list [-s FIELD]`: the toolbox's table, newest stored first by
+/// default, the largest first by `SIZE`, the most recently accessed first
+/// by `ACCESS_TIME`.
+fn list(out: &mut Out, sort_by: Option<&str>) -> Outcome {
+    let by = match sort_by {
+        None => CleanupBy::StoreTime,
+        Some(v) => CleanupBy::from_toolbox(v).ok_or_else(|| CacheError::BadSortField(v.into()))?,
+    };
+    init(out)?;
     let Reply::List { mut entries } = ask(&Request::List)? else {
         return Err(CacheError::Remote("unexpected answer to list".into()));
     };
-    entries.sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
     if entries.is_empty() {
-        println!("The cache is empty.");
-        return Ok(true);
+        out.say("Cache is empty.");
+        return Ok(0);
     }
-    let width = entries
-        .iter()
-        .map(|e| e.key.len())
-        .max()
-        .unwrap_or(3)
-        .max(3);
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{:<width$}  {:>10}  STORED", "KEY", "SIZE");
+    keys::newest_first(&mut entries);
+    match by {
+        CleanupBy::StoreTime => {}
+        CleanupBy::Size => entries.sort_by_key(|e| std::cmp::Reverse(e.size)),
+        CleanupBy::AccessTime => entries.sort_by_key(|e| std::cmp::Reverse(e.accessed_ms)),
+    }
+    let mut table = format!(
+        "{:<60} {:<12} {:<22} {:<22}\n",
+        "NAME", "SIZE", "STORED AT", "ACCESSED AT"
+    );
     for e in &entries {
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:>10}  {}",
+        table.push_str(&format!(
+            "{:<60} {:<12} {:<22} {:<22}\n",
             e.key,
-            human(e.size),
-            utc(e.stored_ms)
-        );
+            format::size_u(e.size),
+            format::rfc822(e.stored_ms),
+            format::rfc822(e.accessed_ms)
+        ));
     }
-    Ok(true)
+    out.say(&table);
+    Ok(0)
 }
 
-fn delete(key: &str) -> Result<bool, CacheError> {
-    let key = keys::normalize(key);
-    match ask(&Request::Delete { key: key.clone() })? {
-        Reply::Deleted => {
-            println!("Deleted '{key}'.");
-            Ok(true)
-        }
-        other => Err(unexpected(other)),
-    }
-}
-
-fn clear() -> Result<bool, CacheError> {
+fn clear(out: &mut Out) -> Outcome {
+    init(out)?;
     match ask(&Request::Clear)? {
-        Reply::Cleared { keys } => {
-            println!("Deleted {keys} key(s); the cache is empty.");
-            Ok(true)
+        Reply::Cleared { .. } => {
+            out.say("Deleted all caches.");
+            Ok(0)
         }
         other => Err(unexpected(other)),
     }
 }
 
-fn usage() -> Result<bool, CacheError> {
-    match ask(&Request::Usage)? {
+fn usage(out: &mut Out) -> Outcome {
+    let capacity = init(out)?;
+    match ask(&Request::Usage { capacity })? {
         Reply::Usage { used, free } => {
-            let free = free.map(human).unwrap_or_else(|| "unknown".into());
-            println!("Used: {}. Free: {free}.", human(used));
-            Ok(true)
+            let free = free.map_or_else(|| "(unlimited)".to_string(), format::size);
+            out.say(&format!("FREE SPACE: {free}"));
+            out.say(&format!("USED SPACE: {}", format::size_u(used)));
+            Ok(0)
         }
         other => Err(unexpected(other)),
     }
 }
 
-fn is_not_empty() -> Result<bool, CacheError> {
+fn is_not_empty(out: &mut Out) -> Outcome {
+    init(out)?;
     match ask(&Request::List)? {
-        Reply::List { entries } => Ok(!entries.is_empty()),
+        Reply::List { entries } => Ok(u8::from(entries.is_empty())),
         other => Err(unexpected(other)),
     }
-}
-
-fn store_detected() -> Result<bool, CacheError> {
-    let found = autodetect::detect(&cwd()?, &autodetect::Env::from_process());
-    if found.is_empty() {
-        println!("Nothing to store: no known lock file in this directory.");
-    }
-    for d in found {
-        println!("Detected {}.", d.lockfile);
-        store(&d.key, &d.path);
-    }
-    Ok(true)
-}
-
-fn restore_detected() -> Result<bool, CacheError> {
-    let found = autodetect::detect(&cwd()?, &autodetect::Env::from_process());
-    if found.is_empty() {
-        println!("Nothing to restore: no known lock file in this directory.");
-    }
-    for d in found {
-        println!("Detected {}.", d.lockfile);
-        restore(&d.restore_keys.join(","));
-    }
-    Ok(true)
-}
-
-/// `2026-11-29 20:01:02 UTC` for Unix milliseconds.
-pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The date of a day number since 1970-01-01 (the proleptic Gregorian
-/// calendar; Howard Hinnant's well-known algorithm).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// The day number since 1970-01-01 of a date.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -366,13 +323,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_round_trip() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        for days in [-1000, 0, 59, 60, 11_016, 20_000, 30_000] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(utc(1_000_000_000_000), "2001-09-09 01:46:40 UTC");
+    fn help_topics_are_quoted_as_go_does() {
+        assert_eq!(go_quote_list(&["nosuch".into()]), "[`nosuch`]");
+        assert_eq!(go_quote_list(&["a".into(), "b`c".into()]), "[`a` \"b`c\"]");
     }
 }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::archive::ArchiveFormat;
+
 /// The toolbox's variables, read from the agent's environment (and then
 /// removed from it, so that shell jobs do not inherit them) or from a job's.
 pub const ENV_BACKEND: &str = "SEMAPHORE_CACHE_BACKEND";
@@ -21,24 +23,47 @@ pub const ENV_SFTP_PATH: &str = "AGENT_CACHE_SFTP_PATH";
 /// How long connecting to the SFTP server may take.
 pub const SFTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Which keys go first when a store needs room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which keys go first when a store needs room (and how `cache list
+/// --sort-by` orders them, the other way round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CleanupBy {
     /// The oldest stored.
+    #[default]
     StoreTime,
     /// The least recently restored (or stored).
     AccessTime,
-    /// The largest.
+    /// The smallest, as the toolbox does: it sorts keys largest first and
+    /// removes from the end of that list.
     Size,
 }
 
 impl CleanupBy {
+    /// The agent's flag and variable: any case, `-` or `_`.
     pub fn parse(text: &str) -> Option<CleanupBy> {
         match text.to_ascii_lowercase().replace('_', "-").as_str() {
             "store-time" => Some(CleanupBy::StoreTime),
             "access-time" => Some(CleanupBy::AccessTime),
             "size" => Some(CleanupBy::Size),
             _ => None,
+        }
+    }
+
+    /// The toolbox's `--cleanup-by` and `--sort-by` values, exactly.
+    pub fn from_toolbox(text: &str) -> Option<CleanupBy> {
+        match text {
+            "STORE_TIME" => Some(CleanupBy::StoreTime),
+            "ACCESS_TIME" => Some(CleanupBy::AccessTime),
+            "SIZE" => Some(CleanupBy::Size),
+            _ => None,
+        }
+    }
+
+    pub fn toolbox_name(self) -> &'static str {
+        match self {
+            CleanupBy::StoreTime => "STORE_TIME",
+            CleanupBy::AccessTime => "ACCESS_TIME",
+            CleanupBy::Size => "SIZE",
         }
     }
 }
@@ -76,6 +101,8 @@ pub struct CacheConfig {
     /// keys (see `cleanup_by`).
     pub max_bytes: Option<u64>,
     pub cleanup_by: CleanupBy,
+    /// The format of stored archives (restore reads both).
+    pub archive_format: ArchiveFormat,
     /// Where archives wait on the host on their way to or from a remote
     /// backend.
     pub spool_dir: PathBuf,
@@ -199,6 +226,9 @@ mod tests {
         assert_eq!(CleanupBy::parse("access-time"), Some(CleanupBy::AccessTime));
         assert_eq!(CleanupBy::parse("size"), Some(CleanupBy::Size));
         assert_eq!(CleanupBy::parse("age"), None);
+        assert_eq!(CleanupBy::from_toolbox("SIZE"), Some(CleanupBy::Size));
+        assert_eq!(CleanupBy::from_toolbox("size"), None);
+        assert_eq!(CleanupBy::AccessTime.toolbox_name(), "ACCESS_TIME");
     }
 
     #[test]
@@ -207,6 +237,7 @@ mod tests {
             backend: BackendConfig::Local { dir: "/c".into() },
             max_bytes: None,
             cleanup_by: CleanupBy::StoreTime,
+            archive_format: ArchiveFormat::Zstd,
             spool_dir: "/s".into(),
             static_binary: None,
         };
@@ -316,6 +347,7 @@ impl CacheArgs {
             backend,
             max_bytes: self.max_bytes,
             cleanup_by,
+            archive_format: ArchiveFormat::Zstd,
             spool_dir,
             static_binary,
         })

@@ -1,5 +1,6 @@
 //! What can go wrong with the cache, on either side of the socket. Messages
-//! are written for the job log; `cli.rs` prefixes them with `cache: `.
+//! are written for the job log; `cache` prints them on its error path as
+//! `error: MESSAGE`, as the toolbox does.
 
 use std::fmt;
 use std::io;
@@ -13,8 +14,6 @@ pub enum CacheError {
     BadKey { key: String, reason: &'static str },
     /// The backend's disk (or quota) is full.
     NoSpace(io::Error),
-    /// One archive is larger than the whole cache may be.
-    TooLarge { key: String, size: u64, limit: u64 },
     /// The SFTP server did not answer in time or refused the login.
     Unreachable { server: String, detail: String },
     /// An `sftp` command failed once connected.
@@ -30,8 +29,12 @@ pub enum CacheError {
     Channel(io::Error),
     /// An error the agent reported over the socket.
     Remote(String),
-    /// The command line is wrong.
+    /// The job has no cache, or cannot reach the agent's.
     Usage(String),
+    /// A `--cleanup-by` or `--sort-by` value the toolbox does not know.
+    BadSortField(String),
+    /// The archive of a path could not be made.
+    Pack { path: String, source: io::Error },
 }
 
 impl CacheError {
@@ -54,12 +57,6 @@ impl fmt::Display for CacheError {
             CacheError::NotFound(key) => write!(f, "key '{key}' not found"),
             CacheError::BadKey { key, reason } => write!(f, "invalid key '{key}': {reason}"),
             CacheError::NoSpace(_) => f.write_str("no space left on the cache backend"),
-            CacheError::TooLarge { key, size, limit } => write!(
-                f,
-                "the archive of '{key}' is {} but the cache holds at most {}; not stored",
-                human(*size),
-                human(*limit)
-            ),
             CacheError::Unreachable { server, detail } => {
                 write!(f, "cannot reach the SFTP cache server {server}: {detail}")
             }
@@ -75,6 +72,10 @@ impl fmt::Display for CacheError {
             }
             CacheError::Channel(e) => write!(f, "lost the connection to the agent: {e}"),
             CacheError::Remote(message) | CacheError::Usage(message) => f.write_str(message),
+            CacheError::BadSortField(value) => {
+                write!(f, "sorting keys by '{value}' is not supported")
+            }
+            CacheError::Pack { path, source } => write!(f, "error compressing {path}: {source}"),
         }
     }
 }
@@ -85,39 +86,16 @@ impl std::error::Error for CacheError {
             CacheError::NoSpace(e)
             | CacheError::Corrupt { source: e, .. }
             | CacheError::Io { source: e, .. }
+            | CacheError::Pack { source: e, .. }
             | CacheError::Channel(e) => Some(e),
             _ => None,
         }
     }
 }
 
-/// A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(200 * 1024 * 1024), "200.0 MiB");
-    }
 
     #[test]
     fn a_full_disk_is_no_space() {

@@ -1,65 +1,64 @@
-//! Cache keys: normalisation (`/` becomes `-`, as the toolbox does), what a
-//! backend can hold, and which stored key a `restore` takes: the exact key,
-//! else the most recently stored key that the given key matches as a
-//! regular expression (`gems-master-` finds `gems-master-3f2a...`).
+//! Cache keys: normalisation (`/` becomes `-`, and nothing else, as the
+//! toolbox does), which names a backend can hold, and which stored key a
+//! `restore` candidate takes: the key of exactly that name, else the newest
+//! stored key that the candidate matches as an unanchored regular
+//! expression (`gems-master` finds `gems-master-3f2a...`; `^abc` only keys
+//! that start with `abc`). A candidate that is not a valid expression
+//! matches nothing.
 
 use regex::Regex;
 
 use super::backend::Entry;
-use super::error::CacheError;
 
-/// The longest key: a file name on every backend.
-const MAX_KEY_LEN: usize = 200;
+/// The longest key: a file name on Linux file systems and SFTP servers.
+pub const MAX_KEY_LEN: usize = 255;
+/// The start of the names under which archives wait for their key, in the
+/// local cache directory and on an SFTP server: not a key.
+pub const STAGED_PREFIX: &str = ".incoming-";
 
-/// The key as stored: `/` becomes `-`, surrounding whitespace goes.
+/// The key as stored: every `/` becomes `-`.
 pub fn normalize(key: &str) -> String {
-    key.trim().replace('/', "-")
+    key.replace('/', "-")
 }
 
-/// Checks a normalised key. Keys are file names on the backend and words in
-/// `sftp` batch commands, so quotes, globs and whitespace are refused.
-pub fn check(key: &str) -> Result<(), CacheError> {
-    let bad = |reason| {
-        Err(CacheError::BadKey {
-            key: key.to_string(),
-            reason,
-        })
-    };
+/// Why a normalised key cannot name a file of the cache directory: it would
+/// escape it (`..`), name the directory itself, or collide with the
+/// backend's own files. None when it can.
+pub fn unstorable(key: &str) -> Option<&'static str> {
     if key.is_empty() {
-        return bad("a key cannot be empty");
+        return Some("a key cannot be empty");
+    }
+    if key == "." || key == ".." {
+        return Some("a key cannot be '.' or '..'");
+    }
+    if key.contains('\0') {
+        return Some("a key cannot hold a NUL byte");
     }
     if key.len() > MAX_KEY_LEN {
-        return bad("a key has at most 200 bytes");
+        return Some("a key has at most 255 bytes");
     }
-    if key.starts_with('.') {
-        return bad("a key cannot start with '.'");
+    if key.starts_with(STAGED_PREFIX) {
+        return Some("keys starting with '.incoming-' name the archives on their way in");
     }
-    if key
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || "\"'\\*?[]".contains(c))
-    {
-        return bad(
-            "use letters, digits and punctuation other than quotes, '\\', '*', '?', '[' and ']'",
-        );
-    }
-    Ok(())
+    None
 }
 
-/// The entry `restore` takes for `wanted`: an exact match, else the newest
-/// entry whose key the pattern matches (a literal substring when `wanted`
-/// is not a valid regular expression).
+/// Entries newest stored first (ties by key), the order in which a
+/// candidate's matches are tried and `cache list` shows keys by default.
+pub fn newest_first(entries: &mut [Entry]) {
+    entries.sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
+}
+
+/// The entry `restore` takes for `wanted`: the one named exactly so, else
+/// the first, newest stored first, whose key the expression matches.
 pub fn pick<'a>(wanted: &str, entries: &'a [Entry]) -> Option<&'a Entry> {
     if let Some(exact) = entries.iter().find(|e| e.key == wanted) {
         return Some(exact);
     }
-    let matches: Box<dyn Fn(&str) -> bool> = match Regex::new(wanted) {
-        Ok(re) => Box::new(move |k| re.is_match(k)),
-        Err(_) => Box::new(move |k| k.contains(wanted)),
-    };
-    entries
-        .iter()
-        .filter(|e| matches(&e.key))
-        .max_by_key(|e| (e.stored_ms, e.key.clone()))
+    let re = Regex::new(wanted).ok()?;
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
+    sorted.into_iter().find(|e| re.is_match(&e.key))
 }
 
 #[cfg(test)]
@@ -76,13 +75,17 @@ mod tests {
     }
 
     #[test]
-    fn slashes_become_dashes() {
+    fn only_slashes_change() {
         assert_eq!(normalize("gems/feature/x"), "gems-feature-x");
-        assert!(check(&normalize("a/b")).is_ok());
-        assert!(check("").is_err());
-        assert!(check("a b").is_err());
-        assert!(check("a*").is_err());
-        assert!(check(".hidden").is_err());
+        assert_eq!(normalize(" a b "), " a b ");
+        for odd in ["a b", "a*", ".hidden", "'q'", "é", "a\\b", " x"] {
+            assert_eq!(unstorable(odd), None, "{odd}");
+        }
+        for bad in ["", ".", "..", "a\0b", ".incoming-1"] {
+            assert!(unstorable(bad).is_some(), "{bad:?}");
+        }
+        assert!(unstorable(&"k".repeat(256)).is_some());
+        assert_eq!(unstorable(&"k".repeat(255)), None);
     }
 
     #[test]
@@ -92,19 +95,28 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_match_wins() {
+    fn the_newest_match_of_an_unanchored_expression_wins() {
         let entries = [
             entry("gems-master-old", 1),
             entry("gems-master-new", 5),
             entry("npm-master-newest", 9),
+            entry("xabcx", 3),
         ];
         assert_eq!(
-            pick("gems-master-", &entries).unwrap().key,
+            pick("gems-master", &entries).unwrap().key,
             "gems-master-new"
         );
         assert_eq!(pick("^npm", &entries).unwrap().key, "npm-master-newest");
+        assert_eq!(pick("abc", &entries).unwrap().key, "xabcx");
+        assert!(pick("^abc", &entries).is_none());
         assert!(pick("pip-", &entries).is_none());
-        // Not a valid expression: matched as text.
+        // The empty candidate matches every key: the newest.
+        assert_eq!(pick("", &entries).unwrap().key, "npm-master-newest");
+        // Not a valid expression: a miss, not a literal search.
         assert!(pick("gems-(", &entries).is_none());
+        assert_eq!(
+            pick("master-\\w+$", &entries).unwrap().key,
+            "npm-master-newest"
+        );
     }
 }

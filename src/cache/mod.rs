@@ -13,15 +13,19 @@
 //! per job and puts the program on the session's PATH.
 
 pub mod archive;
+pub mod args;
 pub mod autodetect;
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod keys;
+pub mod output;
 pub mod protocol;
 pub mod service;
 pub mod session;
+pub mod transfer;
 
 /// The environment variable that tells `cache` where the job's socket is.
 pub const SOCKET_ENV: &str = "AGENT_CACHE_SOCKET";

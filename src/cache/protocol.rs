@@ -7,12 +7,14 @@
 //! - `E`: the end of an archive.
 //!
 //! A connection carries one request. `store`: the client sends `Store`, the
-//! agent answers `Ready` (or `Exists`, or an error), the client sends the
-//! archive as `D` frames and an `E`, the agent answers `Stored` or an error.
-//! `restore`: the client sends `Restore`, the agent answers `Hit` followed
-//! by the archive (`D`... `E`), or `Miss`. A `J` frame where data was
-//! expected is an error `Reply` that ends the transfer. Every other request
-//! gets one reply.
+//! agent answers `Ready` with the archive format to use (or `Exists`, or an
+//! error), the client sends the archive as `D` frames and an `E`, the agent
+//! answers `Stored`, `TooLarge` or an error. `restore`: the client sends
+//! `Restore`, the agent answers `Hit` followed by the archive (`D`... `E`),
+//! or `Miss`. A `J` frame where data was expected is an error `Reply` that
+//! ends the transfer. Every other request gets one reply. Fields added
+//! since the first version have defaults, so that an older static binary
+//! mounted into a compose job still speaks to a newer agent.
 //!
 //! This module knows the bytes, not what the commands do.
 
@@ -20,7 +22,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use super::archive::ArchiveFormat;
 use super::backend::Entry;
+use super::config::CleanupBy;
 
 /// The largest frame either side accepts (a JSON list of many keys fits).
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -34,27 +38,58 @@ const END: u8 = b'E';
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Store { key: String },
-    Restore { key: String },
-    HasKey { key: String },
+    Store {
+        key: String,
+        /// The job's `--cleanup-by`; the agent's order when absent.
+        #[serde(default)]
+        cleanup_by: Option<CleanupBy>,
+        /// The job's `CACHE_SIZE` in bytes, which the agent's own limit caps.
+        #[serde(default)]
+        capacity: Option<i64>,
+        /// The job asked for archives the toolbox can read
+        /// (`SEMAPHORE_CACHE_ARCHIVE_METHOD`).
+        #[serde(default)]
+        gzip: bool,
+    },
+    Restore {
+        key: String,
+    },
+    HasKey {
+        key: String,
+    },
     List,
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     Clear,
-    Usage,
+    Usage {
+        #[serde(default)]
+        capacity: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    /// Send the archive.
-    Ready,
+    /// Send the archive, in this format.
+    Ready {
+        #[serde(default)]
+        format: ArchiveFormat,
+    },
     Exists,
     Stored {
         size: u64,
-        /// Keys removed to make room, oldest first.
+        /// Keys removed to make room, in the order they went.
         evicted: Vec<String>,
+        /// The order they were chosen by.
+        #[serde(default)]
+        cleanup_by: CleanupBy,
     },
-    /// The archive of `key` follows.
+    /// The archive is larger than the whole cache may be; not stored.
+    TooLarge {
+        capacity: i64,
+    },
+    /// The archive of `key` follows (or an error in its place).
     Hit {
         key: String,
         size: u64,
@@ -66,17 +101,27 @@ pub enum Reply {
     List {
         entries: Vec<Entry>,
     },
-    Deleted,
+    Deleted {
+        /// False when there was no such key (nothing was deleted).
+        #[serde(default = "yes")]
+        existed: bool,
+    },
     Cleared {
         keys: usize,
     },
     Usage {
         used: u64,
-        free: Option<u64>,
+        /// The capacity left (negative when over it); None when the cache
+        /// has no limit and the disk's free space is unknown.
+        free: Option<i64>,
     },
     Error {
         message: String,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub enum Frame {

@@ -8,7 +8,7 @@
 //! thread; a connection whose client is gone ends at its next read.
 
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::archive;
+use super::archive::ArchiveFormat;
 use super::backend::Store;
+use super::config::CleanupBy;
 use super::error::CacheError;
 use super::keys;
 use super::protocol::{self, DataReader, DataWriter, Reply, Request};
@@ -124,21 +125,28 @@ fn handle(
     writer: &mut impl Write,
     store: &Store,
 ) -> Result<Option<Reply>, CacheError> {
-    let key_of = |key: &str| {
-        let key = keys::normalize(key);
-        keys::check(&key).map(|_| key)
-    };
     match request {
-        Request::Store { key } => {
-            let key = key_of(&key)?;
-            store_archive(&key, reader, writer, store).map(Some)
+        Request::Store {
+            key,
+            cleanup_by,
+            capacity,
+            gzip,
+        } => {
+            store.backend.check_key(&key)?;
+            let wanted = Wanted {
+                by: cleanup_by.unwrap_or(store.cleanup_by()),
+                capacity: store.capacity(capacity),
+                format: if gzip {
+                    ArchiveFormat::Gzip
+                } else {
+                    store.archive_format()
+                },
+            };
+            store_archive(&key, &wanted, reader, writer, store).map(Some)
         }
-        Request::Restore { key } => {
-            let key = key_of(&key)?;
-            restore_archive(&key, writer, store)
-        }
+        Request::Restore { key } => restore_archive(&key, writer, store),
         Request::HasKey { key } => {
-            let key = key_of(&key)?;
+            store.backend.check_key(&key)?;
             Ok(Some(Reply::HasKey {
                 exists: store.backend.has(&key)?,
             }))
@@ -147,21 +155,35 @@ fn handle(
             entries: store.backend.list()?,
         })),
         Request::Delete { key } => {
-            let key = key_of(&key)?;
-            store.backend.delete(&key)?;
-            Ok(Some(Reply::Deleted))
+            store.backend.check_key(&key)?;
+            if !store.backend.has(&key)? {
+                return Ok(Some(Reply::Deleted { existed: false }));
+            }
+            let existed = match store.backend.delete(&key) {
+                Ok(()) => true,
+                Err(CacheError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            Ok(Some(Reply::Deleted { existed }))
         }
         Request::Clear => Ok(Some(Reply::Cleared {
             keys: store.clear()?,
         })),
-        Request::Usage => {
-            let usage = store.usage()?;
+        Request::Usage { capacity } => {
+            let usage = store.usage(store.capacity(capacity))?;
             Ok(Some(Reply::Usage {
                 used: usage.used,
                 free: usage.free,
             }))
         }
     }
+}
+
+/// How one store goes: the eviction order, the capacity, the format.
+struct Wanted {
+    by: CleanupBy,
+    capacity: Option<i64>,
+    format: ArchiveFormat,
 }
 
 /// Removes a staged file unless it was committed.
@@ -175,6 +197,7 @@ impl Drop for Staged {
 
 fn store_archive(
     key: &str,
+    wanted: &Wanted,
     reader: &mut impl Read,
     writer: &mut impl Write,
     store: &Store,
@@ -184,12 +207,23 @@ fn store_archive(
     }
     let (file, path) = store.backend.stage()?;
     let staged = Staged(path);
-    protocol::write_json(writer, &Reply::Ready).map_err(CacheError::Channel)?;
+    protocol::write_json(
+        writer,
+        &Reply::Ready {
+            format: wanted.format,
+        },
+    )
+    .map_err(CacheError::Channel)?;
     let mut data = DataReader::new(reader);
     let mut out = BufWriter::with_capacity(1024 * 1024, file);
     let mut buf = vec![0u8; 256 * 1024];
     let mut size: u64 = 0;
     let mut failed: Option<CacheError> = None;
+    let too_large = |size: u64| {
+        wanted
+            .capacity
+            .is_some_and(|c| i64::try_from(size).unwrap_or(i64::MAX) > c)
+    };
     loop {
         let n = match data.read(&mut buf) {
             Ok(0) => break,
@@ -198,24 +232,17 @@ fn store_archive(
             Err(e) => return Err(CacheError::Channel(e)),
         };
         size += n as u64;
-        if failed.is_some() {
-            continue;
-        }
-        if let Some(limit) = store.max_bytes().filter(|l| size > *l) {
-            // Read the rest, so the client hears why.
-            failed = Some(CacheError::TooLarge {
-                key: key.to_string(),
-                size,
-                limit,
-            });
+        // Past the capacity or after a failed write, the rest is read
+        // only so that the client hears why.
+        if failed.is_some() || too_large(size) {
             continue;
         }
         if let Err(e) = out.write_all(&buf[..n]) {
             failed = Some(CacheError::io("cannot write", &staged.0, e));
         }
     }
-    if let Some(CacheError::TooLarge { key, limit, .. }) = failed {
-        return Err(CacheError::TooLarge { key, size, limit });
+    if let (true, Some(capacity)) = (too_large(size), wanted.capacity) {
+        return Ok(Reply::TooLarge { capacity });
     }
     if let Some(e) = failed {
         return Err(e);
@@ -223,7 +250,7 @@ fn store_archive(
     out.flush()
         .map_err(|e| CacheError::io("cannot write", &staged.0, e))?;
     drop(out);
-    let (evicted, kept) = store.put(key, &staged.0, size)?;
+    let (evicted, kept) = store.put(key, &staged.0, size, wanted.capacity, wanted.by)?;
     if !kept {
         // Another agent stored the key meanwhile; its archive stays.
         return Ok(Reply::Exists);
@@ -231,9 +258,12 @@ fn store_archive(
     Ok(Reply::Stored {
         size,
         evicted: evicted.into_iter().map(|e| e.key).collect(),
+        cleanup_by: wanted.by,
     })
 }
 
+/// Answers `Hit` before fetching, as the toolbox prints its `HIT` line
+/// before it downloads; a failure after that is sent in place of the data.
 fn restore_archive(
     wanted: &str,
     writer: &mut impl Write,
@@ -244,27 +274,22 @@ fn restore_archive(
         return Ok(Some(Reply::Miss));
     };
     let key = entry.key.clone();
-    let mut fetched = store.backend.fetch(&key)?;
-    // Checked whole before a byte reaches the job: a damaged archive
-    // leaves the job's files as they were.
-    archive::verify(BufReader::with_capacity(1024 * 1024, &fetched.file)).map_err(|source| {
-        CacheError::Corrupt {
-            key: key.clone(),
-            source,
-        }
-    })?;
-    fetched
-        .file
-        .rewind()
-        .map_err(|e| CacheError::io("cannot read the archive of", &key, e))?;
     protocol::write_json(
         writer,
         &Reply::Hit {
             key: key.clone(),
-            size: fetched.size,
+            size: entry.size,
         },
     )
     .map_err(CacheError::Channel)?;
+    let mut fetched = match store.backend.fetch(&key) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(Some(Reply::Error {
+                message: e.to_string(),
+            }))
+        }
+    };
     let mut data = DataWriter::new(writer);
     io::copy(&mut fetched.file, &mut data).map_err(CacheError::Channel)?;
     data.finish().map_err(CacheError::Channel)?;

@@ -388,3 +388,57 @@ pub fn take_env(name: &str) -> io::Result<Option<String>> {
     })?;
     Ok(value)
 }
+
+/// A moment in the local time zone (`TZ`, else `/etc/localtime`), as the
+/// C library sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTime {
+    pub year: i64,
+    /// 1 to 12.
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    /// Seconds east of UTC.
+    pub offset_secs: i64,
+    /// The zone's abbreviation (`UTC`, `CET`), empty when it has none.
+    pub zone: String,
+}
+
+/// `localtime_r(3)` of Unix seconds; None when the C library cannot tell.
+pub fn local_time(unix_secs: i64) -> Option<LocalTime> {
+    // time_t is 64 bits on every target the agent builds for.
+    #[allow(clippy::useless_conversion)]
+    let t: libc::time_t = unix_secs.try_into().ok()?;
+    // localtime_r reads TZ (or /etc/localtime) on its first call, which is
+    // all a short-lived `cache` needs.
+    // SAFETY: an all-zero `tm` is a valid value of this plain C struct (its
+    // `tm_zone` pointer is null until localtime_r sets it).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to valid, exclusively borrowed values that
+    // outlive the call.
+    let filled = unsafe { libc::localtime_r(&t, &mut tm) };
+    if filled.is_null() {
+        return None;
+    }
+    let zone = if tm.tm_zone.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null `tm_zone` set by localtime_r points to a
+        // NUL-terminated string in the C library's static zone data.
+        unsafe { CStr::from_ptr(tm.tm_zone) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Some(LocalTime {
+        year: i64::from(tm.tm_year) + 1900,
+        month: u32::try_from(tm.tm_mon + 1).ok()?,
+        day: u32::try_from(tm.tm_mday).ok()?,
+        hour: u32::try_from(tm.tm_hour).ok()?,
+        minute: u32::try_from(tm.tm_min).ok()?,
+        second: u32::try_from(tm.tm_sec).ok()?,
+        offset_secs: tm.tm_gmtoff,
+        zone,
+    })
+}

@@ -91,7 +91,10 @@ fn a_shell_job_s_jump_point_has_cache_and_checkout() {
         "function\n"
     );
     let stored = ssh_ok(&sshd, &key, &format!("bash {own} cache store jp-note note"));
-    assert!(stored.starts_with("Stored 'jp-note': note ("), "{stored}");
+    assert!(
+        stored.contains("\nUploading 'note' with cache key 'jp-note'...\n"),
+        "{stored}"
+    );
     // A shell on a terminal, and one reading its commands from stdin.
     assert_interactive_probe(&sshd, &key, &jump_point, "jp-note", None);
     let piped = format!(
@@ -117,7 +120,7 @@ fn a_shell_job_s_jump_point_has_cache_and_checkout() {
         })
         .unwrap_or_default();
     assert!(
-        restored.starts_with("HIT 'jp-note': note restored")
+        restored.starts_with("HIT: 'jp-note', using key 'jp-note'.\n")
             && restored.ends_with("from the jump point\n"),
         "the job did not restore what its jump point stored: {restored:?}"
     );
@@ -156,7 +159,10 @@ fn a_compose_job_s_jump_point_has_cache_and_checkout() {
     assert_eq!(through("type -t checkout"), "function\n");
     let store = shell_quote("printf 'in main\\n' > /tmp/n && cache store jp-main /tmp/n");
     let stored = through(&format!("bash -c {store}"));
-    assert!(stored.starts_with("Stored 'jp-main': /tmp/n ("), "{stored}");
+    assert!(
+        stored.contains("\nUploading '/tmp/n' with cache key 'jp-main'...\n"),
+        "{stored}"
+    );
     assert!(
         agent.root().join("data/cache/jp-main").is_file(),
         "the key stored in main is not in the agent's cache"

@@ -130,10 +130,6 @@ impl Local {
             }
             Err(e) => return Err(CacheError::io("cannot open", &path, e)),
         };
-        let size = file
-            .metadata()
-            .map_err(|e| CacheError::io("cannot read", &path, e))?
-            .len();
         // The access time drives `--cleanup-by access-time`; mounts with
         // noatime would not keep it.
         if let Ok(f) = File::options().write(true).open(&path) {
@@ -141,7 +137,6 @@ impl Local {
         }
         Ok(Fetched {
             file,
-            size,
             spooled: None,
         })
     }

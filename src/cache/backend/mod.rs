@@ -18,8 +18,10 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::archive::ArchiveFormat;
 use super::config::{BackendConfig, CacheConfig, CleanupBy};
 use super::error::CacheError;
+use super::keys;
 
 /// One stored archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +37,6 @@ pub struct Entry {
 /// An archive opened for reading. A spooled copy is removed on drop.
 pub struct Fetched {
     pub file: File,
-    pub size: u64,
     spooled: Option<PathBuf>,
 }
 
@@ -57,6 +58,26 @@ impl Backend {
         match &cfg.backend {
             BackendConfig::Local { dir } => Ok(Backend::Local(local::Local::open(dir)?)),
             BackendConfig::Sftp(s) => Ok(Backend::Sftp(sftp::Sftp::new(s, &cfg.spool_dir)?)),
+        }
+    }
+
+    /// Refuses a key this backend cannot hold safely (`keys::unstorable`;
+    /// SFTP also refuses control characters, which its batch commands and
+    /// listings cannot carry).
+    pub fn check_key(&self, key: &str) -> Result<(), CacheError> {
+        let reason = keys::unstorable(key).or_else(|| match self {
+            Backend::Local(_) => None,
+            Backend::Sftp(_) => key
+                .chars()
+                .any(char::is_control)
+                .then_some("an SFTP cache cannot hold keys with control characters"),
+        });
+        match reason {
+            None => Ok(()),
+            Some(reason) => Err(CacheError::BadKey {
+                key: key.to_string(),
+                reason,
+            }),
         }
     }
 
@@ -123,11 +144,17 @@ impl Backend {
     }
 }
 
+/// The toolbox's capacity of an SFTP cache when nothing else sets one:
+/// 9 GiB, so that agents and toolboxes sharing a server evict alike.
+pub const SFTP_DEFAULT_CAPACITY: i64 = 9 * 1024 * 1024 * 1024;
+
 /// A backend with its limit. Shared by the jobs of an agent.
 pub struct Store {
     pub backend: Backend,
+    /// The agent's own limit (`--cache-max-bytes`), which no job may raise.
     max_bytes: Option<u64>,
     cleanup_by: CleanupBy,
+    archive_format: ArchiveFormat,
     /// One store's make-room-and-commit at a time in this agent.
     lock: Mutex<()>,
 }
@@ -135,7 +162,9 @@ pub struct Store {
 /// What `cache usage` shows.
 pub struct Usage {
     pub used: u64,
-    pub free: Option<u64>,
+    /// The capacity left, negative when the cache is over it; without a
+    /// capacity, the free bytes of the disk when the backend can tell.
+    pub free: Option<i64>,
 }
 
 impl Store {
@@ -144,49 +173,72 @@ impl Store {
             backend: Backend::open(cfg)?,
             max_bytes: cfg.max_bytes,
             cleanup_by: cfg.cleanup_by,
+            archive_format: cfg.archive_format,
             lock: Mutex::new(()),
         })
     }
 
-    pub fn max_bytes(&self) -> Option<u64> {
-        self.max_bytes
+    /// The order keys go in when the job names none.
+    pub fn cleanup_by(&self) -> CleanupBy {
+        self.cleanup_by
+    }
+
+    /// The format of the archives jobs store, unless a job asks for the
+    /// toolbox's.
+    pub fn archive_format(&self) -> ArchiveFormat {
+        self.archive_format
+    }
+
+    /// What a job may fill: its `CACHE_SIZE` (bytes; zero and negative
+    /// values are the toolbox's too), never above the agent's own limit;
+    /// without either, the toolbox's 9 GiB on SFTP and no limit on a local
+    /// directory.
+    pub fn capacity(&self, job: Option<i64>) -> Option<i64> {
+        let host = self.max_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        match (job, host) {
+            (Some(j), Some(h)) => Some(j.min(h)),
+            (Some(j), None) => Some(j),
+            (None, Some(h)) => Some(h),
+            (None, None) => match self.backend {
+                Backend::Sftp(_) => Some(SFTP_DEFAULT_CAPACITY),
+                Backend::Local(_) => None,
+            },
+        }
     }
 
     /// Commits a staged archive of `size` bytes under `key`, first removing
-    /// keys (in the configured order) until it fits under the limit.
-    /// Returns the removed keys and whether this archive was the one kept.
+    /// keys in the order `by` until it fits in `capacity` (the caller made
+    /// sure it fits alone). Returns the removed keys and whether this
+    /// archive was the one kept.
     pub fn put(
         &self,
         key: &str,
         staged: &Path,
         size: u64,
+        capacity: Option<i64>,
+        by: CleanupBy,
     ) -> Result<(Vec<Entry>, bool), CacheError> {
-        if let Some(limit) = self.max_bytes {
-            if size > limit {
-                return Err(CacheError::TooLarge {
-                    key: key.to_string(),
-                    size,
-                    limit,
-                });
-            }
-        }
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut evicted = Vec::new();
-        if let Some(limit) = self.max_bytes {
+        if let Some(capacity) = capacity {
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
             let mut entries: Vec<Entry> = self
                 .backend
                 .list()?
                 .into_iter()
                 .filter(|e| e.key != key)
                 .collect();
-            let mut used: u64 = entries.iter().map(|e| e.size).sum();
-            order_for_removal(&mut entries, self.cleanup_by);
+            let mut used: i64 = entries.iter().map(|e| e.size as i64).sum();
+            order_for_removal(&mut entries, by);
             for victim in entries {
-                if used + size <= limit {
+                if capacity - used >= size {
                     break;
                 }
-                self.backend.delete(&victim.key)?;
-                used -= victim.size;
+                match self.backend.delete(&victim.key) {
+                    Ok(()) | Err(CacheError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                used -= victim.size as i64;
                 evicted.push(victim);
             }
         }
@@ -194,13 +246,14 @@ impl Store {
         Ok((evicted, kept))
     }
 
-    pub fn usage(&self) -> Result<Usage, CacheError> {
-        let used = self.backend.list()?.iter().map(|e| e.size).sum();
-        let disk_free = self.backend.free()?;
-        let free = match (self.max_bytes, disk_free) {
-            (Some(limit), Some(disk)) => Some(limit.saturating_sub(used).min(disk)),
-            (Some(limit), None) => Some(limit.saturating_sub(used)),
-            (None, disk) => disk,
+    pub fn usage(&self, capacity: Option<i64>) -> Result<Usage, CacheError> {
+        let used: u64 = self.backend.list()?.iter().map(|e| e.size).sum();
+        let free = match capacity {
+            Some(c) => Some(c.saturating_sub(i64::try_from(used).unwrap_or(i64::MAX))),
+            None => self
+                .backend
+                .free()?
+                .map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
         };
         Ok(Usage { used, free })
     }
@@ -209,21 +262,23 @@ impl Store {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let entries = self.backend.list()?;
         for e in &entries {
-            self.backend.delete(&e.key)?;
+            match self.backend.delete(&e.key) {
+                Ok(()) | Err(CacheError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         self.backend.cleared()?;
         Ok(entries.len())
     }
 }
 
-/// Sorts entries so that the first is the first to go.
+/// Sorts entries so that the first is the first to go: the oldest stored,
+/// the least recently accessed, or the smallest (the toolbox's `SIZE`).
 fn order_for_removal(entries: &mut [Entry], by: CleanupBy) {
     match by {
         CleanupBy::StoreTime => entries.sort_by_key(|e| (e.stored_ms, e.key.clone())),
         CleanupBy::AccessTime => entries.sort_by_key(|e| (e.accessed_ms, e.key.clone())),
-        CleanupBy::Size => {
-            entries.sort_by_key(|e| (std::cmp::Reverse(e.size), e.stored_ms, e.key.clone()))
-        }
+        CleanupBy::Size => entries.sort_by_key(|e| (e.size, e.stored_ms, e.key.clone())),
     }
 }
 
@@ -258,6 +313,6 @@ mod tests {
         };
         assert_eq!(keys(CleanupBy::StoreTime), ["a", "b", "c"]);
         assert_eq!(keys(CleanupBy::AccessTime), ["c", "b", "a"]);
-        assert_eq!(keys(CleanupBy::Size), ["b", "a", "c"]);
+        assert_eq!(keys(CleanupBy::Size), ["c", "a", "b"]);
     }
 }

@@ -272,10 +272,8 @@ impl Sftp {
             });
         }
         let file = File::open(&path).map_err(|e| CacheError::io("cannot open", &path, e))?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Fetched {
             file,
-            size,
             spooled: Some(path),
         })
     }
@@ -415,7 +413,7 @@ fn listing_time(month: &str, day: &str, time_or_year: &str, now_ms: u64) -> Opti
     ];
     let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
     let day: u32 = day.parse().ok()?;
-    let (this_year, _, _) = crate::cache::cli::civil_from_days((now_ms / 86_400_000) as i64);
+    let (this_year, _, _) = crate::cache::format::civil_from_days((now_ms / 86_400_000) as i64);
     let (year, minutes) = match time_or_year.split_once(':') {
         Some((h, m)) => (
             this_year,
@@ -424,7 +422,7 @@ fn listing_time(month: &str, day: &str, time_or_year: &str, now_ms: u64) -> Opti
         None => (time_or_year.parse().ok()?, 0),
     };
     let at = |y: i64| {
-        let days = crate::cache::cli::days_from_civil(y, month, day);
+        let days = crate::cache::format::days_from_civil(y, month, day);
         (days as u64) * 86_400_000 + minutes * 60_000
     };
     let t = at(year);
@@ -459,14 +457,14 @@ mod tests {
                    -rw-r--r--    1 0        0              99 Nov 29 20:01 ./a-key\n\
                    -rw-------    1 0        0               9 Nov 29 20:01 ./.incoming-1\n\
                    drwxr-xr-x    2 0        0            4096 Nov 29 19:00 ./dir\n";
-        let now =
-            crate::cache::cli::days_from_civil(2026, 11, 29) as u64 * 86_400_000 + 21 * 3_600_000;
+        let now = crate::cache::format::days_from_civil(2026, 11, 29) as u64 * 86_400_000
+            + 21 * 3_600_000;
         let entries = parse_listing(out, now);
         let keys: Vec<_> = entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["b-key", "a-key"]);
         assert_eq!(entries[0].size, 1234);
         assert!(entries[0].stored_ms > entries[1].stored_ms);
-        let expected = crate::cache::cli::days_from_civil(2026, 11, 29) as u64 * 86_400_000
+        let expected = crate::cache::format::days_from_civil(2026, 11, 29) as u64 * 86_400_000
             + (20 * 60 + 1) * 60_000;
         assert_eq!(entries[0].stored_ms, expected);
     }
