@@ -78,17 +78,9 @@ impl SftpServer {
         self.chroot.path().join("cache")
     }
 
-    /// The names in the archives' directory, sorted, but for the access
-    /// markers' directory (see `markers`).
+    /// Every name in the archives' directory, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Self::list(&self.dir());
-        names.retain(|n| n != ".access");
-        names
-    }
-
-    /// The access markers (`KEY@MS`), sorted.
-    pub fn markers(&self) -> Vec<String> {
-        Self::list(&self.dir().join(".access"))
+        Self::list(&self.dir())
     }
 
     fn list(dir: &Path) -> Vec<String> {

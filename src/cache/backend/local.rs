@@ -1,6 +1,7 @@
 //! The local-directory backend: one file per key in the cache directory,
-//! its mtime the store time and its atime (set on each restore) the access
-//! time. Incoming archives are written under a hidden temporary name and
+//! named exactly as the key, its mtime the store time and its atime (set on
+//! each restore) the access time. Incoming archives are written under a
+//! hidden temporary name (`.incoming-...`, which no key may start with) and
 //! linked under the key, which never replaces an existing archive: two
 //! concurrent stores of a key leave the first complete one.
 
@@ -12,12 +13,12 @@ use std::time::{Duration, SystemTime};
 
 use super::{unix_ms, Entry, Fetched};
 use crate::cache::error::CacheError;
+use crate::cache::keys::STAGED_PREFIX;
 use crate::process::sys;
 use crate::util::random_hex;
 
 /// Staged files older than this are left over from a crash.
 const STALE_STAGED: Duration = Duration::from_secs(24 * 3600);
-const STAGED_PREFIX: &str = ".incoming-";
 
 pub struct Local {
     dir: PathBuf,
@@ -71,7 +72,7 @@ impl Local {
             let entry = entry
                 .map_err(|e| CacheError::io("cannot read the cache directory", &self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            if name.starts_with(STAGED_PREFIX) {
                 continue;
             }
             // A key deleted meanwhile is simply not listed.

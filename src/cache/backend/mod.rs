@@ -126,20 +126,21 @@ impl Backend {
         }
     }
 
-    /// After `clear`: drops what the backend keeps beside the archives
-    /// (SFTP's access markers, also those of keys another tool deleted).
+    /// After `clear`: drops what earlier versions kept beside the archives
+    /// (SFTP's access markers).
     pub fn cleared(&self) -> Result<(), CacheError> {
         match self {
             Backend::Local(_) => Ok(()),
-            Backend::Sftp(b) => b.clear_markers(),
+            Backend::Sftp(b) => b.clear_old_markers(),
         }
     }
 
-    /// Free bytes on the backend's disk, when it can tell.
+    /// Free bytes on the backend's disk, when it can tell (an SFTP cache
+    /// always has a capacity, so its disk is not asked).
     pub fn free(&self) -> Result<Option<u64>, CacheError> {
         match self {
             Backend::Local(b) => Ok(b.free()),
-            Backend::Sftp(b) => b.free(),
+            Backend::Sftp(_) => Ok(None),
         }
     }
 }

@@ -2,17 +2,20 @@
 //! chrooted `internal-sftp` user is enough), driven through the `sftp`
 //! client in batch mode with the agent's key, as the agent drives docker.
 //!
-//! Archives travel through a spool file on the host. A store uploads under
-//! a hidden temporary name and renames it to the key (`posix-rename`), so
-//! the key only ever names a complete archive, even when two agents store
-//! it at once. Every `sftp` run is bounded: `ConnectTimeout`, keep-alives,
-//! and a deadline after which it is killed.
+//! The layout is the toolbox's: one file per key, named exactly as the key,
+//! in the configured directory (the login directory by default), so that
+//! agents and toolboxes can share one server. Nothing else is kept there:
+//! a store uploads under a hidden temporary name (`.incoming-...`, which no
+//! key may start with) and renames it to the key (`posix-rename`), so the
+//! key only ever names a complete archive, even when two stores race.
+//! `sftp` shows no access times, so `ACCESS_TIME` orders keys by their store
+//! time, as the toolbox does when a server reports none. Every `sftp` run is
+//! bounded: `ConnectTimeout`, keep-alives, and a deadline after which it is
+//! killed.
 //!
-//! `sftp` shows no access times, and its listing shows times to the minute,
-//! so a store and each restore leave an empty marker `.access/KEY@MS` in the
-//! base directory (MS: Unix milliseconds, replacing the key's earlier
-//! marker) for `--cleanup-by access-time`. A key with no marker (stored by
-//! another tool) counts as accessed when it was stored.
+//! Names go into batch commands double-quoted, with `\` and `"` escaped;
+//! inside quotes `sftp` takes glob characters literally, so a key may hold
+//! any character but a control character (refused by `Backend::check_key`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Entry, Fetched};
 use crate::cache::config::{SftpConfig, SFTP_CONNECT_TIMEOUT};
 use crate::cache::error::CacheError;
+use crate::cache::keys::STAGED_PREFIX;
 use crate::util::random_hex;
 
 /// The longest a listing, a delete or a `df` may take.
@@ -31,14 +35,13 @@ const SHORT_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest an upload or a download may take.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(10);
-/// The directory of access markers, beside the archives.
-const ACCESS_DIR: &str = ".access";
+/// The directory of access markers that earlier versions kept beside the
+/// archives; `clear` removes what is left of it.
+const OLD_ACCESS_DIR: &str = ".access";
 
 pub struct Sftp {
     cfg: SftpConfig,
     spool: PathBuf,
-    /// An empty file in the spool, uploaded as an access marker.
-    empty: PathBuf,
 }
 
 /// What one `sftp` run printed.
@@ -53,41 +56,29 @@ impl Sftp {
             .mode(0o700)
             .create(spool)
             .map_err(|e| CacheError::io("cannot create the cache spool directory", spool, e))?;
-        let empty = spool.join("empty");
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&empty)
-            .map_err(|e| CacheError::io("cannot create", &empty, e))?;
         Ok(Sftp {
             cfg: cfg.clone(),
             spool: spool.to_path_buf(),
-            empty,
         })
     }
 
-    /// The base directory, as `ls` and `df` take it.
-    fn base(&self) -> &str {
-        if self.cfg.base.is_empty() {
+    /// The base directory, quoted for a batch command.
+    fn base(&self) -> String {
+        quote(if self.cfg.base.is_empty() {
             "/"
         } else {
             &self.cfg.base
-        }
+        })
     }
 
-    /// The start of every access marker's name of `key` (`KEY@`).
-    fn marker_prefix(&self, key: &str) -> String {
-        self.remote(&format!("{ACCESS_DIR}/{key}@"))
-    }
-
+    /// The path of `name` in the base directory, quoted for a batch
+    /// command.
     fn remote(&self, name: &str) -> String {
         let base = self.cfg.base.trim_end_matches('/');
         if base.is_empty() {
-            format!("/{name}")
+            quote(&format!("/{name}"))
         } else {
-            format!("{base}/{name}")
+            quote(&format!("{base}/{name}"))
         }
     }
 
@@ -129,6 +120,9 @@ impl Sftp {
         let server = self.cfg.server();
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            // Names in listings come out as they are only in a UTF-8
+            // locale; in C, sftp writes `?` for every non-ASCII byte.
+            .env("LC_ALL", "C.UTF-8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -191,34 +185,8 @@ impl Sftp {
     }
 
     pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
-        let base = self.base();
-        let access = self.remote(ACCESS_DIR);
-        let ran = self.run(
-            &format!("ls -lt \"{base}\"\n-ls -1 \"{access}\"\n"),
-            SHORT_DEADLINE,
-        )?;
-        let (keys, markers) = split_listings(&ran.stdout);
-        let mut entries = parse_listing(keys, now_ms());
-        for (key, ms) in parse_markers(markers) {
-            if let Some(e) = entries.iter_mut().find(|e| e.key == key) {
-                e.accessed_ms = e.accessed_ms.max(ms);
-            }
-        }
-        Ok(entries)
-    }
-
-    /// Batch commands that make `now` the access time of `key`. Keys hold
-    /// no glob characters (see `keys::check`), so `"KEY@"*` (sftp globs
-    /// outside quotes only) is the key's own markers. Every command may
-    /// fail (`-`): a marker is no reason to fail a store or a restore.
-    fn mark_access(&self, key: &str) -> String {
-        let prefix = self.marker_prefix(key);
-        format!(
-            "-mkdir \"{}\"\n-rm \"{prefix}\"*\n-put \"{}\" \"{prefix}{}\"\n",
-            self.remote(ACCESS_DIR),
-            self.empty.display(),
-            now_ms(),
-        )
+        let ran = self.run(&format!("ls -alt {}\n", self.base()), SHORT_DEADLINE)?;
+        Ok(parse_listing(&ran.stdout, now_ms()))
     }
 
     pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
@@ -233,32 +201,28 @@ impl Sftp {
     }
 
     pub fn commit(&self, key: &str, staged: &Path) -> Result<bool, CacheError> {
-        let tmp = self.remote(&format!(".incoming-{}", random_hex(8)));
+        let tmp = self.remote(&format!("{STAGED_PREFIX}{}", random_hex(8)));
         let batch = format!(
-            "put \"{}\" \"{tmp}\"\nrename \"{tmp}\" \"{}\"\n{}",
-            staged.display(),
+            "put {} {tmp}\nrename {tmp} {}\n",
+            quote(&staged.to_string_lossy()),
             self.remote(key),
-            self.mark_access(key)
         );
         let result = self.run(&batch, TRANSFER_DEADLINE);
         let _ = fs::remove_file(staged);
         if result.is_err() {
             // Best effort: a half-uploaded temporary file is never a key.
-            let _ = self.run(&format!("-rm \"{tmp}\"\n"), SHORT_DEADLINE);
+            let _ = self.run(&format!("-rm {tmp}\n"), SHORT_DEADLINE);
         }
         result.map(|_| true)
     }
 
     pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
         let path = self.spool.join(format!("down-{}", random_hex(8)));
-        // The marker is only written when the download succeeded: a failed
-        // command ends the batch.
         let ran = self.run(
             &format!(
-                "get \"{}\" \"{}\"\n{}",
+                "get {} {}\n",
                 self.remote(key),
-                path.display(),
-                self.mark_access(key)
+                quote(&path.to_string_lossy())
             ),
             TRANSFER_DEADLINE,
         );
@@ -279,12 +243,7 @@ impl Sftp {
     }
 
     pub fn delete(&self, key: &str) -> Result<(), CacheError> {
-        let batch = format!(
-            "rm \"{}\"\n-rm \"{}\"*\n",
-            self.remote(key),
-            self.marker_prefix(key)
-        );
-        match self.run(&batch, SHORT_DEADLINE) {
+        match self.run(&format!("rm {}\n", self.remote(key)), SHORT_DEADLINE) {
             Ok(_) => Ok(()),
             Err(CacheError::Sftp { detail, .. })
                 if detail.contains("No such file") || detail.contains("not found") =>
@@ -295,18 +254,31 @@ impl Sftp {
         }
     }
 
-    /// Removes every access marker.
-    pub fn clear_markers(&self) -> Result<(), CacheError> {
-        let batch = format!("-rm \"{}/\"*\n", self.remote(ACCESS_DIR));
+    /// Removes the access markers' directory that earlier versions of the
+    /// agent kept beside the archives (the toolbox would list it as a key,
+    /// and its `clear` fails on it). The glob is outside the quotes.
+    pub fn clear_old_markers(&self) -> Result<(), CacheError> {
+        let dir = self.remote(OLD_ACCESS_DIR);
+        let dir_slash = self.remote(&format!("{OLD_ACCESS_DIR}/"));
+        let batch = format!("-rm {dir_slash}*\n-rmdir {dir}\n");
         self.run(&batch, SHORT_DEADLINE).map(|_| ())
     }
+}
 
-    /// `df` of the base directory (the server's `statvfs` extension).
-    pub fn free(&self) -> Result<Option<u64>, CacheError> {
-        let base = self.base();
-        let ran = self.run(&format!("-df \"{base}\"\n"), SHORT_DEADLINE)?;
-        Ok(parse_df(&ran.stdout))
+/// A name for a batch command: double-quoted, with `\` and `"` escaped.
+/// Inside quotes, sftp takes `*`, `?` and `[` literally, also where it
+/// globs (`get`, `rm`, `ls`).
+fn quote(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
     }
+    out.push('"');
+    out
 }
 
 /// The line of sftp's stderr that says why: ssh's own reason rather than
@@ -346,49 +318,26 @@ fn now_ms() -> u64 {
     super::unix_ms(Ok(SystemTime::now()))
 }
 
-/// The listing of the keys and that of the access markers, from the output
-/// of the two `ls` commands of a batch (each is echoed as `sftp> ls ...`).
-fn split_listings(stdout: &str) -> (&str, &str) {
-    let second = stdout
-        .match_indices("sftp> ")
-        .nth(1)
-        .map(|(i, _)| i)
-        .unwrap_or(stdout.len());
-    stdout.split_at(second)
-}
-
-/// The markers of an `ls -1` of the access directory: `KEY@MS` names.
-fn parse_markers(stdout: &str) -> Vec<(&str, u64)> {
-    stdout
-        .lines()
-        .filter(|l| !l.starts_with("sftp>"))
-        .filter_map(|l| {
-            let name = l.trim().rsplit('/').next()?;
-            let (key, ms) = name.rsplit_once('@')?;
-            Some((key, ms.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The `ls -lt` output of sftp's batch mode (commands are echoed after
-/// `sftp> `). The listing shows times to the minute, so store times are
-/// made strictly decreasing in the listed (newest first) order.
+/// The `ls -alt` output of sftp's batch mode (commands are echoed after
+/// `sftp> `): regular files only, but for archives on their way in. The
+/// name is the rest of the line after the eighth field and its one space,
+/// taken as it is (a key may hold spaces). The listing shows times to the
+/// minute, so store times are made strictly decreasing in the listed
+/// (newest first) order; the access time is the store time.
 fn parse_listing(stdout: &str, now_ms: u64) -> Vec<Entry> {
     let mut entries: Vec<Entry> = Vec::new();
     for line in stdout.lines() {
-        if line.starts_with("sftp>") || !line.starts_with('-') {
+        if !line.starts_with('-') {
             continue;
         }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 9 {
+        let Some((fields, name)) = split_fields(line, 8) else {
             continue;
-        }
+        };
         let Ok(size) = fields[4].parse::<u64>() else {
             continue;
         };
-        let name = fields[8..].join(" ");
         let name = name.rsplit('/').next().unwrap_or("").to_string();
-        if name.is_empty() || name.starts_with('.') {
+        if name.is_empty() || name.starts_with(STAGED_PREFIX) {
             continue;
         }
         let mut stored = listing_time(fields[5], fields[6], fields[7], now_ms).unwrap_or(now_ms);
@@ -403,6 +352,20 @@ fn parse_listing(stdout: &str, now_ms: u64) -> Vec<Entry> {
         });
     }
     entries
+}
+
+/// The first `n` whitespace-separated fields of `line`, and the rest after
+/// the one space that follows them.
+fn split_fields(line: &str, n: usize) -> Option<(Vec<&str>, &str)> {
+    let mut fields = Vec::with_capacity(n);
+    let mut rest = line;
+    for _ in 0..n {
+        rest = rest.trim_start_matches(' ');
+        let end = rest.find(' ')?;
+        fields.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    Some((fields, rest.strip_prefix(' ')?))
 }
 
 /// `Nov 29 20:01` (this year, or last year when that would be in the
@@ -432,59 +395,36 @@ fn listing_time(month: &str, day: &str, time_or_year: &str, now_ms: u64) -> Opti
     Some(t)
 }
 
-/// The `Avail` column of `df` (KiB).
-fn parse_df(stdout: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .filter(|l| !l.starts_with("sftp>"))
-        .find_map(|l| {
-            let nums: Vec<u64> = l
-                .split_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            (nums.len() >= 4).then(|| nums[2] * 1024)
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn listings_are_read_newest_first_with_distinct_times() {
-        let out = "sftp> ls -lt \".\"\n\
-                   -rw-r--r--    1 0        0            1234 Nov 29 20:01 ./b-key\n\
-                   -rw-r--r--    1 0        0              99 Nov 29 20:01 ./a-key\n\
-                   -rw-------    1 0        0               9 Nov 29 20:01 ./.incoming-1\n\
-                   drwxr-xr-x    2 0        0            4096 Nov 29 19:00 ./dir\n";
+    fn listings_are_read_newest_first_with_distinct_times_and_exact_names() {
+        let out = "sftp> ls -alt \"/cache\"\n\
+                   drwxr-xr-x    3 0        0            4096 Nov 29 20:01 /cache/.\n\
+                   -rw-r--r--    1 0        0            1234 Nov 29 20:01 /cache/b-key\n\
+                   -rw-r--r--    1 0        0              99 Nov 29 20:01 /cache/ two  spaces\n\
+                   -rw-r--r--    1 0        0               7 Nov  9  2024 /cache/.dot\n\
+                   -rw-------    1 0        0               9 Nov 29 20:01 /cache/.incoming-1\n\
+                   drwxr-xr-x    2 0        0            4096 Nov 29 19:00 /cache/.access\n";
         let now = crate::cache::format::days_from_civil(2026, 11, 29) as u64 * 86_400_000
             + 21 * 3_600_000;
         let entries = parse_listing(out, now);
         let keys: Vec<_> = entries.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["b-key", "a-key"]);
+        assert_eq!(keys, ["b-key", " two  spaces", ".dot"]);
         assert_eq!(entries[0].size, 1234);
         assert!(entries[0].stored_ms > entries[1].stored_ms);
         let expected = crate::cache::format::days_from_civil(2026, 11, 29) as u64 * 86_400_000
             + (20 * 60 + 1) * 60_000;
         assert_eq!(entries[0].stored_ms, expected);
+        assert_eq!(entries[0].accessed_ms, entries[0].stored_ms);
     }
 
     #[test]
-    fn access_markers_follow_the_keys_listing() {
-        let out = "sftp> ls -lt \"cache\"\n\
-                   -rw-r--r--    1 0        0              12 Nov 29 20:01 cache/k@1\n\
-                   sftp> -ls -1 \"cache/.access\"\n\
-                   cache/.access/k@1@1764446500123\n\
-                   cache/.access/odd\n\
-                   cache/.access/k@10@17\n";
-        let (keys, markers) = split_listings(out);
-        assert!(keys.contains("cache/k@1") && !keys.contains(".access"));
-        assert_eq!(
-            parse_markers(markers),
-            [("k@1", 1764446500123), ("k@10", 17)]
-        );
-        let (keys, markers) = split_listings("sftp> ls -lt \"cache\"\n");
-        assert_eq!((keys.len(), markers), (21, ""));
+    fn names_are_quoted_for_batch_commands() {
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(quote("q\"u\\o*te"), "\"q\\\"u\\\\o*te\"");
     }
 
     #[test]
@@ -499,11 +439,5 @@ mod tests {
             reason("remote open: No such file\n"),
             "remote open: No such file"
         );
-    }
-
-    #[test]
-    fn df_gives_the_available_bytes() {
-        let out = "sftp> df .\n        Size         Used        Avail       (root)    %Capacity\n     1000000       400000       600000       600000          40%\n";
-        assert_eq!(parse_df(out), Some(600000 * 1024));
     }
 }
