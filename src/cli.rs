@@ -221,6 +221,9 @@ pub struct ServeArgs {
     #[argh(option)]
     /// a statically linked agent binary mounted into compose jobs as `cache` (default: this binary when static)
     pub cache_static_binary: Option<PathBuf>,
+    #[argh(option)]
+    /// how jobs' `cache store` compresses: zstd (default) or gzip, the toolbox's tar.gz, for caches shared with toolboxes (or $AGENT_CACHE_ARCHIVE_FORMAT)
+    pub cache_archive_format: Option<String>,
 }
 
 /// Register with a control plane and run the jobs it hands out (listen mode:

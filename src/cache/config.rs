@@ -19,6 +19,13 @@ pub const ENV_CLEANUP_BY: &str = "SEMAPHORE_CACHE_CLEANUP_BY";
 /// The agent's own variable for `--cache-sftp-path` (the toolbox has none:
 /// it keeps archives in the login directory).
 pub const ENV_SFTP_PATH: &str = "AGENT_CACHE_SFTP_PATH";
+/// The agent's own variable for `--cache-archive-format`, which `agent run`
+/// and `agent start` read too.
+pub const ENV_ARCHIVE_FORMAT: &str = "AGENT_CACHE_ARCHIVE_FORMAT";
+/// The toolbox's choice of archiver; any of its values means its tar.gz.
+pub const ENV_ARCHIVE_METHOD: &str = "SEMAPHORE_CACHE_ARCHIVE_METHOD";
+/// The values of `SEMAPHORE_CACHE_ARCHIVE_METHOD` the toolbox knows.
+pub const ARCHIVE_METHODS: [&str; 3] = ["shell-out", "native", "native-parallel"];
 
 /// How long connecting to the SFTP server may take.
 pub const SFTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +209,20 @@ pub fn is_static_elf(path: &Path) -> bool {
         .all(|entry| u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) != PT_INTERP)
 }
 
+/// The format stores use: the flag (or `AGENT_CACHE_ARCHIVE_FORMAT`), else
+/// gzip when the agent's environment names one of the toolbox's archive
+/// methods, else zstd.
+fn archive_format(flag: Option<String>, method: Option<String>) -> Result<ArchiveFormat, String> {
+    match flag {
+        Some(text) => ArchiveFormat::parse(&text)
+            .ok_or_else(|| format!("unknown --cache-archive-format '{text}' (zstd or gzip)")),
+        None if method.is_some_and(|m| ARCHIVE_METHODS.contains(&m.as_str())) => {
+            Ok(ArchiveFormat::Gzip)
+        }
+        None => Ok(ArchiveFormat::Zstd),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +239,19 @@ mod tests {
         );
         assert!(parse_url(":22").is_err());
         assert!(parse_url("h:x").is_err());
+    }
+
+    #[test]
+    fn archive_formats() {
+        let f = |flag: Option<&str>, method: Option<&str>| {
+            archive_format(flag.map(String::from), method.map(String::from))
+        };
+        assert_eq!(f(None, None), Ok(ArchiveFormat::Zstd));
+        assert_eq!(f(Some("gzip"), None), Ok(ArchiveFormat::Gzip));
+        assert_eq!(f(Some("zstd"), Some("native")), Ok(ArchiveFormat::Zstd));
+        assert_eq!(f(None, Some("native-parallel")), Ok(ArchiveFormat::Gzip));
+        assert_eq!(f(None, Some("Native")), Ok(ArchiveFormat::Zstd));
+        assert!(f(Some("xz"), None).is_err());
     }
 
     #[test]
@@ -274,6 +308,7 @@ pub struct CacheArgs {
     pub sftp_key: Option<PathBuf>,
     pub sftp_path: Option<String>,
     pub static_binary: Option<PathBuf>,
+    pub archive_format: Option<String>,
 }
 
 /// Reads one of the toolbox's variables from the agent's environment and
@@ -294,6 +329,8 @@ impl CacheArgs {
         let env_key = take_env(ENV_KEY_PATH);
         let env_cleanup = take_env(ENV_CLEANUP_BY);
         let env_sftp_path = take_env(ENV_SFTP_PATH);
+        let env_format = take_env(ENV_ARCHIVE_FORMAT);
+        let env_method = take_env(ENV_ARCHIVE_METHOD);
         let spool_dir = data_dir.join("cache-spool");
         let backend = match self.backend.or(env_backend).as_deref().unwrap_or("local") {
             "local" => BackendConfig::Local {
@@ -347,7 +384,7 @@ impl CacheArgs {
             backend,
             max_bytes: self.max_bytes,
             cleanup_by,
-            archive_format: ArchiveFormat::Zstd,
+            archive_format: archive_format(self.archive_format.or(env_format), env_method)?,
             spool_dir,
             static_binary,
         })

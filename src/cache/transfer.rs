@@ -33,15 +33,11 @@ use super::archive;
 use super::args::Invocation;
 use super::autodetect;
 use super::cli::{self, normalized, unexpected, Outcome};
-use super::config::CleanupBy;
+use super::config::{CleanupBy, ARCHIVE_METHODS, ENV_ARCHIVE_METHOD};
 use super::error::CacheError;
 use super::format;
 use super::output::{self, MetricsEvent, Out, Transfer};
 use super::protocol::{DataReader, DataWriter, Reply, Request};
-
-/// The toolbox's archive methods: a job that names one gets archives the
-/// toolbox can read.
-const ARCHIVE_METHODS: [&str; 3] = ["shell-out", "native", "native-parallel"];
 
 /// What every store of one `cache store` shares.
 struct StoreOptions {
@@ -63,7 +59,9 @@ pub fn store(out: &mut Out, inv: &Invocation) -> Outcome {
         }
     };
     let capacity = cli::init(out)?;
-    let method = std::env::var("SEMAPHORE_CACHE_ARCHIVE_METHOD").unwrap_or_default();
+    // A job that names one of the toolbox's archive methods gets archives
+    // the toolbox can read.
+    let method = std::env::var(ENV_ARCHIVE_METHOD).unwrap_or_default();
     let opts = StoreOptions {
         cleanup_by,
         capacity,
@@ -369,7 +367,7 @@ fn download_and_unpack(
     let cwd = cwd()?;
     let read_error = |e| CacheError::io("cannot read", &downloaded.path, e);
     downloaded.file.rewind().map_err(read_error)?;
-    if let Err(source) = archive::verify(BufReader::new(&downloaded.file)) {
+    if let Err(source) = archive::verify(BufReader::new(&downloaded.file), &cwd) {
         let corrupt = MetricsEvent {
             corrupt: true,
             size: 0,
@@ -393,13 +391,13 @@ fn download_and_unpack(
         &cwd,
     )
     .map_err(|e| CacheError::Remote(format!("cannot restore '{key}': {e}")))?;
+    if restored.path.is_empty() {
+        out.say("No files in archive.");
+    }
     out.say(&format!(
         "Unpack complete. Duration: {}.",
         format::duration(unpacking.elapsed())
     ));
-    if restored.path.is_empty() {
-        out.say("No files in archive.");
-    }
     out.say(&format!("Restored: {}.", restored.path));
     Ok(())
 }

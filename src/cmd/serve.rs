@@ -169,6 +169,7 @@ fn cache_args(args: &ServeArgs) -> crate::cache::config::CacheArgs {
         sftp_key: args.cache_sftp_key.clone(),
         sftp_path: args.cache_sftp_path.clone(),
         static_binary: args.cache_static_binary.clone(),
+        archive_format: args.cache_archive_format.clone(),
     }
 }
 
