@@ -20,6 +20,9 @@ pub enum CacheError {
     Sftp { server: String, detail: String },
     /// The stored archive cannot be read back; nothing was restored.
     Corrupt { key: String, source: io::Error },
+    /// The stored archive breaks the rules of restore (a `..` name, a write
+    /// through a symlink it made); nothing was restored.
+    Refused { key: String, source: io::Error },
     Io {
         what: String,
         path: PathBuf,
@@ -67,6 +70,10 @@ impl fmt::Display for CacheError {
                 f,
                 "the archive of '{key}' is corrupt ({source}); nothing was restored"
             ),
+            CacheError::Refused { key, source } => write!(
+                f,
+                "the archive of '{key}' is refused ({source}); nothing was restored"
+            ),
             CacheError::Io { what, path, source } => {
                 write!(f, "{what} {}: {source}", path.display())
             }
@@ -85,6 +92,7 @@ impl std::error::Error for CacheError {
         match self {
             CacheError::NoSpace(e)
             | CacheError::Corrupt { source: e, .. }
+            | CacheError::Refused { source: e, .. }
             | CacheError::Io { source: e, .. }
             | CacheError::Pack { source: e, .. }
             | CacheError::Channel(e) => Some(e),

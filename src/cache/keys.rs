@@ -4,9 +4,9 @@
 //! stored key that the candidate matches as an unanchored regular
 //! expression (`gems-master` finds `gems-master-3f2a...`; `^abc` only keys
 //! that start with `abc`). A candidate that is not a valid expression
-//! matches nothing.
+//! matches nothing, as in the toolbox.
 
-use regex::Regex;
+use regex::bytes::RegexBuilder;
 
 use super::backend::Entry;
 
@@ -55,10 +55,12 @@ pub fn pick<'a>(wanted: &str, entries: &'a [Entry]) -> Option<&'a Entry> {
     if let Some(exact) = entries.iter().find(|e| e.key == wanted) {
         return Some(exact);
     }
-    let re = Regex::new(wanted).ok()?;
+    // Go's RE2 syntax with its ASCII classes (`\d`, `\w`, `\s`, `\b`),
+    // matched on the key's bytes.
+    let re = RegexBuilder::new(wanted).unicode(false).build().ok()?;
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
-    sorted.into_iter().find(|e| re.is_match(&e.key))
+    sorted.into_iter().find(|e| re.is_match(e.key.as_bytes()))
 }
 
 #[cfg(test)]

@@ -368,6 +368,12 @@ fn download_and_unpack(
     let read_error = |e| CacheError::io("cannot read", &downloaded.path, e);
     downloaded.file.rewind().map_err(read_error)?;
     if let Err(source) = archive::verify(BufReader::new(&downloaded.file), &cwd) {
+        if archive::extract::Refusal::is(&source) {
+            return Err(CacheError::Refused {
+                key: key.to_string(),
+                source,
+            });
+        }
         let corrupt = MetricsEvent {
             corrupt: true,
             size: 0,

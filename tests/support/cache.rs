@@ -253,14 +253,14 @@ pub fn masked(output: &str) -> String {
     static RULES: std::sync::OnceLock<Vec<(Regex, &'static str)>> = std::sync::OnceLock::new();
     let rules = RULES.get_or_init(|| {
         [
-            (r"Duration: \S+?\.( |$)", "Duration: D.$1"),
-            (r"Size: \S+ bytes\.", "Size: S bytes."),
+            (r"Duration: [^ \n]+?\.( |$)", "Duration: D.$1"),
+            (r"Size: [^ \n]+ bytes\.", "Size: S bytes."),
             (
                 r"^Unpacking '.*/([^/]*)-[0-9]+'\.\.\.$",
                 "Unpacking 'TMP/$1-N'...",
             ),
             (
-                r"[0-9]{2} [A-Z][a-z]{2} [0-9]{2} [0-9]{2}:[0-9]{2} \S+",
+                r"[0-9]{2} [A-Z][a-z]{2} [0-9]{2} [0-9]{2}:[0-9]{2} [^ \n]+",
                 "DATE",
             ),
         ]

@@ -85,13 +85,29 @@ impl Names {
     }
 }
 
+/// An archive broke one of the rules: not damaged, refused.
+#[derive(Debug)]
+pub struct Refusal(String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl Refusal {
+    /// Whether `e` is a refusal rather than damage or a failed write.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Refusal>())
+    }
+}
+
 fn refused(what: &str, name: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!(
-            "the archive holds {what}, which is refused: {}",
-            name.display()
-        ),
+        Refusal(format!("it holds {what}: {}", name.display())),
     )
 }
 
