@@ -283,7 +283,8 @@ fn an_unreachable_server_gives_a_clear_error_in_bounded_time() {
         let job = Job::new("sftp-down")
             .command("echo x > f && cache store down f")
             .command("cache restore down")
-            .command("cache list || echo \"exit $?\"");
+            .command("cache list || echo \"exit $?\"")
+            .command("CACHE_FAIL_ON_ERROR=true cache has_key down; echo \"exit $?\"");
         let started = Instant::now();
         let ran = run(&agent, &job);
         assert!(
@@ -306,6 +307,12 @@ fn an_unreachable_server_gives_a_clear_error_in_bounded_time() {
                 "{directive}: {out}"
             );
         }
+        // CACHE_FAIL_ON_ERROR=true turns the error path's exit 0 into 1.
+        let strict = ran.ok("CACHE_FAIL_ON_ERROR=true cache has_key down; echo \"exit $?\"");
+        assert!(
+            strict.starts_with(&format!("error: {server}")) && strict.ends_with("\nexit 1\n"),
+            "{strict}"
+        );
         // The agent goes on serving.
         let after = run(&agent, &Job::new("sftp-after").command("echo alive"));
         assert_eq!(after.ok("echo alive"), "alive\n");

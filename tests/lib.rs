@@ -4,6 +4,7 @@
 
 mod cache;
 mod cache_sftp;
+mod cache_toolbox;
 mod checkout;
 mod cli;
 mod compose;
