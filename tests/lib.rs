@@ -3,6 +3,7 @@
 //! `agent` binary and checks what every run must satisfy.
 
 mod cache;
+mod cache_archives;
 mod cache_sftp;
 mod cache_toolbox;
 mod checkout;

@@ -8,13 +8,11 @@
 
 use regex::bytes::RegexBuilder;
 
-use super::backend::Entry;
+use super::backend::{Backend, Entry, STAGED_PREFIX};
+use super::error::CacheError;
 
 /// The longest key: a file name on Linux file systems and SFTP servers.
 pub const MAX_KEY_LEN: usize = 255;
-/// The start of the names under which archives wait for their key, in the
-/// local cache directory and on an SFTP server: not a key.
-pub const STAGED_PREFIX: &str = ".incoming-";
 
 /// The key as stored: every `/` becomes `-`.
 pub fn normalize(key: &str) -> String {
@@ -41,6 +39,26 @@ pub fn unstorable(key: &str) -> Option<&'static str> {
         return Some("keys starting with '.incoming-' name the archives on their way in");
     }
     None
+}
+
+/// Refuses a key `backend` cannot hold safely (`unstorable`; SFTP also
+/// refuses control characters, which its batch commands and listings
+/// cannot carry).
+pub fn check(key: &str, backend: &Backend) -> Result<(), CacheError> {
+    let reason = unstorable(key).or_else(|| match backend {
+        Backend::Local(_) => None,
+        Backend::Sftp(_) => key
+            .chars()
+            .any(char::is_control)
+            .then_some("an SFTP cache cannot hold keys with control characters"),
+    });
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(CacheError::BadKey {
+            key: key.to_string(),
+            reason,
+        }),
+    }
 }
 
 /// Entries newest stored first (ties by key), the order in which a

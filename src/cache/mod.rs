@@ -17,6 +17,7 @@ pub mod args;
 pub mod autodetect;
 pub mod backend;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod format;

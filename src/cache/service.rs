@@ -132,7 +132,7 @@ fn handle(
             capacity,
             gzip,
         } => {
-            store.backend.check_key(&key)?;
+            keys::check(&key, &store.backend)?;
             let wanted = Wanted {
                 by: cleanup_by.unwrap_or(store.cleanup_by()),
                 capacity: store.capacity(capacity),
@@ -146,7 +146,7 @@ fn handle(
         }
         Request::Restore { key } => restore_archive(&key, writer, store),
         Request::HasKey { key } => {
-            store.backend.check_key(&key)?;
+            keys::check(&key, &store.backend)?;
             Ok(Some(Reply::HasKey {
                 exists: store.backend.has(&key)?,
             }))
@@ -155,7 +155,7 @@ fn handle(
             entries: store.backend.list()?,
         })),
         Request::Delete { key } => {
-            store.backend.check_key(&key)?;
+            keys::check(&key, &store.backend)?;
             if !store.backend.has(&key)? {
                 return Ok(Some(Reply::Deleted { existed: false }));
             }

@@ -32,7 +32,7 @@ use std::time::Instant;
 use super::archive;
 use super::args::Invocation;
 use super::autodetect;
-use super::cli::{self, normalized, unexpected, Outcome};
+use super::client::{self, normalized, unexpected, Outcome};
 use super::config::{CleanupBy, ARCHIVE_METHODS, ENV_ARCHIVE_METHOD};
 use super::error::CacheError;
 use super::format;
@@ -58,7 +58,7 @@ pub fn store(out: &mut Out, inv: &Invocation) -> Outcome {
             Some(CleanupBy::from_toolbox(v).ok_or_else(|| CacheError::BadSortField(v.into()))?)
         }
     };
-    let capacity = cli::init(out)?;
+    let capacity = client::init(out)?;
     // A job that names one of the toolbox's archive methods gets archives
     // the toolbox can read.
     let method = std::env::var(ENV_ARCHIVE_METHOD).unwrap_or_default();
@@ -145,8 +145,8 @@ fn store_one(out: &mut Out, opts: &StoreOptions, raw_key: &str, path_arg: &str) 
         out.say(&format!("'{path_arg}' doesn't exist locally."));
         return Ok(0);
     }
-    let mut conn = cli::connect()?;
-    cli::send(
+    let mut conn = client::connect()?;
+    client::send(
         &mut conn,
         &Request::Store {
             key: key.clone(),
@@ -155,7 +155,7 @@ fn store_one(out: &mut Out, opts: &StoreOptions, raw_key: &str, path_arg: &str) 
             gzip: opts.gzip,
         },
     )?;
-    let format = match cli::reply(&mut conn)? {
+    let format = match client::reply(&mut conn)? {
         Reply::Ready { format } => format,
         Reply::Exists => {
             out.say(&format!("Key '{key}' already exists."));
@@ -182,7 +182,7 @@ fn store_one(out: &mut Out, opts: &StoreOptions, raw_key: &str, path_arg: &str) 
         format::size_u(size)
     ));
     let uploading = Instant::now();
-    let reply = cli::reply(&mut conn)?;
+    let reply = client::reply(&mut conn)?;
     let upload = uploading.elapsed();
     let (evicted, by) = match reply {
         Reply::Stored {
@@ -235,7 +235,7 @@ fn store_one(out: &mut Out, opts: &StoreOptions, raw_key: &str, path_arg: &str) 
 
 /// `cache restore [KEYS]`.
 pub fn restore(out: &mut Out, inv: &Invocation) -> Outcome {
-    cli::init(out)?;
+    client::init(out)?;
     if let Some(list) = inv.positional.first() {
         let candidates: Vec<&str> = list.split(',').collect();
         restore_first(out, &candidates)?;
@@ -268,14 +268,14 @@ pub fn restore(out: &mut Out, inv: &Invocation) -> Outcome {
 fn restore_first(out: &mut Out, candidates: &[&str]) -> Result<(), CacheError> {
     for raw in candidates {
         let wanted = normalized(out, raw);
-        let mut conn = cli::connect()?;
-        cli::send(
+        let mut conn = client::connect()?;
+        client::send(
             &mut conn,
             &Request::Restore {
                 key: wanted.clone(),
             },
         )?;
-        match cli::reply(&mut conn)? {
+        match client::reply(&mut conn)? {
             Reply::Miss => out.say(&format!("MISS: '{wanted}'.")),
             Reply::Hit { key, .. } => {
                 out.say(&format!("HIT: '{wanted}', using key '{key}'."));

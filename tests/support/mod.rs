@@ -822,6 +822,7 @@ pub mod server;
 pub mod sftp;
 pub mod skip;
 pub mod sshd;
+pub mod toolbox;
 
 pub use invariants::*;
 pub use procs::*;

@@ -11,9 +11,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{unix_ms, Entry, Fetched};
+use super::{unix_ms, Entry, Fetched, STAGED_PREFIX};
 use crate::cache::error::CacheError;
-use crate::cache::keys::STAGED_PREFIX;
 use crate::process::sys;
 use crate::util::random_hex;
 

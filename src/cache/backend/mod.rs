@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::archive::ArchiveFormat;
 use super::config::{BackendConfig, CacheConfig, CleanupBy};
 use super::error::CacheError;
-use super::keys;
+
+/// The start of the names under which archives wait for their key, in the
+/// local cache directory and on an SFTP server: never a key.
+pub const STAGED_PREFIX: &str = ".incoming-";
 
 /// One stored archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,26 +61,6 @@ impl Backend {
         match &cfg.backend {
             BackendConfig::Local { dir } => Ok(Backend::Local(local::Local::open(dir)?)),
             BackendConfig::Sftp(s) => Ok(Backend::Sftp(sftp::Sftp::new(s, &cfg.spool_dir)?)),
-        }
-    }
-
-    /// Refuses a key this backend cannot hold safely (`keys::unstorable`;
-    /// SFTP also refuses control characters, which its batch commands and
-    /// listings cannot carry).
-    pub fn check_key(&self, key: &str) -> Result<(), CacheError> {
-        let reason = keys::unstorable(key).or_else(|| match self {
-            Backend::Local(_) => None,
-            Backend::Sftp(_) => key
-                .chars()
-                .any(char::is_control)
-                .then_some("an SFTP cache cannot hold keys with control characters"),
-        });
-        match reason {
-            None => Ok(()),
-            Some(reason) => Err(CacheError::BadKey {
-                key: key.to_string(),
-                reason,
-            }),
         }
     }
 

@@ -24,10 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Entry, Fetched};
+use super::{Entry, Fetched, STAGED_PREFIX};
 use crate::cache::config::{SftpConfig, SFTP_CONNECT_TIMEOUT};
 use crate::cache::error::CacheError;
-use crate::cache::keys::STAGED_PREFIX;
 use crate::util::random_hex;
 
 /// The longest a listing, a delete or a `df` may take.
