@@ -19,6 +19,7 @@ use crate::support::server::TestAgent;
 use crate::support::sshd::{self, Sshd};
 use crate::support::Job;
 
+mod cached;
 mod flows;
 mod optimized;
 mod safety;
@@ -191,7 +192,13 @@ fn quote(value: &str) -> String {
 /// left. It prints checkout's output, `exit N in DIR` (DIR with `~` for
 /// HOME), then what `after` prints.
 fn case(vars: &[(&str, &str)], args: &str, after: &str) -> String {
-    let mut setup = String::from("cd ~");
+    case_in("~", vars, args, "cat", after)
+}
+
+/// `case` from the directory `cwd`, checkout's output printed by `show`
+/// (a command that reads its file).
+fn case_in(cwd: &str, vars: &[(&str, &str)], args: &str, show: &str, after: &str) -> String {
+    let mut setup = format!("mkdir -p {cwd} && cd {cwd}");
     for (name, value) in vars {
         if value.is_empty() {
             setup.push_str(&format!(" && unset {name}"));
@@ -205,7 +212,7 @@ fn case(vars: &[(&str, &str)], args: &str, after: &str) -> String {
         format!("; {after}")
     };
     format!(
-        "({setup} && checkout {args} >~/checkout.out 2>&1; s=$?; cat ~/checkout.out; echo \"exit $s in ${{PWD/#$HOME/\\~}}\"{after})"
+        "({setup} && checkout {args} >~/checkout.out 2>&1; s=$?; {show} ~/checkout.out; echo \"exit $s in ${{PWD/#$HOME/\\~}}\"{after})"
     )
 }
 
