@@ -45,6 +45,138 @@ pub const FUNCTION: &str = r#"checkout() {
     return "$status"
   }
 
+  # Every clone: `git clone ARGS` retried as the toolbox's `retry` does,
+  # or with SEMAPHORE_GIT_CLONE_SLOW_RETRY=true watched for slowness and
+  # tried against other GitHub addresses.
+  __checkout_clone() {
+    if [ "$slow_retry" = true ]; then
+      __checkout_resilient_clone "$@"
+    else
+      __checkout_retry git clone "$@"
+    fi
+  }
+
+  # Runs a clone in the background and measures the checkout directory
+  # every 5 s; a clone slower than the threshold for the slow timeout is
+  # killed. Status: 0 cloned, 1 killed as slow, 2 failed.
+  __checkout_watched() {
+    local pid size previous=0 slow=0 speed second
+    "$@" &
+    pid=$!
+    while :; do
+      # The toolbox sleeps 5 s; this ends the wait when the clone does.
+      for ((second = 0; second < 5; second++)); do
+        kill -0 "$pid" 2>/dev/null || break 2
+        sleep 1
+      done
+      kill -0 "$pid" 2>/dev/null || break
+      size="$(du -sk -- "$dir" 2>/dev/null)"
+      size="${size%%[!0-9]*}"
+      if [ "${size:-0}" -gt 0 ]; then
+        speed=$(((size - previous) * 1024 / 5))
+        previous=$size
+        if [ "$speed" -lt "$slow_threshold" ]; then
+          slow=$((slow + 5))
+          if [ "$slow" -ge "$slow_timeout" ]; then
+            echo "[checkout] Slow clone detected ($speed bytes/sec for ${slow}s)"
+            kill "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+            return 1
+          fi
+        else
+          slow=0
+        fi
+      fi
+    done
+    wait "$pid" && return 0
+    return 2
+  }
+
+  # The toolbox's slow-clone mode: a few watched attempts, then the same
+  # clone through other addresses of github.com (found with DNS queries
+  # made as from other regions), by curl's resolve list for https and an
+  # ssh ProxyCommand otherwise.
+  __checkout_resilient_clone() {
+    local attempt status host port rest current region answer ip ips=() tried=0
+    for ((attempt = 1; attempt <= clone_attempts; attempt++)); do
+      __checkout_watched git clone "$@"
+      status=$?
+      [ "$status" -eq 0 ] && return 0
+      if [ "$attempt" -lt "$clone_attempts" ]; then
+        if [ "$status" -eq 1 ]; then
+          echo "[checkout] Slow clone detected, retrying... (attempt $attempt/$clone_attempts)"
+        else
+          echo "[checkout] Clone failed, retrying... (attempt $attempt/$clone_attempts)"
+        fi
+        rm -rf -- "$dir"
+        sleep 2
+      fi
+    done
+    echo "[checkout] Clone failed after $clone_attempts attempts, trying alternative endpoints..."
+    case "$url" in
+      https://*)
+        host="${url#https://}"
+        host="${host%%/*}"
+        port=443 ;;
+      ssh://*)
+        rest="${url#ssh://}"
+        rest="${rest#*@}"
+        if [[ $rest =~ ^[^/]+:[0-9]+ ]]; then
+          host="${rest%%:*}"
+          port="${rest#*:}"
+          port="${port%%/*}"
+        else
+          host="${rest%%/*}"
+          port=22
+        fi ;;
+      *)
+        rest="${url#*@}"
+        host="${rest%%:*}"
+        port=22 ;;
+    esac
+    if [ "$host" != github.com ]; then
+      echo "[checkout] Alternative endpoint fallback only supported for github.com (got: $host)"
+      return 1
+    fi
+    # The port goes into an ssh ProxyCommand, which a shell runs.
+    if ! [[ $port =~ ^[0-9]+$ ]]; then
+      __checkout_refuse "SEMAPHORE_GIT_URL has no usable port for an alternative endpoint: '$port'"
+      return
+    fi
+    current="$(dig +short "$host")"
+    current="${current%%$'\n'*}"
+    local -a regions
+    IFS=, read -r -a regions <<<"$alt_regions"
+    for region in ${regions[@]+"${regions[@]}"}; do
+      answer="$(curl -sf "https://dns.google/resolve?name=$host&type=A&edns_client_subnet=$region")"
+      # Only an IPv4 address is used: it goes into a command too.
+      if [[ $answer =~ \"data\":\"([^\"]*)\" ]] && ip="${BASH_REMATCH[1]}" &&
+        [[ $ip =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] && [ "$ip" != "$current" ]; then
+        ips+=("$ip")
+      fi
+    done
+    if [ ${#ips[@]} -eq 0 ]; then
+      echo "[checkout] No alternative endpoints found"
+      return 1
+    fi
+    mapfile -t ips < <(printf '%s\n' "${ips[@]}" | sort -u)
+    for ip in "${ips[@]}"; do
+      tried=$((tried + 1))
+      [ "$tried" -gt "$alt_attempts" ] && break
+      echo "[checkout] Switching to alternative GitHub endpoint ($ip)"
+      rm -rf -- "$dir"
+      if [[ $url == https://* ]]; then
+        __checkout_watched git -c "http.curloptResolve=$host:$port:$ip" clone "$@" && return 0
+      else
+        GIT_SSH_COMMAND="${GIT_SSH_COMMAND:-ssh} -o ProxyCommand='nc $ip $port'" \
+          __checkout_watched git clone "$@" && return 0
+      fi
+      echo "[checkout] Alternative endpoint ($ip) also slow, trying next..."
+    done
+    echo "[checkout] All clone attempts failed"
+    return 1
+  }
+
   # Appends the toolbox's metric line when metrics are on. $1: a size in
   # KiB; none means the size of the current directory.
   __checkout_metric() {
@@ -137,7 +269,7 @@ pub const FUNCTION: &str = r#"checkout() {
   # A branch (or a tag named as the branch): shallow clone of it, else a
   # full clone and a checkout of the name.
   __checkout_branch() {
-    if __checkout_retry git clone ${clone_opts[@]+"${clone_opts[@]}"} --depth "$depth" -b "$branch" -- "$url" "$dir"; then
+    if __checkout_clone ${clone_opts[@]+"${clone_opts[@]}"} --depth "$depth" -b "$branch" -- "$url" "$dir"; then
       __checkout_enter "$dir" || return 1
       __checkout_sparse
       if ! git reset --hard "$sha" 2>/dev/null; then
@@ -147,7 +279,7 @@ pub const FUNCTION: &str = r#"checkout() {
       fi
     else
       echo "Branch not found performing full clone"
-      __checkout_retry git clone ${clone_opts[@]+"${clone_opts[@]}"} -- "$url" "$dir"
+      __checkout_clone ${clone_opts[@]+"${clone_opts[@]}"} -- "$url" "$dir"
       __checkout_enter "$dir" || return 1
       __checkout_sparse
       if ! git checkout -f "$branch"; then
@@ -163,7 +295,7 @@ pub const FUNCTION: &str = r#"checkout() {
   # A pull request: its ref fetched into FETCH_HEAD and checked out. $1 is
   # `optimized` in the optimized flow (a failed clone fails, a metric).
   __checkout_pull_request() {
-    if ! __checkout_retry git clone ${clone_opts[@]+"${clone_opts[@]}"} --depth "$depth" -- "$url" "$dir" &&
+    if ! __checkout_clone ${clone_opts[@]+"${clone_opts[@]}"} --depth "$depth" -- "$url" "$dir" &&
       [ "$1" = optimized ]; then
       echo "Revision: $sha not found .... Exiting"
       return 1
@@ -182,7 +314,7 @@ pub const FUNCTION: &str = r#"checkout() {
   }
 
   __checkout_tag() {
-    if ! __checkout_retry git clone ${clone_opts[@]+"${clone_opts[@]}"} --depth "$depth" -b "$tag" -- "$url" "$dir"; then
+    if ! __checkout_clone ${clone_opts[@]+"${clone_opts[@]}"} --depth "$depth" -b "$tag" -- "$url" "$dir"; then
       echo "Release $tag not found .... Exiting"
       return 1
     fi
@@ -311,7 +443,7 @@ pub const FUNCTION: &str = r#"checkout() {
       __checkout_retry git fetch --tags origin
     else
       rm -rf -- "$dir"
-      __checkout_retry git clone -- "$url" "$dir"
+      __checkout_clone -- "$url" "$dir"
       __checkout_enter "$dir" || return 1
     fi
     __checkout_switch_revision || return 1
@@ -331,7 +463,11 @@ pub const FUNCTION: &str = r#"checkout() {
     local depth="${SEMAPHORE_GIT_DEPTH:-50}" ref="${SEMAPHORE_GIT_REF:-}" tag="${SEMAPHORE_GIT_TAG_NAME:-}"
     local filter="${SEMAPHORE_GIT_PARTIAL_CLONE_FILTER:-}" sparse="${SEMAPHORE_GIT_SPARSE_CHECKOUT_PATHS:-}"
     local age="${SEMAPHORE_GIT_CACHE_AGE:-259200}" keep="${SEMAPHORE_GIT_CACHE_KEEP:-0}"
-    local clone_opts=() fetch_opts=() paths=() path
+    local slow_retry="${SEMAPHORE_GIT_CLONE_SLOW_RETRY:-false}" clone_attempts="${SEMAPHORE_GIT_CLONE_RETRY_COUNT:-2}"
+    local alt_attempts="${SEMAPHORE_GIT_CLONE_ALT_IP_RETRIES:-3}" slow_threshold="${SEMAPHORE_GIT_CLONE_SLOW_THRESHOLD:-20000}"
+    local slow_timeout="${SEMAPHORE_GIT_CLONE_SLOW_TIMEOUT:-15}"
+    local alt_regions="${SEMAPHORE_GIT_CLONE_ALT_REGIONS:-74.0.0.0/8,177.0.0.0/8,110.0.0.0/8}"
+    local clone_opts=() fetch_opts=() paths=() path number
     if [ "${1:-}" = --use-cache ]; then use_cache=1; fi
     if ! command -v git >/dev/null 2>&1; then
       __checkout_refuse "git is not installed"
@@ -384,6 +520,15 @@ pub const FUNCTION: &str = r#"checkout() {
           return
         fi ;;
     esac
+    if [ "$slow_retry" = true ]; then
+      for number in SEMAPHORE_GIT_CLONE_RETRY_COUNT:"$clone_attempts" SEMAPHORE_GIT_CLONE_ALT_IP_RETRIES:"$alt_attempts" \
+        SEMAPHORE_GIT_CLONE_SLOW_THRESHOLD:"$slow_threshold" SEMAPHORE_GIT_CLONE_SLOW_TIMEOUT:"$slow_timeout"; do
+        if ! [[ ${number#*:} =~ ^[0-9]+$ ]]; then
+          __checkout_refuse "${number%%:*} must be a number, not '${number#*:}'"
+          return
+        fi
+      done
+    fi
     if [ -n "$use_cache" ]; then
       if ! [[ $age =~ ^-?[0-9]+$ ]]; then
         __checkout_refuse "SEMAPHORE_GIT_CACHE_AGE must be a number of seconds, not '$age'"
@@ -430,7 +575,7 @@ pub const FUNCTION: &str = r#"checkout() {
     __checkout_sparse __checkout_branch __checkout_pull_request __checkout_tag \
     __checkout_by_ref_type __checkout_optimized __checkout_switch_revision \
     __checkout_cache_keys __checkout_cache_put __checkout_cache_store __checkout_cached \
-    __checkout_main
+    __checkout_clone __checkout_watched __checkout_resilient_clone __checkout_main
   return "$__checkout_status"
 }
 "#;

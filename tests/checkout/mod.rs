@@ -11,6 +11,7 @@
 //! shell in.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,6 +24,7 @@ mod cached;
 mod flows;
 mod optimized;
 mod safety;
+mod slow;
 
 /// A bare repository and the commits the tests check out.
 struct Repo {
@@ -260,6 +262,43 @@ fn retried(attempt: &[&str], n: usize, status: u8) -> Vec<String> {
 fn strs(lines: &[String]) -> Vec<&str> {
     lines.iter().map(String::as_str).collect()
 }
+
+fn executable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// An ssh (for `GIT_SSH_COMMAND`, with `GIT_SSH_VARIANT=simple`) that
+/// counts its connections in the file `$FLAKY_COUNT`, logs its arguments
+/// to `$FLAKY_COUNT.args`, refuses those whose numbers are in
+/// `$FLAKY_FAIL`, stalls (until git goes) on those in `$FLAKY_STALL`, and
+/// otherwise runs git's command here, as a server would.
+fn flaky_ssh(repo: &Repo) -> PathBuf {
+    let ssh = repo.scratch().join("flaky-ssh");
+    executable(
+        &ssh,
+        "#!/bin/sh\n\
+         n=$(($(cat \"$FLAKY_COUNT\" 2>/dev/null || echo 0) + 1)); echo $n >\"$FLAKY_COUNT\"\n\
+         echo \"$*\" >>\"$FLAKY_COUNT.args\"\n\
+         case \" ${FLAKY_STALL:-} \" in *\" $n \"*) cat >/dev/null; exit 255 ;; esac\n\
+         case \" ${FLAKY_FAIL:-} \" in *\" $n \"*)\n\
+         \x20 echo 'ssh: connect to host git.test port 22: Connection refused' >&2; exit 255 ;;\n\
+         esac\n\
+         for command; do :; done\n\
+         exec sh -c \"$command\"\n",
+    );
+    ssh
+}
+
+/// What git prints for a clone whose ssh connection `flaky_ssh` refused.
+const REFUSED: [&str; 6] = [
+    "Cloning into 'project'...",
+    "ssh: connect to host git.test port 22: Connection refused",
+    "fatal: Could not read from remote repository.",
+    "",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
+];
 
 #[test]
 fn a_repository_is_checked_out_over_ssh() {

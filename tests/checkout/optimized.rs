@@ -2,8 +2,6 @@
 //! `SEMAPHORE_GIT_SPARSE_CHECKOUT_PATHS`), the fallback for a git without
 //! `sparse-checkout`, and the retries of the network steps.
 
-use std::os::unix::fs::PermissionsExt;
-
 use super::*;
 
 /// What an optimized checkout leaves: sparse paths, partial-clone config,
@@ -11,11 +9,6 @@ use super::*;
 const LEFT: &str = "git rev-parse HEAD; echo \"sparse: $(git sparse-checkout list 2>/dev/null | tr '\\n' ' ')\"; \
                     echo \"promisor: $(git config remote.origin.promisor) $(git config remote.origin.partialclonefilter)\"; \
                     echo top: *";
-
-fn executable(path: &Path, text: &str) {
-    fs::write(path, text).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 #[test]
 fn partial_and_sparse_clones_print_what_the_toolbox_prints() {
@@ -197,28 +190,7 @@ fn a_git_without_sparse_checkout_gets_a_standard_checkout() {
 fn network_steps_are_retried_as_the_toolbox_retries_them() {
     let repo = Repo::make();
     let agent = agent();
-    // An ssh that refuses the connections whose numbers are in
-    // $FLAKY_FAIL (counted in $FLAKY_COUNT) and otherwise runs git's
-    // command here, as a server would.
-    let ssh = repo.scratch().join("flaky-ssh");
-    executable(
-        &ssh,
-        "#!/bin/sh\n\
-         n=$(($(cat \"$FLAKY_COUNT\" 2>/dev/null || echo 0) + 1)); echo $n >\"$FLAKY_COUNT\"\n\
-         case \" $FLAKY_FAIL \" in *\" $n \"*)\n\
-         \x20 echo 'ssh: connect to host git.test port 22: Connection refused' >&2; exit 255 ;;\n\
-         esac\n\
-         for command; do :; done\n\
-         exec sh -c \"$command\"\n",
-    );
-    let refused = [
-        "Cloning into 'project'...",
-        "ssh: connect to host git.test port 22: Connection refused",
-        "fatal: Could not read from remote repository.",
-        "",
-        "Please make sure you have the correct access rights",
-        "and the repository exists.",
-    ];
+    let ssh = flaky_ssh(&repo);
     let count = |name: &str| repo.scratch().join(name).display().to_string();
     let (clone_count, fetch_count) = (count("clone.count"), count("fetch.count"));
     run_cases(
@@ -241,7 +213,7 @@ fn network_steps_are_retried_as_the_toolbox_retries_them() {
                 lines(
                     &[
                         vec!["Performing shallow clone with depth: 50"],
-                        strs(&retried(&refused, 2, 128)),
+                        strs(&retried(&REFUSED, 2, 128)),
                         vec![
                             "Cloning into 'project'...",
                             &format!("HEAD is now at {} c60", &repo.tip[..7]),

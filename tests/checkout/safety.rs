@@ -133,6 +133,18 @@ fn hostile_values_are_refused_before_anything_happens() {
             refusal(&format!("checkout: {name} must be {what}, not '{code}'")),
         ));
     }
+    for name in [
+        "SEMAPHORE_GIT_CLONE_RETRY_COUNT",
+        "SEMAPHORE_GIT_CLONE_SLOW_TIMEOUT",
+    ] {
+        cases.push((
+            hostile(
+                &[("SEMAPHORE_GIT_CLONE_SLOW_RETRY", "true"), (name, &code)],
+                "",
+            ),
+            refusal(&format!("checkout: {name} must be a number, not '{code}'")),
+        ));
+    }
     run_cases(&agent, job("checkout-hostile", &repo), &cases);
 }
 
