@@ -1,4 +1,5 @@
-//! A compose job that checks out a repository and runs its tests.
+//! Compose jobs that check out a repository and run its tests: with git
+//! itself, and with the session's `checkout` inside main.
 
 use super::*;
 
@@ -121,6 +122,66 @@ fn checkout_and_tests_decide_the_result() {
             "test_checkout ... ok\ntest_version ... FAILED\n1 of 2 tests failed\n",
             1,
             "failed",
+        ),
+    );
+}
+
+/// The commit a bundle's `main` names (its header lists the refs).
+fn bundle_main(bundle: &[u8]) -> String {
+    String::from_utf8_lossy(bundle)
+        .lines()
+        .find_map(|line| line.strip_suffix(" refs/heads/main").map(str::to_owned))
+        .expect("main in the bundle's header")
+}
+
+/// `checkout` is in main's session too: from a bare repository made there
+/// (the bundle's history), with the toolbox's variables, it leaves the
+/// shell in the checkout, where the tests run.
+#[test]
+fn checkout_runs_in_main() {
+    if !docker::ready() {
+        return;
+    }
+    let bundle = repository_bundle("1.0");
+    let sha = bundle_main(&bundle);
+    let export = format!(
+        "export SEMAPHORE_GIT_URL=file://$PWD/app.git SEMAPHORE_GIT_BRANCH=main SEMAPHORE_GIT_SHA={sha}"
+    );
+    let run_checkout =
+        "out=$PWD/checkout.out; checkout >$out 2>&1; s=$?; cat $out; echo \"exit $s in ${PWD##*/}\"";
+    let job = ComposeJob::new("git-checkout", Container::new("main", GIT_IMAGE))
+        .file("repo.bundle", bundle, "0644")
+        .command("git clone -q --bare repo.bundle app.git")
+        .command(&export)
+        .command(run_checkout)
+        .command("./test.sh");
+    let ran = job.run();
+    assert_log(
+        &job,
+        &ran.events,
+        started_log(
+            &[],
+            files_step(&[("repo.bundle", "0644")]),
+            vec![
+                step("git clone -q --bare repo.bundle app.git", "", 0),
+                step(&export, "", 0),
+                step(
+                    run_checkout,
+                    &format!(
+                        "Performing shallow clone with depth: 50\nCloning into 'app'...\n\
+                         HEAD is now at {} Set the version\nexit 0 in app\n",
+                        &sha[..7]
+                    ),
+                    0,
+                ),
+                step(
+                    "./test.sh",
+                    "test_checkout ... ok\ntest_version ... ok\n2 tests passed\n",
+                    0,
+                ),
+                result_export(0),
+            ],
+            "passed",
         ),
     );
 }
