@@ -152,6 +152,7 @@ fn a_sha_deeper_than_the_depth_is_fetched_without_the_whole_history() {
     let repo = Repo::make();
     let agent = agent();
     let deeper = &repo.deep;
+    let beyond_50 = git(&repo.bare, &["rev-parse", "main~55"]);
     let short = &deeper[..7];
     let after =
         "git rev-parse HEAD; git rev-parse --is-shallow-repository; git rev-list --count HEAD";
@@ -174,6 +175,25 @@ fn a_sha_deeper_than_the_depth_is_fetched_without_the_whole_history() {
                     deeper,
                     "true",
                     "3",
+                ]),
+            ),
+            // Deeper than the default depth of 50 (of 60 commits).
+            (
+                case(
+                    &[
+                        ("SEMAPHORE_GIT_DEPTH", ""),
+                        ("SEMAPHORE_GIT_SHA", &beyond_50),
+                    ],
+                    "",
+                    "git rev-parse HEAD",
+                ),
+                lines(&[
+                    "Performing shallow clone with depth: 50",
+                    "Cloning into 'project'...",
+                    &format!("SHA: {beyond_50} not found performing full clone"),
+                    &format!("HEAD is now at {} c05", &beyond_50[..7]),
+                    "exit 0 in ~/project",
+                    &beyond_50,
                 ]),
             ),
             // An abbreviated SHA cannot be fetched by itself: the whole
