@@ -250,6 +250,8 @@ pub const FUNCTION: &str = r#"checkout() {
       fi
     fi
     __checkout_retry git fetch ${fetch_opts[@]+"${fetch_opts[@]}"} --unshallow
+    # A SHA fetched by itself is here whatever branch it is on: the
+    # toolbox's check, which asks only that, would pass.
     if [ -n "$by_sha" ] && ! git merge-base --is-ancestor "$sha" HEAD 2>/dev/null; then
       echo "Revision: $sha not found .... Exiting"
       return 1
@@ -434,7 +436,10 @@ pub const FUNCTION: &str = r#"checkout() {
       echo "Failed to restore from the cache"
       rm -rf -- "$dir"
     fi
-    # A restored repository of another URL is no cache of this one.
+    # The restore writes where the store read, relative to the current
+    # directory (the toolbox looks under $HOME, the same place when it
+    # runs from $HOME). A restored repository of another URL is no cache
+    # of this one: the toolbox would fetch from that other repository.
     if [ -d "$dir" ] &&
       [ "$(git config --file "$dir/.git/config" --get remote.origin.url 2>/dev/null)" = "$url" ]; then
       echo "Restored cache"
