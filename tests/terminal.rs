@@ -263,7 +263,7 @@ fn pull_output_keeps_its_crlf() {
         .service(Container::new("side", BASH_IMAGE).command("sleep 1000"))
         .command("echo done");
     let project = ProjectWatch::new(&job.project_prefix());
-    let (events, status) = run_with_env(&sandbox, &job, &[("PATH", &path)]);
+    let (events, status, _) = run_with_env(&sandbox, &job, &[("PATH", &path)]);
     project.assert_gone();
     assert_eq!(status.code(), Some(0), "{events:#?}");
     let pull: String = events

@@ -712,12 +712,13 @@ fn unix_now() -> i64 {
 
 /// Runs a compose job with `agent run --json` and the environment changed
 /// by `envs` (e.g. another PATH); checks the §6.1 invariants and that no
-/// process of the job is left. Returns the events and the exit status.
+/// process of the job is left. Returns the events, the exit status and
+/// stderr (where `--json` puts the agent's remarks).
 pub fn run_with_env(
     sandbox: &Sandbox,
     job: &ComposeJob,
     envs: &[(&str, &str)],
-) -> (Vec<Value>, ExitStatus) {
+) -> (Vec<Value>, ExitStatus, String) {
     let job_file = sandbox.root().join("job.json");
     fs::write(&job_file, job.to_value().to_string()).expect("write the job file");
     let mut command = sandbox.agent_command();
@@ -749,7 +750,7 @@ pub fn run_with_env(
         );
     }
     assert_no_job_processes(job.job_id());
-    (events, out.status)
+    (events, out.status, out.stderr)
 }
 
 // The registry helpers stay reachable as `docker::...` for the tests; the
