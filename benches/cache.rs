@@ -274,20 +274,20 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
     })
 }
 
-/// The size column of a `cache list` line, in bytes (approximately).
+/// The size column of a `cache list` line (the toolbox's `91.3M`), in
+/// bytes, approximately.
 fn parse_human(line: &str) -> u64 {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let (Some(n), Some(unit)) = (f.get(1), f.get(2)) else {
+    let Some(size) = line.split_whitespace().nth(1) else {
         return 0;
     };
-    let n: f64 = n.parse().unwrap_or(0.0);
-    let mult = match *unit {
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        _ => 1.0,
+    let (number, mult) = match size.char_indices().last() {
+        Some((i, unit)) if unit.is_ascii_alphabetic() => {
+            let power = "KMGTPE".find(unit).map_or(0, |p| p as i32 + 1);
+            (&size[..i], 1024f64.powi(power))
+        }
+        _ => (size, 1.0),
     };
-    (n * mult) as u64
+    (number.parse::<f64>().unwrap_or(0.0) * mult) as u64
 }
 
 /// Prints the figures; returns whether the run failed.
