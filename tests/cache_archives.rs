@@ -207,8 +207,9 @@ fn archives_are_shared_with_gnu_tar_on_sftp() {
 fn metrics_lines_go_to_the_toolbox_s_file() {
     let cache = Cache::local(&[]);
     cache.raw_store("garbage", b"not an archive at all", Duration::ZERO);
-    let metrics = Path::new("/tmp/toolbox_metrics");
-    let existed = metrics.exists();
+    let guard = crate::support::metrics_file::MetricsFile::take();
+    let metrics = Path::new(crate::support::metrics_file::PATH);
+    let existed = guard.existed();
     let before = fs::read_to_string(metrics).unwrap_or_default();
     let cmds = [
         "printf x > m && cache store metrics-k m && cache restore metrics-k",
@@ -260,4 +261,26 @@ fn metrics_lines_go_to_the_toolbox_s_file() {
     if !existed {
         assert_eq!(mode.ok(), Some(0o600));
     }
+}
+
+/// Without `TMPDIR` the toolbox logs to `/tmp/cache_log`; a shell job here
+/// shares the host's `/tmp` with every other job, so the log goes to the
+/// job's own work directory (removed with the job) instead, and nothing is
+/// added to `/tmp/cache_log`.
+#[test]
+fn without_tmpdir_the_cache_log_is_the_job_s_own() {
+    let cache = Cache::local(&[]);
+    let shared = Path::new("/tmp/cache_log");
+    let before = fs::metadata(shared).map(|m| m.len()).ok();
+    let cmds = [
+        "printf x > no-tmpdir && env -u TMPDIR cache store no-tmpdir-key no-tmpdir >/dev/null",
+        "cat \"$(dirname \"$AGENT_CACHE_SOCKET\")/cache_log\"",
+    ];
+    let ran = cache.run(&job("cache-log-own", &cmds));
+    let own = out(&ran, cmds[1]);
+    assert!(
+        own.contains("Uploading 'no-tmpdir' with cache key 'no-tmpdir-key'...\n"),
+        "{own}"
+    );
+    assert_eq!(fs::metadata(shared).map(|m| m.len()).ok(), before);
 }

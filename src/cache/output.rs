@@ -1,6 +1,11 @@
 //! Where `cache` writes, as the toolbox's CLI does: every message goes once
-//! to `$TMPDIR/cache_log` (appended, made 0644; `/tmp` when `TMPDIR` is
-//! unset or empty) and once to stdout, as the bare text and a newline.
+//! to `$TMPDIR/cache_log` (appended, made 0644) and once to stdout, as the
+//! bare text and a newline. Without `TMPDIR` the toolbox uses `/tmp`; a
+//! shell job of this agent shares the host's `/tmp` with every other job,
+//! where the file would grow forever and show one job's lines to the next,
+//! so there the log goes to the job's own work directory (the directory of
+//! its cache socket), which the agent removes at teardown. In a compose job
+//! that directory is read-only and `/tmp` is the container's own: `/tmp`.
 //! Help screens and the eviction notice go to stdout only; cobra's own
 //! errors to stderr. `SEMAPHORE_TOOLBOX_METRICS_ENABLED=true` appends one
 //! Influx line per transfer to `/tmp/toolbox_metrics`.
@@ -63,13 +68,24 @@ impl Out {
     /// stderr the way logrus does before the toolbox's formatter is set, and
     /// goes on with stdout alone.
     pub fn open() -> Out {
+        let open = |path: &std::path::Path| {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o644)
+                .open(path)
+        };
+        let job_dir = std::env::var_os("TMPDIR")
+            .filter(|d| !d.is_empty())
+            .is_none()
+            .then(|| std::env::var_os(super::SOCKET_ENV))
+            .flatten()
+            .and_then(|socket| PathBuf::from(socket).parent().map(|d| d.join("cache_log")));
+        if let Some(Ok(file)) = job_dir.as_deref().map(open) {
+            return Out { log: Some(file) };
+        }
         let path = temp_dir().join("cache_log");
-        match OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&path)
-        {
+        match open(&path) {
             Ok(file) => Out { log: Some(file) },
             Err(e) => {
                 let msg = format!(

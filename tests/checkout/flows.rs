@@ -408,7 +408,8 @@ fn metrics_are_the_toolbox_line_in_its_file() {
     // The file is the toolbox's fixed path, which other runs may write
     // too: this test reads only its own lines, by provider.
     let provider = format!("agent-test-{}", std::process::id());
-    let metrics = "/tmp/toolbox_metrics";
+    let _guard = crate::support::metrics_file::MetricsFile::take();
+    let metrics = crate::support::metrics_file::PATH;
     let mine = format!("grep -F 'provider={provider},' {metrics} || true");
     let on = ("SEMAPHORE_TOOLBOX_METRICS_ENABLED", "true");
     let job = job("checkout-metrics", &repo)

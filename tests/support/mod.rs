@@ -815,6 +815,7 @@ pub mod control_plane;
 pub mod docker;
 pub mod invariants;
 pub mod listen_agent;
+pub mod metrics_file;
 pub mod net;
 pub mod procs;
 pub mod registry;
