@@ -42,27 +42,10 @@ pub fn list_start(help: &str) -> String {
 pub fn closest<'a>(word: &str, commands: &[&'a str]) -> Option<&'a str> {
     commands
         .iter()
-        .map(|c| (edit_distance(word, c), *c))
+        .map(|c| (crate::util::edit_distance(word, c), *c))
         .filter(|(d, c)| *d <= 2 || (word.len() >= 2 && c.starts_with(word)))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-/// Levenshtein distance between two short words.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let next = (row[j] + 1).min(row[j + 1] + 1).min(prev + cost);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -210,24 +210,8 @@ fn suggestions(word: &str) -> Vec<&'static str> {
     let lower = word.to_lowercase();
     ALL.iter()
         .map(|s| s.name())
-        .filter(|name| levenshtein(&lower, name) <= 2 || name.starts_with(&lower))
+        .filter(|name| crate::util::edit_distance(&lower, name) <= 2 || name.starts_with(&lower))
         .collect()
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 /// The command words of `args`, as cobra's `stripFlags` finds them: flags

@@ -105,11 +105,7 @@ fn hub_sync_answer(state: &mut State, request: &Value) -> Option<Value> {
         }
         "running-job" | "stopping-job" | "starting-job" => json!({ "action": "continue" }),
         "finished-job" => {
-            let result = request["job_result"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            state.finished.insert(job_id, result);
+            state.record_result(job_id, request);
             if shutdown {
                 json!({ "action": "shutdown" })
             } else {

@@ -94,6 +94,14 @@ struct State {
     max_in_flight: HashMap<&'static str, usize>,
 }
 
+impl State {
+    /// The result a `finished-job` sync reports, kept for the tests.
+    fn record_result(&mut self, job_id: String, request: &Value) {
+        let result = request["job_result"].as_str().unwrap_or_default();
+        self.finished.insert(job_id, result.to_owned());
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
@@ -776,11 +784,7 @@ fn sync_answer(state: &mut State, request: &Value) -> Value {
             with_next(json!({ "action": "stop-job", "job_id": job_id }))
         }
         "finished-job" => {
-            let result = request["job_result"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            state.finished.insert(job_id, result);
+            state.record_result(job_id, request);
             with_next(json!({ "action": "wait-for-jobs" }))
         }
         _ => with_next(json!({ "action": "continue" })),
