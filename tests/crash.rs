@@ -1,7 +1,8 @@
 //! An agent killed with SIGKILL in the middle of a job, and the next agent
 //! on the same data dir and HOME (docs/protocol.md §7.3): nothing of the
-//! job is left on the host, its log ends `failed` with a line saying why,
-//! its callbacks arrive, and later jobs know nothing of it.
+//! job is left on the host, its log ends `failed` (the reason is a remark,
+//! not a line), its callbacks arrive, and later jobs know nothing of it.
+//! Listen mode's crashes are in `listen_crash.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ mod latency;
 mod listen;
 mod listen_compose;
 mod listen_config;
+mod listen_crash;
 mod listen_faults;
 mod run;
 mod secrets;

@@ -155,6 +155,7 @@ fn record_unrecorded(root: &Path) -> Option<(JobDir, JobRecord)> {
         accepted_at,
         compose_main: None,
         callbacks: Default::default(),
+        push: None,
     };
     let path = root.join("job.json");
     let written = serde_json::to_vec(&record)

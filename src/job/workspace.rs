@@ -34,6 +34,17 @@ pub struct JobRecord {
     pub compose_main: Option<String>,
     #[serde(default)]
     pub callbacks: Callbacks,
+    /// Where a listen-mode job's log is pushed, so that an agent restarted
+    /// after a crash can push what the control plane has not received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<LogPush>,
+}
+
+/// A listen-mode job's log URL and its token (the record is 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPush {
+    pub url: String,
+    pub token: String,
 }
 
 impl JobRecord {
@@ -48,6 +59,7 @@ impl JobRecord {
                 }
             },
             callbacks: request.callbacks.clone(),
+            push: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 mod error;
 mod push;
+mod recover;
 pub mod shutdown;
 mod sync;
 mod worker;
@@ -55,6 +56,10 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
     let cfg = Arc::new(ListenConfig::build(args)?);
     let limits = &cfg.limits;
     let mut client = Client::new(cfg.base_url(), cfg.token.clone(), limits.request_timeout)?;
+    // Before anything else: clean up after the jobs of an agent that died
+    // on this data dir; what the control plane was not told is told once
+    // registered (recover.rs).
+    let owed = recover::take_over(&cfg.data_dir, &crate::config::home_dir(), limits.stop_grace);
 
     log::info!(
         "agent {} registering with {} as {}",
@@ -128,7 +133,10 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
             cache: Some(cache),
         },
     });
-    let reason = SyncLoop::new(shared, tx, rx).run();
+    for job in &owed {
+        recover::push_rest(job, &client, limits.push_interval, limits.log_flush_timeout);
+    }
+    let reason = SyncLoop::new(shared, tx, rx).with_owed(owed).run();
     signals_handle.close();
     let _ = signal_thread.join();
 

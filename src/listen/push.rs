@@ -12,6 +12,7 @@
 //! the sync loop.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,12 +68,17 @@ pub struct Pusher {
 }
 
 impl Pusher {
+    /// Pushes the log from line `from` on; when `progress` is given, each
+    /// accepted batch is recorded there (for an agent restarted after a
+    /// crash, `recover.rs`).
     pub fn start(
         client: Client,
         files: Arc<LogFiles>,
         target: PushTarget,
         interval: Duration,
         job_id: &str,
+        from: u64,
+        progress: Option<PathBuf>,
     ) -> Pusher {
         let (wake, wake_rx) = bounded(1);
         let (close, close_rx) = bounded(1);
@@ -89,8 +95,9 @@ impl Pusher {
                     wake: wake_rx,
                     close: close_rx,
                     flush_deadline: None,
+                    progress,
                 }
-                .run()
+                .run(from)
             })
             .expect("cannot start the log push thread");
         Pusher {
@@ -125,16 +132,18 @@ struct Push {
     close: Receiver<Instant>,
     /// Set once the log is complete.
     flush_deadline: Option<Instant>,
+    /// Where each accepted batch is recorded.
+    progress: Option<PathBuf>,
 }
 
 impl Push {
-    fn run(mut self) -> PushReport {
+    fn run(mut self, from: u64) -> PushReport {
         log::info!(
-            "job {}: pushing its log to {}",
+            "job {}: pushing its log to {} from line {from}",
             self.job_id,
             self.target.url
         );
-        let mut next: u64 = 0;
+        let mut next: u64 = from;
         let mut failures: u32 = 0;
         let mut last_push: Option<Instant> = None;
         loop {
@@ -193,6 +202,9 @@ impl Push {
                     }
                     failures = 0;
                     next += n_lines;
+                    if let Some(path) = &self.progress {
+                        super::recover::record_pushed(path, next, false);
+                    }
                     continue;
                 }
                 Ok(Pushed::Refused) => {
@@ -200,6 +212,9 @@ impl Push {
                         "job {}: the control plane takes no more log lines (422 at line {next}); pushing stops",
                         self.job_id
                     );
+                    if let Some(path) = &self.progress {
+                        super::recover::record_pushed(path, next, true);
+                    }
                     return self.report(next, true);
                 }
                 Ok(Pushed::Unauthorized) => {

@@ -10,6 +10,8 @@
 //! job's side is worker.rs. It returns why the agent shuts down and leaves
 //! the disconnect and the hook to its caller.
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::client::{describe, Action, AgentState, SyncRequest, SyncResponse};
+use super::recover::{self, Owed};
 use super::shutdown::ShutdownReason;
 use super::worker::{self, JobEvent, Shared};
 use crate::job::eventlog::{now_secs, JobResult};
@@ -68,6 +71,12 @@ struct CurrentJob {
     job_id: String,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
+    /// The job's directory, once it has one: where it is recorded that the
+    /// control plane has the result.
+    dir: Option<PathBuf>,
+    /// A job of an earlier agent, reported after a crash (not this
+    /// agent's job: `disconnect-after-job` does not count it).
+    owed: Option<Owed>,
 }
 
 pub struct SyncLoop {
@@ -85,6 +94,8 @@ pub struct SyncLoop {
     idle_since: Instant,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
+    /// Jobs of an earlier agent whose result is still to be reported.
+    owed: VecDeque<Owed>,
 }
 
 impl SyncLoop {
@@ -102,6 +113,31 @@ impl SyncLoop {
             idle_since: now,
             tx,
             rx,
+            owed: VecDeque::new(),
+        }
+    }
+
+    /// Reports these jobs of an earlier agent, one `finished-job` each,
+    /// before asking for work.
+    pub fn with_owed(mut self, owed: Vec<Owed>) -> SyncLoop {
+        self.owed = owed.into();
+        self.report_next_owed();
+        self
+    }
+
+    /// Makes the next owed job the current one, finished.
+    fn report_next_owed(&mut self) {
+        if let Some(owed) = self.owed.pop_front() {
+            let (stop, _) = stop::stop_pair();
+            let result = owed.result;
+            self.job = Some(CurrentJob {
+                job_id: owed.job_id.clone(),
+                stop,
+                thread: None,
+                dir: Some(owed.root().to_path_buf()),
+                owed: Some(owed),
+            });
+            self.set_state(State::FinishedJob(result));
         }
     }
 
@@ -195,7 +231,8 @@ impl SyncLoop {
             return false;
         };
         match event {
-            JobEvent::Started => {
+            JobEvent::Started(dir) => {
+                job.dir = Some(dir);
                 if self.state == State::StartingJob {
                     self.set_state(State::RunningJob);
                 }
@@ -285,12 +322,21 @@ impl SyncLoop {
             },
             Action::WaitForJobs => match self.state {
                 State::FinishedJob(_) => {
+                    let mut was_owed = false;
                     if let Some(job) = self.job.take() {
                         log::info!("job {}: the control plane has its result", job.job_id);
+                        if let Some(dir) = &job.dir {
+                            recover::mark_reported(dir);
+                        }
+                        was_owed = job.owed.is_some();
                     }
                     self.set_state(State::WaitingForJobs);
                     self.idle_since = Instant::now();
-                    if self.shared.cfg.disconnect_after_job {
+                    if !self.owed.is_empty() {
+                        self.report_next_owed();
+                    } else if was_owed {
+                        // Only this agent's own job counts below.
+                    } else if self.shared.cfg.disconnect_after_job {
                         log::info!("disconnect-after-job: the job is done, disconnecting");
                         return Some(ShutdownReason::JobFinished);
                     }
@@ -339,6 +385,8 @@ impl SyncLoop {
             job_id: job_id.to_string(),
             stop,
             thread: Some(thread),
+            dir: None,
+            owed: None,
         });
         self.set_state(State::StartingJob);
     }

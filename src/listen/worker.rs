@@ -8,7 +8,7 @@
 //! It reports to the sync loop only through `notify` (`Started`, then
 //! `Finished`), and is stopped only through its `StopSignal`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -20,16 +20,16 @@ use crate::job::lifecycle;
 use crate::job::request::{EnvVar, ExecutorKind, Format, JobRequest};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::StopSignal;
-use crate::job::workspace::{JobDir, JobRecord};
+use crate::job::workspace::{JobDir, JobRecord, LogPush};
 
 /// Finished jobs whose directories (and event logs) stay on disk.
 const KEEP_JOB_DIRS: usize = 10;
 
 /// What the sync loop hears from a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEvent {
-    /// The request was fetched and the job runs.
-    Started,
+    /// The request was fetched and the job runs in this directory.
+    Started(PathBuf),
     /// The job is over and its log pushed (or given up on).
     Finished(JobResult),
 }
@@ -113,10 +113,14 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         return JobResult::Failed;
     }
     prune_job_dirs(&shared.cfg.data_dir, KEEP_JOB_DIRS);
-    let record = JobRecord::new(
+    let mut record = JobRecord::new(
         &request,
         check.as_ref().copied().unwrap_or(ExecutorKind::Shell),
     );
+    record.push = Some(LogPush {
+        url: target.url.clone(),
+        token: target.token.clone(),
+    });
     let dir = match JobDir::create(&shared.cfg.data_dir, &record) {
         Ok(d) => d,
         Err(e) => {
@@ -140,10 +144,12 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         target,
         limits.push_interval,
         job_id,
+        0,
+        Some(super::recover::pushed_file(&dir.root)),
     );
     let waker = pusher.waker();
     log.set_observer(Box::new(move |_, _| waker.wake()));
-    notify(JobEvent::Started);
+    notify(JobEvent::Started(dir.root.clone()));
     log::info!(
         "job {job_id} started; its event log is {}",
         log.files().log_path.display()

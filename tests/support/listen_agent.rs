@@ -18,6 +18,7 @@ use super::{check_invariants, job_processes};
 const POLL: Duration = Duration::from_millis(20);
 
 /// How `agent start` is run.
+#[derive(Clone)]
 pub struct ListenAgentBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -68,6 +69,9 @@ pub struct ListenAgent {
     dir: tempfile::TempDir,
     job_ids: Arc<Mutex<Vec<String>>>,
     status: Option<ExitStatus>,
+    /// How it was started, to start it again (`restart`).
+    options: ListenAgentBuilder,
+    trust: bool,
 }
 
 impl ListenAgent {
@@ -88,6 +92,37 @@ impl ListenAgent {
         for sub in ["home", "data", "tmp"] {
             fs::create_dir(dir.path().join(sub)).expect("create the agent's directories");
         }
+        let child = ListenAgent::spawn(&options, dir.path(), cp, trust);
+        ListenAgent {
+            pid: child.id() as i32,
+            child: Some(child),
+            dir,
+            job_ids: Arc::new(Mutex::new(Vec::new())),
+            status: None,
+            options,
+            trust,
+        }
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, leaving its jobs'
+    /// processes and files.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            self.status = child.wait().ok();
+        }
+    }
+
+    /// Starts the agent again, as it was started, on the same directories.
+    pub fn restart(&mut self, cp: &ControlPlane) {
+        assert!(self.child.is_none(), "the agent still runs");
+        let child = ListenAgent::spawn(&self.options, self.dir.path(), cp, self.trust);
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        self.status = None;
+    }
+
+    fn spawn(options: &ListenAgentBuilder, dir: &Path, cp: &ControlPlane, trust: bool) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_agent"));
         command.arg("start");
         if options.flags {
@@ -102,42 +137,31 @@ impl ListenAgent {
             command.env_remove("SEMAPHORE_AGENT_TOKEN");
         }
         if let Some(text) = &options.config_file {
-            let path = dir.path().join("agent.yml");
+            let path = dir.join("agent.yml");
             fs::write(&path, text).expect("write the config file");
             command.arg("--config-file").arg(&path);
         }
         if let Some(pem) = cp.cert_pem().filter(|_| trust) {
-            let path = dir.path().join("ca.pem");
+            let path = dir.join("ca.pem");
             fs::write(&path, pem).expect("write the CA file");
             command.env("SSL_CERT_FILE", &path);
         }
         command
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .args(&options.args)
-            .env("HOME", dir.path().join("home"))
-            .env("TMPDIR", dir.path().join("tmp"))
-            .env(
-                "SEMAPHORE_AGENT_LOG_FILE_PATH",
-                dir.path().join("agent_log"),
-            )
+            .env("HOME", dir.join("home"))
+            .env("TMPDIR", dir.join("tmp"))
+            .env("SEMAPHORE_AGENT_LOG_FILE_PATH", dir.join("agent_log"))
             .env_remove("SEMAPHORE_AGENT_NAME")
             .env_remove("SEMAPHORE_AGENT_LOG_LEVEL")
             .env_remove("AGENT_DATA_DIR")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout.txt")).expect("stdout.txt"))
-            .stderr(fs::File::create(dir.path().join("stderr.txt")).expect("stderr.txt"));
-        let child = command.spawn().expect("start the agent binary");
-        let pid = child.id() as i32;
-        ListenAgent {
-            child: Some(child),
-            pid,
-            dir,
-            job_ids: Arc::new(Mutex::new(Vec::new())),
-            status: None,
-        }
+            .stdout(append(&dir.join("stdout.txt")))
+            .stderr(append(&dir.join("stderr.txt")));
+        command.spawn().expect("start the agent binary")
     }
 
     pub fn pid(&self) -> i32 {
@@ -216,6 +240,15 @@ impl Drop for ListenAgent {
             }
         }
     }
+}
+
+/// A file opened for appending (a restarted agent adds to its output).
+fn append(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
 /// The agent's own event log file of a job, as written on disk.
