@@ -31,6 +31,11 @@ pub enum RequestError {
     PushLogger,
     /// Listen mode pushes the log; the request's logger is not `push`.
     NotPushLogger(String),
+    /// A push logger's URL the agent could never push to.
+    LoggerUrl {
+        url: String,
+        reason: &'static str,
+    },
     UnknownLogger(String),
     NoContainers,
     Compose(String),
@@ -69,6 +74,9 @@ impl fmt::Display for RequestError {
                 f,
                 "logger method '{m}' is not available in listen mode; use 'push' with a URL"
             ),
+            RequestError::LoggerUrl { url, reason } => {
+                write!(f, "invalid logger.url {url:?}: {reason}")
+            }
             RequestError::UnknownLogger(m) => write!(f, "unknown logger type '{m}'"),
             RequestError::NoContainers => {
                 write!(f, "a dockercompose job needs at least one container")

@@ -365,6 +365,34 @@ fn a_job_with_a_pull_logger_fails_with_a_clear_message() {
     });
 }
 
+/// A log URL the agent could never push to (not http or https) fails the
+/// job at once, with the reason in the agent log, instead of a job that
+/// runs and a log push that is retried until the flush time is up.
+#[test]
+fn a_job_whose_log_url_cannot_be_pushed_to_fails_at_once() {
+    let cp = ControlPlane::start();
+    let agent = ListenAgent::builder().start(&cp);
+    let job = Job::new("listen-file-url").command("touch never-ran");
+    let mut request = job.to_value();
+    request["logger"] = serde_json::json!({
+        "method": "push", "url": "file:///tmp/listen-file-url", "token": "t"
+    });
+    cp.schedule_raw(&job.job_id, Some(request));
+    let asked = Instant::now();
+    assert_eq!(cp.wait_for_result(&job.job_id, JOB_TIMEOUT), "failed");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    wait_until("the reason in the agent log", START_TIMEOUT, || {
+        agent
+            .stderr_text()
+            .contains("invalid logger.url \"file:///tmp/listen-file-url\": not a valid URL")
+    });
+    assert!(!agent.home().join("never-ran").exists());
+}
+
 #[test]
 fn sigterm_during_a_job_waits_the_grace_period_then_stops_it_and_exits() {
     let cp = ControlPlane::start();

@@ -303,6 +303,10 @@ impl JobRequest {
         if self.logger.method != "push" || self.logger.url.is_empty() {
             return Err(RequestError::NotPushLogger(self.logger.method.clone()));
         }
+        check_callback_url(&self.logger.url).map_err(|reason| RequestError::LoggerUrl {
+            url: self.logger.url.clone(),
+            reason,
+        })?;
         if !is_valid_job_id(&self.job_id) {
             return Err(RequestError::JobId);
         }
@@ -350,9 +354,9 @@ impl JobRequest {
     }
 }
 
-/// A callback URL must be empty (no callback) or an `http` or `https` URL
-/// with a host (§7.1): anything else could never be called, and would only
-/// be retried until the attempts run out.
+/// A callback URL (and listen mode's log URL) must be empty (no callback)
+/// or an `http` or `https` URL with a host (§7.1): anything else could
+/// never be called, and would only be retried until the attempts run out.
 fn check_callback_url(url: &str) -> Result<(), &'static str> {
     if url.is_empty() {
         return Ok(());

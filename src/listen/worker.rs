@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use super::client::{retry, Client};
 use super::config::{ListenConfig, UploadJobLogs};
 use super::push::{PushTarget, Pusher};
+use crate::error::RequestError;
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::lifecycle;
 use crate::job::request::{EnvVar, ExecutorKind, Format, JobRequest};
@@ -104,12 +105,10 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         token: request.logger.token.clone(),
     };
     let check = request.validate_pushed();
-    if target.url.is_empty() {
-        // Nowhere to show why: the agent log has to do.
-        log::error!(
-            "job {job_id}: {}",
-            check.err().map(|e| e.to_string()).unwrap_or_default()
-        );
+    if let Err(e @ (RequestError::NotPushLogger(_) | RequestError::LoggerUrl { .. })) = &check {
+        // Nowhere to push the log, nor to show why: the agent log has to
+        // do, and the job is reported failed at once.
+        log::error!("job {job_id}: {e}");
         return JobResult::Failed;
     }
     prune_job_dirs(&shared.cfg.data_dir, KEEP_JOB_DIRS);
