@@ -249,14 +249,22 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
         }
     }
     steps.set_secrets(session, secrets);
+    // What sourcing prints is no part of the log; when it fails (the
+    // command file could not be written on a full disk, say), it is why.
+    let mut said = String::new();
     let status = session
-        .run_silent(&format!(
-            "source {}",
-            shell_quote(&env_file.to_string_lossy())
-        ))
+        .run(
+            &format!("source {}", shell_quote(&env_file.to_string_lossy())),
+            &mut |text| said.push_str(&text),
+        )
         .exit_code();
     if status == 0 {
         executor.env_exported(session, &env_file, &steps.spec.setup_file());
+    } else {
+        steps.remark(&format!(
+            "The session could not read the job's environment (exit status {status}): {}",
+            said.trim()
+        ));
     }
     steps.finished(STEP_EXPORT_ENV, status, started_at);
     status == 0
