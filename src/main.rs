@@ -36,6 +36,10 @@ fn main() -> ExitCode {
     if called == Some(process::session::ECHO_OFF_NAME) {
         return process::session::echo_off_main();
     }
+    // Hidden: the job's subreaper, which starts its session (docs/protocol.md §4).
+    if called == Some(process::reaper::REAPER_NAME) {
+        return process::reaper::main(&args[1..]);
+    }
     if called == Some("cache") {
         return cache::cli::main(&args[1..]);
     }

@@ -1,11 +1,15 @@
 //! An agent killed with SIGKILL in the middle of a job, and the next agent
-//! on the same data dir and HOME (docs/protocol.md §7.3): nothing of the
-//! job is left on the host, its log ends `failed` (the reason is a remark,
-//! not a line), its callbacks arrive, and later jobs know nothing of it.
-//! Listen mode's crashes are in `listen_crash.rs`.
+//! on the same data dir and HOME (docs/protocol.md §7.3): the job's
+//! processes die with the agent, also those that left the job every way;
+//! when the job's subreaper was killed too, the next agent ends what carries
+//! the mark or stayed in the job's session; nothing else of the job is left
+//! on the host, its log ends `failed` (the reason is a remark, not a line),
+//! its callbacks arrive, and later jobs know nothing of it. Listen mode's
+//! crashes are in `listen_crash.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,8 +18,8 @@ use crate::support::callback::CallbackServer;
 use crate::support::docker::{self, ComposeJob, Container, ProjectWatch};
 use crate::support::server::{unix_now, TestAgent, EVENT_TIMEOUT};
 use crate::support::{
-    b64, background_processes, check_invariants, job_processes, wait_for_background_processes,
-    wait_until, with_callbacks, Job,
+    b64, background_processes, check_invariants, escapee, job_processes, token_for,
+    wait_for_background_processes, wait_for_escapee, wait_until, with_callbacks, Job,
 };
 
 const SECRET: &str = "crash-secret-0451";
@@ -64,6 +68,41 @@ fn crash(agent: &TestAgent) {
     wait_until("the agent to die", CLEANUP_TIMEOUT, || !agent.is_running());
 }
 
+/// The pids of the agent's own children that carry the job's mark: the
+/// job's subreaper, which started its session.
+fn marked_children(agent: &TestAgent, job_id: &str) -> Vec<i32> {
+    job_processes(job_id)
+        .into_iter()
+        .filter(|p| p.marked)
+        .filter(|p| {
+            let stat = fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<i32>().ok());
+            ppid == Some(agent.pid())
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Kills the agent and, with it, the job's subreaper (as a kill of all the
+/// agent's own processes would), so that the job's processes are left
+/// behind: the agent is frozen first, so that it cannot notice.
+fn crash_with_subreaper(agent: &TestAgent, job_id: &str) {
+    agent.signal(libc::SIGSTOP);
+    let children = marked_children(agent, job_id);
+    assert_eq!(children.len(), 1, "one subreaper: {children:?}");
+    for pid in children {
+        // SAFETY: kill(2) on a child of the stopped agent, which cannot reap
+        // it: the pid is still that process's.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    crash(agent);
+}
+
 /// The job's log through the second agent's API, checked against §6.1.
 fn log_after_restart(first: &TestAgent, second: &TestAgent, job_id: &str) -> Vec<Value> {
     let events = second.poll_log(job_id);
@@ -83,8 +122,14 @@ fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
         .expect("seed authorized_keys");
 
     let job = Job::new("crash");
-    // Plain and `setsid` background processes, found by the job's mark.
-    let background = background_processes(&job.job_id);
+    // Plain and `setsid` background processes, found by the job's mark, and
+    // one without the mark in the job's session, which survives the hangup
+    // of the job's terminal when the agent dies.
+    let background = format!(
+        "{}env -u AGENT_JOB_MARK bash -c 'trap \"\" HUP; exec -a {}-in-session sleep 1000' &\n",
+        background_processes(&job.job_id),
+        token_for(&job.job_id)
+    );
     let job = job
         .env("SECA", SECRET)
         .command(&background)
@@ -102,10 +147,13 @@ fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
     assert!(jump_point(&job.job_id).exists());
     assert_eq!(env_files(first.root()).len(), 1);
 
-    crash(&first);
+    crash_with_subreaper(&first, &job.job_id);
+    thread::sleep(Duration::from_millis(500));
+    let left = job_processes(&job.job_id);
     assert!(
-        !job_processes(&job.job_id).is_empty(),
-        "the crash should have left the job's processes"
+        left.iter()
+            .any(|p| !p.marked && p.cmdline.ends_with("-in-session 1000")),
+        "the crash should have left the job's processes: {left:#?}"
     );
 
     let second = TestAgent::builder().root(first.root()).start();
@@ -174,6 +222,31 @@ fn a_restarted_agent_cleans_up_after_a_job_cut_short() {
         "{output:?}"
     );
     assert_eq!(events.last().expect("events")["result"], "passed");
+}
+
+/// The job's subreaper outlives the agent and ends every process of the
+/// job, also one that dropped the mark and left the session, which no
+/// later agent could find.
+#[test]
+fn the_processes_of_a_job_die_with_a_crashed_agent() {
+    let agent = TestAgent::builder().stop_grace_period(1).start();
+    let job = Job::new("crash-escapee");
+    let directive = format!(
+        "{}{}echo ready; sleep 1000",
+        background_processes(&job.job_id),
+        escapee(&job.job_id, true)
+    );
+    let job = job.command(&directive);
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"] == "ready\n"
+    });
+    wait_for_background_processes(&job.job_id);
+    wait_for_escapee(&job.job_id);
+    crash(&agent);
+    wait_until("the job's processes to be killed", CLEANUP_TIMEOUT, || {
+        job_processes(&job.job_id).is_empty()
+    });
 }
 
 #[test]

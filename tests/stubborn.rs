@@ -1,6 +1,7 @@
 //! A stop ends every process of a job (docs/protocol.md §5.4), also a
 //! process that ignores SIGTERM, SIGHUP and SIGINT: SIGKILL reaches it after
-//! the stop grace period. Checked for the shell and the compose executor,
+//! the stop grace period, even when it dropped the job's mark and left the
+//! job's session. Checked for the shell and the compose executor,
 //! stopped by a signal to `agent run` and through the API of `agent serve`.
 
 use std::fs;
@@ -11,8 +12,8 @@ use crate::support::docker::{
 };
 use crate::support::server::TestAgent;
 use crate::support::{
-    assert_no_job_processes, job_processes, token_for, wait_until, Job, JobProcess, Sandbox,
-    JOB_TIMEOUT,
+    assert_no_job_processes, escapee, job_processes, token_for, wait_for_escapee, wait_until, Job,
+    JobProcess, Sandbox, JOB_TIMEOUT,
 };
 
 /// The stop grace period the tests run with.
@@ -98,6 +99,47 @@ fn api_stop_kills_processes_that_ignore_term_hup_and_int() {
     agent.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| {
         e["event"] == "cmd_output" && e["output"].as_str().unwrap_or("").contains("ready")
     });
+    wait_for_stubborn_processes(&job.job_id, EVENT_TIMEOUT);
+    let stopped_at = Instant::now();
+    let reply = agent.post(&format!("/jobs/{}/stop", job.job_id), b"");
+    assert_eq!(reply.status, 200, "stop: {}", reply.text());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(
+        events.last().map(|e| e["result"].clone()),
+        Some("stopped".into())
+    );
+    assert_gone_after_grace(&job.job_id, stopped_at);
+}
+
+/// A process that ignores TERM, HUP and INT, dropped the job's mark, left
+/// its session and holds no terminal: nothing on it says which job it is.
+#[test]
+fn agent_run_stop_kills_a_stubborn_process_that_left_its_job_every_way() {
+    let sandbox = Sandbox::new().with_stop_grace_period(GRACE_SECS);
+    let job = Job::new("stubborn-escapee-run");
+    let directive = format!("{}echo ready; sleep 1000", escapee(&job.job_id, true));
+    let mut running = sandbox.spawn(&job.clone().command(&directive));
+    running.wait_for_output("ready\n", EVENT_TIMEOUT);
+    wait_for_escapee(&job.job_id);
+    wait_for_stubborn_processes(&job.job_id, EVENT_TIMEOUT);
+    let stopped_at = Instant::now();
+    running.signal(libc::SIGTERM);
+    let out = running.finish(JOB_TIMEOUT);
+    assert_eq!(out.result(), "stopped", "{}", out.render());
+    assert_gone_after_grace(&job.job_id, stopped_at);
+}
+
+#[test]
+fn api_stop_kills_a_stubborn_process_that_left_its_job_every_way() {
+    let agent = TestAgent::builder().stop_grace_period(GRACE_SECS).start();
+    let job = Job::new("stubborn-escapee-serve");
+    let directive = format!("{}echo ready; sleep 1000", escapee(&job.job_id, true));
+    let job = job.command(&directive);
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"].as_str().unwrap_or("").contains("ready")
+    });
+    wait_for_escapee(&job.job_id);
     wait_for_stubborn_processes(&job.job_id, EVENT_TIMEOUT);
     let stopped_at = Instant::now();
     let reply = agent.post(&format!("/jobs/{}/stop", job.job_id), b"");

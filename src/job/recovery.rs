@@ -1,6 +1,7 @@
 //! What `agent serve` does at start with the jobs an earlier agent left in
 //! the data dir (docs/protocol.md §7.3). A job whose log has no
 //! `job_finished` was cut short by a crash: every process carrying its mark
+//! or left in its session (or below its subreaper, should that still run)
 //! is killed, its compose project removed, its SSH keys and jump point
 //! scripts (and a profile line of an older agent) taken away, its working
 //! files (the env file with its secrets) deleted, and its log ended with a
@@ -170,12 +171,15 @@ fn record_unrecorded(root: &Path) -> Option<(JobDir, JobRecord)> {
 
 /// Everything the job put on the host outside its directory.
 fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
-    let processes = JobProcesses::marked(&dir.mark);
+    // Its subreaper, when it outlived the crash, is killing them too; once
+    // they are gone it is ended as well.
+    let processes = JobProcesses::recorded(&dir.work, &dir.mark);
     let left = processes.list();
     if !left.is_empty() {
         log::warn!("job {}: killing processes {left:?} it left", record.job_id);
         processes.kill_all(grace);
     }
+    processes.kill_subreaper();
     if let Some(main) = &record.compose_main {
         down_project(dir, record, main, grace);
     }

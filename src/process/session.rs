@@ -1,8 +1,9 @@
 //! The persistent bash session of docs/protocol.md §4.
 //!
 //! One `bash --login` runs on a pseudo-terminal, as the leader of a session
-//! of its own; that terminal is stdout and stderr of every command, and
-//! the agent writes its instructions to it. Each command is written to a
+//! of its own, started by the job's subreaper (`reaper`), below which every
+//! process of the job stays; that terminal is stdout and stderr of every
+//! command, and the agent writes its instructions to it. Each command is written to a
 //! file and `source`d by the session with stdin from a second terminal
 //! (`terminal`), which reads as end-of-file, so `cat` or `read` end at once
 //! and never see the agent's instructions. It is framed by start and end
@@ -12,7 +13,7 @@
 //!
 //! Threads: a reader thread copies the terminal into a bounded channel (so a
 //! fast writer is slowed down, never buffered without limit) and a waiter
-//! thread reaps bash and reports its exit status. The job thread owns the
+//! thread reports bash's exit status when the subreaper reaps it. The job thread owns the
 //! `Session` and selects over output, exit, stop and interrupt, with stop
 //! winning; an interrupt (a log that cannot be written) ends only the
 //! running command, as Ctrl-C at its terminal would.
@@ -21,16 +22,15 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
 use crate::error::Error;
-use crate::process::exit_code;
 use crate::process::output::{render, Chunker};
 use crate::process::procs::{JobProcesses, MARK_VAR};
+use crate::process::reaper::{SessionEnd, Subreaper};
 use crate::process::sys::{self, TermMode};
 use crate::process::terminal::{StdinTerminal, TERM_SIZE};
 use crate::util::{random_hex, shell_quote};
@@ -126,6 +126,9 @@ pub struct Session {
     rx: Receiver<Msg>,
     stop: Receiver<()>,
     procs: JobProcesses,
+    /// Holds every process of the job within reach; dropped (told to
+    /// finish, and reaped) after the job's processes are killed.
+    subreaper: Option<Subreaper>,
     grace: Duration,
     nonce: String,
     cmd_path: PathBuf,
@@ -159,21 +162,20 @@ impl Session {
                 source: e,
             })?;
         let (master, slave) = (pty.master, pty.slave);
-        let mut cmd = Command::new(&spec.argv[0]);
-        cmd.args(&spec.argv[1..])
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env(MARK_VAR, spec.mark)
-            .env(
-                "TERM",
-                std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-            )
-            .stdin(Stdio::from(slave.try_clone().map_err(spawn_err)?))
-            .stdout(Stdio::from(slave.try_clone().map_err(spawn_err)?))
-            .stderr(Stdio::from(slave));
-        sys::spawn_as_session_leader_on_tty(&mut cmd);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        drop(cmd); // closes our copies of the slave side
-        let pid = child.id() as i32;
+        let mut env = spec.env.clone();
+        env.push((MARK_VAR.into(), spec.mark.into()));
+        env.push((
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+        ));
+        // The subreaper gets the only copy of the slave side.
+        let (subreaper, reports) = Subreaper::spawn(&spec.argv, &env, slave, spec.grace)?;
+        let pid = subreaper.session;
+        let procs = JobProcesses::new(pid, spec.mark).with_subreaper(subreaper.pid());
+        // For an agent that takes the job over after a crash (§7.3).
+        if let Err(e) = procs.record(spec.work_dir) {
+            log::warn!("cannot record the processes of the job: {e}");
+        }
 
         let (tx, rx) = bounded::<Msg>(16);
         let mut reader = master.try_clone().map_err(spawn_err)?;
@@ -209,9 +211,14 @@ impl Session {
         std::thread::Builder::new()
             .name("session-waiter".into())
             .spawn(move || {
-                let code = match child.wait() {
-                    Ok(status) => exit_code(status),
-                    Err(_) => 1,
+                let code = match reports.session_end() {
+                    SessionEnd::Exited(code) => code,
+                    SessionEnd::SubreaperGone => {
+                        // Killed by someone else: the session is treated as
+                        // ended, and the job's processes are killed.
+                        log::error!("the job's subreaper ended before its session");
+                        1
+                    }
                 };
                 let _ = tx.send(Msg::Exited(code));
             })
@@ -223,7 +230,8 @@ impl Session {
             stdin_path: spec.stdin_path,
             rx,
             stop: spec.stop.clone(),
-            procs: JobProcesses::new(pid, spec.mark),
+            procs,
+            subreaper: Some(subreaper),
             grace: spec.grace,
             cmd_path: spec.work_dir.join("command.sh"),
             scanner: MarkerScanner::new(&nonce),
@@ -522,6 +530,7 @@ impl Drop for Session {
         }
         // Whatever way the job ended, nothing it started outlives it.
         self.procs.kill_all(self.grace);
+        drop(self.subreaper.take());
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one module that talks to the operating system through raw `libc`
-//! calls: `poll(2)`, pseudo-terminals, sessions, signals, socket backlog,
-//! thread priority, file locks, returning free memory to the kernel. Every
+//! calls: `poll(2)`, pseudo-terminals, sessions, signals, the child
+//! subreaper and its reaping, socket backlog, thread priority, file locks,
+//! returning free memory to the kernel. Every
 //! `unsafe` block of the agent is here, each with the reason it is sound;
 //! the rest of the crate is `#![deny(unsafe_code)]` and calls these safe
 //! wrappers.
@@ -120,7 +121,102 @@ pub fn kill(pid: i32, signal: i32) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
-pub use libc::{SIGCONT, SIGHUP, SIGKILL, SIGTERM};
+pub use libc::{SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM, SIGTSTP};
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): a
+/// descendant whose parent dies becomes this process's child, not init's,
+/// whatever it did to its session or environment.
+pub fn become_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Names this process as `ps` and `/proc/PID/comm` show it (`PR_SET_NAME`,
+/// at most 15 bytes; a longer name is cut). A failure keeps the old name.
+pub fn set_process_name(name: &str) {
+    let mut bytes = [0u8; 16];
+    let len = name.len().min(15);
+    bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+    // SAFETY: `bytes` is a NUL-terminated buffer of 16 bytes that outlives
+    // the call, which only reads it.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Makes `signals` do nothing to this process: each gets a handler that
+/// returns at once (interrupted system calls restart). Unlike ignoring or
+/// blocking them, this is not inherited by the programs it starts: an exec
+/// puts a caught signal back to its default action.
+pub fn disarm_signals(signals: &[i32]) -> io::Result<()> {
+    extern "C" fn nothing(_: libc::c_int) {}
+    for &signal in signals {
+        // SAFETY: sigaction is plain data; zeroed is a valid empty value.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action` is a valid sigaction whose handler is an
+        // async-signal-safe function that does nothing; the old action is
+        // not asked for.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until any child of this process ends and reaps it
+/// (`waitpid(-1)`): its pid and status, or None when this process has no
+/// child left.
+pub fn wait_any_child() -> io::Result<Option<(i32, std::process::ExitStatus)>> {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, exclusively borrowed int for the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            return Ok(Some((pid, std::process::ExitStatus::from_raw(status))));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Points this process's stdin at /dev/null, closing what it was.
+pub fn stdin_from_null() -> io::Result<()> {
+    let null = File::open("/dev/null")?;
+    // SAFETY: dup2 between two descriptors this process owns; fd 0 is
+    // replaced atomically and nothing else holds a Rust handle that owns it.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the child that `cmd` spawns the leader of a process group of its
+/// own, started by fork and exec rather than `posix_spawn`: glibc's
+/// `posix_spawn` leaves the child with its internal signals (32 and 33)
+/// ignored, and an ignored signal stays ignored across exec, in every
+/// process the child starts. Code to run between fork and exec makes std
+/// fork, so the child's signal actions are the agent's.
+pub fn spawn_in_own_process_group(cmd: &mut Command) {
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setpgid(0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// Makes the child that `cmd` spawns a session leader whose controlling
 /// terminal is its stdin (which must be a terminal slave), so job control

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::callback::CallbackServer;
 use crate::support::{
-    b64, b64_wrapped, background_processes, env_export, fields_of, log_of, no_files, result_export,
-    step, wait_for_background_processes, with_callbacks, Ev, Job, Outcome, Running, Sandbox,
-    ENV_STEP, FILES_STEP, JOB_TIMEOUT, RESULT_STEP,
+    b64, b64_wrapped, background_processes, env_export, escapee, fields_of, log_of, no_files,
+    result_export, step, wait_for_background_processes, wait_for_escapee, with_callbacks, Ev, Job,
+    Outcome, Running, Sandbox, ENV_STEP, FILES_STEP, JOB_TIMEOUT, RESULT_STEP,
 };
 
 mod job_files;

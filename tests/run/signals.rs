@@ -93,3 +93,22 @@ fn background_processes_are_killed_when_the_job_ends() {
         )
     );
 }
+
+/// A process that drops the mark, leaves the session and holds no terminal
+/// is still the job's: it dies when the job ends.
+#[test]
+fn a_process_that_left_its_job_every_way_dies_when_the_job_ends() {
+    let sandbox = Sandbox::new();
+    let release = sandbox.root().join("release");
+    let job = Job::new("escapee-end");
+    let start = format!("{}echo ready", escapee(&job.job_id, false));
+    let hold = wait_for_file_command(&release);
+    let job = job.command(&start).command(&hold);
+    let mut running = sandbox.spawn(&job);
+    running.wait_for_output("ready\n", EVENT_TIMEOUT);
+    wait_for_escapee(&job.job_id);
+    fs::write(&release, "").unwrap();
+    // `finish` fails the test if the escaped process outlives the agent.
+    let out = running.finish(JOB_TIMEOUT);
+    assert_eq!(out.result(), "passed", "{}", out.render());
+}

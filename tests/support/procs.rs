@@ -129,10 +129,62 @@ pub fn wait_for_background_processes(job_id: &str) {
             n_tokens >= N_TOKEN_PROCESSES && n_sleeps >= N_SLEEPS
         },
     );
+    // Processes with the token as their name (`escapee`) drop the mark on
+    // purpose.
+    let token = token_for(job_id);
     let processes = job_processes(job_id);
-    let unmarked: Vec<&JobProcess> = processes.iter().filter(|p| !p.marked).collect();
+    let unmarked: Vec<&JobProcess> = processes
+        .iter()
+        .filter(|p| !p.marked && !p.cmdline.starts_with(&token))
+        .collect();
     assert!(
         unmarked.is_empty(),
         "processes of job {job_id} without AGENT_JOB_MARK=<job_id>.: {unmarked:#?}"
     );
+}
+
+/// A shell snippet that starts, in the background, a process that does
+/// everything it can to leave its job: it drops `AGENT_JOB_MARK`, leaves the
+/// job's session (`setsid`) and holds no terminal. Its command line carries
+/// the job's token (as its `argv[0]`), the only way left to find it. With
+/// `stubborn`, it also ignores TERM, HUP and INT.
+pub fn escapee(job_id: &str, stubborn: bool) -> String {
+    let traps = if stubborn {
+        "trap \"\" TERM HUP INT; "
+    } else {
+        ""
+    };
+    format!(
+        "setsid env -u AGENT_JOB_MARK bash -c '{traps}exec -a {token} sleep 600' </dev/null >/dev/null 2>&1 &\n",
+        token = token_for(job_id)
+    )
+}
+
+/// Waits until the process of `escapee` runs, and checks that it did leave
+/// its job every way a process can: no mark, a session of its own, no
+/// terminal. Returns its pid.
+pub fn wait_for_escapee(job_id: &str) -> i32 {
+    let token = token_for(job_id);
+    let find = || {
+        job_processes(job_id)
+            .into_iter()
+            .find(|p| p.cmdline == format!("{token} 600"))
+    };
+    wait_until("the escaped process", Duration::from_secs(10), || {
+        find().is_some()
+    });
+    let escapee = find().expect("the escaped process");
+    assert!(!escapee.marked, "it still carries the mark: {escapee:?}");
+    let stat = fs::read_to_string(format!("/proc/{}/stat", escapee.pid)).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the state: ppid, pgrp, session, tty_nr.
+    assert_eq!(
+        (fields.get(3).copied(), fields.get(4).copied()),
+        (Some(escapee.pid.to_string().as_str()), Some("0")),
+        "not the leader of a session of its own without a terminal: {stat}"
+    );
+    escapee.pid
 }
