@@ -29,16 +29,19 @@ const STDIN_CHECKS: &[(&str, &str, i64)] = &[
     ("echo Hello World", "Hello World\n", 0),
     ("cat", "", 0),
     ("read x || echo eof", "eof\n", 0),
+    // A read that waits with `select` is woken by the end-of-file at once.
+    ("read -t 3 x; echo $?", "1\n", 0),
     ("stty sane; read x || echo eof", "eof\n", 0),
     ("stty sane; read x; read y || echo eof", "eof\n", 0),
     ("stty icanon min 1; read x || echo eof", "eof\n", 0),
     ("stty -echo; stty echo </dev/tty; echo on", "on\n", 0),
     ("echo Hello World", "Hello World\n", 0),
     // What a command changed is undone before the next one.
-    ("stty sane", "", 0),
+    ("stty raw echo -extproc", "", 0),
     (
-        "stty -a | grep -o -e -icanon -e ' min = 0'",
-        " min = 0\n-icanon\n",
+        "stty -a | tr ' ;' '\\n\\n' | grep -x -e -icanon -e icanon -e -echo -e echo -e -extproc -e extproc; \
+         stty -a | grep -o 'min = 0'",
+        "icanon\n-echo\nextproc\nmin = 0\n",
         0,
     ),
 ];
@@ -89,6 +92,51 @@ fn stdin_is_a_terminal_that_reads_as_end_of_file_under_serve() {
     agent.submit_ok(&job.to_value());
     let events = agent.wait_for_job_finished(&job.job_id);
     assert_eq!(normalize(&events), expected_shell_log());
+}
+
+/// A program that waits on its stdin with `select`, `poll` or `epoll`, as
+/// event loops do, is told at once that stdin is readable, and then reads
+/// end-of-file; so does one that reads it to its end through an event loop.
+#[test]
+fn stdin_wakes_a_program_that_waits_for_it() {
+    let waits = "python3 -c 'import os, select; \
+        r = select.select([0], [], [], 5)[0] == [0]; \
+        p = select.poll(); p.register(0, select.POLLIN); \
+        e = select.epoll(); e.register(0, select.EPOLLIN); \
+        print(r, bool(p.poll(5000)), bool(e.poll(5)), repr(os.read(0, 64)))'";
+    let event_loop = "python3 -c 'import asyncio, sys
+async def main():
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(repr(await reader.read()))
+asyncio.run(main())'";
+    let job = Job::new("stdin-select")
+        .command(waits)
+        .command(event_loop)
+        .command(waits);
+    let started = Instant::now();
+    let out = Sandbox::new().run_within(&job, Duration::from_secs(60));
+    assert_eq!(
+        out.normalized(),
+        log_of(
+            vec![
+                env_export(&[]),
+                no_files(),
+                step(waits, "True True True b''\n", 0),
+                step(event_loop, "b''\n", 0),
+                step(waits, "True True True b''\n", 0),
+                result_export(0),
+            ],
+            "passed"
+        )
+    );
+    // Each wait would take 5 s without the end-of-file.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the job took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Non-canonical with MIN > 0 is the one mode where a read waits: nothing

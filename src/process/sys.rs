@@ -302,6 +302,29 @@ pub fn set_term_size(fd: RawFd, size: TermSize) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes a read from a terminal would return now (`FIONREAD`). In
+/// canonical mode, an end-of-file waiting to be read counts as none.
+pub fn input_pending(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `n` is a valid, exclusively borrowed int for the kernel to fill.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Puts a pseudo-terminal's master in packet mode (`TIOCPKT`): each read
+/// then starts with a status byte, and a change of the slave's modes made
+/// while `EXTPROC` is set wakes a reader of the master at once.
+pub fn set_packet_mode(master: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid int that outlives the call, which reads it.
+    if unsafe { libc::ioctl(master, libc::TIOCPKT, &on) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Discards what was written to a terminal and not read yet (`TCIFLUSH`).
 pub fn flush_input(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.
@@ -349,21 +372,46 @@ impl TermMode {
         self
     }
 
-    /// The same modes, non-canonical with `VMIN=0, VTIME=0`: a read with
-    /// nothing to read returns 0 (end-of-file) at once.
-    pub fn reads_never_wait(mut self) -> TermMode {
-        self.0.c_lflag &= !libc::ICANON;
+    /// The same modes, canonical with external processing (`ICANON |
+    /// EXTPROC`) and `VMIN=0, VTIME=0`: input is taken as it arrives, with
+    /// no line editing, and an end-of-file character alone in the input
+    /// makes a read return 0 (end-of-file) and `select`, `poll` and `epoll`
+    /// report the terminal readable. (Non-canonical modes with `VMIN=0`
+    /// return 0 from a read too, but never poll readable.)
+    pub fn reads_end_of_file(mut self) -> TermMode {
+        self.0.c_lflag |= libc::ICANON | libc::EXTPROC;
         self.0.c_cc[libc::VMIN] = 0;
         self.0.c_cc[libc::VTIME] = 0;
         self
     }
 
-    /// In canonical mode, the end-of-file character (which, typed at the
-    /// start of a line, makes one read return 0); None otherwise.
-    pub fn canonical_eof(&self) -> Option<u8> {
+    /// How a read takes the input in these modes.
+    pub fn input(&self) -> Input {
         let eof = self.0.c_cc[libc::VEOF];
-        (self.0.c_lflag & libc::ICANON != 0 && eof != 0).then_some(eof)
+        let (canonical, external) = (
+            self.0.c_lflag & libc::ICANON != 0,
+            self.0.c_lflag & libc::EXTPROC != 0,
+        );
+        match (canonical && eof != 0, external) {
+            (false, _) => Input::Raw,
+            (true, true) => Input::External { eof },
+            (true, false) => Input::Canonical { eof },
+        }
     }
+}
+
+/// How a read takes a terminal's input (`TermMode::input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Canonical with `EXTPROC`: bytes are kept as they arrive, and the
+    /// end-of-file character `eof`, when it is all there is, is read as
+    /// end-of-file.
+    External { eof: u8 },
+    /// Canonical: lines, and the end-of-file character `eof` at the start
+    /// of one is read as end-of-file.
+    Canonical { eof: u8 },
+    /// Non-canonical (or no end-of-file character): bytes as they are.
+    Raw,
 }
 
 /// Bytes an unprivileged user may still write on the file system of `path`
