@@ -302,6 +302,20 @@ pub fn set_term_size(fd: RawFd, size: TermSize) -> io::Result<()> {
     Ok(())
 }
 
+/// The size a terminal reports (`TIOCGWINSZ`).
+pub fn term_size(fd: RawFd) -> io::Result<TermSize> {
+    // SAFETY: winsize is plain data; the kernel fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: `ws` is a valid, exclusively borrowed winsize for the call.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TermSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}
+
 /// Bytes a read from a terminal would return now (`FIONREAD`). In
 /// canonical mode, an end-of-file waiting to be read counts as none.
 pub fn input_pending(fd: RawFd) -> io::Result<usize> {
@@ -383,6 +397,13 @@ impl TermMode {
         self.0.c_cc[libc::VMIN] = 0;
         self.0.c_cc[libc::VTIME] = 0;
         self
+    }
+
+    /// Whether these are the same modes as `other` (line speeds aside).
+    pub fn same_as(&self, other: &TermMode) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        (a.c_iflag, a.c_oflag, a.c_cflag, a.c_lflag, a.c_line, a.c_cc)
+            == (b.c_iflag, b.c_oflag, b.c_cflag, b.c_lflag, b.c_line, b.c_cc)
     }
 
     /// How a read takes the input in these modes.

@@ -128,6 +128,15 @@ impl Drop for StdinTerminal {
 fn reset(shared: &Shared, mode: &TermMode) -> std::io::Result<()> {
     let _guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
     let fd = shared.slave.as_raw_fd();
+    // Most commands leave their stdin alone: it is then as the last reset
+    // left it, its end-of-file (one byte in this mode) still waiting or put
+    // back, and nothing is changed, which also leaves the keeper asleep.
+    if TermMode::of(fd)?.same_as(mode)
+        && sys::term_size(fd)? == TERM_SIZE
+        && sys::input_pending(fd)? == 1
+    {
+        return Ok(());
+    }
     mode.apply(fd)?;
     sys::set_term_size(fd, TERM_SIZE)?;
     sys::flush_input(fd)?;
