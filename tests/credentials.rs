@@ -13,10 +13,14 @@ use crate::support::listen_agent::{outputs, ListenAgent};
 use crate::support::server::TestAgent;
 use crate::support::{Job, JOB_TIMEOUT};
 
-/// A job that prints what it can read of its parent, the agent, and its own
-/// environment.
+/// A job that prints what it can read of the agent (the parent of its
+/// subreaper, which is the parent of its bash), of its subreaper, and its
+/// own environment.
 fn prying_job(name: &str) -> Job {
+    let agent = "$(awk '{print $4}' /proc/$PPID/stat)";
     Job::new(name)
+        .command(&format!("tr '\\0' ' ' < /proc/{agent}/cmdline; echo"))
+        .command(&format!("tr '\\0' '\\n' < /proc/{agent}/environ"))
         .command("tr '\\0' ' ' < /proc/$PPID/cmdline; echo")
         .command("tr '\\0' '\\n' < /proc/$PPID/environ")
         .command("env")
