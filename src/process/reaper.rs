@@ -229,6 +229,11 @@ fn start(
         },
         _ => return Err("no program to run".into()),
     };
+    // Without it, what is left at the end could not be told by its mark.
+    let mark = std::env::var(MARK_VAR)
+        .ok()
+        .filter(|mark| !mark.is_empty())
+        .ok_or_else(|| format!("no {MARK_VAR} in the environment"))?;
     sys::disarm_signals(disarmed).map_err(|e| format!("cannot set signal handlers: {e}"))?;
     sys::become_child_subreaper().map_err(|e| format!("cannot become a subreaper: {e}"))?;
     let terminal = || {
@@ -255,7 +260,6 @@ fn start(
     // An agent that cannot hear this is gone: `serve` then sees its end
     // closed and ends the job.
     let _ = writeln!(control, "pid {session}");
-    let mark = std::env::var(MARK_VAR).unwrap_or_default();
     let me = std::process::id() as i32;
     Ok((JobProcesses::new(session, &mark).with_subreaper(me), grace))
 }
