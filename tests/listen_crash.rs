@@ -39,6 +39,36 @@ fn job_dir(agent: &ListenAgent, job_id: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no directory of {job_id} in {}", jobs.display()))
 }
 
+/// Kills the agent and the job's subreaper with it (as a kill of all the
+/// agent's own processes would), so that the job's processes are left for
+/// the next agent to find: the agent is frozen first, so that it cannot
+/// notice.
+fn crash_with_subreaper(agent: &mut ListenAgent, job_id: &str) {
+    agent.signal(libc::SIGSTOP);
+    let parent_of = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(") ")?;
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            })
+    };
+    let subreapers: Vec<i32> = job_processes(job_id)
+        .into_iter()
+        .filter(|p| p.marked && parent_of(p.pid) == Some(agent.pid()))
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(subreapers.len(), 1, "one subreaper: {subreapers:?}");
+    for pid in subreapers {
+        // SAFETY: kill(2) on a child of the stopped agent, which cannot
+        // reap it: the pid is still that process's.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    agent.crash();
+}
+
 /// The lines the agent has recorded as accepted.
 fn recorded_pushed(dir: &Path) -> usize {
     fs::read_to_string(dir.join("pushed"))
@@ -122,7 +152,7 @@ fn a_listen_agent_killed_mid_job_cleans_up_and_tells_the_control_plane_once() {
         assert!(dir.join("work").join(file).exists(), "no work/{file}");
     }
 
-    agent.crash();
+    crash_with_subreaper(&mut agent, &job.job_id);
     assert!(!job_processes(&job.job_id).is_empty());
     let from = cp.syncs().len();
     agent.restart(&cp);
