@@ -38,6 +38,9 @@ pub enum CacheError {
     BadSortField(String),
     /// The archive of a path could not be made.
     Pack { path: String, source: io::Error },
+    /// The request's work stopped: its job ended, or its client left.
+    /// Nobody reads this but the agent log.
+    Abandoned,
 }
 
 impl CacheError {
@@ -83,6 +86,9 @@ impl fmt::Display for CacheError {
                 write!(f, "sorting keys by '{value}' is not supported")
             }
             CacheError::Pack { path, source } => write!(f, "error compressing {path}: {source}"),
+            CacheError::Abandoned => {
+                f.write_str("abandoned: the job has ended or its `cache` has left")
+            }
         }
     }
 }

@@ -3,11 +3,12 @@
 //!
 //! The agent on the host owns the backend (a local directory, or an SFTP
 //! server reached with OpenSSH's `sftp` and the agent's key). Each job gets a
-//! Unix socket in its work directory, served by `service.rs`; the `cache`
-//! program inside the job (this binary under that name, `cli.rs`) packs and
-//! unpacks archives itself (`archive.rs`, tar and zstd in-process, so the
-//! job's image needs no tool) and moves them over the socket
-//! (`protocol.rs`). The job never sees the backend's credentials or files.
+//! Unix socket in its work directory, served by `service.rs` (requests by
+//! `handler.rs`); the `cache` program inside the job (this binary under
+//! that name, `cli.rs`) packs and unpacks archives itself (`archive/`, tar
+//! and zstd in-process, so the job's image needs no tool) and moves them
+//! over the socket (`protocol.rs`). The job never sees the backend's
+//! credentials or files.
 //!
 //! This module knows nothing of job lifecycles: `job.rs` starts a service
 //! per job and puts the program on the session's PATH.
@@ -16,11 +17,13 @@ pub mod archive;
 pub mod args;
 pub mod autodetect;
 pub mod backend;
+pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod format;
+pub mod handler;
 pub mod keys;
 pub mod output;
 pub mod protocol;

@@ -19,6 +19,7 @@
 //! This module knows the bytes, not what the commands do.
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,10 @@ use super::config::CleanupBy;
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// Archive bytes per `D` frame.
 pub const CHUNK: usize = 1024 * 1024;
+/// A `D` frame that has waited this long is sent, however small: a store
+/// of very compressible files makes its first megabyte slowly, and the
+/// agent gives up on a client silent for `handler::IDLE_TIMEOUT`.
+const FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 const JSON: u8 = b'J';
 const DATA: u8 = b'D';
@@ -179,11 +184,14 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Writes an archive as `D` frames of up to `CHUNK` bytes; `finish` sends
-/// the `E`.
+/// Writes an archive as `D` frames of up to `CHUNK` bytes, and sends a
+/// smaller one when bytes have waited `FLUSH_AFTER`; `finish` sends the
+/// `E`.
 pub struct DataWriter<W: Write> {
     inner: W,
     buf: Vec<u8>,
+    /// When the last frame went.
+    sent_at: Instant,
 }
 
 impl<W: Write> DataWriter<W> {
@@ -191,6 +199,7 @@ impl<W: Write> DataWriter<W> {
         DataWriter {
             inner,
             buf: Vec::with_capacity(CHUNK),
+            sent_at: Instant::now(),
         }
     }
 
@@ -199,6 +208,7 @@ impl<W: Write> DataWriter<W> {
             write_frame(&mut self.inner, DATA, &self.buf)?;
             self.buf.clear();
         }
+        self.sent_at = Instant::now();
         Ok(())
     }
 
@@ -213,7 +223,7 @@ impl<W: Write> Write for DataWriter<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let n = bytes.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&bytes[..n]);
-        if self.buf.len() == CHUNK {
+        if self.buf.len() == CHUNK || self.sent_at.elapsed() >= FLUSH_AFTER {
             self.flush_chunk()?;
         }
         Ok(n)

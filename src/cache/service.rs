@@ -1,36 +1,86 @@
 //! The host side of a job's cache: a Unix socket in the job's work
 //! directory, served by a thread of the agent for as long as the job runs.
-//! Each connection carries one request of `protocol.rs`, handled on its own
-//! thread against the shared `Store`. The job reaches the backend only
-//! through this socket: it never gets a path or a credential of it.
+//! Each connection carries one request (`handler.rs`), on its own thread.
+//! The job reaches the backend only through this socket: it never gets a
+//! path or a credential of it.
 //!
-//! Dropping the service stops accepting, removes the socket and joins every
-//! thread; a connection whose client is gone ends at its next read.
+//! A client silent for `handler::IDLE_TIMEOUT` is dropped. The teardown wins
+//! over everything a job does: dropping the service cuts every connection,
+//! which sets the `Cancel` of every request (an `sftp` run in progress is
+//! killed), stops the acceptor (which looks for the teardown every
+//! `ACCEPT_POLL`, however the job connects), removes the socket and waits
+//! for the request threads for at most `TEARDOWN_BOUND`.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::archive::ArchiveFormat;
 use super::backend::Store;
-use super::config::CleanupBy;
-use super::error::CacheError;
-use super::keys;
-use super::protocol::{self, DataReader, DataWriter, Reply, Request};
+use super::cancel::Cancel;
+use super::handler;
+use crate::process::sys;
 
-/// A client that says nothing for this long is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest the teardown waits for request threads, each of which sees
+/// its `Cancel` within a few tens of milliseconds.
+const TEARDOWN_BOUND: Duration = Duration::from_secs(5);
+/// How often the acceptor looks for the teardown between connections.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+/// How long the acceptor rests after a failed accept (out of descriptors):
+/// it must not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 pub struct CacheService {
     socket: PathBuf,
-    stopping: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
+}
+
+/// What the acceptor, the request threads and the teardown share.
+struct Shared {
+    /// Set at the teardown; every request's `Cancel` sees it.
+    teardown: Arc<AtomicBool>,
+    /// The connections being served, to cut at the teardown.
+    open: Mutex<HashMap<u64, UnixStream>>,
+}
+
+impl Shared {
+    /// Notes a connection to be served; None once the teardown has begun
+    /// (checked under the lock the teardown sweeps with, so no connection
+    /// escapes the sweep). Returns the copy its `Cancel` watches.
+    fn register(&self, id: u64, conn: &UnixStream) -> Option<UnixStream> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if self.teardown.load(Ordering::SeqCst) {
+            return None;
+        }
+        open.insert(id, conn.try_clone().ok()?);
+        conn.try_clone().ok()
+    }
+
+    fn forget(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Sets the teardown flag and cuts every connection: blocked reads and
+    /// writes return at once.
+    fn cut_all(&self) {
+        self.teardown.store(true, Ordering::SeqCst);
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for conn in open.values() {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl CacheService {
@@ -39,14 +89,20 @@ impl CacheService {
         let _ = fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
         fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&stopping);
-        let acceptor = std::thread::Builder::new()
-            .name("cache-service".into())
-            .spawn(move || accept(listener, store, stop))?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            teardown: Arc::new(AtomicBool::new(false)),
+            open: Mutex::new(HashMap::new()),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("cache-service".into())
+                .spawn(move || accept(listener, store, &shared))?
+        };
         Ok(CacheService {
             socket: socket.to_path_buf(),
-            stopping,
+            shared,
             acceptor: Some(acceptor),
         })
     }
@@ -58,9 +114,7 @@ impl CacheService {
 
 impl Drop for CacheService {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wakes the acceptor, which sees the flag and returns.
-        let _ = UnixStream::connect(&self.socket);
+        self.shared.cut_all();
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -68,230 +122,66 @@ impl Drop for CacheService {
     }
 }
 
-fn accept(listener: UnixListener, store: Arc<Store>, stopping: Arc<AtomicBool>) {
+fn accept(listener: UnixListener, store: Arc<Store>, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
-    for conn in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        handlers.retain(|h| !h.is_finished());
-        let Ok(conn) = conn else { continue };
-        let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
-        let store = Arc::clone(&store);
-        match std::thread::Builder::new()
-            .name("cache-request".into())
-            .spawn(move || serve(conn, &store))
-        {
-            Ok(h) => handlers.push(h),
-            Err(e) => log::error!("cannot start a cache request thread: {e}"),
-        }
-    }
-    for h in handlers {
-        let _ = h.join();
-    }
-}
-
-fn serve(conn: UnixStream, store: &Store) {
-    let Ok(write_half) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::with_capacity(256 * 1024, conn);
-    let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-    let request: Request = match protocol::read_json(&mut reader) {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!("bad cache request: {e}");
-            return;
-        }
-    };
-    let outcome = handle(request, &mut reader, &mut writer, store);
-    let reply = match outcome {
-        Ok(Some(reply)) => reply,
-        Ok(None) => return,
-        Err(e) => {
-            log::info!("cache: {e}");
-            Reply::Error {
-                message: e.to_string(),
+    let mut next_id: u64 = 0;
+    while !shared.teardown.load(Ordering::SeqCst) {
+        let mut fds = [sys::pollfd(listener.as_raw_fd(), sys::POLLIN)];
+        let _ = sys::poll(&mut fds, Some(Instant::now() + ACCEPT_POLL));
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                std::thread::sleep(ACCEPT_RETRY);
+                continue;
             }
-        }
-    };
-    let _ = protocol::write_json(&mut writer, &reply);
-}
-
-/// Handles one request. `Ok(None)` when the reply was already sent.
-fn handle(
-    request: Request,
-    reader: &mut impl Read,
-    writer: &mut impl Write,
-    store: &Store,
-) -> Result<Option<Reply>, CacheError> {
-    match request {
-        Request::Store {
-            key,
-            cleanup_by,
-            capacity,
-            gzip,
-        } => {
-            keys::check(&key, &store.backend)?;
-            let wanted = Wanted {
-                by: cleanup_by.unwrap_or(store.cleanup_by()),
-                capacity: store.capacity(capacity),
-                format: if gzip {
-                    ArchiveFormat::Gzip
-                } else {
-                    store.archive_format()
-                },
-            };
-            store_archive(&key, &wanted, reader, writer, store).map(Some)
-        }
-        Request::Restore { key } => restore_archive(&key, writer, store),
-        Request::HasKey { key } => {
-            keys::check(&key, &store.backend)?;
-            Ok(Some(Reply::HasKey {
-                exists: store.backend.has(&key)?,
-            }))
-        }
-        Request::List => Ok(Some(Reply::List {
-            entries: store.backend.list()?,
-        })),
-        Request::Delete { key } => {
-            keys::check(&key, &store.backend)?;
-            if !store.backend.has(&key)? {
-                return Ok(Some(Reply::Deleted { existed: false }));
-            }
-            let existed = match store.backend.delete(&key) {
-                Ok(()) => true,
-                Err(CacheError::NotFound(_)) => false,
-                Err(e) => return Err(e),
-            };
-            Ok(Some(Reply::Deleted { existed }))
-        }
-        Request::Clear => Ok(Some(Reply::Cleared {
-            keys: store.clear()?,
-        })),
-        Request::Usage { capacity } => {
-            let usage = store.usage(store.capacity(capacity))?;
-            Ok(Some(Reply::Usage {
-                used: usage.used,
-                free: usage.free,
-            }))
-        }
-    }
-}
-
-/// How one store goes: the eviction order, the capacity, the format.
-struct Wanted {
-    by: CleanupBy,
-    capacity: Option<i64>,
-    format: ArchiveFormat,
-}
-
-/// Removes a staged file unless it was committed.
-struct Staged(PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-fn store_archive(
-    key: &str,
-    wanted: &Wanted,
-    reader: &mut impl Read,
-    writer: &mut impl Write,
-    store: &Store,
-) -> Result<Reply, CacheError> {
-    if store.backend.has(key)? {
-        return Ok(Reply::Exists);
-    }
-    let (file, path) = store.backend.stage()?;
-    let staged = Staged(path);
-    protocol::write_json(
-        writer,
-        &Reply::Ready {
-            format: wanted.format,
-        },
-    )
-    .map_err(CacheError::Channel)?;
-    let mut data = DataReader::new(reader);
-    let mut out = BufWriter::with_capacity(1024 * 1024, file);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size: u64 = 0;
-    let mut failed: Option<CacheError> = None;
-    let too_large = |size: u64| {
-        wanted
-            .capacity
-            .is_some_and(|c| i64::try_from(size).unwrap_or(i64::MAX) > c)
-    };
-    loop {
-        let n = match data.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            // The client went away or sent its own error: nothing to answer.
-            Err(e) => return Err(CacheError::Channel(e)),
         };
-        size += n as u64;
-        // Past the capacity or after a failed write, the rest is read
-        // only so that the client hears why.
-        if failed.is_some() || too_large(size) {
-            continue;
+        handlers.retain(|h| !h.is_finished());
+        let _ = conn.set_nonblocking(false);
+        let id = next_id;
+        next_id += 1;
+        let Some(watched) = shared.register(id, &conn) else {
+            break;
+        };
+        let cancel = Cancel::new(Arc::clone(&shared.teardown), Some(watched));
+        let (store, shared_for_thread) = (Arc::clone(&store), Arc::clone(shared));
+        let spawned = std::thread::Builder::new()
+            .name("cache-request".into())
+            .spawn(move || {
+                handler::serve(conn, &store, &cancel);
+                shared_for_thread.forget(id);
+            });
+        match spawned {
+            Ok(h) => handlers.push(h),
+            Err(e) => {
+                shared.forget(id);
+                log::error!("cannot start a cache request thread: {e}");
+            }
         }
-        if let Err(e) = out.write_all(&buf[..n]) {
-            failed = Some(CacheError::io("cannot write", &staged.0, e));
-        }
     }
-    if let (true, Some(capacity)) = (too_large(size), wanted.capacity) {
-        return Ok(Reply::TooLarge { capacity });
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    out.flush()
-        .map_err(|e| CacheError::io("cannot write", &staged.0, e))?;
-    drop(out);
-    let (evicted, kept) = store.put(key, &staged.0, size, wanted.capacity, wanted.by)?;
-    if !kept {
-        // Another agent stored the key meanwhile; its archive stays.
-        return Ok(Reply::Exists);
-    }
-    Ok(Reply::Stored {
-        size,
-        evicted: evicted.into_iter().map(|e| e.key).collect(),
-        cleanup_by: wanted.by,
-    })
+    join_within(handlers, TEARDOWN_BOUND);
 }
 
-/// Answers `Hit` before fetching, as the toolbox prints its `HIT` line
-/// before it downloads; a failure after that is sent in place of the data.
-fn restore_archive(
-    wanted: &str,
-    writer: &mut impl Write,
-    store: &Store,
-) -> Result<Option<Reply>, CacheError> {
-    let entries = store.backend.list()?;
-    let Some(entry) = keys::pick(wanted, &entries) else {
-        return Ok(Some(Reply::Miss));
-    };
-    let key = entry.key.clone();
-    protocol::write_json(
-        writer,
-        &Reply::Hit {
-            key: key.clone(),
-            size: entry.size,
-        },
-    )
-    .map_err(CacheError::Channel)?;
-    let mut fetched = match store.backend.fetch(&key) {
-        Ok(f) => f,
-        Err(e) => {
-            return Ok(Some(Reply::Error {
-                message: e.to_string(),
-            }))
+/// Joins the request threads that end within `bound`. One still busy then
+/// is left to end on its own (it has nothing left to wait for but its
+/// `Cancel`, already set) and said in the agent log: the job's teardown
+/// does not wait longer.
+fn join_within(handlers: Vec<JoinHandle<()>>, bound: Duration) {
+    let until = Instant::now() + bound;
+    while handlers.iter().any(|h| !h.is_finished()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut busy = 0;
+    for h in handlers {
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            busy += 1;
         }
-    };
-    let mut data = DataWriter::new(writer);
-    io::copy(&mut fetched.file, &mut data).map_err(CacheError::Channel)?;
-    data.finish().map_err(CacheError::Channel)?;
-    Ok(None)
+    }
+    if busy > 0 {
+        log::error!(
+            "{busy} cache request(s) still busy {bound:?} after the job's cache closed; not waiting for them"
+        );
+    }
 }

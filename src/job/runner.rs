@@ -171,10 +171,13 @@ impl JobEntry {
         &self.files
     }
 
-    /// Stops the job; `reason` goes into its log and the agent log.
+    /// Stops the job; `reason` goes into its log and the agent log. Asked
+    /// again (a shutdown asks every 20 ms until the job is gone), it says
+    /// nothing more.
     pub fn stop(&self, reason: &str) {
-        log::info!("job {}: stopping: {reason}", self.job_id);
-        self.stop.stop(reason);
+        if self.stop.stop(reason) {
+            log::info!("job {}: stopping: {reason}", self.job_id);
+        }
     }
 
     /// Whether `job_finished` is in the log (even before the runner has

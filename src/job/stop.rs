@@ -37,14 +37,16 @@ pub fn stop_pair() -> (StopHandle, StopSignal) {
 
 impl StopHandle {
     /// Stops the job; `reason` says who or what stopped it, as a sentence
-    /// for the job's log ("The job was stopped by ...").
-    pub fn stop(&self, reason: &str) {
+    /// for the job's log ("The job was stopped by ..."). Returns whether
+    /// this was the first stop (later ones change nothing).
+    pub fn stop(&self, reason: &str) -> bool {
         self.reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| reason.to_string());
-        self.requested.store(true, Ordering::SeqCst);
+        let first = !self.requested.swap(true, Ordering::SeqCst);
         let _ = self.tx.try_send(());
+        first
     }
 }
 

@@ -4,11 +4,16 @@
 //! the command and everything it started. Their output never crosses a
 //! terminal, so it is handed on byte-exact, `\r\n` included (docs/protocol.md
 //! §6.2); only bytes that are not UTF-8 change.
+//!
+//! `run_bounded` is for the cache's `sftp` runs: a deadline, a way for the
+//! caller to give up, and nothing left behind in any case, not even a child
+//! of the command (ssh) that holds its pipes.
 
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select_biased, Receiver};
 
@@ -99,9 +104,254 @@ pub fn run_lines(
     }
 }
 
+/// How a bounded command ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// It closed its output and exited.
+    Exited(ExitStatus),
+    /// It outlived its deadline.
+    TimedOut,
+    /// The caller gave up on it.
+    GivenUp,
+    /// It printed more than the caller takes.
+    TooMuchOutput,
+}
+
+/// What a bounded command printed, and how it ended.
+#[derive(Debug)]
+pub struct Bounded {
+    pub ended: Ended,
+    pub stdout: Vec<u8>,
+    /// The last `STDERR_KEPT` bytes of its stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// How often a bounded command's caller is asked whether to give up.
+const GIVE_UP_POLL: Duration = Duration::from_millis(50);
+/// How long a command that closed its output has to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// The end of stderr that is kept: where the reason is.
+const STDERR_KEPT: usize = 64 * 1024;
+/// The most `input` may hold: it is written before the output is read,
+/// which never waits only while it fits in a pipe.
+const MAX_INPUT: usize = 16 * 1024;
+
+/// Runs `cmd` in a process group of its own with `input` on its stdin,
+/// until it exits, `deadline` passes, `give_up()` says so or its stdout
+/// passes `max_stdout` bytes. In every case but the first its whole group
+/// is killed (SIGKILL); it also dies with the calling thread (the agent
+/// killed). Its output is read on this thread with poll(2) and reading
+/// stops there, so a process that inherited a pipe and outlived the
+/// command (an orphan of the group) is never waited for.
+pub fn run_bounded(
+    mut cmd: Command,
+    input: &[u8],
+    deadline: Instant,
+    give_up: &dyn Fn() -> bool,
+    max_stdout: usize,
+) -> io::Result<Bounded> {
+    if input.len() > MAX_INPUT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the input of a bounded command is too long",
+        ));
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    sys::die_with_spawning_thread(&mut cmd);
+    let mut child = cmd.spawn()?;
+    let group = -(child.id() as i32);
+    if let Some(mut stdin) = child.stdin.take() {
+        // Fits in the pipe (MAX_INPUT): never waits. A command that exited
+        // at once makes it fail, which its status says better.
+        let _ = stdin.write_all(input);
+    }
+    let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
+    ];
+    let mut out = [Vec::new(), Vec::new()];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut leader_gone: Option<Instant> = None;
+    let stopped = loop {
+        if pipes.iter().all(Option::is_none) {
+            break Stop::Closed;
+        }
+        if give_up() {
+            break Stop::Kill(Ended::GivenUp);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Stop::Kill(Ended::TimedOut);
+        }
+        // The command exited and left its pipes to a child of its own:
+        // that child is not waited for past a grace period.
+        if leader_gone.is_none() && sys::has_exited(child.id()) {
+            leader_gone = Some(now);
+        }
+        if leader_gone.is_some_and(|at| now >= at + EXIT_GRACE) {
+            break Stop::Orphaned;
+        }
+        let mut fds: Vec<sys::PollFd> = pipes
+            .iter()
+            .flatten()
+            .map(|p| sys::pollfd(p.fd(), sys::POLLIN))
+            .collect();
+        if let Err(e) = sys::poll(&mut fds, Some(deadline.min(now + GIVE_UP_POLL))) {
+            sys::kill(group, sys::SIGKILL);
+            let _ = child.wait();
+            return Err(e);
+        }
+        let mut ready = fds.iter().map(|f| f.revents != 0);
+        for (i, slot) in pipes.iter_mut().enumerate() {
+            let Some(pipe) = slot else { continue };
+            if !ready.next().unwrap_or(false) {
+                continue;
+            }
+            match pipe.read(&mut buf) {
+                Ok(0) => *slot = None,
+                Ok(n) => out[i].extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => *slot = None,
+            }
+        }
+        if out[1].len() > STDERR_KEPT {
+            let cut = out[1].len() - STDERR_KEPT;
+            out[1].drain(..cut);
+        }
+        if out[0].len() > max_stdout {
+            break Stop::Kill(Ended::TooMuchOutput);
+        }
+    };
+    let [stdout, stderr] = out;
+    // Every way out kills the group while its leader is unreaped, which
+    // keeps the group's id from being reused: nothing of it is left.
+    let ended = match stopped {
+        Stop::Kill(ended) => {
+            sys::kill(group, sys::SIGKILL);
+            let _ = child.wait();
+            ended
+        }
+        Stop::Orphaned => {
+            sys::kill(group, sys::SIGKILL);
+            Ended::Exited(child.wait()?)
+        }
+        Stop::Closed => wait_for_exit(&mut child, group, give_up)?,
+    };
+    Ok(Bounded {
+        ended,
+        stdout,
+        stderr,
+    })
+}
+
+/// Why the reading of a bounded command's output stopped.
+enum Stop {
+    /// Both pipes are closed.
+    Closed,
+    /// The command exited, a child of its holds its pipes.
+    Orphaned,
+    /// The command is to be killed.
+    Kill(Ended),
+}
+
+/// Waits for a command that closed its output to exit, for `EXIT_GRACE`.
+fn wait_for_exit(
+    child: &mut std::process::Child,
+    group: i32,
+    give_up: &dyn Fn() -> bool,
+) -> io::Result<Ended> {
+    let until = Instant::now() + EXIT_GRACE;
+    loop {
+        if sys::has_exited(child.id()) {
+            sys::kill(group, sys::SIGKILL);
+            return Ok(Ended::Exited(child.wait()?));
+        }
+        let gave_up = give_up();
+        if gave_up || Instant::now() >= until {
+            sys::kill(group, sys::SIGKILL);
+            let _ = child.wait();
+            return Ok(if gave_up {
+                Ended::GivenUp
+            } else {
+                Ended::TimedOut
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child's output pipe: read, and polled by its descriptor.
+trait ReadFd: Read {
+    fn fd(&self) -> std::os::fd::RawFd;
+}
+
+impl<T: Read + AsRawFd> ReadFd for T {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn never() -> bool {
+        false
+    }
+
+    #[test]
+    fn a_bounded_command_s_output_and_status() {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg("cat; echo err >&2; exit 3");
+        let far = Instant::now() + Duration::from_secs(30);
+        let ran = run_bounded(cmd, b"in\n", far, &never, 1024).unwrap();
+        assert!(
+            matches!(ran.ended, Ended::Exited(s) if s.code() == Some(3)),
+            "{ran:?}"
+        );
+        assert_eq!(
+            (ran.stdout.as_slice(), ran.stderr.as_slice()),
+            (&b"in\n"[..], &b"err\n"[..])
+        );
+    }
+
+    #[test]
+    fn an_orphan_holding_the_pipes_is_not_waited_for_and_the_group_goes() {
+        // The command exits and leaves a child that keeps its pipes.
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg("sleep 1000 & echo $!; exit 4");
+        let started = Instant::now();
+        let far = started + Duration::from_secs(30);
+        let ran = run_bounded(cmd, b"", far, &never, 1024).unwrap();
+        assert!(
+            matches!(ran.ended, Ended::Exited(s) if s.code() == Some(4)),
+            "{ran:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: i32 = String::from_utf8_lossy(&ran.stdout).trim().parse().unwrap();
+        // SIGKILL was sent to the group; the orphan is gone or a zombie
+        // for init to reap.
+        std::thread::sleep(Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit_once(") ").map(|(_, r)| r.chars().next());
+        assert!(matches!(state, None | Some(Some('Z'))), "{state:?}");
+    }
+
+    #[test]
+    fn a_bounded_command_is_given_up_and_too_much_output_ends_it() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("1000");
+        let far = Instant::now() + Duration::from_secs(30);
+        let ran = run_bounded(cmd, b"", far, &|| true, 1024).unwrap();
+        assert!(matches!(ran.ended, Ended::GivenUp), "{ran:?}");
+        let mut cmd = Command::new("yes");
+        cmd.stdout(Stdio::piped());
+        let ran = run_bounded(cmd, b"", far, &never, 1024).unwrap();
+        assert!(matches!(ran.ended, Ended::TooMuchOutput), "{ran:?}");
+    }
 
     #[test]
     fn lines_are_merged_byte_exact_and_the_last_partial_line_kept() {

@@ -1,10 +1,10 @@
 //! The one module that talks to the operating system through raw `libc`
 //! calls: `poll(2)`, pseudo-terminals, sessions, signals, the child
 //! subreaper and its reaping, socket backlog, thread priority, file locks,
-//! returning free memory to the kernel. Every
-//! `unsafe` block of the agent is here, each with the reason it is sound;
-//! the rest of the crate is `#![deny(unsafe_code)]` and calls these safe
-//! wrappers.
+//! returning free memory to the kernel, a child's death with its parent.
+//! Every `unsafe` block of the agent is here, each with the reason it is
+//! sound; the rest of the crate is `#![deny(unsafe_code)]` and calls these
+//! safe wrappers.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, OsStr};
@@ -606,4 +606,54 @@ pub fn local_time(unix_secs: i64) -> Option<LocalTime> {
         offset_secs: tm.tm_gmtoff,
         zone,
     })
+}
+
+/// Whether the peer of a connected socket has closed it (or shut down its
+/// writing side), without reading anything.
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut fds = [pollfd(fd, libc::POLLRDHUP)];
+    poll(&mut fds, Some(Instant::now())).is_ok() && fds[0].revents & (libc::POLLRDHUP | HANGUP) != 0
+}
+
+/// Makes the child that `cmd` spawns die (SIGKILL) when the thread that
+/// spawns it ends, the agent's death included, so that a transfer never
+/// outlives the agent that was waiting for it.
+pub fn die_with_spawning_thread(cmd: &mut Command) {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody
+            // would send the signal.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether the child `pid` of this process has exited, without reaping
+/// it: its owner still waits for it, and until then its pid (and process
+/// group id) cannot be reused.
+pub fn has_exited(pid: u32) -> bool {
+    // SAFETY: an all-zero `siginfo_t` is a valid value of this plain C
+    // struct, for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, exclusively borrowed `siginfo_t`; WNOWAIT
+    // leaves the child as it is.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (si_pid stays 0 when nothing exited).
+    rc == 0 && unsafe { info.si_pid() } != 0
 }

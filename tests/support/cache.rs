@@ -274,3 +274,43 @@ pub fn masked(output: &str) -> String {
     }
     text
 }
+
+/// The job's cache socket, which its first command prints with
+/// `echo "$AGENT_CACHE_SOCKET"`.
+pub fn socket_of(agent: &TestAgent, job_id: &str) -> std::path::PathBuf {
+    let event = agent.wait_for_event(job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"].as_str().unwrap_or("").contains("cache.sock")
+    });
+    let output = event["output"].as_str().unwrap_or_default();
+    let line = output
+        .lines()
+        .find(|l| l.ends_with("cache.sock"))
+        .expect("the socket's line");
+    std::path::PathBuf::from(line.trim())
+}
+
+/// The `ssh` and `sftp` processes on this host whose command line names
+/// `port`: what the agent ran to reach an SFTP server there.
+pub fn ssh_processes_to(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let program = args.first().map(String::as_str).unwrap_or_default();
+        let is_ssh = program.ends_with("ssh") || program.ends_with("sftp");
+        if is_ssh && args.iter().any(|a| a.split([' ', '=']).any(|w| w == port)) {
+            found.push(format!(
+                "{}: {}",
+                entry.file_name().to_string_lossy(),
+                args.join(" ")
+            ));
+        }
+    }
+    found
+}

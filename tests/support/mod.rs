@@ -812,6 +812,7 @@ pub mod cache;
 pub mod callback;
 pub mod client;
 pub mod control_plane;
+pub mod crawl;
 pub mod docker;
 pub mod invariants;
 pub mod listen_agent;

@@ -3,6 +3,9 @@
 //! size limit, the order in which keys go when room is needed, and one store
 //! at a time per agent.
 //!
+//! Every call of a request carries a `Call` with its `Cancel` (the job's
+//! teardown, its client gone), which every wait looks at.
+//!
 //! A third backend (S3, GCS, ...) is one more file here and one more
 //! variant: it lists entries with their sizes and times, opens an archive as
 //! a readable file, commits a staged file under a key without ever showing
@@ -14,11 +17,13 @@ pub mod sftp;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::archive::ArchiveFormat;
+use super::cancel::Cancel;
 use super::config::{BackendConfig, CacheConfig, CleanupBy};
 use super::error::CacheError;
 
@@ -35,6 +40,11 @@ pub struct Entry {
     /// Unix milliseconds.
     pub stored_ms: u64,
     pub accessed_ms: u64,
+}
+
+/// What one request brings to every backend call.
+pub struct Call<'a> {
+    pub cancel: &'a Cancel,
 }
 
 /// An archive opened for reading. A spooled copy is removed on drop.
@@ -64,17 +74,17 @@ impl Backend {
         }
     }
 
-    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
+    pub fn list(&self, call: &Call<'_>) -> Result<Vec<Entry>, CacheError> {
         match self {
             Backend::Local(b) => b.list(),
-            Backend::Sftp(b) => b.list(),
+            Backend::Sftp(b) => b.list(call),
         }
     }
 
-    pub fn has(&self, key: &str) -> Result<bool, CacheError> {
+    pub fn has(&self, key: &str, call: &Call<'_>) -> Result<bool, CacheError> {
         match self {
             Backend::Local(b) => Ok(b.has(key)),
-            Backend::Sftp(b) => Ok(b.list()?.iter().any(|e| e.key == key)),
+            Backend::Sftp(b) => Ok(b.list(call)?.iter().any(|e| e.key == key)),
         }
     }
 
@@ -88,33 +98,33 @@ impl Backend {
 
     /// Puts the staged file under `key`. False when the key appeared
     /// meanwhile (another agent stored it first): the first one stays.
-    pub fn commit(&self, key: &str, staged: &Path) -> Result<bool, CacheError> {
+    pub fn commit(&self, key: &str, staged: &Path, call: &Call<'_>) -> Result<bool, CacheError> {
         match self {
             Backend::Local(b) => b.commit(key, staged),
-            Backend::Sftp(b) => b.commit(key, staged),
+            Backend::Sftp(b) => b.commit(key, staged, call),
         }
     }
 
-    pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
+    pub fn fetch(&self, key: &str, call: &Call<'_>) -> Result<Fetched, CacheError> {
         match self {
             Backend::Local(b) => b.fetch(key),
-            Backend::Sftp(b) => b.fetch(key),
+            Backend::Sftp(b) => b.fetch(key, call),
         }
     }
 
-    pub fn delete(&self, key: &str) -> Result<(), CacheError> {
+    pub fn delete(&self, key: &str, call: &Call<'_>) -> Result<(), CacheError> {
         match self {
             Backend::Local(b) => b.delete(key),
-            Backend::Sftp(b) => b.delete(key),
+            Backend::Sftp(b) => b.delete(key, call),
         }
     }
 
     /// After `clear`: drops what earlier versions kept beside the archives
     /// (SFTP's access markers).
-    pub fn cleared(&self) -> Result<(), CacheError> {
+    pub fn cleared(&self, call: &Call<'_>) -> Result<(), CacheError> {
         match self {
             Backend::Local(_) => Ok(()),
-            Backend::Sftp(b) => b.clear_old_markers(),
+            Backend::Sftp(b) => b.clear_old_markers(call),
         }
     }
 
@@ -142,6 +152,9 @@ pub struct Store {
     /// One store's make-room-and-commit at a time in this agent.
     lock: Mutex<()>,
 }
+
+/// How often a store waiting for the lock looks whether it was abandoned.
+const LOCK_POLL: Duration = Duration::from_millis(20);
 
 /// What `cache usage` shows.
 pub struct Usage {
@@ -190,6 +203,20 @@ impl Store {
         }
     }
 
+    /// The store lock, waited for as long as the request is wanted.
+    fn lock(&self, cancel: &Cancel) -> Result<MutexGuard<'_, ()>, CacheError> {
+        loop {
+            match self.lock.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::Poisoned(e)) => return Ok(e.into_inner()),
+                Err(TryLockError::WouldBlock) if cancel.is_set() => {
+                    return Err(CacheError::Abandoned)
+                }
+                Err(TryLockError::WouldBlock) => std::thread::sleep(LOCK_POLL),
+            }
+        }
+    }
+
     /// Commits a staged archive of `size` bytes under `key`, first removing
     /// keys in the order `by` until it fits in `capacity` (the caller made
     /// sure it fits alone). Returns the removed keys and whether this
@@ -201,14 +228,15 @@ impl Store {
         size: u64,
         capacity: Option<i64>,
         by: CleanupBy,
+        call: &Call<'_>,
     ) -> Result<(Vec<Entry>, bool), CacheError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock(call.cancel)?;
         let mut evicted = Vec::new();
         if let Some(capacity) = capacity {
             let size = i64::try_from(size).unwrap_or(i64::MAX);
             let mut entries: Vec<Entry> = self
                 .backend
-                .list()?
+                .list(call)?
                 .into_iter()
                 .filter(|e| e.key != key)
                 .collect();
@@ -218,7 +246,7 @@ impl Store {
                 if capacity - used >= size {
                     break;
                 }
-                match self.backend.delete(&victim.key) {
+                match self.backend.delete(&victim.key, call) {
                     Ok(()) | Err(CacheError::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -226,12 +254,12 @@ impl Store {
                 evicted.push(victim);
             }
         }
-        let kept = self.backend.commit(key, staged)?;
+        let kept = self.backend.commit(key, staged, call)?;
         Ok((evicted, kept))
     }
 
-    pub fn usage(&self, capacity: Option<i64>) -> Result<Usage, CacheError> {
-        let used: u64 = self.backend.list()?.iter().map(|e| e.size).sum();
+    pub fn usage(&self, capacity: Option<i64>, call: &Call<'_>) -> Result<Usage, CacheError> {
+        let used: u64 = self.backend.list(call)?.iter().map(|e| e.size).sum();
         let free = match capacity {
             Some(c) => Some(c.saturating_sub(i64::try_from(used).unwrap_or(i64::MAX))),
             None => self
@@ -242,16 +270,16 @@ impl Store {
         Ok(Usage { used, free })
     }
 
-    pub fn clear(&self) -> Result<usize, CacheError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let entries = self.backend.list()?;
+    pub fn clear(&self, call: &Call<'_>) -> Result<usize, CacheError> {
+        let _guard = self.lock(call.cancel)?;
+        let entries = self.backend.list(call)?;
         for e in &entries {
-            match self.backend.delete(&e.key) {
+            match self.backend.delete(&e.key, call) {
                 Ok(()) | Err(CacheError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.backend.cleared()?;
+        self.backend.cleared(call)?;
         Ok(entries.len())
     }
 }

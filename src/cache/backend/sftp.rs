@@ -9,31 +9,34 @@
 //! key may start with) and renames it to the key (`posix-rename`), so the
 //! key only ever names a complete archive, even when two stores race.
 //! `sftp` shows no access times, so `ACCESS_TIME` orders keys by their store
-//! time, as the toolbox does when a server reports none. Every `sftp` run is
-//! bounded: `ConnectTimeout`, keep-alives, and a deadline after which it is
-//! killed.
+//! time, as the toolbox does when a server reports none.
+//!
+//! Every `sftp` run is bounded (`hostcmd::run_bounded`): `ConnectTimeout`,
+//! keep-alives, a deadline, and the request's `Cancel`; whichever ends it,
+//! `sftp` and its `ssh` are killed together, and nothing waits for them.
 //!
 //! Names go into batch commands double-quoted, with `\` and `"` escaped;
 //! inside quotes `sftp` takes glob characters literally, so a key may hold
 //! any character but a control character (refused by `Backend::check_key`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Entry, Fetched, STAGED_PREFIX};
+use super::{Call, Entry, Fetched, STAGED_PREFIX};
 use crate::cache::config::{SftpConfig, SFTP_CONNECT_TIMEOUT};
 use crate::cache::error::CacheError;
+use crate::process::hostcmd::{self, Ended};
 use crate::util::random_hex;
 
 /// The longest a listing, a delete or a `df` may take.
 const SHORT_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest an upload or a download may take.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
-const POLL: Duration = Duration::from_millis(10);
+/// The most a listing may print (some hundred thousand keys).
+const MAX_LISTING: usize = 64 * 1024 * 1024;
 /// The directory of access markers that earlier versions kept beside the
 /// archives; `clear` removes what is left of it.
 const OLD_ACCESS_DIR: &str = ".access";
@@ -41,11 +44,6 @@ const OLD_ACCESS_DIR: &str = ".access";
 pub struct Sftp {
     cfg: SftpConfig,
     spool: PathBuf,
-}
-
-/// What one `sftp` run printed.
-struct Ran {
-    stdout: String,
 }
 
 impl Sftp {
@@ -114,78 +112,53 @@ impl Sftp {
     }
 
     /// Runs a batch of commands; a failing command fails the run.
-    fn run(&self, batch: &str, deadline: Duration) -> Result<Ran, CacheError> {
-        let argv = self.argv();
+    fn run(&self, batch: &str, deadline: Duration, call: &Call<'_>) -> Result<String, CacheError> {
         let server = self.cfg.server();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
+        if call.cancel.is_set() {
+            return Err(CacheError::Abandoned);
+        }
+        let argv = self.argv();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             // Names in listings come out as they are only in a UTF-8
             // locale; in C, sftp writes `?` for every non-ASCII byte.
-            .env("LC_ALL", "C.UTF-8")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| CacheError::Sftp {
-                server: server.clone(),
-                detail: format!("cannot run sftp: {e}"),
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(batch.as_bytes());
-        }
-        let read = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_string(&mut text);
-                }
-                text
-            })
-        };
-        let out = read(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = read(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let until = Instant::now() + deadline;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() >= until => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(POLL),
-                Err(_) => break None,
-            }
-        };
-        let stdout = out.join().unwrap_or_default();
-        let stderr = err.join().unwrap_or_default();
+            .env("LC_ALL", "C.UTF-8");
+        let ran = hostcmd::run_bounded(
+            cmd,
+            batch.as_bytes(),
+            Instant::now() + deadline,
+            &|| call.cancel.is_set(),
+            MAX_LISTING,
+        )
+        .map_err(|e| CacheError::Sftp {
+            server: server.clone(),
+            detail: format!("cannot run sftp: {e}"),
+        })?;
+        let stderr = String::from_utf8_lossy(&ran.stderr);
         let detail = reason(&stderr);
-        match status {
-            None => Err(CacheError::Unreachable {
+        match ran.ended {
+            Ended::Exited(s) if s.success() => {
+                Ok(String::from_utf8_lossy(&ran.stdout).into_owned())
+            }
+            Ended::Exited(_) if is_connection_failure(&stderr) => {
+                Err(CacheError::Unreachable { server, detail })
+            }
+            Ended::Exited(_) => Err(CacheError::Sftp { server, detail }),
+            Ended::TimedOut => Err(CacheError::Unreachable {
                 server,
                 detail: format!("no answer within {}s", deadline.as_secs()),
             }),
-            Some(s) if s.success() => Ok(Ran { stdout }),
-            Some(_) if is_connection_failure(&stderr) => {
-                Err(CacheError::Unreachable { server, detail })
-            }
-            Some(_) => Err(CacheError::Sftp { server, detail }),
+            Ended::GivenUp => Err(CacheError::Abandoned),
+            Ended::TooMuchOutput => Err(CacheError::Sftp {
+                server,
+                detail: format!("it answered more than {} MiB", MAX_LISTING >> 20),
+            }),
         }
     }
 
-    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
-        let ran = self.run(&format!("ls -alt {}\n", self.base()), SHORT_DEADLINE)?;
-        Ok(parse_listing(&ran.stdout, now_ms()))
+    pub fn list(&self, call: &Call<'_>) -> Result<Vec<Entry>, CacheError> {
+        let out = self.run(&format!("ls -alt {}\n", self.base()), SHORT_DEADLINE, call)?;
+        Ok(parse_listing(&out, now_ms()))
     }
 
     pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
@@ -199,23 +172,23 @@ impl Sftp {
         Ok((file, path))
     }
 
-    pub fn commit(&self, key: &str, staged: &Path) -> Result<bool, CacheError> {
+    pub fn commit(&self, key: &str, staged: &Path, call: &Call<'_>) -> Result<bool, CacheError> {
         let tmp = self.remote(&format!("{STAGED_PREFIX}{}", random_hex(8)));
         let batch = format!(
             "put {} {tmp}\nrename {tmp} {}\n",
             quote(&staged.to_string_lossy()),
             self.remote(key),
         );
-        let result = self.run(&batch, TRANSFER_DEADLINE);
+        let result = self.run(&batch, TRANSFER_DEADLINE, call);
         let _ = fs::remove_file(staged);
-        if result.is_err() {
+        if result.is_err() && !call.cancel.is_set() {
             // Best effort: a half-uploaded temporary file is never a key.
-            let _ = self.run(&format!("-rm {tmp}\n"), SHORT_DEADLINE);
+            let _ = self.run(&format!("-rm {tmp}\n"), SHORT_DEADLINE, call);
         }
         result.map(|_| true)
     }
 
-    pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
+    pub fn fetch(&self, key: &str, call: &Call<'_>) -> Result<Fetched, CacheError> {
         let path = self.spool.join(format!("down-{}", random_hex(8)));
         let ran = self.run(
             &format!(
@@ -224,6 +197,7 @@ impl Sftp {
                 quote(&path.to_string_lossy())
             ),
             TRANSFER_DEADLINE,
+            call,
         );
         if let Err(e) = ran {
             let _ = fs::remove_file(&path);
@@ -241,8 +215,8 @@ impl Sftp {
         })
     }
 
-    pub fn delete(&self, key: &str) -> Result<(), CacheError> {
-        match self.run(&format!("rm {}\n", self.remote(key)), SHORT_DEADLINE) {
+    pub fn delete(&self, key: &str, call: &Call<'_>) -> Result<(), CacheError> {
+        match self.run(&format!("rm {}\n", self.remote(key)), SHORT_DEADLINE, call) {
             Ok(_) => Ok(()),
             Err(CacheError::Sftp { detail, .. })
                 if detail.contains("No such file") || detail.contains("not found") =>
@@ -256,11 +230,11 @@ impl Sftp {
     /// Removes the access markers' directory that earlier versions of the
     /// agent kept beside the archives (the toolbox would list it as a key,
     /// and its `clear` fails on it). The glob is outside the quotes.
-    pub fn clear_old_markers(&self) -> Result<(), CacheError> {
+    pub fn clear_old_markers(&self, call: &Call<'_>) -> Result<(), CacheError> {
         let dir = self.remote(OLD_ACCESS_DIR);
         let dir_slash = self.remote(&format!("{OLD_ACCESS_DIR}/"));
         let batch = format!("-rm {dir_slash}*\n-rmdir {dir}\n");
-        self.run(&batch, SHORT_DEADLINE).map(|_| ())
+        self.run(&batch, SHORT_DEADLINE, call).map(|_| ())
     }
 }
 
