@@ -2,15 +2,25 @@
 //! by `AGENT_CACHE_SOCKET`, one request per connection (`protocol.rs`); and
 //! what every subcommand does first, as the toolbox initialises its backend.
 //! Shared by `cli.rs` and `transfer.rs`; knows no subcommand.
+//!
+//! A job that names its own SFTP server (`SEMAPHORE_CACHE_BACKEND=sftp`)
+//! names its key file too: `cache` reads it here, in the job, where the
+//! path means what the job meant, and hands its content over with each
+//! request. It refuses, unread, what is not a regular file (a FIFO, a
+//! device would never end a read) or is larger than any key.
 
-use std::io::{Read, Write};
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
+use super::config::{ENV_BACKEND, ENV_KEY_PATH};
 use super::error::CacheError;
 use super::keys;
-use super::output::Out;
-use super::protocol::{self, Reply, Request};
+use super::output::{go_errno, Out};
+use super::protocol::{self, Envelope, JobKey, Reply, Request, MAX_KEY_BYTES};
 use super::SOCKET_ENV;
 
 /// What a command ends with: an exit code, or the error path.
@@ -62,12 +72,18 @@ pub fn connect() -> Result<UnixStream, CacheError> {
 /// One request, one reply.
 pub fn ask(request: &Request) -> Result<Reply, CacheError> {
     let mut conn = connect()?;
-    send(&mut conn, request)?;
-    reply(&mut conn)
+    request_on(&mut conn, request)
 }
 
-pub fn send(conn: &mut impl Write, request: &Request) -> Result<(), CacheError> {
-    protocol::write_json(conn, request).map_err(CacheError::Channel)
+/// Sends `request`, with the job's SFTP key, and reads the agent's first
+/// reply.
+pub fn request_on(conn: &mut UnixStream, request: &Request) -> Result<Reply, CacheError> {
+    let envelope = Envelope {
+        request: request.clone(),
+        sftp_key: job_key().clone(),
+    };
+    protocol::write_json(conn, &envelope).map_err(CacheError::Channel)?;
+    reply(conn)
 }
 
 /// The agent's next reply; its error as the error path's.
@@ -76,6 +92,62 @@ pub fn reply(conn: &mut impl Read) -> Result<Reply, CacheError> {
         Reply::Error { message } => Err(CacheError::Remote(message)),
         reply => Ok(reply),
     }
+}
+
+/// The SFTP key the job names, read once per run; None when the job does
+/// not choose SFTP or names no key.
+fn job_key() -> &'static Option<JobKey> {
+    static KEY: OnceLock<Option<JobKey>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if var(ENV_BACKEND).as_deref() != Some("sftp") {
+            return None;
+        }
+        let named = var(ENV_KEY_PATH)?;
+        Some(match read_key(&named) {
+            Ok(text) => JobKey::Content(text),
+            Err(why) => JobKey::Unusable(format!("cannot use the SFTP key {named}: {why}")),
+        })
+    })
+}
+
+/// The key file at `named` (a leading `~` is `$HOME`, as the toolbox
+/// reads it): a regular file of at most `MAX_KEY_BYTES` of text.
+fn read_key(named: &str) -> Result<String, String> {
+    let path = match named.strip_prefix('~') {
+        Some(rest) => PathBuf::from(format!(
+            "{}{rest}",
+            std::env::var("HOME").unwrap_or_default()
+        )),
+        None => PathBuf::from(named),
+    };
+    // Non-blocking: opening a FIFO must not wait for a writer.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .map_err(|e| go_errno(&e))?;
+    let meta = file.metadata().map_err(|e| go_errno(&e))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let too_large = || {
+        format!(
+            "larger than {} KiB: not a private key",
+            MAX_KEY_BYTES / 1024
+        )
+    };
+    if meta.len() > MAX_KEY_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| go_errno(&e))?;
+    if bytes.len() as u64 > MAX_KEY_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| "not a text file: not a private key".to_string())
 }
 
 pub fn unexpected(reply: Reply) -> CacheError {

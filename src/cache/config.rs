@@ -80,8 +80,9 @@ pub struct SftpConfig {
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// The private key, on the host; never shown to a job.
-    pub key: PathBuf,
+    /// The agent's private key, on the host; never shown to a job. None for
+    /// a job's own server, whose key the job's `cache` hands over.
+    pub key: Option<PathBuf>,
     /// The directory on the server that holds the archives.
     pub base: String,
     /// Host keys seen on first use (`StrictHostKeyChecking=accept-new`).
@@ -138,8 +139,15 @@ pub fn parse_url(url: &str) -> Result<(String, u16), String> {
 impl CacheConfig {
     /// The configuration for a job whose env vars are `env`: the toolbox's
     /// `SEMAPHORE_CACHE_BACKEND=sftp` with URL, user and key path selects an
-    /// SFTP backend for this job; anything else keeps the agent's.
-    pub fn for_job(&self, env: &BTreeMap<String, Vec<u8>>) -> Result<CacheConfig, String> {
+    /// SFTP backend for this job; anything else keeps the agent's. The key
+    /// path is not followed here: the job's `cache` reads the key where the
+    /// job is and hands it over with each request. The host keys the job's
+    /// server shows are kept in `private_dir`, the job's own.
+    pub fn for_job(
+        &self,
+        env: &BTreeMap<String, Vec<u8>>,
+        private_dir: &Path,
+    ) -> Result<CacheConfig, String> {
         let get = |name: &str| {
             env.get(name)
                 .map(|v| String::from_utf8_lossy(v).trim().to_string())
@@ -148,26 +156,21 @@ impl CacheConfig {
         if get(ENV_BACKEND).as_deref() != Some("sftp") {
             return Ok(self.clone());
         }
-        let (Some(url), Some(user), Some(key)) =
-            (get(ENV_URL), get(ENV_USERNAME), get(ENV_KEY_PATH))
+        let (Some(url), Some(user), Some(_)) = (get(ENV_URL), get(ENV_USERNAME), get(ENV_KEY_PATH))
         else {
             return Err(format!(
                 "{ENV_BACKEND}=sftp needs {ENV_URL}, {ENV_USERNAME} and {ENV_KEY_PATH}"
             ));
         };
         let (host, port) = parse_url(&url)?;
-        let known_hosts = match &self.backend {
-            BackendConfig::Sftp(s) => s.known_hosts.clone(),
-            BackendConfig::Local { .. } => self.spool_dir.join("known_hosts"),
-        };
         let mut cfg = self.clone();
         cfg.backend = BackendConfig::Sftp(SftpConfig {
             host,
             port,
             user,
-            key: PathBuf::from(key),
+            key: None,
             base: ".".into(),
-            known_hosts,
+            known_hosts: private_dir.join("known_hosts"),
         });
         Ok(cfg)
     }
@@ -276,16 +279,21 @@ mod tests {
             static_binary: None,
         };
         let mut env = BTreeMap::new();
-        assert_eq!(cfg.for_job(&env).unwrap().backend, cfg.backend);
+        let dir = Path::new("/job");
+        assert_eq!(cfg.for_job(&env, dir).unwrap().backend, cfg.backend);
         env.insert(ENV_BACKEND.to_string(), b"sftp".to_vec());
-        assert!(cfg.for_job(&env).is_err());
+        assert!(cfg.for_job(&env, dir).is_err());
         env.insert(ENV_URL.to_string(), b"h:2222".to_vec());
         env.insert(ENV_USERNAME.to_string(), b"u".to_vec());
         env.insert(ENV_KEY_PATH.to_string(), b"/k".to_vec());
-        let BackendConfig::Sftp(s) = cfg.for_job(&env).unwrap().backend else {
+        let BackendConfig::Sftp(s) = cfg.for_job(&env, dir).unwrap().backend else {
             panic!("not sftp");
         };
         assert_eq!((s.host.as_str(), s.port, s.user.as_str()), ("h", 2222, "u"));
+        // The host never learns the key's path, and the job's server's
+        // host keys are the job's.
+        assert_eq!(s.key, None);
+        assert_eq!(s.known_hosts, Path::new("/job/known_hosts"));
     }
 
     #[test]
@@ -354,7 +362,7 @@ impl CacheArgs {
                     host,
                     port,
                     user,
-                    key,
+                    key: Some(key),
                     base: self
                         .sftp_path
                         .or(env_sftp_path)

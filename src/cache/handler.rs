@@ -1,28 +1,103 @@
-//! What one request on a job's cache socket does, on the host: read it, do
-//! it against the `Store` and answer. The connection itself (for how long,
-//! the teardown) is `service.rs`'s.
+//! What one request on a job's cache socket does, on the host: read it,
+//! find where it goes (the agent's backend, the job's own SFTP server, or
+//! nowhere, with the reason), do it against the `Store` and answer. The
+//! connection itself (how many, for how long, the teardown) is
+//! `service.rs`'s.
+//!
+//! A job's own SFTP server is reached with the key its `cache` read in the
+//! job and handed over with the request: the agent writes it to a file of
+//! its own in the job's private directory (mode 0600) for `ssh`, and
+//! removes it when the request is done. The host never opens a path a job
+//! names.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::archive::ArchiveFormat;
 use super::backend::{Call, Store};
 use super::cancel::Cancel;
-use super::config::CleanupBy;
+use super::config::{CleanupBy, ENV_KEY_PATH};
 use super::error::CacheError;
 use super::keys;
-use super::protocol::{self, DataReader, DataWriter, Reply, Request};
+use super::protocol::{self, DataReader, DataWriter, Envelope, JobKey, Reply, Request};
+use crate::util::random_hex;
 
 /// A client that says nothing (or reads nothing) for this long is dropped.
 /// `cache` sends a piece of its archive at least every second while it
 /// packs, and waits without a bound for the agent's answers.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a job's requests go.
+pub enum JobStore {
+    /// The agent's backend, shared by its jobs.
+    Agent(Arc<Store>),
+    /// The job's own SFTP server (the toolbox's variables), reached with
+    /// the key the job's `cache` hands over; its copy goes in `key_dir`.
+    JobSftp { store: Store, key_dir: PathBuf },
+    /// The job's variables cannot be used: every request hears why.
+    Refused(String),
+}
+
+/// Where one request goes, and the key file it brought.
+struct Target<'a> {
+    store: &'a Store,
+    key_file: Option<KeyFile>,
+}
+
+/// The agent's copy of a job's SFTP key, removed when the request is done.
+struct KeyFile(PathBuf);
+
+impl KeyFile {
+    fn write(dir: &Path, text: &str) -> Result<KeyFile, CacheError> {
+        let path = dir.join(format!("sftp-key-{}", random_hex(8)));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| CacheError::io("cannot write the job's SFTP key to", &path, e))?;
+        let key = KeyFile(path);
+        file.write_all(text.as_bytes())
+            .map_err(|e| CacheError::io("cannot write the job's SFTP key to", &key.0, e))?;
+        Ok(key)
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+impl JobStore {
+    fn target(&self, key: Option<JobKey>) -> Result<Target<'_>, CacheError> {
+        match self {
+            JobStore::Agent(store) => Ok(Target {
+                store,
+                key_file: None,
+            }),
+            JobStore::Refused(message) => Err(CacheError::Usage(message.clone())),
+            JobStore::JobSftp { store, key_dir } => match key {
+                Some(JobKey::Content(text)) => Ok(Target {
+                    store,
+                    key_file: Some(KeyFile::write(key_dir, &text)?),
+                }),
+                Some(JobKey::Unusable(message)) => Err(CacheError::Usage(message)),
+                None => Err(CacheError::Usage(format!(
+                    "this job's SFTP cache needs the key file that {ENV_KEY_PATH} names in the job"
+                ))),
+            },
+        }
+    }
+}
+
 /// Serves the one request of `conn`.
-pub fn serve(conn: UnixStream, store: &Store, cancel: &Cancel) {
+pub fn serve(conn: UnixStream, jobs: &JobStore, cancel: &Cancel) {
     let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = conn.set_write_timeout(Some(IDLE_TIMEOUT));
     let Ok(write_half) = conn.try_clone() else {
@@ -30,7 +105,7 @@ pub fn serve(conn: UnixStream, store: &Store, cancel: &Cancel) {
     };
     let mut reader = BufReader::with_capacity(256 * 1024, conn);
     let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-    let request: Request = match protocol::read_json(&mut reader) {
+    let envelope: Envelope = match protocol::read_json(&mut reader) {
         Ok(r) => r,
         Err(e) => {
             // Not a warning: a job can send garbage as fast as it likes.
@@ -38,8 +113,19 @@ pub fn serve(conn: UnixStream, store: &Store, cancel: &Cancel) {
             return;
         }
     };
-    let call = Call { cancel };
-    let outcome = handle(request, &mut reader, &mut writer, store, &call);
+    let outcome = jobs.target(envelope.sftp_key).and_then(|target| {
+        let call = Call {
+            cancel,
+            identity: target.key_file.as_ref().map(|k| k.0.as_path()),
+        };
+        handle(
+            envelope.request,
+            &mut reader,
+            &mut writer,
+            target.store,
+            &call,
+        )
+    });
     let reply = match outcome {
         Ok(Some(reply)) => reply,
         Ok(None) => return,

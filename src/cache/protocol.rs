@@ -14,7 +14,9 @@
 //! or `Miss`. A `J` frame where data was expected is an error `Reply` that
 //! ends the transfer. Every other request gets one reply. Fields added
 //! since the first version have defaults, so that an older static binary
-//! mounted into a compose job still speaks to a newer agent.
+//! mounted into a compose job still speaks to a newer agent. A request
+//! travels in an `Envelope`, which adds what the job hands over with it:
+//! the content of the SFTP key its variables name.
 //!
 //! This module knows the bytes, not what the commands do.
 
@@ -35,6 +37,10 @@ pub const CHUNK: usize = 1024 * 1024;
 /// of very compressible files makes its first megabyte slowly, and the
 /// agent gives up on a client silent for `handler::IDLE_TIMEOUT`.
 const FLUSH_AFTER: Duration = Duration::from_secs(1);
+
+/// The largest SFTP key `cache` hands over: OpenSSH's largest keys (RSA of
+/// 16384 bits) take 13 KiB.
+pub const MAX_KEY_BYTES: u64 = 64 * 1024;
 
 const JSON: u8 = b'J';
 const DATA: u8 = b'D';
@@ -71,6 +77,26 @@ pub enum Request {
         #[serde(default)]
         capacity: Option<i64>,
     },
+}
+
+/// A request with what the job hands over with it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Envelope {
+    #[serde(flatten)]
+    pub request: Request,
+    /// The SFTP key the job's variables name, as `cache` read it in the
+    /// job; used only when the job has its own SFTP server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sftp_key: Option<JobKey>,
+}
+
+/// The key file a job names, as `cache` found it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKey {
+    Content(String),
+    /// Why it cannot be used, as a line for the job.
+    Unusable(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -323,5 +349,25 @@ mod tests {
         assert_eq!(&wire[5..], br#"{"op":"has_key","key":"k"}"#);
         let back: Request = read_json(&mut &wire[..]).unwrap();
         assert_eq!(back, Request::HasKey { key: "k".into() });
+    }
+
+    #[test]
+    fn an_envelope_is_the_request_with_the_key_beside_it() {
+        let plain = Envelope {
+            request: Request::HasKey { key: "k".into() },
+            sftp_key: None,
+        };
+        let mut wire = Vec::new();
+        write_json(&mut wire, &plain).unwrap();
+        // What a client without envelopes sends reads the same.
+        assert_eq!(&wire[5..], br#"{"op":"has_key","key":"k"}"#);
+        let with_key = Envelope {
+            request: Request::Usage { capacity: None },
+            sftp_key: Some(JobKey::Content("-----BEGIN".into())),
+        };
+        let mut wire = Vec::new();
+        write_json(&mut wire, &with_key).unwrap();
+        let back: Envelope = read_json(&mut &wire[..]).unwrap();
+        assert_eq!(back, with_key);
     }
 }

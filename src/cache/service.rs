@@ -24,9 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::backend::Store;
 use super::cancel::Cancel;
-use super::handler;
+use super::handler::{self, JobStore};
 use crate::process::sys;
 
 /// The longest the teardown waits for request threads, each of which sees
@@ -85,7 +84,7 @@ impl Shared {
 
 impl CacheService {
     /// Listens on `socket` (a path in the job's private work directory).
-    pub fn start(socket: &Path, store: Arc<Store>) -> io::Result<CacheService> {
+    pub fn start(socket: &Path, jobs: JobStore) -> io::Result<CacheService> {
         let _ = fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
         fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
@@ -98,7 +97,7 @@ impl CacheService {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("cache-service".into())
-                .spawn(move || accept(listener, store, &shared))?
+                .spawn(move || accept(listener, Arc::new(jobs), &shared))?
         };
         Ok(CacheService {
             socket: socket.to_path_buf(),
@@ -122,7 +121,7 @@ impl Drop for CacheService {
     }
 }
 
-fn accept(listener: UnixListener, store: Arc<Store>, shared: &Arc<Shared>) {
+fn accept(listener: UnixListener, jobs: Arc<JobStore>, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
     let mut next_id: u64 = 0;
     while !shared.teardown.load(Ordering::SeqCst) {
@@ -144,11 +143,11 @@ fn accept(listener: UnixListener, store: Arc<Store>, shared: &Arc<Shared>) {
             break;
         };
         let cancel = Cancel::new(Arc::clone(&shared.teardown), Some(watched));
-        let (store, shared_for_thread) = (Arc::clone(&store), Arc::clone(shared));
+        let (jobs, shared_for_thread) = (Arc::clone(&jobs), Arc::clone(shared));
         let spawned = std::thread::Builder::new()
             .name("cache-request".into())
             .spawn(move || {
-                handler::serve(conn, &store, &cancel);
+                handler::serve(conn, &jobs, &cancel);
                 shared_for_thread.forget(id);
             });
         match spawned {

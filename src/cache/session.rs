@@ -7,14 +7,18 @@
 //! (docs/protocol.md §8) both source.
 //!
 //! Only the socket's path enters the job's environment: never the cache
-//! directory, the SFTP key or its path.
+//! directory, the agent's SFTP key or its path. A job's own SFTP server
+//! (its `SEMAPHORE_CACHE_*` variables) is reached with the key the job's
+//! `cache` reads in the job.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::backend::Store;
-use super::config::CacheConfig;
+use super::config::{BackendConfig, CacheConfig};
+use super::handler::JobStore;
 use super::service::CacheService;
 use super::{SOCKET_ENV, SOCKET_NAME};
 use crate::util::shell_quote;
@@ -39,6 +43,28 @@ pub struct JobCache {
     bin_dir: PathBuf,
 }
 
+/// Where the requests of a job whose env vars are `env` go: the agent's
+/// backend, or the job's own SFTP server (the toolbox's
+/// `SEMAPHORE_CACHE_*`). Variables that cannot be used are said to every
+/// `cache` command of the job.
+fn job_store(agent: &AgentCache, env: &BTreeMap<String, Vec<u8>>, work_dir: &Path) -> JobStore {
+    let cfg = match agent.config.for_job(env, work_dir) {
+        Ok(cfg) => cfg,
+        Err(message) => return JobStore::Refused(message),
+    };
+    if cfg.backend == agent.config.backend {
+        return JobStore::Agent(Arc::clone(&agent.store));
+    }
+    debug_assert!(matches!(cfg.backend, BackendConfig::Sftp(_)));
+    match Store::open(&cfg) {
+        Ok(store) => JobStore::JobSftp {
+            store,
+            key_dir: work_dir.to_path_buf(),
+        },
+        Err(e) => JobStore::Refused(e.to_string()),
+    }
+}
+
 /// Starts the cache of one job. `env` is the job's env vars, which may
 /// select another backend (the toolbox's `SEMAPHORE_CACHE_*`). An error is
 /// for the job log; the job then runs without a cache.
@@ -48,15 +74,10 @@ pub fn start<'a>(
     work_dir: &Path,
     in_container: bool,
 ) -> Result<JobCache, String> {
-    let env = env.map(|(k, v)| (k.to_string(), v.to_vec())).collect();
-    let cfg = agent.config.for_job(&env)?;
-    let store = if cfg.backend == agent.config.backend {
-        Arc::clone(&agent.store)
-    } else {
-        Arc::new(Store::open(&cfg).map_err(|e| e.to_string())?)
-    };
+    let env: BTreeMap<String, Vec<u8>> = env.map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+    let jobs = job_store(agent, &env, work_dir);
     let bin_dir = if in_container {
-        if cfg.static_binary.is_none() {
+        if agent.config.static_binary.is_none() {
             return Err(
                 "no statically linked agent binary to mount (--cache-static-binary)".into(),
             );
@@ -74,7 +95,7 @@ pub fn start<'a>(
         dir
     };
     let socket = work_dir.join(SOCKET_NAME);
-    let service = CacheService::start(&socket, store)
+    let service = CacheService::start(&socket, jobs)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     Ok(JobCache { service, bin_dir })
 }

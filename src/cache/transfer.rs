@@ -146,7 +146,7 @@ fn store_one(out: &mut Out, opts: &StoreOptions, raw_key: &str, path_arg: &str) 
         return Ok(0);
     }
     let mut conn = client::connect()?;
-    client::send(
+    let asked = client::request_on(
         &mut conn,
         &Request::Store {
             key: key.clone(),
@@ -155,7 +155,7 @@ fn store_one(out: &mut Out, opts: &StoreOptions, raw_key: &str, path_arg: &str) 
             gzip: opts.gzip,
         },
     )?;
-    let format = match client::reply(&mut conn)? {
+    let format = match asked {
         Reply::Ready { format } => format,
         Reply::Exists => {
             out.say(&format!("Key '{key}' already exists."));
@@ -269,13 +269,13 @@ fn restore_first(out: &mut Out, candidates: &[&str]) -> Result<(), CacheError> {
     for raw in candidates {
         let wanted = normalized(out, raw);
         let mut conn = client::connect()?;
-        client::send(
+        let asked = client::request_on(
             &mut conn,
             &Request::Restore {
                 key: wanted.clone(),
             },
         )?;
-        match client::reply(&mut conn)? {
+        match asked {
             Reply::Miss => out.say(&format!("MISS: '{wanted}'.")),
             Reply::Hit { key, .. } => {
                 out.say(&format!("HIT: '{wanted}', using key '{key}'."));

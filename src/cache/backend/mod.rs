@@ -3,8 +3,9 @@
 //! size limit, the order in which keys go when room is needed, and one store
 //! at a time per agent.
 //!
-//! Every call of a request carries a `Call` with its `Cancel` (the job's
-//! teardown, its client gone), which every wait looks at.
+//! Every call of a request carries a `Call`: its `Cancel` (the job's
+//! teardown, its client gone), which every wait looks at, and for a job's
+//! own SFTP server the key file the job handed over.
 //!
 //! A third backend (S3, GCS, ...) is one more file here and one more
 //! variant: it lists entries with their sizes and times, opens an archive as
@@ -45,6 +46,9 @@ pub struct Entry {
 /// What one request brings to every backend call.
 pub struct Call<'a> {
     pub cancel: &'a Cancel,
+    /// The key file a job's own SFTP server is reached with: the agent's
+    /// copy of what the job's `cache` handed over.
+    pub identity: Option<&'a Path>,
 }
 
 /// An archive opened for reading. A spooled copy is removed on drop.

@@ -1,6 +1,7 @@
 //! The SFTP backend: archives in a directory of an OpenSSH server (a
 //! chrooted `internal-sftp` user is enough), driven through the `sftp`
-//! client in batch mode with the agent's key, as the agent drives docker.
+//! client in batch mode with the agent's key (or, for a job's own server,
+//! the key the job handed over), as the agent drives docker.
 //!
 //! The layout is the toolbox's: one file per key, named exactly as the key,
 //! in the configured directory (the login directory by default), so that
@@ -79,9 +80,9 @@ impl Sftp {
         }
     }
 
-    /// The `sftp` command line: the agent's key only, no agent, no config
-    /// file, no prompt.
-    pub fn argv(&self) -> Vec<String> {
+    /// The `sftp` command line: one key only, no agent, no config file, no
+    /// prompt.
+    pub fn argv(&self, identity: &Path) -> Vec<String> {
         let opt = |o: String| ["-o".to_string(), o];
         let mut argv = vec![
             "sftp".to_string(),
@@ -92,7 +93,7 @@ impl Sftp {
             "-P".into(),
             self.cfg.port.to_string(),
             "-i".into(),
-            self.cfg.key.to_string_lossy().into_owned(),
+            identity.to_string_lossy().into_owned(),
         ];
         for o in [
             "BatchMode=yes".to_string(),
@@ -114,10 +115,17 @@ impl Sftp {
     /// Runs a batch of commands; a failing command fails the run.
     fn run(&self, batch: &str, deadline: Duration, call: &Call<'_>) -> Result<String, CacheError> {
         let server = self.cfg.server();
+        let identity =
+            call.identity
+                .or(self.cfg.key.as_deref())
+                .ok_or_else(|| CacheError::Sftp {
+                    server: server.clone(),
+                    detail: "no key to log in with".into(),
+                })?;
         if call.cancel.is_set() {
             return Err(CacheError::Abandoned);
         }
-        let argv = self.argv();
+        let argv = self.argv(identity);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             // Names in listings come out as they are only in a UTF-8
