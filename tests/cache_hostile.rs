@@ -1,7 +1,8 @@
 //! What a hostile or faulty job can try on the cache, against the real
 //! `agent serve`: naming a key file that never ends a read (a FIFO,
-//! /dev/kmsg) for its own SFTP server. It is refused with a clear line, in
-//! bounded time, and leaves no process behind.
+//! /dev/kmsg) for its own SFTP server, or a user that looks like an option.
+//! Each is refused with a clear line, in bounded time, and leaves no
+//! process behind.
 
 use std::time::{Duration, Instant};
 
@@ -72,4 +73,21 @@ fn the_sftp_key_a_job_names_is_read_in_the_job_never_on_the_host() {
     let work = ran.ok("ls -A \"$(dirname \"$AGENT_CACHE_SOCKET\")\"");
     assert!(!work.contains("key"), "{work}");
     assert!(ssh_processes_to(server.sshd.port()).is_empty());
+}
+
+#[test]
+fn an_sftp_user_that_looks_like_an_option_is_refused() {
+    let agent = TestAgent::start_default();
+    let job = with_sftp(
+        Job::new("dash-user"),
+        "127.0.0.1:22",
+        "-oProxyCommand=touch /tmp/x",
+        "/dev/null",
+    )
+    .command("cache has_key x; echo \"exit $?\"");
+    let ran = run(&agent, &job);
+    assert_eq!(
+        ran.ok("cache has_key x; echo \"exit $?\""),
+        "error: the SFTP cache user '-oProxyCommand=touch /tmp/x' is refused: it starts with '-'\nexit 0\n"
+    );
 }

@@ -118,6 +118,21 @@ pub struct CacheConfig {
     pub static_binary: Option<PathBuf>,
 }
 
+/// Refuses a user or host that `ssh` would take for an option, or that
+/// holds what a command line should not carry: `what` names it.
+fn check_login_part(what: &str, value: &str) -> Result<(), String> {
+    let reason = if value.starts_with('-') {
+        "it starts with '-'"
+    } else if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "it holds a space or a control character"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the SFTP cache {what} '{value}' is refused: {reason}"
+    ))
+}
+
 /// `host[:port]` as the toolbox's `SEMAPHORE_CACHE_URL` gives it.
 pub fn parse_url(url: &str) -> Result<(String, u16), String> {
     let url = url.trim();
@@ -133,6 +148,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16), String> {
     if host.is_empty() {
         return Err(format!("no host in the cache URL '{url}'"));
     }
+    check_login_part("host", host)?;
     Ok((host.to_string(), port))
 }
 
@@ -163,6 +179,7 @@ impl CacheConfig {
             ));
         };
         let (host, port) = parse_url(&url)?;
+        check_login_part("user", &user)?;
         let mut cfg = self.clone();
         cfg.backend = BackendConfig::Sftp(SftpConfig {
             host,
@@ -294,6 +311,14 @@ mod tests {
         // host keys are the job's.
         assert_eq!(s.key, None);
         assert_eq!(s.known_hosts, Path::new("/job/known_hosts"));
+        env.insert(ENV_USERNAME.to_string(), b"-oProxyCommand=x".to_vec());
+        assert_eq!(
+            cfg.for_job(&env, dir).unwrap_err(),
+            "the SFTP cache user '-oProxyCommand=x' is refused: it starts with '-'"
+        );
+        env.insert(ENV_USERNAME.to_string(), b"u".to_vec());
+        env.insert(ENV_URL.to_string(), b"-oX=y:22".to_vec());
+        assert!(cfg.for_job(&env, dir).is_err());
     }
 
     #[test]
@@ -352,6 +377,7 @@ impl CacheArgs {
                 let user = self.sftp_user.or(env_user).ok_or(
                     "the sftp cache backend needs --cache-sftp-user (or SEMAPHORE_CACHE_USERNAME)",
                 )?;
+                check_login_part("user", &user)?;
                 let key = self.sftp_key.or(env_key.map(PathBuf::from)).ok_or(
                     "the sftp cache backend needs --cache-sftp-key (or SEMAPHORE_CACHE_PRIVATE_KEY_PATH)",
                 )?;

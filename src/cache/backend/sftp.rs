@@ -81,7 +81,7 @@ impl Sftp {
     }
 
     /// The `sftp` command line: one key only, no agent, no config file, no
-    /// prompt.
+    /// prompt; the destination after `--`.
     pub fn argv(&self, identity: &Path) -> Vec<String> {
         let opt = |o: String| ["-o".to_string(), o];
         let mut argv = vec![
@@ -108,6 +108,7 @@ impl Sftp {
         ] {
             argv.extend(opt(o));
         }
+        argv.push("--".into());
         argv.push(format!("{}@{}", self.cfg.user, self.cfg.host));
         argv
     }
