@@ -20,7 +20,7 @@ use super::config::{ENV_BACKEND, ENV_KEY_PATH};
 use super::error::CacheError;
 use super::keys;
 use super::output::{go_errno, Out};
-use super::protocol::{self, Envelope, JobKey, Reply, Request, MAX_KEY_BYTES};
+use super::protocol::{self, Envelope, JobKey, Reply, Request, FROM_AGENT, MAX_KEY_BYTES};
 use super::SOCKET_ENV;
 
 /// What a command ends with: an exit code, or the error path.
@@ -75,20 +75,24 @@ pub fn ask(request: &Request) -> Result<Reply, CacheError> {
     request_on(&mut conn, request)
 }
 
-/// Sends `request`, with the job's SFTP key, and reads the agent's first
-/// reply.
+/// Sends `request` and reads the agent's first reply. An agent that turns
+/// a connection away answers before it reads: its answer is read even when
+/// the request could not be sent.
 pub fn request_on(conn: &mut UnixStream, request: &Request) -> Result<Reply, CacheError> {
     let envelope = Envelope {
         request: request.clone(),
         sftp_key: job_key().clone(),
     };
-    protocol::write_json(conn, &envelope).map_err(CacheError::Channel)?;
-    reply(conn)
+    let sent = protocol::write_json(conn, &envelope).map_err(CacheError::Channel);
+    match (reply(conn), sent) {
+        (Err(CacheError::Channel(_)), Err(e)) => Err(e),
+        (answer, _) => answer,
+    }
 }
 
 /// The agent's next reply; its error as the error path's.
 pub fn reply(conn: &mut impl Read) -> Result<Reply, CacheError> {
-    match protocol::read_json(conn).map_err(CacheError::Channel)? {
+    match protocol::read_json(conn, FROM_AGENT).map_err(CacheError::Channel)? {
         Reply::Error { message } => Err(CacheError::Remote(message)),
         reply => Ok(reply),
     }

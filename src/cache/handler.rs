@@ -24,7 +24,7 @@ use super::cancel::Cancel;
 use super::config::{CleanupBy, ENV_KEY_PATH};
 use super::error::CacheError;
 use super::keys;
-use super::protocol::{self, DataReader, DataWriter, Envelope, JobKey, Reply, Request};
+use super::protocol::{self, DataReader, DataWriter, Envelope, JobKey, Reply, Request, FROM_JOB};
 use crate::util::random_hex;
 
 /// A client that says nothing (or reads nothing) for this long is dropped.
@@ -105,7 +105,7 @@ pub fn serve(conn: UnixStream, jobs: &JobStore, cancel: &Cancel) {
     };
     let mut reader = BufReader::with_capacity(256 * 1024, conn);
     let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-    let envelope: Envelope = match protocol::read_json(&mut reader) {
+    let envelope: Envelope = match protocol::read_json(&mut reader, FROM_JOB) {
         Ok(r) => r,
         Err(e) => {
             // Not a warning: a job can send garbage as fast as it likes.
@@ -238,7 +238,7 @@ fn store_archive(
         },
     )
     .map_err(CacheError::Channel)?;
-    let mut data = DataReader::new(reader);
+    let mut data = DataReader::new(reader, FROM_JOB);
     let mut out = BufWriter::with_capacity(1024 * 1024, file);
     let mut buf = vec![0u8; 256 * 1024];
     let mut size: u64 = 0;

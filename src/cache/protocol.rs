@@ -6,6 +6,11 @@
 //! - `D`: a piece of an archive;
 //! - `E`: the end of an archive.
 //!
+//! A frame's bytes are taken as they arrive, never allocated ahead on the
+//! word of its length, and each side bounds what it reads (`Limits`): the
+//! agent takes requests of a few hundred KiB and archive pieces of one
+//! `CHUNK`, so a job that claims larger frames is cut off at the head.
+//!
 //! A connection carries one request. `store`: the client sends `Store`, the
 //! agent answers `Ready` with the archive format to use (or `Exists`, or an
 //! error), the client sends the archive as `D` frames and an `E`, the agent
@@ -29,14 +34,36 @@ use super::archive::ArchiveFormat;
 use super::backend::Entry;
 use super::config::CleanupBy;
 
-/// The largest frame either side accepts (a JSON list of many keys fits).
-const MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// Archive bytes per `D` frame.
 pub const CHUNK: usize = 1024 * 1024;
 /// A `D` frame that has waited this long is sent, however small: a store
 /// of very compressible files makes its first megabyte slowly, and the
 /// agent gives up on a client silent for `handler::IDLE_TIMEOUT`.
 const FLUSH_AFTER: Duration = Duration::from_secs(1);
+
+/// The largest frames one side reads from the other.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A `J` frame.
+    pub json: u32,
+    /// A `D` frame.
+    pub data: u32,
+}
+
+/// What the agent reads from a job: a request (with an SFTP key of at
+/// most `MAX_KEY_BYTES`, escaped) and archive pieces as `DataWriter` makes
+/// them.
+pub const FROM_JOB: Limits = Limits {
+    json: 256 * 1024,
+    data: CHUNK as u32,
+};
+
+/// What `cache` reads from the agent: a listing of many keys, and archive
+/// pieces.
+pub const FROM_AGENT: Limits = Limits {
+    json: 64 * 1024 * 1024,
+    data: CHUNK as u32,
+};
 
 /// The largest SFTP key `cache` hands over: OpenSSH's largest keys (RSA of
 /// 16384 bits) take 13 KiB.
@@ -155,9 +182,11 @@ fn yes() -> bool {
     true
 }
 
+/// What a frame was; its bytes are in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame {
-    Json(Vec<u8>),
-    Data(Vec<u8>),
+    Json,
+    Data,
     End,
 }
 
@@ -181,27 +210,37 @@ pub fn write_end(w: &mut impl Write) -> io::Result<()> {
     w.flush()
 }
 
-pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
+/// Reads one frame into `payload` (cleared first), which grows only as
+/// the frame's bytes arrive: a length is a claim, not an allocation.
+pub fn read_frame(r: &mut impl Read, limits: Limits, payload: &mut Vec<u8>) -> io::Result<Frame> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head)?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len > MAX_FRAME {
+    let (frame, max) = match head[0] {
+        JSON => (Frame::Json, limits.json),
+        DATA => (Frame::Data, limits.data),
+        END => (Frame::End, 0),
+        _ => return Err(invalid("unknown frame")),
+    };
+    if len > max {
         return Err(invalid("frame too large"));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
-    match head[0] {
-        JSON => Ok(Frame::Json(payload)),
-        DATA => Ok(Frame::Data(payload)),
-        END if len == 0 => Ok(Frame::End),
-        _ => Err(invalid("unknown frame")),
+    payload.clear();
+    let got = r.take(u64::from(len)).read_to_end(payload)?;
+    if got < len as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the frame stopped short",
+        ));
     }
+    Ok(frame)
 }
 
 /// Reads one JSON message; anything else is an error.
-pub fn read_json<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<T> {
-    match read_frame(r)? {
-        Frame::Json(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+pub fn read_json<T: for<'de> Deserialize<'de>>(r: &mut impl Read, limits: Limits) -> io::Result<T> {
+    let mut payload = Vec::new();
+    match read_frame(r, limits, &mut payload)? {
+        Frame::Json => serde_json::from_slice(&payload).map_err(io::Error::other),
         _ => Err(invalid("expected a message")),
     }
 }
@@ -262,18 +301,21 @@ impl<W: Write> Write for DataWriter<W> {
 }
 
 /// Reads an archive sent as `D` frames, up to its `E`. A message in its
-/// place (the sender's error) ends the read with that message.
+/// place (the sender's error) ends the read with that message. One buffer
+/// serves every frame.
 pub struct DataReader<R: Read> {
     inner: R,
+    limits: Limits,
     chunk: Vec<u8>,
     pos: usize,
     done: bool,
 }
 
 impl<R: Read> DataReader<R> {
-    pub fn new(inner: R) -> DataReader<R> {
+    pub fn new(inner: R, limits: Limits) -> DataReader<R> {
         DataReader {
             inner,
+            limits,
             chunk: Vec::new(),
             pos: 0,
             done: false,
@@ -287,14 +329,12 @@ impl<R: Read> Read for DataReader<R> {
             if self.done {
                 return Ok(0);
             }
-            match read_frame(&mut self.inner)? {
-                Frame::Data(bytes) => {
-                    self.chunk = bytes;
-                    self.pos = 0;
-                }
+            self.pos = 0;
+            match read_frame(&mut self.inner, self.limits, &mut self.chunk)? {
+                Frame::Data => {}
                 Frame::End => self.done = true,
-                Frame::Json(bytes) => {
-                    let message = match serde_json::from_slice::<Reply>(&bytes) {
+                Frame::Json => {
+                    let message = match serde_json::from_slice::<Reply>(&self.chunk) {
                         Ok(Reply::Error { message }) => message,
                         _ => "the archive stopped short".to_string(),
                     };
@@ -319,7 +359,7 @@ mod tests {
         let mut w = DataWriter::new(Vec::new());
         w.write_all(&payload).unwrap();
         let wire = w.finish().unwrap();
-        let mut r = DataReader::new(&wire[..]);
+        let mut r = DataReader::new(&wire[..], FROM_JOB);
         let mut back = Vec::new();
         r.read_to_end(&mut back).unwrap();
         assert_eq!(back, payload);
@@ -336,7 +376,7 @@ mod tests {
             },
         )
         .unwrap();
-        let err = DataReader::new(&wire[..])
+        let err = DataReader::new(&wire[..], FROM_AGENT)
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert_eq!(err.to_string(), "disk gone");
@@ -347,7 +387,7 @@ mod tests {
         let mut wire = Vec::new();
         write_json(&mut wire, &Request::HasKey { key: "k".into() }).unwrap();
         assert_eq!(&wire[5..], br#"{"op":"has_key","key":"k"}"#);
-        let back: Request = read_json(&mut &wire[..]).unwrap();
+        let back: Request = read_json(&mut &wire[..], FROM_JOB).unwrap();
         assert_eq!(back, Request::HasKey { key: "k".into() });
     }
 
@@ -367,7 +407,23 @@ mod tests {
         };
         let mut wire = Vec::new();
         write_json(&mut wire, &with_key).unwrap();
-        let back: Envelope = read_json(&mut &wire[..]).unwrap();
+        let back: Envelope = read_json(&mut &wire[..], FROM_JOB).unwrap();
         assert_eq!(back, with_key);
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_limit_is_refused_at_its_head() {
+        let mut wire = vec![b'J'];
+        wire.extend((FROM_JOB.json + 1).to_be_bytes());
+        let err = read_json::<Request>(&mut &wire[..], FROM_JOB).unwrap_err();
+        assert_eq!(err.to_string(), "frame too large");
+        // A claimed length is not allocated before its bytes come.
+        let mut wire = vec![b'D'];
+        wire.extend((CHUNK as u32).to_be_bytes());
+        wire.extend([7u8; 10]);
+        let mut payload = Vec::new();
+        let err = read_frame(&mut &wire[..], FROM_JOB, &mut payload).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(payload.capacity() < 4096, "{}", payload.capacity());
     }
 }

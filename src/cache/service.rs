@@ -4,7 +4,10 @@
 //! The job reaches the backend only through this socket: it never gets a
 //! path or a credential of it.
 //!
-//! A client silent for `handler::IDLE_TIMEOUT` is dropped. The teardown wins
+//! What a job can do to the socket is bounded: at most `MAX_CONNECTIONS`
+//! requests at once (a further connection is answered with an error line
+//! and closed), frames read as their bytes arrive (`protocol.rs`), and a
+//! client silent for `handler::IDLE_TIMEOUT` is dropped. The teardown wins
 //! over everything a job does: dropping the service cuts every connection,
 //! which sets the `Cancel` of every request (an `sftp` run in progress is
 //! killed), stops the acceptor (which looks for the teardown every
@@ -26,8 +29,12 @@ use std::time::{Duration, Instant};
 
 use super::cancel::Cancel;
 use super::handler::{self, JobStore};
+use super::protocol::{self, Reply};
 use crate::process::sys;
 
+/// Requests of one job served at once. A job runs its `cache` commands one
+/// after the other; a few at once leave room for background ones.
+pub const MAX_CONNECTIONS: usize = 4;
 /// The longest the teardown waits for request threads, each of which sees
 /// its `Cancel` within a few tens of milliseconds.
 const TEARDOWN_BOUND: Duration = Duration::from_secs(5);
@@ -136,6 +143,10 @@ fn accept(listener: UnixListener, jobs: Arc<JobStore>, shared: &Arc<Shared>) {
             }
         };
         handlers.retain(|h| !h.is_finished());
+        if handlers.len() >= MAX_CONNECTIONS {
+            refuse(&conn);
+            continue;
+        }
         let _ = conn.set_nonblocking(false);
         let id = next_id;
         next_id += 1;
@@ -159,6 +170,19 @@ fn accept(listener: UnixListener, jobs: Arc<JobStore>, shared: &Arc<Shared>) {
         }
     }
     join_within(handlers, TEARDOWN_BOUND);
+}
+
+/// Answers a connection past `MAX_CONNECTIONS` with the error path's line,
+/// without reading its request (`cache` reads the answer even when its
+/// request could not be sent), and closes it.
+fn refuse(conn: &UnixStream) {
+    let _ = conn.set_nonblocking(true);
+    let reply = Reply::Error {
+        message: format!(
+            "too many cache commands at once in this job (at most {MAX_CONNECTIONS}); try again when one has finished"
+        ),
+    };
+    let _ = protocol::write_json(&mut &*conn, &reply);
 }
 
 /// Joins the request threads that end within `bound`. One still busy then

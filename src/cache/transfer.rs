@@ -37,7 +37,7 @@ use super::config::{CleanupBy, ARCHIVE_METHODS, ENV_ARCHIVE_METHOD};
 use super::error::CacheError;
 use super::format;
 use super::output::{self, MetricsEvent, Out, Transfer};
-use super::protocol::{DataReader, DataWriter, Reply, Request};
+use super::protocol::{DataReader, DataWriter, Reply, Request, FROM_AGENT};
 
 /// What every store of one `cache store` shares.
 struct StoreOptions {
@@ -330,7 +330,7 @@ fn download_and_unpack(
     out.say(&format!("Downloading key '{key}'..."));
     let started = Instant::now();
     let mut downloaded = download_file(key)?;
-    let mut data = DataReader::new(BufReader::with_capacity(1024 * 1024, conn));
+    let mut data = DataReader::new(BufReader::with_capacity(1024 * 1024, conn), FROM_AGENT);
     let mut writer = io::BufWriter::with_capacity(1024 * 1024, &downloaded.file);
     let size = io::copy(&mut data, &mut writer).map_err(|e| {
         if e.kind() == io::ErrorKind::Other {

@@ -289,6 +289,17 @@ pub fn socket_of(agent: &TestAgent, job_id: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(line.trim())
 }
 
+/// A number of `/proc/<pid>/status` (`Threads:`, `VmHWM:` in KiB, ...).
+pub fn proc_status(pid: i32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read a /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// The `ssh` and `sftp` processes on this host whose command line names
 /// `port`: what the agent ran to reach an SFTP server there.
 pub fn ssh_processes_to(port: u16) -> Vec<String> {
