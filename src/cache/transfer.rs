@@ -367,7 +367,7 @@ fn download_and_unpack(
     let cwd = cwd()?;
     let read_error = |e| CacheError::io("cannot read", &downloaded.path, e);
     downloaded.file.rewind().map_err(read_error)?;
-    if let Err(source) = archive::verify(BufReader::new(&downloaded.file), &cwd) {
+    if let Err(source) = archive::verify(BufReader::new(&downloaded.file), size, &cwd) {
         if archive::extract::Refusal::is(&source) {
             return Err(CacheError::Refused {
                 key: key.to_string(),
@@ -394,6 +394,7 @@ fn download_and_unpack(
     downloaded.file.rewind().map_err(read_error)?;
     let restored = archive::unpack(
         BufReader::with_capacity(1024 * 1024, &downloaded.file),
+        size,
         &cwd,
     )
     .map_err(|e| CacheError::Remote(format!("cannot restore '{key}': {e}")))?;

@@ -105,10 +105,12 @@ impl Refusal {
 }
 
 fn refused(what: &str, name: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        Refusal(format!("it holds {what}: {}", name.display())),
-    )
+    refusal(format!("it holds {what}: {}", name.display()))
+}
+
+/// An archive refused for the reason `why` ("it ...").
+pub fn refusal(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Refusal(why))
 }
 
 /// The symlinks an archive has made so far, by the paths they are at.

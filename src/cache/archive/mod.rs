@@ -5,6 +5,9 @@
 //! shared with toolboxes. Restore tells them by their first bytes and reads
 //! both with the same rules (`extract.rs`): the whole archive is checked
 //! first (every header, the checksum, every name), and only then written.
+//! What an archive may expand to is bounded (`expansion_bound`): past it,
+//! decompression stops and the archive is refused, so a bomb (gigabytes of
+//! zeros in a few kilobytes) costs neither the disk nor much CPU.
 //!
 //! This module knows files, not keys or backends.
 
@@ -17,8 +20,71 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use extract::{bad_data, Extractor, Kind, Names, Plan};
+use extract::{bad_data, refusal, Extractor, Kind, Names, Plan};
 
+/// What an archive may expand to, in times its size. Deflate, the
+/// toolbox's tar.gz, cannot pass about 1,032 times, so no archive a
+/// toolbox makes reaches this; zstd archives of real trees expand 2 to 10
+/// times, and only files of long runs of one byte (zeros) get near it. Past
+/// both is what a bomb is: 30 GB of zeros make a zstd archive of 1 MB.
+pub const EXPANSION_RATIO: u64 = 1100;
+/// What any archive may expand to, however small: a few megabytes of
+/// zero-filled test fixtures still restore.
+pub const EXPANSION_FLOOR: u64 = 1 << 30;
+
+/// The most the contents (the tar stream) of an archive of `size` bytes
+/// may take.
+pub fn expansion_bound(size: u64) -> u64 {
+    size.saturating_mul(EXPANSION_RATIO).max(EXPANSION_FLOOR)
+}
+
+/// An archive's size and what it may expand to.
+#[derive(Debug, Clone, Copy)]
+struct Expansion {
+    archive_size: u64,
+    bound: u64,
+}
+
+impl Expansion {
+    fn of(archive_size: u64) -> Expansion {
+        Expansion {
+            archive_size,
+            bound: expansion_bound(archive_size),
+        }
+    }
+}
+
+/// A decompressed stream that ends in a refusal past its bound.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    expansion: Expansion,
+}
+
+impl<R> Bounded<R> {
+    fn new(inner: R, expansion: Expansion) -> Bounded<R> {
+        Bounded {
+            inner,
+            left: expansion.bound,
+            expansion,
+        }
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(refusal(format!(
+                "it expands past {}, the most an archive of {} bytes may hold",
+                super::format::size_u(self.expansion.bound),
+                self.expansion.archive_size
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
 /// How an archive is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,32 +136,35 @@ pub struct Restored {
     pub path: String,
 }
 
-/// Reads the whole archive without writing anything: the compressed
-/// stream's checksum, every tar header, and every name against the rules
-/// of `extract.rs` (as if unpacked into `cwd`).
-pub fn verify(input: impl BufRead, cwd: &Path) -> io::Result<()> {
-    walk(input, cwd, None).map(|_| ())
+/// Reads the whole archive of `size` bytes without writing anything: the
+/// compressed stream's checksum, every tar header, every name against the
+/// rules of `extract.rs` (as if unpacked into `cwd`), and its expansion
+/// against `expansion_bound(size)`.
+pub fn verify(input: impl BufRead, size: u64, cwd: &Path) -> io::Result<()> {
+    walk(input, Expansion::of(size), cwd, None).map(|_| ())
 }
 
-/// Unpacks an archive: the agent's own to where its manifest says, the
-/// toolbox's relative names under `cwd` and absolute names where they
-/// point. Modes, symlinks and mtimes come back.
-pub fn unpack(input: impl BufRead, cwd: &Path) -> io::Result<Restored> {
+/// Unpacks an archive of `size` bytes: the agent's own to where its
+/// manifest says, the toolbox's relative names under `cwd` and absolute
+/// names where they point. Modes, symlinks and mtimes come back.
+pub fn unpack(input: impl BufRead, size: u64, cwd: &Path) -> io::Result<Restored> {
     let mut extractor = Extractor::default();
-    let restored = walk(input, cwd, Some(&mut extractor))?;
+    let restored = walk(input, Expansion::of(size), cwd, Some(&mut extractor))?;
     extractor.finish()?;
     Ok(restored)
 }
 
 fn walk(
     mut input: impl BufRead,
+    expansion: Expansion,
     cwd: &Path,
     extractor: Option<&mut Extractor>,
 ) -> io::Result<Restored> {
     match sniff(input.fill_buf()?) {
         Some(ArchiveFormat::Zstd) => {
             let decoder = ::zstd::stream::read::Decoder::with_buffer(input)?;
-            entries(tar::Archive::new(decoder), None, cwd, extractor)
+            let tar = tar::Archive::new(Bounded::new(decoder, expansion));
+            entries(tar, None, cwd, extractor)
         }
         Some(ArchiveFormat::Gzip) => {
             let names = Names {
@@ -103,7 +172,8 @@ fn walk(
                 allow_absolute: true,
             };
             let decoder = flate2::bufread::MultiGzDecoder::new(input);
-            entries(tar::Archive::new(decoder), Some(names), cwd, extractor)
+            let tar = tar::Archive::new(Bounded::new(decoder, expansion));
+            entries(tar, Some(names), cwd, extractor)
         }
         None => Err(bad_data("neither a gzip nor a zstd archive")),
     }

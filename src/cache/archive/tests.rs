@@ -34,8 +34,8 @@ fn round_trip(format: ArchiveFormat) {
     let bytes = pack(format, Path::new("deps"), src.path(), Vec::new()).unwrap();
     assert_eq!(sniff(&bytes), Some(format));
     let dst = tempfile::tempdir().unwrap();
-    verify(&bytes[..], dst.path()).unwrap();
-    let restored = unpack(&bytes[..], dst.path()).unwrap();
+    verify(&bytes[..], bytes.len() as u64, dst.path()).unwrap();
+    let restored = unpack(&bytes[..], bytes.len() as u64, dst.path()).unwrap();
     assert_eq!(restored.path, "deps/");
     let back = dst.path().join("deps");
     assert_eq!(fs::read(back.join("sub/run.sh")).unwrap(), b"#!/bin/sh\n");
@@ -75,7 +75,12 @@ fn an_absolute_path_keeps_its_slash_in_the_toolbox_s_format() {
     fs::write(src.path().join("f"), b"x").unwrap();
     let bytes = pack(ArchiveFormat::Gzip, src.path(), Path::new("/"), Vec::new()).unwrap();
     fs::remove_file(src.path().join("f")).unwrap();
-    let restored = unpack(&bytes[..], Path::new("/nonexistent-cwd")).unwrap();
+    let restored = unpack(
+        &bytes[..],
+        bytes.len() as u64,
+        Path::new("/nonexistent-cwd"),
+    )
+    .unwrap();
     assert_eq!(restored.path, format!("{}/", src.path().display()));
     assert_eq!(fs::read(src.path().join("f")).unwrap(), b"x");
 }
@@ -89,11 +94,17 @@ fn a_damaged_archive_fails_verification() {
         let mut bytes = pack(format, Path::new("f"), src.path(), Vec::new()).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
-        assert!(verify(&bytes[..], src.path()).is_err(), "{format:?}");
+        assert!(
+            verify(&bytes[..], bytes.len() as u64, src.path()).is_err(),
+            "{format:?}"
+        );
         bytes.truncate(mid);
-        assert!(verify(&bytes[..], src.path()).is_err(), "{format:?}");
+        assert!(
+            verify(&bytes[..], bytes.len() as u64, src.path()).is_err(),
+            "{format:?}"
+        );
     }
-    assert!(verify(&b"plain text"[..], Path::new("/")).is_err());
+    assert!(verify(&b"plain text"[..], 10, Path::new("/")).is_err());
 }
 
 /// A tar.gz of raw entries: (name, kind, link target, content).
@@ -116,10 +127,10 @@ fn hostile(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
 
 /// Verification refuses the archive and nothing is written.
 fn assert_refused(bytes: &[u8], dst: &Path, outside: &Path) {
-    let err = verify(BufReader::new(bytes), dst).unwrap_err();
+    let err = verify(BufReader::new(bytes), bytes.len() as u64, dst).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     assert!(extract::Refusal::is(&err), "{err}");
-    assert!(unpack(bytes, dst).is_err());
+    assert!(unpack(bytes, bytes.len() as u64, dst).is_err());
     assert!(!outside.join("planted").exists());
 }
 
@@ -156,7 +167,7 @@ fn nothing_is_written_through_a_symlink_the_archive_made() {
         ("link", tar::EntryType::Symlink, &target, b""),
         ("link", tar::EntryType::Regular, "", b"file"),
     ]);
-    unpack(&replaced[..], &dst).unwrap();
+    unpack(&replaced[..], replaced.len() as u64, &dst).unwrap();
     assert_eq!(fs::read(dst.join("link")).unwrap(), b"file");
 }
 
@@ -169,7 +180,46 @@ fn a_symlink_that_was_there_before_is_followed() {
     fs::create_dir_all(&real).unwrap();
     symlink(&real, dst.join("vendor")).unwrap();
     let bytes = hostile(&[("vendor/f", tar::EntryType::Regular, "", b"x")]);
-    unpack(&bytes[..], &dst).unwrap();
+    unpack(&bytes[..], bytes.len() as u64, &dst).unwrap();
     assert_eq!(fs::read(real.join("f")).unwrap(), b"x");
     let _ = PathBuf::new();
+}
+
+#[test]
+fn an_archive_that_expands_past_its_bound_is_refused_unwritten() {
+    // 4 MiB of zeros in a few kB, against a bound of 1 MiB.
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("zeros"), vec![0u8; 4 << 20]).unwrap();
+    let bytes = pack(
+        ArchiveFormat::Zstd,
+        Path::new("zeros"),
+        src.path(),
+        Vec::new(),
+    )
+    .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let small = Expansion {
+        archive_size: bytes.len() as u64,
+        bound: 1 << 20,
+    };
+    let err = walk(&bytes[..], small, dst.path(), None)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(extract::Refusal::is(&err), "{err}");
+    let expected = format!(
+        "it expands past 1.0M, the most an archive of {} bytes may hold",
+        bytes.len()
+    );
+    assert_eq!(err.to_string(), expected);
+    let mut extractor = Extractor::default();
+    assert!(walk(&bytes[..], small, dst.path(), Some(&mut extractor)).is_err());
+    // Refused before the file could grow past the bound.
+    let written = fs::metadata(dst.path().join("zeros"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(written <= 1 << 20, "{written}");
+    // Within the bound of its size, the same archive restores.
+    unpack(&bytes[..], bytes.len() as u64, dst.path()).unwrap();
+    assert_eq!(expansion_bound(10), EXPANSION_FLOOR);
+    assert_eq!(expansion_bound(1 << 30), (1 << 30) * EXPANSION_RATIO);
 }
