@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::archive::ArchiveFormat;
+use super::backend::staging::Staged;
 use super::backend::{Call, Store};
 use super::cancel::Cancel;
 use super::config::{CleanupBy, ENV_KEY_PATH};
@@ -209,15 +210,6 @@ struct Wanted {
     format: ArchiveFormat,
 }
 
-/// Removes a staged file unless it was committed.
-struct Staged(PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 fn store_archive(
     key: &str,
     wanted: &Wanted,
@@ -229,8 +221,7 @@ fn store_archive(
     if store.backend.has(key, call)? {
         return Ok(Reply::Exists);
     }
-    let (file, path) = store.backend.stage()?;
-    let staged = Staged(path);
+    let (file, staged): (_, Staged) = store.backend.stage()?;
     protocol::write_json(
         writer,
         &Reply::Ready {
@@ -262,7 +253,7 @@ fn store_archive(
             continue;
         }
         if let Err(e) = out.write_all(&buf[..n]) {
-            failed = Some(CacheError::io("cannot write", &staged.0, e));
+            failed = Some(CacheError::io("cannot write", staged.path(), e));
         }
     }
     if let (true, Some(capacity)) = (too_large(size), wanted.capacity) {
@@ -272,9 +263,9 @@ fn store_archive(
         return Err(e);
     }
     out.flush()
-        .map_err(|e| CacheError::io("cannot write", &staged.0, e))?;
+        .map_err(|e| CacheError::io("cannot write", staged.path(), e))?;
     drop(out);
-    let (evicted, kept) = store.put(key, &staged.0, size, wanted.capacity, wanted.by, call)?;
+    let (evicted, kept) = store.put(key, staged.path(), size, wanted.capacity, wanted.by, call)?;
     if !kept {
         // Another store put the key there meanwhile; its archive stays.
         return Ok(Reply::Exists);

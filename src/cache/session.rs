@@ -136,6 +136,7 @@ pub fn agent_cache(
 ) -> Result<Arc<AgentCache>, crate::error::Error> {
     use crate::error::Error;
     let config = args.into_config(data_dir).map_err(Error::CacheConfig)?;
+    super::backend::sftp::clear_spool(&config.spool_dir);
     let store = Store::open(&config).map_err(Error::Cache)?;
     if config.static_binary.is_none() {
         log::info!(

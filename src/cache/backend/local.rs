@@ -3,21 +3,21 @@
 //! each restore) the access time. Incoming archives are written under a
 //! hidden temporary name (`.incoming-...`, which no key may start with) and
 //! linked under the key, which never replaces an existing archive: two
-//! concurrent stores of a key leave the first complete one.
+//! concurrent stores of a key leave the first complete one. A staged file
+//! counts towards the cache's usage while it is there; one that no store
+//! holds (`staging.rs`) is removed when the agent starts and before each
+//! store.
 
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::{self, File, FileTimes};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use super::{unix_ms, Entry, Fetched, STAGED_PREFIX};
+use super::staging::{self, Staged};
+use super::{unix_ms, Entry, Fetched, Listing, STAGED_PREFIX};
 use crate::cache::error::CacheError;
 use crate::process::sys;
-use crate::util::random_hex;
-
-/// Staged files older than this are left over from a crash.
-const STALE_STAGED: Duration = Duration::from_secs(24 * 3600);
 
 pub struct Local {
     dir: PathBuf,
@@ -30,79 +30,54 @@ impl Local {
             .mode(0o700)
             .create(dir)
             .map_err(|e| CacheError::io("cannot create the cache directory", dir, e))?;
-        let local = Local {
+        staging::remove_abandoned(dir, STAGED_PREFIX);
+        Ok(Local {
             dir: dir.to_path_buf(),
-        };
-        local.remove_stale();
-        Ok(local)
-    }
-
-    fn remove_stale(&self) {
-        let Ok(read) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in read.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_STAGED);
-            if stale
-                && entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(STAGED_PREFIX)
-            {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        })
     }
 
     fn path(&self, key: &str) -> PathBuf {
         self.dir.join(key)
     }
 
-    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
+    pub fn listing(&self) -> Result<Listing, CacheError> {
         let read = fs::read_dir(&self.dir)
             .map_err(|e| CacheError::io("cannot read the cache directory", &self.dir, e))?;
-        let mut entries = Vec::new();
+        let mut listing = Listing::default();
         for entry in read {
             let entry = entry
                 .map_err(|e| CacheError::io("cannot read the cache directory", &self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(STAGED_PREFIX) {
-                continue;
-            }
             // A key deleted meanwhile is simply not listed.
             let Ok(meta) = entry.metadata() else { continue };
             if !meta.is_file() {
                 continue;
             }
-            entries.push(Entry {
-                key: name,
+            let found = Entry {
                 size: meta.len(),
                 stored_ms: unix_ms(meta.modified()),
                 accessed_ms: unix_ms(meta.accessed()),
-            });
+                key: name,
+            };
+            if found.key.starts_with(STAGED_PREFIX) {
+                listing.staged.push(found);
+            } else {
+                listing.entries.push(found);
+            }
         }
-        entries.sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
-        Ok(entries)
+        listing
+            .entries
+            .sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
+        Ok(listing)
     }
 
     pub fn has(&self, key: &str) -> bool {
         self.path(key).is_file()
     }
 
-    pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
-        let path = self.dir.join(format!("{STAGED_PREFIX}{}", random_hex(8)));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| CacheError::io("cannot create", &path, e))?;
-        Ok((file, path))
+    pub fn stage(&self) -> Result<(File, Staged), CacheError> {
+        staging::remove_abandoned(&self.dir, STAGED_PREFIX);
+        staging::create(&self.dir, STAGED_PREFIX)
     }
 
     pub fn commit(&self, key: &str, staged: &Path) -> Result<bool, CacheError> {
@@ -112,13 +87,11 @@ impl Local {
             let now = SystemTime::now();
             let _ = f.set_times(FileTimes::new().set_modified(now).set_accessed(now));
         }
-        let result = match fs::hard_link(staged, &dest) {
+        match fs::hard_link(staged, &dest) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(CacheError::io("cannot store", &dest, e)),
-        };
-        let _ = fs::remove_file(staged);
-        result
+        }
     }
 
     pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
@@ -137,7 +110,7 @@ impl Local {
         }
         Ok(Fetched {
             file,
-            spooled: None,
+            _spooled: None,
         })
     }
 

@@ -15,9 +15,10 @@
 
 pub mod local;
 pub mod sftp;
+pub mod staging;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use super::archive::ArchiveFormat;
 use super::cancel::Cancel;
 use super::config::{BackendConfig, CacheConfig, CleanupBy};
 use super::error::CacheError;
+use staging::Staged;
 
 /// The start of the names under which archives wait for their key, in the
 /// local cache directory and on an SFTP server: never a key.
@@ -43,6 +45,31 @@ pub struct Entry {
     pub accessed_ms: u64,
 }
 
+/// The keys of a backend, and the archives on their way in (named
+/// `.incoming-...`; their `key` is that name).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub staged: Vec<Entry>,
+}
+
+impl Listing {
+    /// What the archives and the staged files take together, but for the
+    /// key `except` (which a store replaces) and the staged file `own`.
+    fn used(&self, except: Option<&str>, own: Option<&Path>) -> u64 {
+        let own = own.and_then(|p| p.file_name()).map(|n| n.to_string_lossy());
+        let keys = self
+            .entries
+            .iter()
+            .filter(|e| Some(e.key.as_str()) != except);
+        let staged = self
+            .staged
+            .iter()
+            .filter(|e| Some(&*e.key) != own.as_deref());
+        keys.chain(staged).map(|e| e.size).sum()
+    }
+}
+
 /// What one request brings to every backend call.
 pub struct Call<'a> {
     pub cancel: &'a Cancel,
@@ -54,15 +81,7 @@ pub struct Call<'a> {
 /// An archive opened for reading. A spooled copy is removed on drop.
 pub struct Fetched {
     pub file: File,
-    spooled: Option<PathBuf>,
-}
-
-impl Drop for Fetched {
-    fn drop(&mut self) {
-        if let Some(path) = &self.spooled {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    _spooled: Option<Staged>,
 }
 
 pub enum Backend {
@@ -78,22 +97,26 @@ impl Backend {
         }
     }
 
-    pub fn list(&self, call: &Call<'_>) -> Result<Vec<Entry>, CacheError> {
+    pub fn listing(&self, call: &Call<'_>) -> Result<Listing, CacheError> {
         match self {
-            Backend::Local(b) => b.list(),
-            Backend::Sftp(b) => b.list(call),
+            Backend::Local(b) => b.listing(),
+            Backend::Sftp(b) => b.listing(call),
         }
+    }
+
+    pub fn list(&self, call: &Call<'_>) -> Result<Vec<Entry>, CacheError> {
+        self.listing(call).map(|l| l.entries)
     }
 
     pub fn has(&self, key: &str, call: &Call<'_>) -> Result<bool, CacheError> {
         match self {
             Backend::Local(b) => Ok(b.has(key)),
-            Backend::Sftp(b) => Ok(b.list(call)?.iter().any(|e| e.key == key)),
+            Backend::Sftp(_) => Ok(self.list(call)?.iter().any(|e| e.key == key)),
         }
     }
 
-    /// A new file for an incoming archive, and its path.
-    pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
+    /// A new file for an incoming archive, and the guard that removes it.
+    pub fn stage(&self) -> Result<(File, Staged), CacheError> {
         match self {
             Backend::Local(b) => b.stage(),
             Backend::Sftp(b) => b.stage(),
@@ -101,7 +124,7 @@ impl Backend {
     }
 
     /// Puts the staged file under `key`. False when the key appeared
-    /// meanwhile (another agent stored it first): the first one stays.
+    /// meanwhile (another store put it there first): that one stays.
     pub fn commit(&self, key: &str, staged: &Path, call: &Call<'_>) -> Result<bool, CacheError> {
         match self {
             Backend::Local(b) => b.commit(key, staged),
@@ -129,6 +152,15 @@ impl Backend {
         match self {
             Backend::Local(_) => Ok(()),
             Backend::Sftp(b) => b.clear_old_markers(call),
+        }
+    }
+
+    /// Removes uploads a crash left on the server (`staged` of a listing):
+    /// those older than any upload can take. The local backend's are
+    /// removed as they are found (`staging.rs`).
+    fn remove_abandoned(&self, staged: &[Entry], call: &Call<'_>) {
+        if let Backend::Sftp(b) = self {
+            b.remove_abandoned(staged, call);
         }
     }
 
@@ -223,8 +255,8 @@ impl Store {
 
     /// Commits a staged archive of `size` bytes under `key`, first removing
     /// keys in the order `by` until it fits in `capacity` (the caller made
-    /// sure it fits alone). Returns the removed keys and whether this
-    /// archive was the one kept.
+    /// sure it fits alone; staged files of other stores count as used).
+    /// Returns the removed keys and whether this archive was the one kept.
     pub fn put(
         &self,
         key: &str,
@@ -235,16 +267,17 @@ impl Store {
         call: &Call<'_>,
     ) -> Result<(Vec<Entry>, bool), CacheError> {
         let _guard = self.lock(call.cancel)?;
+        let listing = self.backend.listing(call)?;
+        self.backend.remove_abandoned(&listing.staged, call);
         let mut evicted = Vec::new();
         if let Some(capacity) = capacity {
             let size = i64::try_from(size).unwrap_or(i64::MAX);
-            let mut entries: Vec<Entry> = self
-                .backend
-                .list(call)?
+            let mut used = i64::try_from(listing.used(Some(key), Some(staged))).unwrap_or(i64::MAX);
+            let mut entries: Vec<Entry> = listing
+                .entries
                 .into_iter()
                 .filter(|e| e.key != key)
                 .collect();
-            let mut used: i64 = entries.iter().map(|e| e.size as i64).sum();
             order_for_removal(&mut entries, by);
             for victim in entries {
                 if capacity - used >= size {
@@ -262,8 +295,10 @@ impl Store {
         Ok((evicted, kept))
     }
 
+    /// What the cache holds (archives on their way in included) and what
+    /// is left of `capacity`.
     pub fn usage(&self, capacity: Option<i64>, call: &Call<'_>) -> Result<Usage, CacheError> {
-        let used: u64 = self.backend.list(call)?.iter().map(|e| e.size).sum();
+        let used = self.backend.listing(call)?.used(None, None);
         let free = match capacity {
             Some(c) => Some(c.saturating_sub(i64::try_from(used).unwrap_or(i64::MAX))),
             None => self

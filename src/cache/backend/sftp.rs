@@ -9,8 +9,10 @@
 //! a store uploads under a hidden temporary name (`.incoming-...`, which no
 //! key may start with) and renames it to the key (`posix-rename`), so the
 //! key only ever names a complete archive, even when two stores race.
-//! `sftp` shows no access times, so `ACCESS_TIME` orders keys by their store
-//! time, as the toolbox does when a server reports none.
+//! Uploads a crash left are removed by the next store once they are older
+//! than any upload can take. `sftp` shows no access times, so `ACCESS_TIME`
+//! orders keys by their store time, as the toolbox does when a server
+//! reports none.
 //!
 //! Every `sftp` run is bounded (`hostcmd::run_bounded`): `ConnectTimeout`,
 //! keep-alives, a deadline, and the request's `Cancel`; whichever ends it,
@@ -18,15 +20,16 @@
 //!
 //! Names go into batch commands double-quoted, with `\` and `"` escaped;
 //! inside quotes `sftp` takes glob characters literally, so a key may hold
-//! any character but a control character (refused by `Backend::check_key`).
+//! any character but a control character (refused by `keys::check`).
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Call, Entry, Fetched, STAGED_PREFIX};
+use super::staging::{self, Staged};
+use super::{Call, Entry, Fetched, Listing, STAGED_PREFIX};
 use crate::cache::config::{SftpConfig, SFTP_CONNECT_TIMEOUT};
 use crate::cache::error::CacheError;
 use crate::process::hostcmd::{self, Ended};
@@ -36,11 +39,17 @@ use crate::util::random_hex;
 const SHORT_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest an upload or a download may take.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(3600);
+/// A temporary upload untouched for longer than any upload may take (plus
+/// the listing's minute) is left over from a crash.
+const ABANDONED_UPLOAD: Duration = Duration::from_secs(3600 + 120);
 /// The most a listing may print (some hundred thousand keys).
 const MAX_LISTING: usize = 64 * 1024 * 1024;
 /// The directory of access markers that earlier versions kept beside the
 /// archives; `clear` removes what is left of it.
 const OLD_ACCESS_DIR: &str = ".access";
+/// The spool's names: archives on their way up and down.
+const UP: &str = "up-";
+const DOWN: &str = "down-";
 
 pub struct Sftp {
     cfg: SftpConfig,
@@ -54,6 +63,7 @@ impl Sftp {
             .mode(0o700)
             .create(spool)
             .map_err(|e| CacheError::io("cannot create the cache spool directory", spool, e))?;
+        clear_spool(spool);
         Ok(Sftp {
             cfg: cfg.clone(),
             spool: spool.to_path_buf(),
@@ -165,20 +175,14 @@ impl Sftp {
         }
     }
 
-    pub fn list(&self, call: &Call<'_>) -> Result<Vec<Entry>, CacheError> {
+    pub fn listing(&self, call: &Call<'_>) -> Result<Listing, CacheError> {
         let out = self.run(&format!("ls -alt {}\n", self.base()), SHORT_DEADLINE, call)?;
         Ok(parse_listing(&out, now_ms()))
     }
 
-    pub fn stage(&self) -> Result<(File, PathBuf), CacheError> {
-        let path = self.spool.join(format!("up-{}", random_hex(8)));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| CacheError::io("cannot create", &path, e))?;
-        Ok((file, path))
+    pub fn stage(&self) -> Result<(File, Staged), CacheError> {
+        staging::remove_abandoned(&self.spool, UP);
+        staging::create(&self.spool, UP)
     }
 
     pub fn commit(&self, key: &str, staged: &Path, call: &Call<'_>) -> Result<bool, CacheError> {
@@ -189,27 +193,58 @@ impl Sftp {
             self.remote(key),
         );
         let result = self.run(&batch, TRANSFER_DEADLINE, call);
-        let _ = fs::remove_file(staged);
-        if result.is_err() && !call.cancel.is_set() {
-            // Best effort: a half-uploaded temporary file is never a key.
-            let _ = self.run(&format!("-rm {tmp}\n"), SHORT_DEADLINE, call);
+        if result.is_err() {
+            // Best effort: a half-uploaded temporary file is never a key,
+            // and the next store removes it once it is old.
+            self.remove_quietly(&tmp, call);
         }
         result.map(|_| true)
     }
 
+    /// Removes a remote file (quoted), if the request still runs.
+    fn remove_quietly(&self, quoted: &str, call: &Call<'_>) {
+        if !call.cancel.is_set() {
+            let _ = self.run(&format!("-rm {quoted}\n"), SHORT_DEADLINE, call);
+        }
+    }
+
+    /// Removes the temporary uploads among `staged` that are older than
+    /// any upload can take: left by an agent that was killed.
+    pub fn remove_abandoned(&self, staged: &[Entry], call: &Call<'_>) {
+        let now = now_ms();
+        let old: Vec<&Entry> = staged
+            .iter()
+            .filter(|e| now.saturating_sub(e.stored_ms) > ABANDONED_UPLOAD.as_millis() as u64)
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        let batch: String = old
+            .iter()
+            .map(|e| format!("-rm {}\n", self.remote(&e.key)))
+            .collect();
+        match self.run(&batch, SHORT_DEADLINE, call) {
+            Ok(_) => log::info!(
+                "removed {} upload(s) a crash left on {}",
+                old.len(),
+                self.cfg.server()
+            ),
+            Err(e) => log::warn!("cannot remove old uploads on {}: {e}", self.cfg.server()),
+        }
+    }
+
     pub fn fetch(&self, key: &str, call: &Call<'_>) -> Result<Fetched, CacheError> {
-        let path = self.spool.join(format!("down-{}", random_hex(8)));
+        let (file, spooled) = staging::create(&self.spool, DOWN)?;
         let ran = self.run(
             &format!(
                 "get {} {}\n",
                 self.remote(key),
-                quote(&path.to_string_lossy())
+                quote(&spooled.path().to_string_lossy())
             ),
             TRANSFER_DEADLINE,
             call,
         );
         if let Err(e) = ran {
-            let _ = fs::remove_file(&path);
             return Err(match e {
                 CacheError::Sftp { detail, .. } if detail.contains("not found") => {
                     CacheError::NotFound(key.to_string())
@@ -217,10 +252,9 @@ impl Sftp {
                 other => other,
             });
         }
-        let file = File::open(&path).map_err(|e| CacheError::io("cannot open", &path, e))?;
         Ok(Fetched {
             file,
-            spooled: Some(path),
+            _spooled: Some(spooled),
         })
     }
 
@@ -245,6 +279,14 @@ impl Sftp {
         let batch = format!("-rm {dir_slash}*\n-rmdir {dir}\n");
         self.run(&batch, SHORT_DEADLINE, call).map(|_| ())
     }
+}
+
+/// Removes the transfers a crash left in the spool directory: called when
+/// the agent starts, whatever its own backend (jobs may bring an SFTP
+/// server of their own), and when an SFTP backend opens.
+pub fn clear_spool(spool: &Path) {
+    staging::remove_abandoned(spool, UP);
+    staging::remove_abandoned(spool, DOWN);
 }
 
 /// A name for a batch command: double-quoted, with `\` and `"` escaped.
@@ -301,13 +343,13 @@ fn now_ms() -> u64 {
 }
 
 /// The `ls -alt` output of sftp's batch mode (commands are echoed after
-/// `sftp> `): regular files only, but for archives on their way in. The
+/// `sftp> `): regular files only, archives on their way in apart. The
 /// name is the rest of the line after the eighth field and its one space,
 /// taken as it is (a key may hold spaces). The listing shows times to the
 /// minute, so store times are made strictly decreasing in the listed
 /// (newest first) order; the access time is the store time.
-fn parse_listing(stdout: &str, now_ms: u64) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = Vec::new();
+fn parse_listing(stdout: &str, now_ms: u64) -> Listing {
+    let mut listing = Listing::default();
     for line in stdout.lines() {
         if !line.starts_with('-') {
             continue;
@@ -319,21 +361,30 @@ fn parse_listing(stdout: &str, now_ms: u64) -> Vec<Entry> {
             continue;
         };
         let name = name.rsplit('/').next().unwrap_or("").to_string();
-        if name.is_empty() || name.starts_with(STAGED_PREFIX) {
+        if name.is_empty() {
             continue;
         }
         let mut stored = listing_time(fields[5], fields[6], fields[7], now_ms).unwrap_or(now_ms);
-        if let Some(prev) = entries.last() {
+        if name.starts_with(STAGED_PREFIX) {
+            listing.staged.push(Entry {
+                key: name,
+                size,
+                stored_ms: stored,
+                accessed_ms: stored,
+            });
+            continue;
+        }
+        if let Some(prev) = listing.entries.last() {
             stored = stored.min(prev.stored_ms.saturating_sub(1));
         }
-        entries.push(Entry {
+        listing.entries.push(Entry {
             key: name,
             size,
             stored_ms: stored,
             accessed_ms: stored,
         });
     }
-    entries
+    listing
 }
 
 /// The first `n` whitespace-separated fields of `line`, and the rest after
@@ -392,9 +443,15 @@ mod tests {
                    drwxr-xr-x    2 0        0            4096 Nov 29 19:00 /cache/.access\n";
         let now = crate::cache::format::days_from_civil(2026, 11, 29) as u64 * 86_400_000
             + 21 * 3_600_000;
-        let entries = parse_listing(out, now);
+        let listing = parse_listing(out, now);
+        let entries = &listing.entries;
         let keys: Vec<_> = entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["b-key", " two  spaces", ".dot"]);
+        assert_eq!(listing.staged.len(), 1);
+        assert_eq!(
+            (listing.staged[0].key.as_str(), listing.staged[0].size),
+            (".incoming-1", 9)
+        );
         assert_eq!(entries[0].size, 1234);
         assert!(entries[0].stored_ms > entries[1].stored_ms);
         let expected = crate::cache::format::days_from_civil(2026, 11, 29) as u64 * 86_400_000
