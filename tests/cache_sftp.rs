@@ -319,3 +319,47 @@ fn an_unreachable_server_gives_a_clear_error_in_bounded_time() {
     }
     drop(silent);
 }
+
+/// The toolbox's upload replaces a key stored meanwhile (a POSIX rename);
+/// the agent's links it under the key, which fails when the key is there,
+/// so the store that finds its key taken says so and leaves it.
+#[test]
+fn a_key_stored_during_an_upload_is_kept() {
+    if !sshd::available() {
+        return;
+    }
+    let server = SftpServer::start();
+    // 16 kB a tick: the 300 kB archive takes about two seconds.
+    let proxy = crate::support::crawl::CrawlProxy::start(server.sshd.port(), 16 * 1024);
+    let mut args = server.agent_args();
+    let at = args.iter().position(|a| a == "--cache-sftp-url").unwrap();
+    args[at + 1] = proxy.url();
+    let mut builder = TestAgent::builder();
+    for arg in &args {
+        builder = builder.arg(arg);
+    }
+    let agent = builder.start();
+    let store = "head -c 300000 /dev/urandom > blob && cache store raced blob";
+    let job = Job::new("sftp-taken").command(store);
+    agent.submit_ok(&job.to_value());
+    crate::support::wait_until("the upload to start", Duration::from_secs(60), || {
+        server.names().iter().any(|n| n.starts_with(".incoming-"))
+    });
+    std::fs::write(server.dir().join("raced"), "theirs").unwrap();
+    agent.wait_for_job_finished(&job.job_id);
+    let ran = crate::support::cache::Ran {
+        events: agent.poll_log(&job.job_id),
+        job_id: job.job_id.clone(),
+    };
+    assert_eq!(
+        masked(&ran.ok(store)),
+        "Compressing blob...\n\
+         Compression complete. Duration: D. Size: S bytes.\n\
+         Key 'raced' already exists.\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(server.dir().join("raced")).unwrap(),
+        "theirs"
+    );
+    assert_eq!(server.names(), ["raced"]);
+}

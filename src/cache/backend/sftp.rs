@@ -7,8 +7,9 @@
 //! in the configured directory (the login directory by default), so that
 //! agents and toolboxes can share one server. Nothing else is kept there:
 //! a store uploads under a hidden temporary name (`.incoming-...`, which no
-//! key may start with) and renames it to the key (`posix-rename`), so the
-//! key only ever names a complete archive, even when two stores race.
+//! key may start with) and hard-links it to the key (OpenSSH's `hardlink`
+//! extension), which fails where the key exists: the key only ever names a
+//! complete archive, and a key stored by someone else meanwhile is kept.
 //! Uploads a crash left are removed by the next store once they are older
 //! than any upload can take. `sftp` shows no access times, so `ACCESS_TIME`
 //! orders keys by their store time, as the toolbox does when a server
@@ -185,20 +186,55 @@ impl Sftp {
         staging::create(&self.spool, UP)
     }
 
+    /// Uploads under a temporary name, then links the key to it. A key
+    /// that is there by then (stored meanwhile by another agent or a
+    /// toolbox) is kept: false. A server without OpenSSH's `hardlink`
+    /// extension gets a rename instead, which replaces, as the toolbox's.
     pub fn commit(&self, key: &str, staged: &Path, call: &Call<'_>) -> Result<bool, CacheError> {
         let tmp = self.remote(&format!("{STAGED_PREFIX}{}", random_hex(8)));
+        let dest = self.remote(key);
         let batch = format!(
-            "put {} {tmp}\nrename {tmp} {}\n",
+            "put {} {tmp}\nln {tmp} {dest}\n-rm {tmp}\n",
             quote(&staged.to_string_lossy()),
-            self.remote(key),
         );
-        let result = self.run(&batch, TRANSFER_DEADLINE, call);
-        if result.is_err() {
-            // Best effort: a half-uploaded temporary file is never a key,
-            // and the next store removes it once it is old.
-            self.remove_quietly(&tmp, call);
+        let failed = match self.run(&batch, TRANSFER_DEADLINE, call) {
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        let detail = match &failed {
+            CacheError::Sftp { detail, .. } => detail.as_str(),
+            _ => "",
+        };
+        if detail.contains("does not support hardlink") {
+            let renamed = self.run(&format!("rename {tmp} {dest}\n"), SHORT_DEADLINE, call);
+            if renamed.is_err() {
+                self.remove_quietly(&tmp, call);
+            }
+            return renamed.map(|_| true);
         }
-        result.map(|_| true)
+        // OpenSSH 9 says `remote link "A" to "B": Failure`, earlier ones
+        // `Couldn't link file "A" to "B": Failure`.
+        let link_failed = detail.starts_with("remote link") || detail.starts_with("Couldn't link");
+        // Best effort: a half-uploaded temporary file is never a key, and
+        // the next store removes it once it is old.
+        self.remove_quietly(&tmp, call);
+        if link_failed
+            && self
+                .list_keys(call)
+                .is_ok_and(|keys| keys.iter().any(|k| k == key))
+        {
+            return Ok(false);
+        }
+        Err(failed)
+    }
+
+    fn list_keys(&self, call: &Call<'_>) -> Result<Vec<String>, CacheError> {
+        Ok(self
+            .listing(call)?
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect())
     }
 
     /// Removes a remote file (quoted), if the request still runs.
