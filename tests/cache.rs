@@ -150,6 +150,53 @@ fn a_fallback_key_restores_the_newest_match() {
     assert_eq!(ran.ok("cat v/f"), "new\n");
 }
 
+/// A store that finds its key taken when it commits (another store won
+/// the race) prints the toolbox's line, and the winner's archive stays.
+/// The store is paused (SIGSTOP) while its archive is on its way, and the
+/// key appears meanwhile.
+#[test]
+fn a_store_that_loses_a_race_says_the_key_exists() {
+    let agent = TestAgent::start_default();
+    let cache = cache_dir(&agent);
+    let c = cache.display();
+    let race = format!(
+        "(cache store raced big & p=$!; \
+          until ls -A {c} | grep -q '^.incoming-'; do sleep 0.01; done; \
+          kill -STOP $p; echo theirs > {c}/raced; kill -CONT $p; wait $p)"
+    );
+    let job = Job::new("cache-race")
+        .command("mkdir -p big && head -c 100000000 /dev/urandom > big/f")
+        .command(&race);
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    assert_eq!(
+        masked(&ran.ok(&race)),
+        "Compressing big...\n\
+         Compression complete. Duration: D. Size: S bytes.\n\
+         Key 'raced' already exists.\n"
+    );
+    assert_eq!(fs::read_to_string(cache.join("raced")).unwrap(), "theirs\n");
+}
+
+/// A key with a comma is stored, as the toolbox stores it; `restore` splits
+/// its argument on commas, as the toolbox does, so the key is reached by a
+/// part of it (an unanchored expression), and the line says which.
+#[test]
+fn a_key_with_a_comma_is_stored_and_restored_as_the_toolbox_does() {
+    let agent = TestAgent::start_default();
+    let job = Job::new("cache-comma")
+        .command("echo c > f && cache store 'a,b' f && rm f")
+        .command("cache restore 'a,b' && cat f");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    assert!(cache_dir(&agent).join("a,b").is_file());
+    let out = ran.ok("cache restore 'a,b' && cat f");
+    assert!(
+        out.starts_with("HIT: 'a', using key 'a,b'.\n") && out.ends_with("Restored: f.\nc\n"),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_path_among_the_job_s_env_vars_keeps_cache() {
     let agent = TestAgent::start_default();
