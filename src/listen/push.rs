@@ -12,7 +12,7 @@
 //! the sync loop.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -203,7 +203,7 @@ impl Push {
                     failures = 0;
                     next += n_lines;
                     if let Some(path) = &self.progress {
-                        super::recover::record_pushed(path, next, false);
+                        record_pushed(path, next, false);
                     }
                     continue;
                 }
@@ -213,7 +213,7 @@ impl Push {
                         self.job_id
                     );
                     if let Some(path) = &self.progress {
-                        super::recover::record_pushed(path, next, true);
+                        record_pushed(path, next, true);
                     }
                     return self.report(next, true);
                 }
@@ -285,6 +285,24 @@ impl Push {
             total: self.files.progress().events,
             refused,
         }
+    }
+}
+
+/// Records in `path` (the job directory's `pushed`, read by `recover.rs`
+/// after a crash) that `accepted` lines are in, and whether the control plane
+/// refuses more. Written to a temporary file and renamed, so that a crash
+/// leaves the old count or the new one.
+pub(super) fn record_pushed(path: &Path, accepted: u64, refused: bool) {
+    let text = if refused {
+        format!("{accepted} refused\n")
+    } else {
+        format!("{accepted}\n")
+    };
+    let tmp = path.with_extension("new");
+    let written = crate::util::write_private(&tmp, text.as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        log::warn!("cannot record the log push in {}: {e}", path.display());
     }
 }
 

@@ -36,23 +36,6 @@ pub fn pushed_file(root: &Path) -> PathBuf {
     root.join(PUSHED)
 }
 
-/// Records that `accepted` lines are in, and whether the control plane
-/// refuses more. Written to a temporary file and renamed, so that a crash
-/// leaves the old count or the new one.
-pub fn record_pushed(path: &Path, accepted: u64, refused: bool) {
-    let text = if refused {
-        format!("{accepted} refused\n")
-    } else {
-        format!("{accepted}\n")
-    };
-    let tmp = path.with_extension("new");
-    let written = crate::util::write_private(&tmp, text.as_bytes())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        log::warn!("cannot record the log push in {}: {e}", path.display());
-    }
-}
-
 /// The count recorded in `pushed` (0 when none), and whether the control
 /// plane refused more lines.
 fn read_pushed(root: &Path) -> (u64, bool) {
@@ -151,9 +134,9 @@ mod tests {
     fn the_push_count_survives_as_written() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read_pushed(dir.path()), (0, false));
-        record_pushed(&pushed_file(dir.path()), 42, false);
+        super::super::push::record_pushed(&pushed_file(dir.path()), 42, false);
         assert_eq!(read_pushed(dir.path()), (42, false));
-        record_pushed(&pushed_file(dir.path()), 43, true);
+        super::super::push::record_pushed(&pushed_file(dir.path()), 43, true);
         assert_eq!(read_pushed(dir.path()), (43, true));
         std::fs::write(pushed_file(dir.path()), "nonsense").unwrap();
         assert_eq!(read_pushed(dir.path()), (0, false));
