@@ -657,3 +657,185 @@ pub fn has_exited(pid: u32) -> bool {
     // SAFETY: waitid filled `info` (si_pid stays 0 when nothing exited).
     rc == 0 && unsafe { info.si_pid() } != 0
 }
+
+/// Who a job's processes run as under `--job-user` (README, "What a job
+/// can read"): a user id, its group, and its supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// A user of this host as the user database has it.
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+/// Looks `name` up in the user database (`getpwnam_r`): `Ok(None)` when
+/// there is no such user.
+pub fn user_by_name(name: &str) -> io::Result<Option<UserEntry>> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the name"))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value (null pointers, zero ids).
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf`'s length is
+    // passed with it; the strings `entry` points at live in `buf`, which
+    // outlives their use below.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if found.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: on success the fields point at NUL-terminated strings in `buf`.
+    let (name, home) = unsafe {
+        (
+            CStr::from_ptr(entry.pw_name).to_string_lossy().into_owned(),
+            PathBuf::from(OsStr::from_bytes(CStr::from_ptr(entry.pw_dir).to_bytes())),
+        )
+    };
+    Ok(Some(UserEntry {
+        name,
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+        home,
+    }))
+}
+
+/// The supplementary groups of a user (`getgrouplist`), its own group first.
+pub fn groups_of(name: &str, gid: u32) -> io::Result<Vec<u32>> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the name"))?;
+    let mut n: libc::c_int = 64;
+    for _ in 0..4 {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let asked = n;
+        // SAFETY: `groups` has room for `n` ids, and `n` says so.
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n as usize);
+            return Ok(groups);
+        }
+        n = n.max(asked * 2);
+    }
+    Err(io::Error::other("too many groups"))
+}
+
+/// Makes the child take `creds` after everything else `pre_exec` does
+/// (registered last): supplementary groups, group, then user, so that the
+/// program runs with none of the agent's privileges.
+pub fn spawn_as(cmd: &mut Command, creds: &Credentials) {
+    let creds = creds.clone();
+    // SAFETY: only async-signal-safe calls between fork and exec; the
+    // vector was allocated before the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(creds.groups.len(), creds.groups.as_ptr()) < 0
+                || libc::setgid(creds.gid) < 0
+                || libc::setuid(creds.uid) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// While it lives, the calling thread (and only it) opens, creates and
+/// removes files with the file-system identity of `creds` and without the
+/// agent's power to override permissions: a path a job controls (its home,
+/// a symlink it planted) then leads nowhere its own user could not go, and
+/// what is created belongs to that user. Linux keeps the file-system ids
+/// and the supplementary groups per thread when they are set by the raw
+/// system calls (the C library's wrappers would change every thread).
+pub struct ActingAs {
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+impl ActingAs {
+    pub fn enter(creds: &Credentials) -> io::Result<ActingAs> {
+        // SAFETY: getgroups with a zero size only counts.
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        // SAFETY: `groups` has room for `n` ids.
+        let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        groups.truncate(n as usize);
+        let saved = ActingAs {
+            // SAFETY: no preconditions; they only read the ids.
+            uid: unsafe { libc::geteuid() },
+            gid: unsafe { libc::getegid() },
+            groups,
+        };
+        // SAFETY: raw system calls on this thread's credentials; the
+        // pointer and length describe `creds.groups`.
+        let ok = unsafe {
+            libc::syscall(
+                libc::SYS_setgroups,
+                creds.groups.len(),
+                creds.groups.as_ptr(),
+            ) == 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above. setfsuid/setfsgid return the previous id and
+        // cannot report failure, so the change is read back.
+        unsafe {
+            libc::syscall(libc::SYS_setfsgid, creds.gid);
+            libc::syscall(libc::SYS_setfsuid, creds.uid);
+            let uid_now = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+            let gid_now = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+            if uid_now != creds.uid || gid_now != creds.gid {
+                drop(saved);
+                return Err(io::Error::other(
+                    "cannot take the job user's file-system identity",
+                ));
+            }
+        }
+        Ok(saved)
+    }
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        // SAFETY: raw system calls restoring this thread's own credentials.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, self.uid);
+            libc::syscall(libc::SYS_setfsgid, self.gid);
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+        }
+    }
+}
+
+/// `fchown(2)` on an open descriptor: never follows a path.
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: fchown on a descriptor the caller holds open.
+    if unsafe { libc::fchown(fd, uid, gid) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
