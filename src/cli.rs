@@ -224,6 +224,10 @@ pub struct ServeArgs {
     #[argh(option)]
     /// how jobs' `cache store` compresses: zstd (default) or gzip, the toolbox's tar.gz, for caches shared with toolboxes (or $AGENT_CACHE_ARCHIVE_FORMAT)
     pub cache_archive_format: Option<String>,
+    #[argh(option)]
+    /// run shell jobs as this user, not the agent's: a user name, or auto
+    /// for a new user per job, removed after it (the agent runs as root)
+    pub job_user: Option<String>,
 }
 
 /// Register with a control plane and run the jobs it hands out (listen mode:
@@ -293,6 +297,10 @@ pub struct StartArgs {
     #[argh(option)]
     /// where job logs and per-job working files live (default $AGENT_DATA_DIR, else ~/.local/state/agent)
     pub data_dir: Option<PathBuf>,
+    #[argh(option)]
+    /// run shell jobs as this user, not the agent's: a user name, or auto
+    /// for a new user per job, removed after it (the agent runs as root)
+    pub job_user: Option<String>,
 }
 
 /// The flags that only listen mode has: `agent start` with one of them (or

@@ -140,6 +140,8 @@ pub enum Error {
     CacheConfig(String),
     /// The cache's backend could not be opened.
     Cache(crate::cache::error::CacheError),
+    /// `--job-user` cannot work, or a job's user could not be made.
+    JobUser(String),
 }
 
 impl Error {
@@ -170,7 +172,7 @@ impl fmt::Display for Error {
             }
             Error::Front(e) => e.fmt(f),
             Error::Listen(e) => e.fmt(f),
-            Error::CacheConfig(message) => f.write_str(message),
+            Error::CacheConfig(message) | Error::JobUser(message) => f.write_str(message),
             Error::Cache(e) => write!(f, "cache: {e}"),
             Error::SessionStart { status, output } => {
                 match status {
@@ -203,7 +205,8 @@ impl std::error::Error for Error {
             | Error::Resolve { .. }
             | Error::HalfTlsPair { .. }
             | Error::SessionStart { .. }
-            | Error::CacheConfig(_) => None,
+            | Error::CacheConfig(_)
+            | Error::JobUser(_) => None,
         }
     }
 }

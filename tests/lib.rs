@@ -19,6 +19,7 @@ mod disk;
 mod hostile;
 mod isolation;
 mod job_file;
+mod job_user;
 mod latency;
 mod listen;
 mod listen_compose;

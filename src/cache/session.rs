@@ -73,6 +73,7 @@ pub fn start<'a>(
     env: impl Iterator<Item = (&'a str, &'a [u8])>,
     work_dir: &Path,
     in_container: bool,
+    owner: Option<(u32, u32)>,
 ) -> Result<JobCache, String> {
     let env: BTreeMap<String, Vec<u8>> = env.map(|(k, v)| (k.to_string(), v.to_vec())).collect();
     let jobs = job_store(agent, &env, work_dir);
@@ -88,14 +89,28 @@ pub fn start<'a>(
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the agent's own binary: {e}"))?;
         std::fs::DirBuilder::new()
-            .mode(0o700)
+            // The job's own user (`--job-user`) runs what is in it.
+            .mode(if owner.is_some() { 0o755 } else { 0o700 })
             .create(&dir)
             .and_then(|_| std::os::unix::fs::symlink(&exe, dir.join("cache")))
             .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
         dir
     };
-    let socket = work_dir.join(SOCKET_NAME);
+    // A job of its own user has a directory of its own (its TMPDIR) for
+    // the socket, where `cache` also writes its `cache_log`; the agent
+    // never opens a path in it again (the directory goes whole at the end).
+    let socket_dir = match owner {
+        Some(_) => work_dir.join(crate::job::account::JOB_TMP),
+        None => work_dir.to_path_buf(),
+    };
+    let socket = socket_dir.join(SOCKET_NAME);
     let service = CacheService::start(&socket, jobs)
+        .and_then(|service| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&socket, Some(uid), Some(gid))?;
+            }
+            Ok(service)
+        })
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     Ok(JobCache { service, bin_dir })
 }

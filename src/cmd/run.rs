@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
     let data_dir = config::data_dir(args.data_dir);
     let mut record = JobRecord::new(&request, executor);
     record.job_id = job_id.clone();
-    let dir = JobDir::create(&data_dir, &record)?;
+    let dir = JobDir::create(&data_dir, &record, None)?;
     let mut log = EventLog::create(&dir.root)
         .map_err(|e| Error::io("cannot create the event log in", &dir.root, e))?;
     eprintln!("agent: event log: {}", log.files().log_path.display());
@@ -120,6 +120,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
             executor,
             work_dir: &dir.work,
             home: &home,
+            account: None,
             mark: &dir.mark,
             stop: signal,
             grace: Duration::from_secs(args.stop_grace_period),

@@ -15,6 +15,7 @@ use crate::cli::ServeArgs;
 use crate::config::{self, ServeConfig};
 use crate::error::Error;
 use crate::http::{Front, FrontConfig};
+use crate::job::account::JobUser;
 use crate::job::callbacks::CallbackPolicy;
 use crate::job::runner::{Runner, RunnerConfig};
 use crate::job::spec::AgentOptions;
@@ -56,6 +57,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         config::fingerprint(&config.cert_pem)
     );
     let data_dir = config.data_dir.clone();
+    let job_user = JobUser::from_setting(args.job_user.as_deref(), &data_dir)?;
     let front_cfg = FrontConfig {
         max_request_bytes: args.max_request_bytes,
         max_connections: args.max_connections,
@@ -100,6 +102,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
             host_files: args.files.clone(),
             metrics,
             cache: Some(cache),
+            job_user: job_user.map(Arc::new),
         },
     };
     let (runner, _runner_threads) = Runner::start(runner_cfg);

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::job::request::decode_b64;
+use crate::process::sys::{ActingAs, Credentials};
 use crate::util::{id_slug, random_hex, shell_quote, write_private};
 
 /// Serializes edits of the shared files between jobs.
@@ -50,6 +51,10 @@ pub struct JumpPoint {
     created_keys_file: bool,
     script: PathBuf,
     tmp_dir: PathBuf,
+    /// The job's user under `--job-user`, whose home this is: the keys are
+    /// written and removed as that user (`sys::ActingAs`), so a link it
+    /// planted there leads nowhere it could not write itself.
+    creds: Option<Credentials>,
 }
 
 /// Decodes the request's keys; the error names the undecodable one.
@@ -280,6 +285,7 @@ impl JumpPoint {
         job_id: &str,
         keys: Vec<String>,
         record: &Path,
+        creds: Option<&Credentials>,
     ) -> Result<JumpPoint, String> {
         let _guard = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut jp = JumpPoint {
@@ -288,10 +294,24 @@ impl JumpPoint {
             created_keys_file: false,
             script: script_paths(tmp_dir, job_id).1,
             tmp_dir: tmp_dir.to_path_buf(),
+            creds: creds.cloned(),
         };
         if keys.is_empty() {
             return Ok(jp);
         }
+        let added = AddedKeys {
+            keys: keys.clone(),
+            // Corrected below, once the file is looked at as its user.
+            created_keys_file: !home.join(".ssh/authorized_keys").exists(),
+        };
+        serde_json::to_vec(&added)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_private(record, &bytes))
+            .map_err(|e| format!("cannot write {}: {e}", record.display()))?;
+        let _acting = creds
+            .map(ActingAs::enter)
+            .transpose()
+            .map_err(|e| format!("cannot act as the job's user: {e}"))?;
         let ssh = home.join(".ssh");
         fs::DirBuilder::new()
             .recursive(true)
@@ -301,14 +321,6 @@ impl JumpPoint {
             .map_err(|e| format!("cannot create {}: {e}", ssh.display()))?;
         let path = ssh.join("authorized_keys");
         jp.created_keys_file = !path.exists();
-        let added = AddedKeys {
-            keys: keys.clone(),
-            created_keys_file: jp.created_keys_file,
-        };
-        serde_json::to_vec(&added)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_private(record, &bytes))
-            .map_err(|e| format!("cannot write {}: {e}", record.display()))?;
         let mode = existing_mode(&path).unwrap_or(0o600);
         let mut text =
             read_or_empty(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -339,6 +351,7 @@ impl JumpPoint {
             created_keys_file: added.created_keys_file,
             script: script_paths(tmp_dir, job_id).1,
             tmp_dir: tmp_dir.to_path_buf(),
+            creds: None,
         }
     }
 
@@ -361,7 +374,14 @@ impl JumpPoint {
 
     fn remove(&mut self) {
         let _guard = EDIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.added_keys.is_empty() {
+        let acting = match self.creds.as_ref().map(ActingAs::enter).transpose() {
+            Ok(acting) => Some(acting),
+            Err(e) => {
+                log::error!("cannot act as the job's user to remove its keys: {e}");
+                None
+            }
+        };
+        if let (Some(_acting), false) = (&acting, self.added_keys.is_empty()) {
             let path = self.home.join(".ssh/authorized_keys");
             if let Ok(text) = read_or_empty(&path) {
                 let mut lines: Vec<&str> = text.lines().collect();
@@ -388,6 +408,7 @@ impl JumpPoint {
             }
             self.added_keys.clear();
         }
+        drop(acting);
         // The shared /tmp/ssh_jump_point goes only if it is still ours.
         let latest = self.tmp_dir.join("ssh_jump_point");
         if let (Ok(a), Ok(b)) = (fs::read(&latest), fs::read(&self.script)) {
@@ -526,6 +547,7 @@ mod tests {
             "job/1",
             vec!["ssh-ed25519 MINE".into()],
             &record,
+            None,
         )
         .unwrap();
         jp.write_script("job/1", &Target::Shell { session_pid: 1 }, &env, &env)
@@ -552,8 +574,15 @@ mod tests {
         assert!(!tmp.join("ssh_jump_point").exists());
         // A keys file the job created is 0600 and goes with the job.
         fs::remove_file(home.join(".ssh/authorized_keys")).unwrap();
-        let jp =
-            JumpPoint::install(&home, &tmp, "j2", vec!["ssh-ed25519 K".into()], &record).unwrap();
+        let jp = JumpPoint::install(
+            &home,
+            &tmp,
+            "j2",
+            vec!["ssh-ed25519 K".into()],
+            &record,
+            None,
+        )
+        .unwrap();
         let mode = fs::metadata(home.join(".ssh/authorized_keys"))
             .unwrap()
             .permissions()

@@ -1,10 +1,12 @@
 //! The shell executor: the job's bash runs on this host as the agent's
-//! user, and files are written straight to their paths (§5.2 steps 3 and 5).
+//! user (or the job's own under `--job-user`), and files are written
+//! straight to their paths, as that user (§5.2 steps 3 and 5).
 
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::files::{first_bad, inject_file, resolve_path};
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
 use crate::process::session::{Session, SessionSpec};
+use crate::process::sys::ActingAs;
 use crate::process::terminal::StdinTerminal;
 
 /// Starts `bash --login` in the job's work dir and points the jump point at it.
@@ -19,7 +21,10 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
             let stdin_path = stdin.path().to_string_lossy().into_owned();
             Session::start(SessionSpec {
                 argv: vec!["bash".into(), "--login".into(), "--noediting".into()],
-                env: Vec::new(),
+                env: spec
+                    .account
+                    .map(|a| a.env(spec.work_dir))
+                    .unwrap_or_default(),
                 work_dir: spec.work_dir,
                 mark: spec.mark,
                 stop: &spec.stop.rx,
@@ -28,6 +33,7 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
                 stdin_path,
                 // The agent turned echo off itself: the terminal is its own.
                 echo_off_program: None,
+                creds: spec.account.map(|a| a.creds.clone()),
             })
         });
     match session {
@@ -76,7 +82,14 @@ pub(crate) fn inject_files(steps: &mut Steps<'_, '_>) -> bool {
             path.display(),
             file.mode
         ));
-        if let Err(message) = inject_file(&path, &file.content, &file.mode) {
+        // The job's own user writes its files (`--job-user`): a path it
+        // controls leads nowhere it could not write itself. Only around
+        // the file: the log is written as the agent.
+        let written = match spec.account.map(|a| ActingAs::enter(&a.creds)).transpose() {
+            Ok(_acting) => inject_file(&path, &file.content, &file.mode),
+            Err(e) => Err(format!("Cannot write the file as the job's user: {e}\n")),
+        };
+        if let Err(message) = written {
             steps.output(&message);
             steps.finished(STEP_INJECT_FILES, 1, started_at);
             return false;

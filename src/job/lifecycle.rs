@@ -89,7 +89,8 @@ fn start_cache(spec: &JobSpec<'_>) -> Option<crate::cache::session::JobCache> {
     let env = decode_env(&spec.request.env_vars).unwrap_or_default();
     let vars = env.iter().map(|(k, (v, _))| (k.as_str(), v.as_slice()));
     let in_container = spec.executor == ExecutorKind::DockerCompose;
-    match crate::cache::session::start(agent, vars, spec.work_dir, in_container) {
+    let owner = spec.account.map(|a| (a.creds.uid, a.creds.gid));
+    match crate::cache::session::start(agent, vars, spec.work_dir, in_container, owner) {
         Ok(c) => Some(c),
         Err(e) => {
             log::error!("job {}: no cache: {e}", spec.request.job_id);
@@ -121,6 +122,7 @@ fn run_steps(
             &spec.request.job_id,
             keys,
             &spec.work_dir.join(JUMP_POINT_RECORD),
+            spec.account.map(|a| &a.creds),
         )
     });
     let jump_point = match jump_point {
@@ -229,7 +231,8 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
         }
     };
     let env_file = steps.spec.env_file();
-    if let Err(e) = write_env_file(&env_file, &vars) {
+    if let Err(e) = write_env_file(&env_file, &vars).and_then(|()| steps.spec.hand_over(&env_file))
+    {
         steps.output(&format!(
             "Failed to write the environment file {}: {e}\n",
             env_file.display()
@@ -281,7 +284,7 @@ fn source_setup(
 ) {
     let text = crate::cache::session::setup_script(cache);
     let path = spec.setup_file();
-    match write_private(&path, text.as_bytes()) {
+    match write_private(&path, text.as_bytes()).and_then(|()| spec.hand_over(&path)) {
         Ok(()) => session.run_silent(&format!("source {}", shell_quote(&path.to_string_lossy()))),
         Err(e) => {
             log::error!(

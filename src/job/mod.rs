@@ -2,6 +2,7 @@
 //! executor, the event log, callbacks, the log upload, the job directory and
 //! the runner pool that runs several jobs at once.
 
+pub mod account;
 pub mod artifact;
 pub mod callbacks;
 pub mod env;

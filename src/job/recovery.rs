@@ -73,7 +73,7 @@ fn take_over_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
     let (dir, record) = JobDir::take_over(root).or_else(|| record_unrecorded(root))?;
     if let Ok(Some((files, summary))) = LogFiles::finished_in(root) {
         // A teardown cut short may have left the working files.
-        dir.remove_work();
+        remove_work(&dir, &record);
         return finished(dir, record, Arc::new(files), summary);
     }
     let reopened = if root.join("events.jsonl").exists() {
@@ -89,7 +89,7 @@ fn take_over_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
         }
     };
     if summary.finished.is_some() {
-        dir.remove_work();
+        remove_work(&dir, &record);
         return finished(dir, record, log.files(), summary);
     }
     log::warn!(
@@ -97,7 +97,7 @@ fn take_over_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
         record.job_id
     );
     clean_host(&dir, &record, home, grace);
-    dir.remove_work();
+    remove_work(&dir, &record);
     let now = now_secs();
     if summary.started_at.is_none() {
         log.write(&Event::JobStarted { timestamp: now });
@@ -114,6 +114,14 @@ fn take_over_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
         result: JobResult::Failed,
         crashed: true,
     })
+}
+
+/// The working files, and a user made for the job with what it left.
+fn remove_work(dir: &JobDir, record: &JobRecord) {
+    dir.remove_work();
+    if let Some(account) = &record.account {
+        crate::job::account::remove_recorded(account);
+    }
 }
 
 fn finished(
@@ -157,6 +165,7 @@ fn record_unrecorded(root: &Path) -> Option<(JobDir, JobRecord)> {
         compose_main: None,
         callbacks: Default::default(),
         push: None,
+        account: None,
     };
     let path = root.join("job.json");
     let written = serde_json::to_vec(&record)

@@ -354,7 +354,8 @@ impl Runner {
             };
         }
         let record = JobRecord::new(&request, executor);
-        let dir = match JobDir::create(&self.cfg.data_dir, &record) {
+        let job_user = self.cfg.options.job_user_for(executor);
+        let dir = match JobDir::create(&self.cfg.data_dir, &record, job_user) {
             Ok(d) => d,
             Err(e) => return Submit::Failed(e),
         };
@@ -586,7 +587,12 @@ impl Runner {
                     request: &request,
                     executor: entry.executor,
                     work_dir: &entry.dir.work,
-                    home: &self.cfg.home,
+                    home: entry
+                        .dir
+                        .account
+                        .as_ref()
+                        .map_or(&self.cfg.home, |a| &a.home),
+                    account: entry.dir.account.as_ref(),
                     mark: &entry.dir.mark,
                     stop: entry.signal.clone(),
                     grace: self.cfg.grace,

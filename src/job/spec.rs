@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::job::account::{JobAccount, JobUser};
 use crate::job::request::{ExecutorKind, JobRequest};
 use crate::job::stop::StopSignal;
 use crate::metrics::Metrics;
@@ -27,6 +28,19 @@ pub struct AgentOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// The cache every job's `cache` command uses.
     pub cache: Option<Arc<crate::cache::session::AgentCache>>,
+    /// `--job-user`: who shell jobs run as, when not the agent's user.
+    pub job_user: Option<Arc<JobUser>>,
+}
+
+impl AgentOptions {
+    /// The `--job-user` setting for a job on this executor: shell jobs
+    /// only (a compose job runs as its images say, in its containers).
+    pub fn job_user_for(&self, executor: ExecutorKind) -> Option<&JobUser> {
+        match executor {
+            ExecutorKind::Shell => self.job_user.as_deref(),
+            ExecutorKind::DockerCompose => None,
+        }
+    }
 }
 
 /// Everything a job needs besides its request.
@@ -36,8 +50,11 @@ pub struct JobSpec<'a> {
     pub executor: ExecutorKind,
     /// Private directory for the job's working files (env file, commands).
     pub work_dir: &'a Path,
-    /// The agent user's home: the session starts there, `~` in file paths.
+    /// The home of the user the job runs as: the session starts there, `~`
+    /// in file paths.
     pub home: &'a Path,
+    /// The job's own user under `--job-user` (shell jobs only).
+    pub account: Option<&'a JobAccount>,
     pub mark: &'a str,
     pub stop: StopSignal,
     pub grace: Duration,
@@ -45,6 +62,15 @@ pub struct JobSpec<'a> {
 }
 
 impl JobSpec<'_> {
+    /// Gives a file the agent wrote for the job (in the job's directory,
+    /// which only the agent can change) to the job's user, if it has one.
+    pub fn hand_over(&self, path: &Path) -> std::io::Result<()> {
+        match self.account {
+            Some(a) => std::os::unix::fs::lchown(path, Some(a.creds.uid), Some(a.creds.gid)),
+            None => Ok(()),
+        }
+    }
+
     /// The job's env file (`export` lines), which its session and its jump
     /// point source (docs/protocol.md §8).
     pub fn env_file(&self) -> PathBuf {

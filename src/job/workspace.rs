@@ -11,12 +11,13 @@
 //! so a directory whose lock can be taken belongs to no living agent.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::job::account::{AccountRecord, JobAccount, JobUser};
 use crate::job::eventlog::now_secs;
 use crate::job::request::{Callbacks, ExecutorKind, JobRequest};
 use crate::process::sys;
@@ -38,6 +39,10 @@ pub struct JobRecord {
     /// after a crash can push what the control plane has not received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<LogPush>,
+    /// The user the job runs as under `--job-user`, written before a user
+    /// made for the job exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountRecord>,
 }
 
 /// A listen-mode job's log URL and its token (the record is 0600).
@@ -60,6 +65,7 @@ impl JobRecord {
             },
             callbacks: request.callbacks.clone(),
             push: None,
+            account: None,
         }
     }
 }
@@ -69,24 +75,49 @@ pub struct JobDir {
     pub work: PathBuf,
     /// The value of `AGENT_JOB_MARK` for the job's processes.
     pub mark: String,
+    /// The user the job runs as under `--job-user`.
+    pub account: Option<JobAccount>,
     /// `job.json`, locked while this process knows the job.
     _lock: File,
 }
 
 impl JobDir {
-    pub fn create(data_dir: &Path, record: &JobRecord) -> Result<JobDir, Error> {
+    /// Makes the job's directory; with `job_user`, also the job's user,
+    /// who can then reach (not list) the directory and its working files.
+    pub fn create(
+        data_dir: &Path,
+        record: &JobRecord,
+        job_user: Option<&JobUser>,
+    ) -> Result<JobDir, Error> {
         let jobs = data_dir.join("jobs");
+        // Searchable, not readable, by the jobs' users: each reaches its
+        // own working files by their path, and nothing else of the agent's.
+        let mode = if job_user.is_some() { 0o711 } else { 0o700 };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&jobs)
             .map_err(|e| Error::io("cannot create the data directory", &jobs, e))?;
+        if job_user.is_some() {
+            for dir in [data_dir, jobs.as_path()] {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(|e| {
+                    Error::io("cannot open the data directory to the jobs' users", dir, e)
+                })?;
+            }
+        }
         let nonce = random_hex(6);
         let root = jobs.join(format!("{}.{nonce}", id_slug(&record.job_id, 64)));
         fs::DirBuilder::new()
-            .mode(0o700)
+            .mode(mode)
             .create(&root)
             .map_err(|e| Error::io("cannot create the job directory", &root, e))?;
+        let mut record = record.clone();
+        let maker = job_user.map(|user| {
+            let (named, maker) = user.account_for(&nonce);
+            record.account = Some(named);
+            maker
+        });
+        let record = &record;
         let path = root.join(RECORD);
         let lock = OpenOptions::new()
             .read(true)
@@ -104,15 +135,31 @@ impl JobDir {
             .map_err(|e| Error::io("cannot write", &path, e))?;
         let work = root.join("work");
         fs::DirBuilder::new()
-            .mode(0o700)
+            .mode(mode)
             .create(&work)
             .map_err(|e| Error::io("cannot create the job directory", &work, e))?;
-        Ok(JobDir {
+        let mut dir = JobDir {
             root,
             work,
             mark: format!("{}.{nonce}", record.job_id),
+            account: None,
             _lock: lock,
-        })
+        };
+        if let (Some(maker), Some(named)) = (maker, &record.account) {
+            // On failure the directory stays, with its record, to be
+            // cleaned as any other.
+            let account = maker.make(named)?;
+            if let Err(e) = account.make_own_dir(&dir.work) {
+                account.remove();
+                return Err(Error::io(
+                    "cannot make the job user's directory in",
+                    &dir.work,
+                    e,
+                ));
+            }
+            dir.account = Some(account);
+        }
+        Ok(dir)
     }
 
     /// Takes over a directory no living agent holds; `None` when one does
@@ -140,6 +187,7 @@ impl JobDir {
             root: root.to_path_buf(),
             work: root.join("work"),
             mark: format!("{}.{nonce}", record.job_id),
+            account: None,
             _lock: file,
         };
         Some((dir, record))
@@ -150,12 +198,16 @@ impl JobDir {
         self.mark.rsplit('.').next().unwrap_or("0")
     }
 
-    /// Removes the working files (secrets included); the log stays.
+    /// Removes the working files (secrets included) and a user made for
+    /// the job, with what it left; the log stays.
     pub fn remove_work(&self) {
         match fs::remove_dir_all(&self.work) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("cannot remove {}: {e}", self.work.display()),
+        }
+        if let Some(account) = &self.account {
+            account.remove();
         }
     }
 }
@@ -169,7 +221,7 @@ mod tests {
         let data = std::env::temp_dir().join(format!("agent-workspace-{}", std::process::id()));
         let request = JobRequest::from_json(br#"{"job_id":"a.b c"}"#).unwrap();
         let record = JobRecord::new(&request, ExecutorKind::Shell);
-        let dir = JobDir::create(&data, &record).unwrap();
+        let dir = JobDir::create(&data, &record, None).unwrap();
         assert!(dir.mark.starts_with("a.b c."));
         assert!(JobDir::take_over(&dir.root).is_none());
         let root = dir.root.clone();

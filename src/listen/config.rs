@@ -38,6 +38,7 @@ struct FileConfig {
     post_job_hook_path: Option<PathBuf>,
     upload_job_logs: Option<String>,
     interruption_grace_period: Option<u64>,
+    job_user: Option<String>,
 }
 
 /// When a job's whole log is uploaded as an artifact.
@@ -162,6 +163,8 @@ pub struct ListenConfig {
     pub upload_job_logs: UploadJobLogs,
     pub interruption_grace: Duration,
     pub data_dir: PathBuf,
+    /// `--job-user`, unchecked (`job::account::JobUser::parse`).
+    pub job_user: Option<String>,
     pub limits: Limits,
 }
 
@@ -334,6 +337,11 @@ fn merge(
                 .unwrap_or(0),
         ),
         data_dir: crate::config::data_dir(args.data_dir.clone()),
+        job_user: args
+            .job_user
+            .clone()
+            .or(file.job_user)
+            .filter(|user| !user.is_empty()),
         limits,
     })
 }

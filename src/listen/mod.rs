@@ -54,6 +54,8 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
     crate::logging::init("info", Some(&agent_log))
         .map_err(|e| Error::io("cannot open the agent log", &agent_log, e))?;
     let cfg = Arc::new(ListenConfig::build(args)?);
+    let job_user =
+        crate::job::account::JobUser::from_setting(cfg.job_user.as_deref(), &cfg.data_dir)?;
     let limits = &cfg.limits;
     let mut client = Client::new(cfg.base_url(), cfg.token.clone(), limits.request_timeout)?;
     // Before anything else: clean up after the jobs of an agent that died
@@ -131,6 +133,7 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
             }),
             metrics: None,
             cache: Some(cache),
+            job_user: job_user.map(Arc::new),
         },
     });
     for job in &owed {

@@ -120,7 +120,10 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         url: target.url.clone(),
         token: target.token.clone(),
     });
-    let dir = match JobDir::create(&shared.cfg.data_dir, &record) {
+    let job_user = shared
+        .options
+        .job_user_for(check.as_ref().copied().unwrap_or(ExecutorKind::Shell));
+    let dir = match JobDir::create(&shared.cfg.data_dir, &record, job_user) {
         Ok(d) => d,
         Err(e) => {
             log::error!("job {job_id}: {e}");
@@ -203,7 +206,8 @@ fn run_job(
                 request,
                 executor,
                 work_dir: &dir.work,
-                home: &home,
+                home: dir.account.as_ref().map_or(&home, |a| &a.home),
+                account: dir.account.as_ref(),
                 mark: &dir.mark,
                 stop,
                 grace: shared.cfg.limits.stop_grace,

@@ -37,11 +37,36 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::process::exit_code;
 use crate::process::procs::{JobProcesses, MARK_VAR};
-use crate::process::sys;
+use crate::process::sys::{self, Credentials};
 
 /// The name (`argv[0]`, and the process name `ps` shows) under which the
 /// agent's binary is a job's subreaper. No command of the CLI.
 pub const REAPER_NAME: &str = "agent-subreaper";
+
+/// How the agent tells its subreaper who the session runs as (`--job-user`);
+/// the session does not get it.
+const CREDENTIALS_VAR: &str = "AGENT_JOB_CREDENTIALS";
+
+/// `uid:gid:group,group,...`
+fn encode_credentials(c: &Credentials) -> String {
+    let groups: Vec<String> = c.groups.iter().map(u32::to_string).collect();
+    format!("{}:{}:{}", c.uid, c.gid, groups.join(","))
+}
+
+fn decode_credentials(text: &str) -> Option<Credentials> {
+    let mut parts = text.splitn(3, ':');
+    let uid = parts.next()?.parse().ok()?;
+    let gid = parts.next()?.parse().ok()?;
+    let groups = parts
+        .next()?
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()
+        .ok()?;
+    // Never root: a session started as root is the agent's own user.
+    (uid != 0).then_some(Credentials { uid, gid, groups })
+}
 
 /// How long the subreaper may take to start the session and say so.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,6 +126,7 @@ impl Subreaper {
         env: &[(String, String)],
         terminal: OwnedFd,
         grace: Duration,
+        creds: Option<&Credentials>,
     ) -> Result<(Subreaper, Reports), Error> {
         let spawn_err = |source: io::Error| Error::Spawn {
             program: argv.first().cloned().unwrap_or_default(),
@@ -113,6 +139,7 @@ impl Subreaper {
             .arg(grace.as_millis().to_string())
             .args(argv)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(creds.map(|c| (CREDENTIALS_VAR, encode_credentials(c))))
             .stdin(Stdio::from(terminal))
             .stdout(Stdio::from(OwnedFd::from(theirs)))
             .stderr(Stdio::null());
@@ -242,12 +269,24 @@ fn start(
             .try_clone_to_owned()
             .map_err(|e| format!("cannot use the terminal: {e}"))
     };
+    let creds = match std::env::var(CREDENTIALS_VAR) {
+        Ok(text) => Some(
+            decode_credentials(&text).ok_or_else(|| format!("bad {CREDENTIALS_VAR} {text:?}"))?,
+        ),
+        Err(_) => None,
+    };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
+        .env_remove(CREDENTIALS_VAR)
         .stdin(Stdio::from(terminal()?))
         .stdout(Stdio::from(terminal()?))
         .stderr(Stdio::from(terminal()?));
     sys::spawn_as_session_leader_on_tty(&mut cmd);
+    // The subreaper stays the agent's: the job's user can neither signal
+    // it nor read what it holds.
+    if let Some(creds) = &creds {
+        sys::spawn_as(&mut cmd, creds);
+    }
     let session = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;

@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::process::output::{render, Chunker};
 use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::reaper::{SessionEnd, Subreaper};
-use crate::process::sys::{self, TermMode};
+use crate::process::sys::{self, Credentials, TermMode};
 use crate::process::terminal::{StdinTerminal, TERM_SIZE};
 use crate::util::{random_hex, shell_quote};
 
@@ -98,6 +98,9 @@ pub struct SessionSpec<'a> {
     /// the terminal's echo off where `stty` is missing (§4); None where
     /// there is none.
     pub echo_off_program: Option<String>,
+    /// Who the session runs as, when not the agent's user (`--job-user`):
+    /// its terminals and command file are then that user's.
+    pub creds: Option<Credentials>,
 }
 
 /// The name (`argv[0]`) under which the agent's binary turns off the echo
@@ -132,6 +135,8 @@ pub struct Session {
     grace: Duration,
     nonce: String,
     cmd_path: PathBuf,
+    /// The job's user, who must read the command file.
+    cmd_owner: Option<(u32, u32)>,
     /// Set once bash has exited.
     exit_status: Option<i32>,
     scanner: MarkerScanner,
@@ -162,6 +167,17 @@ impl Session {
                 source: e,
             })?;
         let (master, slave) = (pty.master, pty.slave);
+        if let Some(creds) = &spec.creds {
+            // As `login` does: the user's terminals are the user's.
+            sys::fchown(slave.as_raw_fd(), creds.uid, creds.gid)
+                .and_then(|()| {
+                    std::os::unix::fs::chown(spec.stdin.path(), Some(creds.uid), Some(creds.gid))
+                })
+                .map_err(|e| Error::Spawn {
+                    program: "a pseudo-terminal for the job's user".into(),
+                    source: e,
+                })?;
+        }
         let mut env = spec.env.clone();
         env.push((MARK_VAR.into(), spec.mark.into()));
         env.push((
@@ -169,7 +185,8 @@ impl Session {
             std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
         ));
         // The subreaper gets the only copy of the slave side.
-        let (subreaper, reports) = Subreaper::spawn(&spec.argv, &env, slave, spec.grace)?;
+        let (subreaper, reports) =
+            Subreaper::spawn(&spec.argv, &env, slave, spec.grace, spec.creds.as_ref())?;
         let pid = subreaper.session;
         let procs = JobProcesses::new(pid, spec.mark).with_subreaper(subreaper.pid());
         // For an agent that takes the job over after a crash (§7.3).
@@ -234,6 +251,7 @@ impl Session {
             subreaper: Some(subreaper),
             grace: spec.grace,
             cmd_path: spec.work_dir.join("command.sh"),
+            cmd_owner: spec.creds.as_ref().map(|c| (c.uid, c.gid)),
             scanner: MarkerScanner::new(&nonce),
             nonce,
             exit_status: None,
@@ -348,7 +366,18 @@ impl Session {
         if self.exit_status.is_some() {
             return Outcome::SessionGone;
         }
-        if let Err(e) = crate::util::write_private(&self.cmd_path, directive.as_bytes()) {
+        let written =
+            crate::util::write_private(&self.cmd_path, directive.as_bytes()).and_then(|()| {
+                match self.cmd_owner {
+                    // The job's directory is the agent's: the path leads to the
+                    // file just written.
+                    Some((uid, gid)) => {
+                        std::os::unix::fs::chown(&self.cmd_path, Some(uid), Some(gid))
+                    }
+                    None => Ok(()),
+                }
+            });
+        if let Err(e) = written {
             log::error!("cannot write {}: {e}", self.cmd_path.display());
             sink(format!("The agent could not write the command file: {e}\n"));
             return Outcome::Finished(1);

@@ -233,6 +233,7 @@ pub(crate) fn start(
                 stdin,
                 stdin_path: project::STDIN_TERMINAL.into(),
                 echo_off_program: crate::cache::session::container_program(spec.options),
+                creds: None,
             })
         });
     let session = match session {

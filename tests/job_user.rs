@@ -1,0 +1,418 @@
+//! `--job-user`: shell jobs run as a user that is not the agent's (README,
+//! "What a job can read"). With `auto`, each job gets a user of its own,
+//! made when it is accepted and removed, with what it left, when it ends or
+//! when a restarted agent cleans up after it; with a name, every job runs as
+//! that user, and the agent writes in that user's home as that user.
+//!
+//! The tests run as root (the only way the agent can run jobs as another
+//! user); elsewhere they skip.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::control_plane::{ControlPlane, REGISTRATION_TOKEN};
+use crate::support::listen_agent::{outputs as listen_outputs, ListenAgent};
+use crate::support::server::TestAgent;
+use crate::support::server::EVENT_TIMEOUT;
+use crate::support::skip::skip;
+use crate::support::{wait_until, Job, JOB_TIMEOUT};
+
+/// How long the agent may take to remove what a job left.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+const SECRET: &str = "job-user-secret-A-8c1f2e";
+
+/// Root with `useradd` and `userdel`, or a recorded skip.
+fn can_make_users() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("running jobs as other users needs root");
+    }
+    let found = |tool: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file())
+    };
+    if !found("useradd") || !found("userdel") {
+        return skip("useradd/userdel are not installed (Debian: passwd)");
+    }
+    true
+}
+
+/// A directory for the agent that other users can pass through (as a
+/// data dir under `--job-user` must be), removed at the end.
+fn reachable_root() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("agent-job-user-")
+        .tempdir()
+        .expect("create a temporary directory");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
+    dir
+}
+
+fn outputs(events: &[Value]) -> String {
+    events.iter().filter_map(|e| e["output"].as_str()).collect()
+}
+
+fn user_exists(name: &str) -> bool {
+    Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Every process of `user`.
+fn processes_of(user: &str) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-eo", "user:40,pid,args", "--no-headers"])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(user))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The value after `label=` on a line of `text`.
+fn field<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{label}=")))
+        .unwrap_or_else(|| panic!("no {label}= in:\n{text}"))
+}
+
+#[test]
+fn a_job_of_its_own_user_reads_nothing_of_the_agent_nor_of_another_job() {
+    if !can_make_users() {
+        return;
+    }
+    let root = reachable_root();
+    // What the agent holds: a config file and an SFTP key, private to it.
+    for (name, text) in [
+        ("config.yaml", "token: agent-token-x\n"),
+        ("id_sftp", "KEY\n"),
+    ] {
+        fs::write(root.path().join(name), text).expect("write");
+        fs::set_permissions(root.path().join(name), fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
+    let agent = TestAgent::builder()
+        .root(root.path())
+        .jobs(2)
+        .arg("--job-user")
+        .arg("auto")
+        .start();
+
+    let a = Job::new("ju-a")
+        .env("SECRET_A", SECRET)
+        .command("echo uid=$(id -u); echo home=$HOME; echo ready; exec -a ju-holder-a sleep 60");
+    agent.submit_ok(&a.to_value());
+    agent.wait_for_event(&a.job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"].as_str().is_some_and(|o| o.contains("ready"))
+    });
+    let a_out = outputs(&agent.poll_log(&a.job_id));
+
+    let data = root.path().join("data");
+    let b = Job::new("ju-b")
+        .command("echo uid=$(id -u); echo user=$(whoami); echo home=$HOME")
+        // The other job's processes: found, but their environment unreadable.
+        .command("for p in $(pgrep -f ju-holder-a); do echo pid=$p; tr '\\0' '\\n' < /proc/$p/environ; done; true")
+        // The agent, the parent of the job's subreaper.
+        .command("tr '\\0' '\\n' < /proc/$(awk '{print $4}' /proc/$PPID/stat)/environ; true")
+        .command("kill -0 $PPID; echo kill-subreaper=$?")
+        .command(&format!(
+            "cat {r}/config.yaml {r}/id_sftp; ls {d} {d}/jobs; cat {d}/jobs/*/work/env; true",
+            r = root.path().display(),
+            d = data.display()
+        ))
+        .command("touch ~/mine && stat -c owner=%U ~/mine");
+    agent.submit_ok(&b.to_value());
+    let b_events = agent.wait_for_job_finished(&b.job_id);
+    let b_out = outputs(&b_events);
+    assert_eq!(b_events.last().unwrap()["result"], "passed", "{b_out}");
+
+    let (uid_a, uid_b) = (field(&a_out, "uid"), field(&b_out, "uid"));
+    assert!(
+        uid_a != "0" && uid_b != "0" && uid_a != uid_b,
+        "a: {a_out}\nb: {b_out}"
+    );
+    assert!(field(&b_out, "user").starts_with("agent-job-"), "{b_out}");
+    assert_eq!(
+        field(&b_out, "home"),
+        format!("/home/{}", field(&b_out, "user"))
+    );
+    assert_eq!(field(&b_out, "owner"), field(&b_out, "user"));
+    assert!(b_out.contains("pid="), "the holder was not seen: {b_out}");
+    for leaked in [
+        SECRET,
+        "agent-token-x",
+        "KEY",
+        "AGENT_AUTH_TOKEN_SECRET",
+        "SECRET_A",
+    ] {
+        assert!(!b_out.contains(leaked), "the job read {leaked:?}:\n{b_out}");
+    }
+    assert!(b_out.contains("Permission denied"), "{b_out}");
+    assert_ne!(field(&b_out, "kill-subreaper"), "0", "{b_out}");
+
+    // A's user and home exist while it runs, and go with it.
+    let home_a = field(&a_out, "home").to_string();
+    let user_a = home_a.trim_start_matches("/home/").to_string();
+    assert!(user_exists(&user_a));
+    let stop = agent.post(&format!("/jobs/{}/stop", a.job_id), b"");
+    assert_eq!(stop.status, 200);
+    agent.wait_for_job_finished(&a.job_id);
+    wait_until("the job users to be removed", CLEANUP_TIMEOUT, || {
+        !user_exists(&user_a) && !user_exists(field(&b_out, "user"))
+    });
+    assert!(!Path::new(&home_a).exists());
+}
+
+#[test]
+fn a_user_made_for_a_job_goes_with_everything_it_left() {
+    if !can_make_users() {
+        return;
+    }
+    let root = reachable_root();
+    let agent = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg("auto")
+        .start();
+    let job = Job::new("ju-leaves")
+        .command("echo user=$(whoami)")
+        .command("mkdir -p /tmp/ju-left-dir && touch /tmp/ju-left-dir/f /var/tmp/ju-left /dev/shm/ju-left")
+        // An escapee without the job's mark, in a session of its own.
+        .command("setsid env -u AGENT_JOB_MARK bash -c 'exec -a ju-escapee sleep 600' </dev/null >/dev/null 2>&1 &")
+        .command("echo $TMPDIR; touch $TMPDIR/scratch; mktemp");
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    let out = outputs(&events);
+    assert_eq!(events.last().unwrap()["result"], "passed", "{out}");
+    let user = field(&out, "user").to_string();
+    wait_until("the job's user to be removed", CLEANUP_TIMEOUT, || {
+        !user_exists(&user)
+    });
+    for path in ["/tmp/ju-left-dir", "/var/tmp/ju-left", "/dev/shm/ju-left"] {
+        assert!(!Path::new(path).exists(), "{path} is left");
+    }
+    assert!(!Path::new(&format!("/home/{user}")).exists());
+    assert_eq!(processes_of(&user), Vec::<String>::new());
+}
+
+#[test]
+fn a_restarted_agent_removes_the_user_of_a_job_cut_short() {
+    if !can_make_users() {
+        return;
+    }
+    let root = reachable_root();
+    let first = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg("auto")
+        .start();
+    let job = Job::new("ju-crash").command("echo user=$(whoami); sleep 600");
+    first.submit_ok(&job.to_value());
+    first.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"].as_str().is_some_and(|o| o.contains("user="))
+    });
+    let user = field(&outputs(&first.poll_log(&job.job_id)), "user").to_string();
+    assert!(user_exists(&user));
+    first.signal(libc::SIGKILL);
+    wait_until("the agent to die", CLEANUP_TIMEOUT, || !first.is_running());
+    let second = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg("auto")
+        .start();
+    wait_until("the job's user to be removed", CLEANUP_TIMEOUT, || {
+        !user_exists(&user)
+    });
+    assert!(!Path::new(&format!("/home/{user}")).exists());
+    assert_eq!(processes_of(&user), Vec::<String>::new());
+    let events = second.poll_log(&job.job_id);
+    assert_eq!(events.last().unwrap()["result"], "failed");
+    drop(second);
+    drop(first);
+}
+
+/// A named user that the test makes (and removes).
+struct NamedUser(String);
+
+impl NamedUser {
+    fn make(name: &str) -> NamedUser {
+        let _ = Command::new("userdel").args(["--remove", name]).output();
+        // Agents of other tests may hold the user database's lock.
+        for _ in 0..20 {
+            let status = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/bash", name])
+                .status()
+                .expect("useradd");
+            if status.success() {
+                return NamedUser(name.to_string());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("useradd {name} failed 20 times");
+    }
+
+    fn home(&self) -> String {
+        format!("/home/{}", self.0)
+    }
+}
+
+impl Drop for NamedUser {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.0])
+            .status();
+        let _ = Command::new("userdel")
+            .args(["--force", "--remove", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn the_agent_writes_in_a_named_users_home_only_what_that_user_could() {
+    if !can_make_users() {
+        return;
+    }
+    let user = NamedUser::make("agent-ju-named");
+    let root = reachable_root();
+    // A root-owned file the user can read but not write, and links to it
+    // that an earlier job of the user planted in its home.
+    let target = root.path().join("not-the-jobs");
+    fs::write(&target, "original\n").expect("write");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let home = user.home();
+    std::os::unix::fs::symlink(&target, Path::new(&home).join("planted")).expect("symlink");
+    let chown = |path: &str| {
+        Command::new("chown")
+            .args(["-h", &format!("{0}:{0}", user.0), path])
+            .status()
+            .expect("chown");
+    };
+    chown(&format!("{home}/planted"));
+    fs::create_dir_all(format!("{home}/.ssh")).expect("mkdir");
+    std::os::unix::fs::symlink(&target, format!("{home}/.ssh/authorized_keys")).expect("symlink");
+    chown(&format!("{home}/.ssh"));
+    chown(&format!("{home}/.ssh/authorized_keys"));
+
+    let agent = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg(&user.0)
+        .start();
+    // Injected through the planted link: refused, as for the user itself.
+    let job = Job::new("ju-named-inject")
+        .file("planted", "replaced\n", "0644")
+        .command("echo never");
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    let out = outputs(&events);
+    assert_eq!(events.last().unwrap()["result"], "failed", "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "original\n");
+
+    // A jump point's key through the planted authorized_keys: the link is
+    // replaced (as the user could), never followed for writing.
+    let mut job = Job::new("ju-named-keys").command("echo ran").to_value();
+    job["ssh_public_keys"] = serde_json::json!([crate::support::b64("ssh-ed25519 AAAAjob")]);
+    agent.submit_ok(&job);
+    agent.wait_for_job_finished(job["job_id"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(&target).unwrap(), "original\n");
+
+    // A file of its own lands in its home, as its own.
+    let job = Job::new("ju-named-ok")
+        .file("dir/own.txt", "mine\n", "0600")
+        .command("cat ~/dir/own.txt; whoami");
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    let out = outputs(&events);
+    assert_eq!(events.last().unwrap()["result"], "passed", "{out}");
+    assert!(out.contains(&format!("mine\n{}\n", user.0)), "{out}");
+    let meta = fs::metadata(format!("{home}/dir/own.txt")).expect("stat");
+    let uid = fs::metadata(&home).expect("stat home").uid();
+    assert_eq!(meta.uid(), uid);
+    // A named user is not removed with its jobs.
+    thread::sleep(Duration::from_millis(100));
+    assert!(user_exists(&user.0));
+    drop(agent);
+}
+
+#[test]
+fn a_data_dir_the_jobs_user_cannot_reach_is_refused_at_start() {
+    if !can_make_users() {
+        return;
+    }
+    // No other user passes through a directory of mode 0700.
+    let root = tempfile::Builder::new()
+        .prefix("agent-job-user-closed-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+    // Bounded: an agent that wrongly starts serving is killed.
+    let out = Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_agent")])
+        .args(["serve", "--port", "0", "--job-user", "auto", "--data-dir"])
+        .arg(root.path().join("data"))
+        .env("AGENT_AUTH_TOKEN_SECRET", "x".repeat(32))
+        .env("HOME", root.path())
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not searchable by other users"),
+        "{stderr}"
+    );
+    let out = Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_agent")])
+        .args(["serve", "--port", "0", "--job-user", "nobody-such-user-x"])
+        .env("AGENT_AUTH_TOKEN_SECRET", "x".repeat(32))
+        .env("HOME", root.path())
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no such user"), "{stderr}");
+}
+
+#[test]
+fn listen_mode_runs_shell_jobs_as_their_own_user_from_the_config_file() {
+    if !can_make_users() {
+        return;
+    }
+    let cp = ControlPlane::start();
+    let config = format!(
+        "endpoint: {}\nno-https: true\njob-user: auto\n",
+        cp.endpoint()
+    );
+    let agent = ListenAgent::builder()
+        .config_file(&config)
+        .env("SEMAPHORE_AGENT_TOKEN", REGISTRATION_TOKEN)
+        .start(&cp);
+    let job = Job::new("ju-listen").command("echo user=$(whoami) uid=$(id -u)");
+    agent.track(&job.job_id);
+    cp.schedule(&job.to_value());
+    assert_eq!(cp.wait_for_result(&job.job_id, JOB_TIMEOUT), "passed");
+    let seen = listen_outputs(&cp, &job.job_id);
+    let line = seen
+        .lines()
+        .find(|l| l.starts_with("user="))
+        .unwrap_or_else(|| panic!("{seen}"));
+    let user = line["user=".len()..].split(' ').next().unwrap().to_string();
+    assert!(
+        user.starts_with("agent-job-") && !line.ends_with("uid=0"),
+        "{line}"
+    );
+    wait_until("the job's user to be removed", CLEANUP_TIMEOUT, || {
+        !user_exists(&user)
+    });
+}
