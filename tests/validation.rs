@@ -130,3 +130,53 @@ fn a_nul_in_an_env_value_fails_the_export_step() {
     );
     assert!(!outcome.render().contains("never-runs\n"));
 }
+
+/// A misspelt key is accepted, as the reference accepts it (a newer control
+/// plane may send fields this agent does not know), and the job runs what
+/// it can; but the agent log names every such key, with its path, on one
+/// line for the job, so a job that ran nothing can be told why.
+#[test]
+fn unknown_keys_are_accepted_and_named_in_the_agent_log() {
+    let agent = TestAgent::start_default();
+    let job_id = "misspelt-keys";
+    let body = json!({
+        "job_id": job_id,
+        "comands": [{ "directive": "echo never runs" }],
+        "commands": [{ "directive": "echo ran", "alais": "x" }],
+        "epilogue_always_commands": [],
+    });
+    agent.submit_ok(&body);
+    let events = agent.wait_for_job_finished(job_id);
+    assert_eq!(events.last().expect("events")["result"], "passed");
+    // The same job as YAML, under another id: the streamed JSON and the
+    // YAML paths both report.
+    let yaml = b"job_id: misspelt-yaml\ncomands:\n  - directive: echo never runs\n";
+    let reply = agent.submit_text("misspelt-yaml", Some("application/yaml"), yaml);
+    assert_eq!((reply.status, reply.message().as_str()), (200, "ok"));
+    agent.wait_for_job_finished("misspelt-yaml");
+
+    let log = std::fs::read_to_string(agent.agent_log_path()).expect("the agent log");
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("keys this agent does not know"))
+        .collect();
+    assert_eq!(named.len(), 2, "one line per job:\n{log}");
+    assert!(
+        named[0].ends_with(&format!(
+            "job {job_id}: keys this agent does not know are ignored: comands, commands.0.alais"
+        )),
+        "{}",
+        named[0]
+    );
+    assert!(
+        named[1].ends_with("job misspelt-yaml: keys this agent does not know are ignored: comands"),
+        "{}",
+        named[1]
+    );
+    assert!(
+        named
+            .iter()
+            .all(|l| l.contains("WARN") || l.contains("warn")),
+        "{named:?}"
+    );
+}

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::api::auth::Authenticator;
 use crate::api::bodies::{BodyTurns, Busy};
 use crate::error::RequestError;
-use crate::job::request::{Format, JobRequest};
+use crate::job::request::{warn_unknown_keys, Decoded, Format, JobRequest};
 use crate::job::runner::{Runner, Submit, TeardownInfo, STOP_BY_API};
 
 /// What the handlers need; built once by `serve`.
@@ -265,8 +265,11 @@ fn submit(
     if limited.limit() == 0 {
         return Reply::message(413, "request body too large");
     }
-    let request = match parsed {
-        Ok(r) => r,
+    let Decoded {
+        request,
+        unknown_keys,
+    } = match parsed {
+        Ok(d) => d,
         Err(e @ RequestError::Body(_)) => return Reply::message(500, &e.to_string()),
         Err(e) => return Reply::message(422, &e.to_string()),
     };
@@ -277,8 +280,12 @@ fn submit(
     if request.job_id.is_empty() {
         return Reply::message(422, "invalid job request: job_id is required");
     }
+    let job_id = request.job_id.clone();
     match app.runner.submit(request, executor) {
-        Submit::Accepted => Reply::message(200, "ok"),
+        Submit::Accepted => {
+            warn_unknown_keys(&job_id, &unknown_keys);
+            Reply::message(200, "ok")
+        }
         Submit::AlreadyKnown => Reply::message(200, "job is already running"),
         Submit::AnotherRunning => Reply::message(422, "another job is already running"),
         Submit::TearingDown(info) => {

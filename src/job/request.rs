@@ -165,13 +165,37 @@ pub struct Decoded {
     pub unknown_keys: Vec<String>,
 }
 
+/// Names the unknown keys of a job from the API or a control plane in the
+/// agent log, one line for the job. Such a job is still accepted, as the
+/// reference accepts it (a newer control plane may send fields this agent
+/// does not know), but a misspelt `comands` would otherwise pass green
+/// having run nothing, with no word about why.
+pub fn warn_unknown_keys(job_id: &str, unknown_keys: &[String]) {
+    if !unknown_keys.is_empty() {
+        log::warn!(
+            "job {job_id}: keys this agent does not know are ignored: {}",
+            unknown_keys.join(", ")
+        );
+    }
+}
+
+/// Records the path of a key `serde_ignored` reports. It writes `?` for
+/// each Option on the way (the lists accept `null`); a reader wants only
+/// keys and indices (`commands.0.alais`).
+fn note_unknown(keys: &mut Vec<String>, path: &serde_ignored::Path<'_>) {
+    let path = path.to_string();
+    let parts: Vec<&str> = path.split('.').filter(|p| *p != "?").collect();
+    keys.push(parts.join("."));
+}
+
 impl JobRequest {
     /// Parses a request body as it is read (the API form). JSON (declared,
     /// or guessed from a first non-blank `{`) is parsed as it streams: only
     /// the request's own strings are held, never the whole body. YAML is
     /// read whole first (its parser needs the document), within the limit
-    /// the caller puts on `body`.
-    pub fn from_body(body: impl std::io::Read, format: Format) -> Result<JobRequest, RequestError> {
+    /// the caller puts on `body`. Unknown keys are accepted and reported,
+    /// as by `decode`.
+    pub fn from_body(body: impl std::io::Read, format: Format) -> Result<Decoded, RequestError> {
         use std::io::{BufRead, Read};
         let mut reader = std::io::BufReader::with_capacity(64 * 1024, body);
         let format = match format {
@@ -187,16 +211,25 @@ impl JobRequest {
         if format == Format::Yaml {
             let mut bytes = Vec::new();
             reader.read_to_end(&mut bytes).map_err(RequestError::Body)?;
-            return JobRequest::decode(&bytes, Format::Yaml).map(|d| d.request);
+            return JobRequest::decode(&bytes, Format::Yaml);
         }
-        let req: JobRequest = serde_json::from_reader(reader).map_err(|e| {
+        let json_error = |e: serde_json::Error| {
             if e.is_io() {
                 RequestError::Body(e.into())
             } else {
                 RequestError::Syntax(e.to_string())
             }
-        })?;
-        Ok(req.normalized())
+        };
+        let mut unknown_keys = Vec::new();
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        let request: JobRequest =
+            serde_ignored::deserialize(&mut de, |path| note_unknown(&mut unknown_keys, &path))
+                .map_err(json_error)?;
+        de.end().map_err(json_error)?;
+        Ok(Decoded {
+            request: request.normalized(),
+            unknown_keys,
+        })
     }
 
     /// Parses a JSON request from memory.
@@ -228,13 +261,7 @@ impl JobRequest {
             f => f,
         };
         let mut unknown_keys = Vec::new();
-        // serde_ignored writes `?` for each Option on the way (the lists
-        // accept `null`); a reader wants only keys and indices.
-        let mut note = |path: serde_ignored::Path<'_>| {
-            let path = path.to_string();
-            let parts: Vec<&str> = path.split('.').filter(|p| *p != "?").collect();
-            unknown_keys.push(parts.join("."));
-        };
+        let mut note = |path: serde_ignored::Path<'_>| note_unknown(&mut unknown_keys, &path);
         let request: Option<JobRequest> = match format {
             Format::Json => {
                 let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -518,6 +545,19 @@ mod tests {
         let d =
             JobRequest::decode(br#"{"job_id":"a","logger":{"url":"u"}}"#, Format::Json).unwrap();
         assert!(d.unknown_keys.is_empty(), "{:?}", d.unknown_keys);
+    }
+
+    #[test]
+    fn a_streamed_body_reports_its_unknown_keys_too() {
+        let json = br#"{"job_id":"a","comands":[{"directive":"ls"}],"commands":[{"directive":"ls","alais":"x"}]}"#;
+        let d = JobRequest::from_body(&json[..], Format::Guess).unwrap();
+        assert_eq!(d.unknown_keys, ["comands", "commands.0.alais"]);
+        assert_eq!(d.request.commands.len(), 1);
+        let yaml = b"job_id: a\ncomands: []\n";
+        let d = JobRequest::from_body(&yaml[..], Format::Yaml).unwrap();
+        assert_eq!(d.unknown_keys, ["comands"]);
+        // Trailing text after the object is still refused.
+        assert!(JobRequest::from_body(&br#"{"job_id":"a"} x"#[..], Format::Json).is_err());
     }
 
     #[test]

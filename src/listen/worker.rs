@@ -18,7 +18,7 @@ use super::push::{PushTarget, Pusher};
 use crate::error::RequestError;
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::lifecycle;
-use crate::job::request::{EnvVar, ExecutorKind, Format, JobRequest};
+use crate::job::request::{warn_unknown_keys, EnvVar, ExecutorKind, Format, JobRequest};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::StopSignal;
 use crate::job::workspace::{JobDir, JobRecord, LogPush};
@@ -81,12 +81,7 @@ fn fetch(shared: &Shared, job_id: &str, stop: &StopSignal) -> Result<JobRequest,
         log::error!("job {job_id}: {e}");
         JobResult::Failed
     })?;
-    if !decoded.unknown_keys.is_empty() {
-        log::warn!(
-            "job {job_id}: keys this agent does not know: {}",
-            decoded.unknown_keys.join(", ")
-        );
-    }
+    warn_unknown_keys(job_id, &decoded.unknown_keys);
     let mut request = decoded.request;
     if request.job_id.is_empty() {
         request.job_id = job_id.to_string();
