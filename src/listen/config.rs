@@ -346,13 +346,23 @@ fn merge(
     })
 }
 
-/// A token file's first line, without its line end.
+/// A token file's first line, without its line end. An empty one is an
+/// error that names the file: `make install` leaves /etc/agent/token empty
+/// for the administrator to fill, and "no token" would not say where.
 fn read_token(path: &Path) -> Result<String, ListenError> {
     let text = std::fs::read_to_string(path).map_err(|source| ListenError::TokenFile {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(ListenError::invalid(
+            "token file",
+            &path.display().to_string(),
+            "is empty: its first line must be the registration token",
+        ));
+    }
+    Ok(token.to_string())
 }
 
 fn parse_env_var(pair: &str) -> Result<(String, String), ListenError> {
@@ -466,6 +476,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no endpoint"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_token_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n").unwrap();
+        let flag = path.to_str().unwrap();
+        let err = merge(
+            &args(&["--endpoint", "x", "--token-file", flag]),
+            FileConfig::default(),
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            format!("token file '{flag}' is empty: its first line must be the registration token")
+        );
+        std::fs::write(&path, "t0k3n\nignored\n").unwrap();
+        let cfg = merge(
+            &args(&["--endpoint", "x", "--token-file", flag]),
+            FileConfig::default(),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(cfg.token, "t0k3n");
     }
 
     #[test]
