@@ -18,7 +18,7 @@ TEST_RUNNER = $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo 'nextes
 SKIP_LOG := $(CURDIR)/target/skips
 TEST_OUTPUT := $(CURDIR)/target/test-output.txt
 
-.PHONY: all build release install serve token test lint bench example mutants clean
+.PHONY: all build release install uninstall serve token test lint bench example mutants clean
 
 all: release
 
@@ -30,8 +30,21 @@ STATIC_BUILD = RUSTFLAGS="$(RUSTFLAGS) -C target-feature=+crt-static" $(CARGO) b
 release:
 	$(STATIC_BUILD)
 
-install: release
-	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/agent
+# The binary, a systemd unit per mode and, in $(DESTDIR)/etc/agent, the
+# environment file, the listen configuration, the token file and a JWT
+# secret (never overwriting them): dist/install.sh, README "Run it as a
+# service". AGENT_USER=name creates that system user and runs the units as
+# it. BIN=path on the command line installs that binary without building.
+# `make uninstall` removes what the install recorded, and only that.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" UNITDIR="$(UNITDIR)" \
+	AGENT_USER="$(AGENT_USER)" BIN="$(BIN)"
+
+install: $(if $(filter command line,$(origin BIN)),,release)
+	@$(INSTALL_ENV) dist/install.sh install
+
+uninstall:
+	@$(INSTALL_ENV) dist/install.sh uninstall
 
 # Serves the API on embedded defaults: port 8000, a self-signed certificate
 # and a random JWT secret, both made on first start and kept in DATA_DIR.

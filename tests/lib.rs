@@ -17,6 +17,7 @@ mod credentials;
 mod curl;
 mod disk;
 mod hostile;
+mod install;
 mod isolation;
 mod job_file;
 mod job_user;
