@@ -27,6 +27,7 @@ mod listen_compose;
 mod listen_config;
 mod listen_crash;
 mod listen_faults;
+mod local_control_plane;
 mod run;
 mod secrets;
 mod serve;
