@@ -31,6 +31,11 @@ const HTTP_WORKERS: usize = 16;
 const BODY_TURN_WAIT: Duration = Duration::from_secs(60);
 
 pub fn serve(args: ServeArgs) -> Result<(), Error> {
+    // Caught from the start: a SIGTERM while the agent starts (systemctl
+    // stop right after start) waits here for the loop at the end, instead
+    // of killing the agent by its default action after it said it listens.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::io("cannot install signal handlers", "SIGTERM", e))?;
     // The agent log lives in the data directory (by default), and the log
     // comes first so that every later error is in it.
     let early_data_dir = config::data_dir(args.data_dir.clone());
@@ -138,8 +143,6 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
 
     // SIGTERM or SIGINT: stop every job, let them clean up (processes,
     // containers), then exit. A job never outlives the agent.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| Error::io("cannot install signal handlers", "SIGTERM", e))?;
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: stopping every job and shutting down");
         runner.shutdown();
