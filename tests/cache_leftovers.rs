@@ -129,6 +129,13 @@ fn a_killed_agent_leaves_no_transfer_running_and_old_uploads_go() {
         "{:?}",
         named(&spool, "up-")
     );
+    // At start, before any store.
+    wait_until(
+        "the upload of two hours ago to go",
+        Duration::from_secs(30),
+        || !stale.exists(),
+    );
+    assert!(fresh.exists(), "an upload in progress was removed");
     let ran = run(
         &again,
         &Job::new("next-store").command("echo y > g && cache store next g"),

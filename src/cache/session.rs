@@ -158,8 +158,15 @@ pub fn agent_cache(
             "this agent binary is not statically linked: compose jobs get no `cache` (see --cache-static-binary)"
         );
     }
-    Ok(Arc::new(AgentCache {
-        config,
-        store: Arc::new(store),
-    }))
+    let store = Arc::new(store);
+    // On its own thread: a server that is slow to answer does not hold
+    // the agent's start.
+    let sweeper = Arc::clone(&store);
+    if let Err(e) = std::thread::Builder::new()
+        .name("cache-sweep".into())
+        .spawn(move || sweeper.sweep_abandoned())
+    {
+        log::warn!("cannot look for uploads a crash left in the cache: {e}");
+    }
+    Ok(Arc::new(AgentCache { config, store }))
 }

@@ -19,7 +19,7 @@ pub mod staging;
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,28 @@ impl Store {
             archive_format: cfg.archive_format,
             lock: Mutex::new(()),
         })
+    }
+
+    /// Removes the uploads a crash left on the backend (an SFTP server's
+    /// `.incoming-*` older than any upload can take), as a store would:
+    /// for an agent that starts, so that they do not wait for the next
+    /// store. The local backend's went when it was opened.
+    pub fn sweep_abandoned(&self) {
+        let Backend::Sftp(_) = &self.backend else {
+            return;
+        };
+        let cancel = crate::cache::cancel::Cancel::new(Arc::default(), None);
+        let call = Call {
+            cancel: &cancel,
+            identity: None,
+        };
+        let Ok(_guard) = self.lock(call.cancel) else {
+            return;
+        };
+        match self.backend.listing(&call) {
+            Ok(listing) => self.backend.remove_abandoned(&listing.staged, &call),
+            Err(e) => log::warn!("cannot look for uploads a crash left in the cache: {e}"),
+        }
     }
 
     /// The order keys go in when the job names none.
