@@ -113,16 +113,55 @@ pub fn refusal(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, Refusal(why))
 }
 
-/// The symlinks an archive has made so far, by the paths they are at.
+/// What an archive has made so far: its symlinks, its other entries that
+/// are not directories, and the directories its entries are in, by path.
+/// An entry that would turn one of these into another kind is refused, so
+/// that the tree restored never depends on the order the archive lists its
+/// entries in (a file `x` then `x/f`, or `x/f` then a symlink `x`, are
+/// refused both ways round, before anything is written).
 #[derive(Default)]
 pub struct Plan {
     planted: HashSet<PathBuf>,
+    not_dirs: HashSet<PathBuf>,
+    dirs: HashSet<PathBuf>,
 }
 
 impl Plan {
     /// Checks one entry at `dest` (with a hard link's target at `src`) and
-    /// notes a symlink it makes.
+    /// notes what it makes.
     pub fn check(&mut self, kind: Kind, dest: &Path, src: Option<&Path>) -> io::Result<()> {
+        self.check_links(kind, dest, src)?;
+        let parents = || dest.ancestors().skip(1);
+        if let Some(file) = parents().find(|a| self.not_dirs.contains(*a)) {
+            return Err(refused("a name under a file it made itself", file));
+        }
+        if kind == Kind::Dir {
+            if self.not_dirs.contains(dest) {
+                return Err(refused("a directory where it made a file", dest));
+            }
+        } else if self.dirs.contains(dest) {
+            return Err(refused("a file or link where it made a directory", dest));
+        }
+        // Directories: the entry's own, then its parents until one is known.
+        let first = if kind == Kind::Dir {
+            Some(dest)
+        } else {
+            dest.parent()
+        };
+        for dir in first.into_iter().flat_map(Path::ancestors) {
+            if !self.dirs.insert(dir.to_path_buf()) {
+                break;
+            }
+        }
+        if !matches!(kind, Kind::Dir | Kind::Symlink) {
+            self.not_dirs.insert(dest.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// The symlink rules: nothing under (or hard-linked through) a symlink
+    /// the archive made.
+    fn check_links(&mut self, kind: Kind, dest: &Path, src: Option<&Path>) -> io::Result<()> {
         if !self.planted.is_empty() {
             let through = |p: &Path| p.ancestors().skip(1).any(|a| self.planted.contains(a));
             if through(dest) || src.is_some_and(through) {
@@ -295,5 +334,48 @@ mod tests {
         // A file in the symlink's place replaces it.
         plan.check(Kind::File, Path::new("/w/l"), None).unwrap();
         plan.check(Kind::File, Path::new("/w/other"), None).unwrap();
+    }
+
+    /// Each pair is refused in either order, so what is restored never
+    /// depends on the order of the entries.
+    #[test]
+    fn conflicting_entries_are_refused_in_either_order() {
+        let x = (Kind::File, "/w/x");
+        let pairs = [
+            [x, (Kind::File, "/w/x/f")],
+            [x, (Kind::Dir, "/w/x")],
+            [(Kind::Symlink, "/w/x"), (Kind::File, "/w/x/f")],
+            [(Kind::HardLink, "/w/x"), (Kind::Dir, "/w/x/d")],
+            [(Kind::Symlink, "/w/x"), (Kind::Dir, "/w/x")],
+        ];
+        for pair in pairs {
+            for order in [[0, 1], [1, 0]] {
+                let mut plan = Plan::default();
+                let (a, b) = (pair[order[0]], pair[order[1]]);
+                let src = Some(Path::new("/w/other"));
+                let src_of = |k: Kind| (k == Kind::HardLink).then_some(src).flatten();
+                let first = plan.check(a.0, Path::new(a.1), src_of(a.0));
+                let second = plan.check(b.0, Path::new(b.1), src_of(b.0));
+                assert!(
+                    first.is_err() || second.is_err(),
+                    "{a:?} then {b:?} was accepted"
+                );
+            }
+        }
+        // What a tree's archive holds is fine in any order.
+        let tree = [
+            (Kind::Dir, "/w/d"),
+            (Kind::File, "/w/d/f"),
+            (Kind::Dir, "/w/d/e"),
+            (Kind::Symlink, "/w/d/e/l"),
+            (Kind::File, "/w/g"),
+        ];
+        for rotation in 0..tree.len() {
+            let mut plan = Plan::default();
+            for i in 0..tree.len() {
+                let (kind, path) = tree[(i + rotation) % tree.len()];
+                plan.check(kind, Path::new(path), None).unwrap();
+            }
+        }
     }
 }
