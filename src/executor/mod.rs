@@ -15,6 +15,7 @@ use crate::executor::compose::ProjectGuard;
 use crate::executor::jumppoint::JumpPoint;
 use crate::job::request::ExecutorKind;
 use crate::job::steps::{Started, Steps};
+use crate::process::reaper::Subreaper;
 use crate::process::session::Session;
 use crate::util::shell_quote;
 
@@ -22,15 +23,17 @@ use crate::util::shell_quote;
 /// the session (the compose project); drop it after the session.
 pub enum Executor {
     Shell,
-    /// The compose project, once it exists.
-    Compose(Option<ProjectGuard>),
+    /// The compose project, once it exists, and the subreapers of its host
+    /// setup commands, which hold what those left running until the job
+    /// ends.
+    Compose(Option<ProjectGuard>, Vec<Subreaper>),
 }
 
 impl Executor {
     pub fn new(kind: ExecutorKind) -> Executor {
         match kind {
             ExecutorKind::Shell => Executor::Shell,
-            ExecutorKind::DockerCompose => Executor::Compose(None),
+            ExecutorKind::DockerCompose => Executor::Compose(None, Vec::new()),
         }
     }
 
@@ -39,7 +42,9 @@ impl Executor {
     pub(crate) fn start(&mut self, steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
         match self {
             Executor::Shell => shell::start(steps, jump_point),
-            Executor::Compose(project) => compose::start(steps, project, jump_point),
+            Executor::Compose(project, host_setup) => {
+                compose::start(steps, project, host_setup, jump_point)
+            }
         }
     }
 
@@ -47,7 +52,7 @@ impl Executor {
     pub(crate) fn inject_files(&self, steps: &mut Steps<'_, '_>, session: &mut Session) -> bool {
         match self {
             Executor::Shell => shell::inject_files(steps),
-            Executor::Compose(_) => compose::inject_files(steps, session),
+            Executor::Compose(..) => compose::inject_files(steps, session),
         }
     }
 
@@ -57,7 +62,7 @@ impl Executor {
     pub(crate) fn env_exported(&self, session: &mut Session, env_file: &Path, setup_file: &Path) {
         match self {
             Executor::Shell => {}
-            Executor::Compose(_) => {
+            Executor::Compose(..) => {
                 let env = shell_quote(&env_file.to_string_lossy());
                 let setup = shell_quote(&setup_file.to_string_lossy());
                 let line = shell_quote(&format!(

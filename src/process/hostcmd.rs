@@ -5,6 +5,9 @@
 //! terminal, so it is handed on byte-exact, `\r\n` included (docs/protocol.md
 //! §6.2); only bytes that are not UTF-8 change.
 //!
+//! `run_held` runs a command the job gave (a compose job's host setup
+//! command) below a subreaper, as the job's session is.
+//!
 //! `run_bounded` is for the cache's `sftp` runs: a deadline, a way for the
 //! caller to give up, and nothing left behind in any case, not even a child
 //! of the command (ssh) that holds its pipes.
@@ -20,6 +23,7 @@ use crossbeam_channel::{bounded, select_biased, Receiver};
 use crate::process::exit_code;
 use crate::process::output::decode;
 use crate::process::procs::{JobProcesses, MARK_VAR};
+use crate::process::reaper::{SessionEnd, Subreaper};
 use crate::process::sys;
 
 #[derive(Debug)]
@@ -33,6 +37,110 @@ enum Msg {
     Line(String),
     Eof,
 }
+
+/// What `run_held` hands back besides the outcome: the subreaper that holds
+/// whatever the command left running, until it is dropped.
+pub type Held = Option<Subreaper>;
+
+/// Runs `argv` (a command the job gave, such as a compose job's host setup
+/// command) below a subreaper of its own, like a job's session, calling
+/// `on_line` with each line of its merged output. Returns once the command
+/// has exited (with what it printed until then, and a little after), or
+/// at a stop (everything it started killed). What it left running stays,
+/// held by the returned subreaper, until the caller drops that: whatever
+/// it does to its environment or session, nothing it started outlives the
+/// job.
+pub fn run_held(
+    argv: &[String],
+    mark: &str,
+    stop: &Receiver<()>,
+    grace: Duration,
+    on_line: &mut dyn FnMut(&str),
+) -> (HostOutcome, Held) {
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return (HostOutcome::SpawnFailed(e), None),
+    };
+    let env = [(MARK_VAR.to_string(), mark.to_string())];
+    let (subreaper, reports) =
+        match Subreaper::spawn(argv, &env, std::os::fd::OwnedFd::from(writer), grace, None) {
+            Ok(started) => started,
+            Err(e) => {
+                return (
+                    HostOutcome::SpawnFailed(io::Error::other(e.to_string())),
+                    None,
+                )
+            }
+        };
+    enum Report {
+        Line(String),
+        Eof,
+        Exited(i32),
+    }
+    let (tx, rx) = bounded::<Report>(64);
+    let out_tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if out_tx.send(Report::Line(decode(&line))).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = out_tx.send(Report::Eof);
+    });
+    std::thread::spawn(move || {
+        let code = match reports.session_end() {
+            SessionEnd::Exited(code) => code,
+            SessionEnd::SubreaperGone => 1,
+        };
+        let _ = tx.send(Report::Exited(code));
+    });
+    let mut exited = None;
+    let mut drain_until = None;
+    loop {
+        let wait = drain_until.map_or(Duration::from_secs(3600), |d: Instant| {
+            d.saturating_duration_since(Instant::now())
+        });
+        select_biased! {
+            recv(stop) -> _ => {
+                JobProcesses::new(subreaper.session, mark)
+                    .with_subreaper(subreaper.pid())
+                    .kill_all(grace);
+                drop(subreaper);
+                return (HostOutcome::Stopped, None);
+            }
+            recv(rx) -> msg => match msg {
+                Ok(Report::Line(line)) => on_line(&line),
+                Ok(Report::Exited(code)) => {
+                    exited = Some(code);
+                    // What is still in the pipe; a process it left may
+                    // hold the pipe open for ever.
+                    drain_until = Some(Instant::now() + HELD_DRAIN);
+                }
+                Ok(Report::Eof) | Err(_) => {
+                    if let Some(code) = exited {
+                        return (HostOutcome::Exited(code), Some(subreaper));
+                    }
+                }
+            },
+            default(wait) => {
+                if let Some(code) = exited {
+                    return (HostOutcome::Exited(code), Some(subreaper));
+                }
+            }
+        }
+    }
+}
+
+/// After a held command exits, how long what it printed is still read.
+const HELD_DRAIN: Duration = Duration::from_millis(300);
 
 /// Runs `cmd`, calling `on_line` with each line of its merged output as it
 /// was printed, its `\n` or `\r\n` included (a last line without one too).

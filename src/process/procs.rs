@@ -25,6 +25,9 @@ use crate::process::sys;
 
 /// The environment variable every process of a job inherits.
 pub const MARK_VAR: &str = "AGENT_JOB_MARK";
+/// The name (`argv[0]`, and the process name `ps` shows) under which the
+/// agent's binary is a job's subreaper (`reaper`). No command of the CLI.
+pub const REAPER_NAME: &str = "agent-subreaper";
 
 /// The file in a job's work dir that records its session and subreaper.
 pub const RECORD_FILE: &str = "processes.json";
@@ -48,6 +51,8 @@ pub struct JobProcesses {
 /// What the agent reads of a process in /proc/<pid>/stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
+    /// Its command name (`comm`) is `REAPER_NAME`.
+    named_subreaper: bool,
     state: char,
     ppid: i32,
     session: i32,
@@ -148,6 +153,12 @@ impl JobProcesses {
     /// subreaper excluded.
     pub fn list(&self) -> Vec<i32> {
         let me = std::process::id() as i32;
+        // The agent: this process, or the parent of this subreaper.
+        let agent = if self.subreaper == Some(me) {
+            std::os::unix::process::parent_id() as i32
+        } else {
+            me
+        };
         let Ok(dir) = fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -162,6 +173,13 @@ impl JobProcesses {
         stats
             .iter()
             .filter(|(pid, _)| *pid != me && Some(*pid) != self.subreaper)
+            // Another subreaper of the agent (one of a compose job's host
+            // setup commands) ends what is below it when its own holder
+            // tells it to; killed here, it would leave that to init. No
+            // process of a job is a child of the agent: orphans go to
+            // their subreaper, and a process named so below a subreaper is
+            // the job's like any other.
+            .filter(|(_, stat)| !(stat.ppid == agent && stat.named_subreaper))
             .filter(|(pid, stat)| self.owns(*pid, stat, &parents))
             .map(|(pid, _)| *pid)
             .collect()
@@ -262,10 +280,13 @@ fn stat_of(pid: i32) -> Option<Stat> {
 /// command name may contain spaces and parentheses, so fields are counted
 /// after the last ')'.
 fn parse_stat(stat: &str) -> Option<Stat> {
-    let rest = &stat[stat.rfind(')')? + 1..];
+    let close = stat.rfind(')')?;
+    let named_subreaper = stat[..close].split_once('(')?.1 == REAPER_NAME;
+    let rest = &stat[close + 1..];
     // Field 3 (the state) onwards.
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(Stat {
+        named_subreaper,
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         session: fields.get(3)?.parse().ok()?,
@@ -445,9 +466,14 @@ mod tests {
             (format!("17 ()) R 16 16 15 {tail} 777"), ('R', 16, 15)),
             (format!("9 (sleep) Z 8 7 6 {tail} 777 5 6"), ('Z', 8, 6)),
             (format!("31 ( ) ) D 2 3 5 {tail} 777"), ('D', 2, 5)),
+            (
+                format!("40 (agent-subreaper) S 2 3 5 {tail} 777"),
+                ('S', 2, 5),
+            ),
         ];
         for (line, (state, ppid, session)) in lines {
             let expected = Stat {
+                named_subreaper: line.contains("(agent-subreaper)"),
                 state,
                 ppid,
                 session,

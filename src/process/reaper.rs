@@ -39,9 +39,7 @@ use crate::process::exit_code;
 use crate::process::procs::{JobProcesses, MARK_VAR};
 use crate::process::sys::{self, Credentials};
 
-/// The name (`argv[0]`, and the process name `ps` shows) under which the
-/// agent's binary is a job's subreaper. No command of the CLI.
-pub const REAPER_NAME: &str = "agent-subreaper";
+pub use crate::process::procs::REAPER_NAME;
 
 /// How the agent tells its subreaper who the session runs as (`--job-user`);
 /// the session does not get it.
@@ -118,7 +116,8 @@ impl Reports {
 impl Subreaper {
     /// Starts the job's subreaper, which starts `argv` as the leader of a
     /// session of its own whose controlling terminal is `terminal` (a
-    /// pseudo-terminal's slave, also its stdin, stdout and stderr), with the
+    /// pseudo-terminal's slave, also its stdin, stdout and stderr; or the
+    /// write end of a pipe, then its stdout and stderr only), with the
     /// agent's environment plus `env` (the job's mark among them). Returns
     /// once the session runs, with what the subreaper reports from then on.
     pub fn spawn(
@@ -276,12 +275,20 @@ fn start(
         Err(_) => None,
     };
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_remove(CREDENTIALS_VAR)
-        .stdin(Stdio::from(terminal()?))
-        .stdout(Stdio::from(terminal()?))
-        .stderr(Stdio::from(terminal()?));
-    sys::spawn_as_session_leader_on_tty(&mut cmd);
+    cmd.args(&argv[1..]).env_remove(CREDENTIALS_VAR);
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        cmd.stdin(Stdio::from(terminal()?))
+            .stdout(Stdio::from(terminal()?))
+            .stderr(Stdio::from(terminal()?));
+        sys::spawn_as_session_leader_on_tty(&mut cmd);
+    } else {
+        // A command whose output the agent reads from a pipe (a compose
+        // job's host setup commands): no terminal, nothing to read.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(terminal()?))
+            .stderr(Stdio::from(terminal()?));
+        sys::spawn_as_session_leader(&mut cmd);
+    }
     // The subreaper stays the agent's: the job's user can neither signal
     // it nor read what it holds.
     if let Some(creds) = &creds {

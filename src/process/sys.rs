@@ -236,6 +236,19 @@ pub fn spawn_as_session_leader_on_tty(cmd: &mut Command) {
     }
 }
 
+/// Makes the child the leader of a new session without a terminal.
+pub fn spawn_as_session_leader(cmd: &mut Command) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The size of a terminal, in characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TermSize {

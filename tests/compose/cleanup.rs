@@ -197,3 +197,46 @@ fn stop_during_a_host_setup_command_stops_the_job() {
     watch.assert_gone();
     assert_no_job_processes(job.job_id());
 }
+
+/// A host setup command runs below a subreaper of its own: what it leaves
+/// running (one that drops the mark and leaves the session, one that holds
+/// its output pipe) lives until the job ends, and not a moment longer; the
+/// command's own end is not held up by them.
+#[test]
+fn what_a_host_setup_command_leaves_running_ends_with_the_job() {
+    if !docker::ready() {
+        return;
+    }
+    let agent = TestAgent::builder().stop_grace_period(2).start();
+    let job = ComposeJob::new("setupleft", Container::new("main", BASH_IMAGE));
+    let token = token_for(job.job_id());
+    let setup = format!(
+        "setsid env -u AGENT_JOB_MARK bash -c 'exec -a {token}-escapee sleep 600' </dev/null >/dev/null 2>&1 & \
+         bash -c 'exec -a {token}-holder sleep 600' & echo setup-done"
+    );
+    let job = job
+        .host_setup(&setup)
+        .command(&format!("echo in-main; : {token}"));
+    let watch = ProjectWatch::new(&job.project_prefix());
+    agent.submit_ok(&job.to_value());
+    agent.wait_for_event(job.job_id(), COMPOSE_JOB_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"] == "in-main\n"
+    });
+    // While the job runs, what the setup left is there.
+    let left = job_processes(job.job_id());
+    assert!(
+        left.iter().any(|p| p.cmdline.contains("-escapee"))
+            && left.iter().any(|p| p.cmdline.contains("-holder")),
+        "{left:#?}"
+    );
+    let events = wait_for_compose_job(&agent, job.job_id());
+    assert_eq!(events.last().unwrap()["result"], "passed");
+    watch.assert_gone();
+    assert_no_job_processes(job.job_id());
+    assert!(
+        fs::read_to_string(agent.agent_log_path())
+            .unwrap_or_default()
+            .contains("host setup: setup-done"),
+        "the setup's output is not in the agent log"
+    );
+}

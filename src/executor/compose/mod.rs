@@ -20,7 +20,8 @@ use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::files::{inject_file, resolve_path};
 use crate::job::request::{decode_b64, parse_mode};
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
-use crate::process::hostcmd::{run_lines, HostOutcome};
+use crate::process::hostcmd::{run_held, run_lines, HostOutcome};
+use crate::process::reaper::Subreaper;
 use crate::process::session::{Outcome, Session, SessionSpec};
 use crate::process::terminal::StdinTerminal;
 use crate::util::{shell_quote, write_private};
@@ -56,6 +57,7 @@ impl Drop for ProjectGuard {
 pub(crate) fn start(
     steps: &mut Steps<'_, '_>,
     guard: &mut Option<ProjectGuard>,
+    host_setup: &mut Vec<Subreaper>,
     jump_point: &JumpPoint,
 ) -> Started {
     let spec = steps.spec;
@@ -64,16 +66,16 @@ pub(crate) fn start(
     // §9.1 step 2: host setup commands; their output goes to the agent log
     // only, and a failure ends the job before any step, as in the
     // reference: the reason is a remark.
+    // Each below a subreaper of its own, which holds what it leaves running
+    // until the job ends.
     for command in &request.compose.host_setup_commands {
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
-            .arg(&command.directive)
-            .stdin(std::process::Stdio::null());
+        let argv = ["bash", "-c", &command.directive].map(String::from);
         let mut lines = String::new();
-        let outcome = run_lines(cmd, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
+        let (outcome, held) = run_held(&argv, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
             log::info!("host setup: {}", line.trim_end());
             lines.push_str(&ended(line));
         });
+        host_setup.extend(held);
         let status = match outcome {
             HostOutcome::Exited(0) => continue,
             HostOutcome::Exited(status) => status,
