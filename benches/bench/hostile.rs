@@ -215,3 +215,109 @@ fn closed_by_peer(stream: &TcpStream) -> bool {
         Err(err) => err.kind() != io::ErrorKind::WouldBlock,
     }
 }
+
+/// Connections a job's processes open to its cache socket at once, holding
+/// an unfinished request each, and then frames that claim 16 MiB.
+const CACHE_HOLDERS: usize = 64;
+const CACHE_FLOOD: usize = 64;
+/// Targets: the agent's threads added, and its resident memory at the peak
+/// over idle, during the flood.
+const CACHE_FLOOD_THREADS_TARGET: f64 = 16.0;
+const CACHE_FLOOD_RSS_TARGET_MIB: f64 = 32.0;
+
+/// A job's cache socket flooded (README, "What a job can and cannot do to
+/// the cache"): 64 connections that each hold a request unfinished, then 64
+/// frames that claim 16 MiB and send 2 MiB. The agent's threads and VmHWM
+/// over those of the waiting job, one run.
+pub(super) fn bench_cache_flood() -> Result<Vec<Row>, Failure> {
+    println!(
+        "  a job's cache socket: {CACHE_HOLDERS} connections holding a request unfinished, then \
+         {CACHE_FLOOD} frames claiming 16 MiB with 2 MiB sent; threads and VmHWM over the waiting job's; one run"
+    );
+    let serve = Serve::idle()?;
+    let job = json!({
+        "job_id": "cache-flood",
+        "executor": "shell",
+        "commands": [{ "directive": "echo \"socket=$AGENT_CACHE_SOCKET\"; sleep 30" }],
+    });
+    serve.post_job(&job).map_err(|f| serve.failed(f))?;
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let socket = loop {
+        let log = serve.agent().poll_log("cache-flood");
+        let found = log.iter().find_map(|e| {
+            e["output"]
+                .as_str()?
+                .lines()
+                .find_map(|l| l.strip_prefix("socket=").map(str::to_owned))
+        });
+        if let Some(socket) = found {
+            break socket;
+        }
+        if Instant::now() > deadline {
+            return Err(serve.failed(Failure::new("the job never printed its socket".into())));
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let before = serve.proc_status()?;
+    let threads_before = status_field(&before, "Threads").unwrap_or(0);
+    let rss_before = status_field(&before, "VmRSS").unwrap_or(0);
+    let head = |len: u32| {
+        let mut head = vec![b'J'];
+        head.extend(len.to_be_bytes());
+        head
+    };
+    let connect = || std::os::unix::net::UnixStream::connect(&socket);
+    let mut held = Vec::new();
+    for _ in 0..CACHE_HOLDERS {
+        if let Ok(mut conn) = connect() {
+            let _ = conn
+                .write_all(&head(100))
+                .and_then(|()| conn.write_all(b"{"));
+            held.push(conn);
+        }
+    }
+    let junk = vec![b' '; 2 * 1024 * 1024];
+    for _ in 0..CACHE_FLOOD {
+        if let Ok(mut conn) = connect() {
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = conn
+                .write_all(&head(16 * 1024 * 1024))
+                .and_then(|()| conn.write_all(&junk));
+            held.push(conn);
+        }
+    }
+    thread::sleep(Duration::from_secs(1));
+    let during = serve.proc_status()?;
+    let threads_peak = status_field(&during, "Threads").unwrap_or(0);
+    let hwm = status_field(&during, "VmHWM").unwrap_or(0);
+    drop(held);
+    let _ = serve.client().post("/jobs/cache-flood/stop", b"");
+    println!(
+        "  threads {threads_before} before, {threads_peak} during; VmRSS {} before, VmHWM {} during",
+        fmt_kib(rss_before),
+        fmt_kib(hwm)
+    );
+    let threads_row = Row::at_most(
+        "threads added by a cache-socket flood",
+        None,
+        threads_peak.saturating_sub(threads_before) as f64,
+        CACHE_FLOOD_THREADS_TARGET,
+        "threads",
+        0,
+    );
+    let rss_row = Row::at_most(
+        "RSS peak over idle, cache-socket flood",
+        None,
+        hwm.saturating_sub(rss_before) as f64 / 1024.0,
+        CACHE_FLOOD_RSS_TARGET_MIB,
+        "MiB",
+        1,
+    );
+    for row in [&threads_row, &rss_row] {
+        println!(
+            "  {}: {}   target {}   {}",
+            row.check, row.figure, row.target, row.outcome
+        );
+    }
+    Ok(vec![threads_row, rss_row])
+}

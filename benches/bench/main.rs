@@ -101,7 +101,7 @@ fn main() {
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
-    let benches: [(&str, BenchFn); 13] = [
+    let benches: [(&str, BenchFn); 14] = [
         ("per-command overhead", throughput::bench_command_overhead),
         ("throughput", throughput::bench_throughput),
         ("big writes", big_writes::bench_big_writes),
@@ -122,6 +122,7 @@ fn main() {
             "GET /is_alive during a connection flood",
             hostile::bench_flood,
         ),
+        ("cache socket flood", hostile::bench_cache_flood),
         ("idle agent start (listen mode)", listen::bench_idle),
         ("log push latency (listen mode)", listen::bench_latency),
     ];
