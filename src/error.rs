@@ -9,8 +9,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::http::FrontError;
-use crate::listen::ListenError;
+use crate::http::error::FrontError;
+use crate::listen::error::ListenError;
 
 /// A job request that cannot be accepted (422 from the server, exit 2 from `agent run`).
 #[derive(Debug)]

@@ -17,6 +17,7 @@ mod credentials;
 mod curl;
 mod disk;
 mod hostile;
+mod imports;
 mod install;
 mod isolation;
 mod job_file;

@@ -131,15 +131,15 @@ pub fn setup_script(cache: Option<&JobCache>) -> String {
 
 /// The mount that puts `cache` into a compose job's main container, when
 /// the agent has a cache and a static binary to mount.
-pub fn container_volume(options: &crate::job::spec::AgentOptions) -> Option<String> {
-    let binary = options.cache.as_ref()?.config.static_binary.as_ref()?;
+pub fn container_volume(cache: Option<&AgentCache>) -> Option<String> {
+    let binary = cache?.config.static_binary.as_ref()?;
     Some(format!("{}:{CONTAINER_BIN}/cache:ro", binary.display()))
 }
 
 /// The agent's binary inside a compose job's main container, when it is
 /// mounted there (`container_volume`).
-pub fn container_program(options: &crate::job::spec::AgentOptions) -> Option<String> {
-    container_volume(options).map(|_| format!("{CONTAINER_BIN}/cache"))
+pub fn container_program(cache: Option<&AgentCache>) -> Option<String> {
+    container_volume(cache).map(|_| format!("{CONTAINER_BIN}/cache"))
 }
 
 /// The agent's cache from its flags: the configuration checked, the

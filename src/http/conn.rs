@@ -26,8 +26,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::admission::{Admitted, FrontConfig, Shared};
 use super::framing::{FramingError, ResponseFramer};
-use super::listener::{Admitted, FrontConfig, Shared};
 use super::request_head::{find_head_end, plan_request, Rejection};
 use crate::process::sys;
 use upstream::Upstream;

@@ -71,8 +71,9 @@
 //! Requests a client pipelines are forwarded one after the other: the next
 //! head is read only once the previous response is complete.
 
+mod admission;
 mod conn;
-mod error;
+pub mod error;
 mod framing;
 mod listener;
 mod plain;
@@ -81,8 +82,9 @@ mod request_head;
 mod tests;
 mod tls;
 
+pub(crate) use admission::FrontConfig;
 pub(crate) use error::FrontError;
-pub(crate) use listener::{Front, FrontConfig};
+pub(crate) use listener::Front;
 pub(crate) use tls::{load_tls_config, self_signed};
 
 /// The header through which `tiny_http` learns the client's address: the

@@ -9,8 +9,8 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use super::admission::Shared;
 use super::conn::CloseReason;
-use super::listener::Shared;
 use crate::process::sys;
 
 /// The content type byte of a TLS handshake record, the first byte every

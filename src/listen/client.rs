@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::error::ListenError;
-use super::shutdown::ShutdownReason;
+pub use super::error::{describe, ClientError};
 use crate::error::Error;
 
 /// Largest response body read from the control plane (a job request
@@ -31,76 +31,47 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-#[derive(Debug)]
-pub enum ClientError {
-    /// No answer: connection refused, TLS failure, the deadline passed.
-    Transport {
-        route: &'static str,
-        source: Box<ureq::Error>,
-    },
-    /// An answer that is not a success.
-    Status {
-        route: &'static str,
-        status: u16,
-        body: String,
-    },
-    /// A success whose body is not JSON, or not an object.
-    Decode {
-        route: &'static str,
-        source: serde_json::Error,
-    },
-    /// A field of the answer has a type the agent cannot read.
-    Field {
-        route: &'static str,
-        field: &'static str,
-        source: serde_json::Error,
-    },
+/// Deserialized from a sync answer's `shutdown_reason` (`idle`,
+/// `job-finished`, `requested`, `interrupted`; anything else is `Unknown`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownReason {
+    /// No job for `disconnect-after-idle-timeout` seconds.
+    Idle,
+    /// `disconnect-after-job` and the job is over.
+    JobFinished,
+    /// The control plane asked for it.
+    Requested,
+    /// SIGTERM or SIGINT.
+    Interrupted,
+    /// No successful sync for too long.
+    UnableToSync,
+    /// The control plane asked with a reason we do not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ShutdownReason {
+    /// The value the shutdown hook sees, as the reference agent names it.
+    pub fn hook_value(self) -> &'static str {
         match self {
-            ClientError::Transport { route, .. } => write!(f, "{route} failed"),
-            ClientError::Status {
-                route,
-                status,
-                body,
-            } => {
-                write!(f, "{route} answered {status}")?;
-                let body = body.trim();
-                if !body.is_empty() {
-                    write!(f, ": {body}")?;
-                }
-                Ok(())
-            }
-            ClientError::Decode { route, .. } => write!(f, "{route} answered an unexpected body"),
-            ClientError::Field { route, field, .. } => {
-                write!(f, "{route} answered an unexpected `{field}`")
-            }
+            ShutdownReason::Idle => "IDLE",
+            ShutdownReason::JobFinished => "JOB_FINISHED",
+            ShutdownReason::Requested => "REQUESTED",
+            ShutdownReason::Interrupted => "INTERRUPTED",
+            ShutdownReason::UnableToSync => "UNABLE_TO_SYNC",
+            ShutdownReason::Unknown => "UNKNOWN",
         }
     }
-}
 
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    /// 1 when the agent gave up on the control plane, else 0.
+    pub fn exit_code(self) -> u8 {
         match self {
-            ClientError::Transport { source, .. } => Some(source.as_ref()),
-            ClientError::Decode { source, .. } | ClientError::Field { source, .. } => Some(source),
-            ClientError::Status { .. } => None,
+            ShutdownReason::UnableToSync => 1,
+            _ => 0,
         }
     }
-}
-
-/// `ClientError` with its causes, for log lines.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[derive(Debug, Serialize)]

@@ -1,11 +1,11 @@
 //! Why listen mode cannot start: a bad configuration (file, flags,
-//! environment, trust roots) or a registration that never succeeded. Each
-//! message ends with its cause's, and `source()` returns that cause.
+//! environment, trust roots) or a registration that never succeeded; and
+//! how a request to the control plane fails (`ClientError`, which the
+//! client returns). Each message ends with its cause's, and `source()`
+//! returns that cause.
 
 use std::fmt;
 use std::path::PathBuf;
-
-use super::client::ClientError;
 
 #[derive(Debug)]
 pub enum ListenError {
@@ -81,7 +81,7 @@ impl fmt::Display for ListenError {
             } => write!(
                 f,
                 "cannot register with {endpoint} ({attempts} attempts): {}",
-                super::client::describe(source)
+                describe(source)
             ),
         }
     }
@@ -98,4 +98,76 @@ impl std::error::Error for ListenError {
             | ListenError::NoCertificates { .. } => None,
         }
     }
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// No answer: connection refused, TLS failure, the deadline passed.
+    Transport {
+        route: &'static str,
+        source: Box<ureq::Error>,
+    },
+    /// An answer that is not a success.
+    Status {
+        route: &'static str,
+        status: u16,
+        body: String,
+    },
+    /// A success whose body is not JSON, or not an object.
+    Decode {
+        route: &'static str,
+        source: serde_json::Error,
+    },
+    /// A field of the answer has a type the agent cannot read.
+    Field {
+        route: &'static str,
+        field: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Transport { route, .. } => write!(f, "{route} failed"),
+            ClientError::Status {
+                route,
+                status,
+                body,
+            } => {
+                write!(f, "{route} answered {status}")?;
+                let body = body.trim();
+                if !body.is_empty() {
+                    write!(f, ": {body}")?;
+                }
+                Ok(())
+            }
+            ClientError::Decode { route, .. } => write!(f, "{route} answered an unexpected body"),
+            ClientError::Field { route, field, .. } => {
+                write!(f, "{route} answered an unexpected `{field}`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Transport { source, .. } => Some(source.as_ref()),
+            ClientError::Decode { source, .. } | ClientError::Field { source, .. } => Some(source),
+            ClientError::Status { .. } => None,
+        }
+    }
+}
+
+/// `ClientError` with its causes, for log lines.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -12,7 +12,7 @@
 
 pub mod client;
 pub mod config;
-mod error;
+pub mod error;
 mod push;
 mod recover;
 pub mod shutdown;
@@ -27,10 +27,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::cli::{StartArgs, LISTEN_ONLY_FLAGS};
 use crate::error::Error;
 use crate::job::spec::AgentOptions;
+pub use client::ShutdownReason;
 use client::{retry, Client, RegisterRequest};
 use config::ListenConfig;
 pub use error::ListenError;
-pub use shutdown::ShutdownReason;
 use sync::{Msg, SyncLoop};
 use worker::Shared;
 

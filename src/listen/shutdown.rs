@@ -1,59 +1,14 @@
-//! The ways out of listen mode: why the agent shuts down (and the exit code
-//! that goes with it), the disconnect from the control plane (bounded
-//! retries), and the shutdown hook (bash, with the reason in
-//! `SEMAPHORE_AGENT_SHUTDOWN_REASON`, under a deadline).
+//! The ways out of listen mode: the disconnect from the control plane
+//! (bounded retries) and the shutdown hook (bash, with the reason in
+//! `SEMAPHORE_AGENT_SHUTDOWN_REASON`, under a deadline). Why the agent
+//! shuts down is the protocol's `client::ShutdownReason`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
-use super::client::{describe, retry, Client};
+use super::client::{describe, retry, Client, ShutdownReason};
 use super::config::Limits;
-
-/// Deserialized from a sync answer's `shutdown_reason` (`idle`,
-/// `job-finished`, `requested`, `interrupted`; anything else is `Unknown`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ShutdownReason {
-    /// No job for `disconnect-after-idle-timeout` seconds.
-    Idle,
-    /// `disconnect-after-job` and the job is over.
-    JobFinished,
-    /// The control plane asked for it.
-    Requested,
-    /// SIGTERM or SIGINT.
-    Interrupted,
-    /// No successful sync for too long.
-    UnableToSync,
-    /// The control plane asked with a reason we do not know.
-    #[default]
-    #[serde(other)]
-    Unknown,
-}
-
-impl ShutdownReason {
-    /// The value the shutdown hook sees, as the reference agent names it.
-    pub fn hook_value(self) -> &'static str {
-        match self {
-            ShutdownReason::Idle => "IDLE",
-            ShutdownReason::JobFinished => "JOB_FINISHED",
-            ShutdownReason::Requested => "REQUESTED",
-            ShutdownReason::Interrupted => "INTERRUPTED",
-            ShutdownReason::UnableToSync => "UNABLE_TO_SYNC",
-            ShutdownReason::Unknown => "UNKNOWN",
-        }
-    }
-
-    /// 1 when the agent gave up on the control plane, else 0.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            ShutdownReason::UnableToSync => 1,
-            _ => 0,
-        }
-    }
-}
 
 /// Tells the control plane the agent is gone (bounded retries; a failure
 /// is logged, never fatal).

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::client::ShutdownReason;
 use super::client::{describe, Action, AgentState, SyncRequest, SyncResponse};
 use super::recover::{self, Owed};
-use super::shutdown::ShutdownReason;
 use super::worker::{self, JobEvent, Shared};
 use crate::job::eventlog::{now_secs, JobResult};
 use crate::job::stop::{self, StopHandle};

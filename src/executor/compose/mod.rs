@@ -118,8 +118,9 @@ pub(crate) fn start(
         kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
         volumes: file::host_volumes(spec.options.host_files.as_deref()),
     };
-    opts.volumes
-        .extend(crate::cache::session::container_volume(spec.options));
+    opts.volumes.extend(crate::cache::session::container_volume(
+        spec.options.cache.as_deref(),
+    ));
     let written = file::compose_file(&request.compose.containers, &opts)
         .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()))
         .and_then(|bytes| write_private(&project.file, &bytes).map_err(|e| e.to_string()))
@@ -234,7 +235,9 @@ pub(crate) fn start(
                 grace: spec.grace,
                 stdin,
                 stdin_path: project::STDIN_TERMINAL.into(),
-                echo_off_program: crate::cache::session::container_program(spec.options),
+                echo_off_program: crate::cache::session::container_program(
+                    spec.options.cache.as_deref(),
+                ),
                 creds: None,
             })
         });

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{CloseReason, Reading, Session, IO_CHUNK};
-use crate::http::listener::Shared;
+use crate::http::admission::Shared;
 use crate::process::sys;
 
 /// After this many response bytes a connection counts as a bulk transfer.
