@@ -526,6 +526,10 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
+        // Until `env` has exec'd `sleep`, the environment still has the mark.
+        wait_until("the grandchild's sleep", || {
+            fs::read(format!("/proc/{grandchild}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        });
         let by_mark = JobProcesses::marked(&mark);
         let below = JobProcesses::marked(&mark).with_subreaper(std::process::id() as i32);
         let (by_mark_list, below_list) = (by_mark.list(), below.list());

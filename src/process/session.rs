@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use crossbeam_channel::{bounded, select_biased, Receiver};
 use crate::error::Error;
 use crate::process::output::{render, Chunker};
 use crate::process::procs::{JobProcesses, MARK_VAR};
-use crate::process::reaper::{SessionEnd, Subreaper};
+use crate::process::reaper::{Reports, SessionEnd, Subreaper};
 use crate::process::sys::{self, Credentials, TermMode};
 use crate::process::terminal::{StdinTerminal, TERM_SIZE};
 use crate::util::{random_hex, shell_quote};
@@ -103,6 +103,90 @@ pub struct SessionSpec<'a> {
     pub creds: Option<Credentials>,
 }
 
+/// The session's pseudo-terminal, echo and output processing off, given to
+/// the job's user when the session runs as one (as `login` does).
+fn open_terminal(spec: &SessionSpec<'_>) -> Result<(File, OwnedFd), Error> {
+    let pty = sys::open_pty(TERM_SIZE)
+        .and_then(|pty| {
+            // No echo: the agent's instructions never show. No output
+            // post-processing: `\n` stays `\n`, which saves the kernel
+            // and the chunker work on every line.
+            TermMode::of(pty.slave.as_raw_fd())?
+                .without_echo()
+                .without_output_processing()
+                .apply(pty.slave.as_raw_fd())?;
+            Ok(pty)
+        })
+        .map_err(|e| Error::Spawn {
+            program: "a pseudo-terminal".into(),
+            source: e,
+        })?;
+    if let Some(creds) = &spec.creds {
+        sys::fchown(pty.slave.as_raw_fd(), creds.uid, creds.gid)
+            .and_then(|()| {
+                std::os::unix::fs::chown(spec.stdin.path(), Some(creds.uid), Some(creds.gid))
+            })
+            .map_err(|e| Error::Spawn {
+                program: "a pseudo-terminal for the job's user".into(),
+                source: e,
+            })?;
+    }
+    Ok((pty.master, pty.slave))
+}
+
+/// The session's two threads: the reader copies the terminal into a
+/// bounded channel, the waiter reports bash's exit when the subreaper
+/// reaps it. Both report on the channel returned.
+fn spawn_threads(master: &File, reports: Reports) -> Result<Receiver<Msg>, Error> {
+    let (tx, rx) = bounded::<Msg>(16);
+    let mut reader = master.try_clone().map_err(spawn_err)?;
+    let out_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("session-reader".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; READ_BUFFER];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(mut n) => {
+                        // Take what else is already waiting, without
+                        // blocking: one message per burst, not per read
+                        // (a terminal hands over at most 4 KiB a read).
+                        while n + 4096 <= buf.len() && sys::readable_now(reader.as_raw_fd()) {
+                            match reader.read(&mut buf[n..]) {
+                                Ok(0) | Err(_) => break,
+                                Ok(m) => n += m,
+                            }
+                        }
+                        if out_tx.send(Msg::Output(buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // EIO: every holder of the terminal's other side is gone.
+                    Err(_) => break,
+                }
+            }
+        })
+        .map_err(spawn_err)?;
+    std::thread::Builder::new()
+        .name("session-waiter".into())
+        .spawn(move || {
+            let code = match reports.session_end() {
+                SessionEnd::Exited(code) => code,
+                SessionEnd::SubreaperGone => {
+                    // Killed by someone else: the session is treated as
+                    // ended, and the job's processes are killed.
+                    log::error!("the job's subreaper ended before its session");
+                    1
+                }
+            };
+            let _ = tx.send(Msg::Exited(code));
+        })
+        .map_err(spawn_err)?;
+    Ok(rx)
+}
+
 /// The name (`argv[0]`) under which the agent's binary turns off the echo
 /// of the terminal on its stdin, then exits (docs/protocol.md §4): how a
 /// session in an image without `stty` stops echoing the agent's
@@ -148,36 +232,12 @@ pub struct Session {
 
 impl Session {
     /// Starts bash and waits until it is ready. `Ok(None)` means a stop
-    /// arrived first (everything started is already killed).
+    /// arrived first (everything started is already killed). The steps:
+    /// the session's terminal, the subreaper that starts bash on it, the
+    /// threads that read the terminal and wait for bash's end, then the
+    /// first instruction and its readiness marker.
     pub fn start(spec: SessionSpec<'_>) -> Result<Option<Session>, Error> {
-        let nonce = random_hex(16);
-        let pty = sys::open_pty(TERM_SIZE)
-            .and_then(|pty| {
-                // No echo: the agent's instructions never show. No output
-                // post-processing: `\n` stays `\n`, which saves the kernel
-                // and the chunker work on every line.
-                TermMode::of(pty.slave.as_raw_fd())?
-                    .without_echo()
-                    .without_output_processing()
-                    .apply(pty.slave.as_raw_fd())?;
-                Ok(pty)
-            })
-            .map_err(|e| Error::Spawn {
-                program: "a pseudo-terminal".into(),
-                source: e,
-            })?;
-        let (master, slave) = (pty.master, pty.slave);
-        if let Some(creds) = &spec.creds {
-            // As `login` does: the user's terminals are the user's.
-            sys::fchown(slave.as_raw_fd(), creds.uid, creds.gid)
-                .and_then(|()| {
-                    std::os::unix::fs::chown(spec.stdin.path(), Some(creds.uid), Some(creds.gid))
-                })
-                .map_err(|e| Error::Spawn {
-                    program: "a pseudo-terminal for the job's user".into(),
-                    source: e,
-                })?;
-        }
+        let (master, slave) = open_terminal(&spec)?;
         let mut env = spec.env.clone();
         env.push((MARK_VAR.into(), spec.mark.into()));
         env.push((
@@ -187,61 +247,14 @@ impl Session {
         // The subreaper gets the only copy of the slave side.
         let (subreaper, reports) =
             Subreaper::spawn(&spec.argv, &env, slave, spec.grace, spec.creds.as_ref())?;
-        let pid = subreaper.session;
-        let procs = JobProcesses::new(pid, spec.mark).with_subreaper(subreaper.pid());
+        let procs = JobProcesses::new(subreaper.session, spec.mark).with_subreaper(subreaper.pid());
         // For an agent that takes the job over after a crash (§7.3).
         if let Err(e) = procs.record(spec.work_dir) {
             log::warn!("cannot record the processes of the job: {e}");
         }
-
-        let (tx, rx) = bounded::<Msg>(16);
-        let mut reader = master.try_clone().map_err(spawn_err)?;
-        let out_tx = tx.clone();
-        std::thread::Builder::new()
-            .name("session-reader".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; READ_BUFFER];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(mut n) => {
-                            // Take what else is already waiting, without
-                            // blocking: one message per burst, not per read
-                            // (a terminal hands over at most 4 KiB a read).
-                            while n + 4096 <= buf.len() && sys::readable_now(reader.as_raw_fd()) {
-                                match reader.read(&mut buf[n..]) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(m) => n += m,
-                                }
-                            }
-                            if out_tx.send(Msg::Output(buf[..n].to_vec())).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        // EIO: every holder of the terminal's other side is gone.
-                        Err(_) => break,
-                    }
-                }
-            })
-            .map_err(spawn_err)?;
-        std::thread::Builder::new()
-            .name("session-waiter".into())
-            .spawn(move || {
-                let code = match reports.session_end() {
-                    SessionEnd::Exited(code) => code,
-                    SessionEnd::SubreaperGone => {
-                        // Killed by someone else: the session is treated as
-                        // ended, and the job's processes are killed.
-                        log::error!("the job's subreaper ended before its session");
-                        1
-                    }
-                };
-                let _ = tx.send(Msg::Exited(code));
-            })
-            .map_err(spawn_err)?;
-
-        let mut session = Session {
+        let rx = spawn_threads(&master, reports)?;
+        let nonce = random_hex(16);
+        let session = Session {
             master,
             stdin: spec.stdin,
             stdin_path: spec.stdin_path,
@@ -258,6 +271,12 @@ impl Session {
             secrets: Arc::default(),
             interrupt: crossbeam_channel::never(),
         };
+        let init = session.first_instruction(spec.echo_off_program.as_deref());
+        session.wait_until_ready(&init)
+    }
+
+    /// The instruction that makes the session the agent's.
+    fn first_instruction(&self, echo_off_program: Option<&str>) -> String {
         // The terminal echoes nothing, COLUMNS and LINES give its size
         // (bash sets them only for itself), prompts are empty, history is not
         // written, and the job starts in HOME. Job control is off: bash then
@@ -268,19 +287,25 @@ impl Session {
         // Everything printed before the readiness marker is discarded.
         // Without `stty` the agent's own binary turns echo off; without
         // either, echo stays on (README, "How a job runs").
-        let echo_off = match &spec.echo_off_program {
+        let echo_off = match echo_off_program {
             Some(program) => format!(
                 "stty -echo 2>/dev/null || (exec -a {ECHO_OFF_NAME} {}) 2>/dev/null",
                 shell_quote(program)
             ),
             None => "stty -echo 2>/dev/null".to_string(),
         };
-        let init = format!(
+        format!(
             "{echo_off}; export COLUMNS={cols} LINES={rows}; set +m; PS1=; PS2=; PROMPT_COMMAND='printf \"\\001{n}E%d\\001\" $?'; unset HISTFILE; cd ~; printf '\\001{n}R\\001'\n",
-            n = session.nonce,
+            n = self.nonce,
             cols = TERM_SIZE.cols,
             rows = TERM_SIZE.rows,
-        );
+        )
+    }
+
+    /// Writes the first instruction and waits for its readiness marker,
+    /// discarding what comes before it.
+    fn wait_until_ready(self, init: &str) -> Result<Option<Session>, Error> {
+        let mut session = self;
         session.write_instruction(init.as_bytes())?;
         let ready = format!("\x01{}R\x01", session.nonce).into_bytes();
         let mut seen: Vec<u8> = Vec::new();
