@@ -2,8 +2,24 @@
 //! this host; the compose executor runs it in the main container of a
 //! docker compose project. `Executor` is chosen once, from the validated
 //! request, and each step that differs between the two is one `match` here;
-//! the lifecycle (`job::lifecycle`) knows no executor by name. The SSH jump
-//! point leads into either.
+//! the lifecycle (`job::lifecycle`) names no executor: it asks `Executor`,
+//! and `ExecutorKind` for what it needs to know before one exists (whether
+//! the job runs in a container). The SSH jump point leads into either.
+//!
+//! # Adding an executor
+//!
+//! A new variant of `job::request::ExecutorKind` (with its name in the
+//! request's decoding), and the compiler points at every place that must
+//! handle it, since each asks the kind by `match`, never by `==`:
+//! - here, `Executor`: its variant (holding what it must clean up when
+//!   dropped), `start` (prepare and start the session: a `Session` on a
+//!   terminal, below a subreaper), `inject_files`, `env_exported`;
+//! - `ExecutorKind::in_container` and `mounts_host_files`;
+//! - `job::workspace::RecordedExecutor`, what `job.json` keeps of it, and
+//!   `job::recovery::clean_host`, which removes what a job of that kind
+//!   left after a crash;
+//! - `job::spec::AgentOptions::job_user_for`: whether `--job-user` applies;
+//! - the jump point's `Target`, when its session is not on this host.
 
 pub mod compose;
 pub mod jumppoint;

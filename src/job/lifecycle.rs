@@ -18,7 +18,7 @@ use crate::executor::jumppoint::{self, JumpPoint};
 use crate::executor::Executor;
 use crate::job::env::{decode_env, write_env_file, MIN_SECRET_LEN};
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
-use crate::job::request::{Command, ExecutorKind};
+use crate::job::request::Command;
 use crate::job::spec::JobSpec;
 use crate::job::steps::{
     Started, Step, Steps, STEP_CHECK_RESULT, STEP_EXPORT_ENV, STEP_POST_JOB_HOOK, STEP_PRE_JOB_HOOK,
@@ -88,7 +88,7 @@ fn start_cache(spec: &JobSpec<'_>) -> Option<crate::cache::session::JobCache> {
     let agent = spec.options.cache.as_ref()?;
     let env = decode_env(&spec.request.env_vars).unwrap_or_default();
     let vars = env.iter().map(|(k, (v, _))| (k.as_str(), v.as_slice()));
-    let in_container = spec.executor == ExecutorKind::DockerCompose;
+    let in_container = spec.executor.in_container();
     let owner = spec.account.map(|a| (a.creds.uid, a.creds.gid));
     match crate::cache::session::start(agent, vars, spec.work_dir, in_container, owner) {
         Ok(c) => Some(c),

@@ -22,7 +22,7 @@ use crate::executor::jumppoint::{remove_legacy_profile_line, JumpPoint};
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult, LogFiles};
 use crate::job::lifecycle::{JUMP_POINT_DIR, JUMP_POINT_RECORD};
 use crate::job::reopen::LogSummary;
-use crate::job::workspace::{JobDir, JobRecord};
+use crate::job::workspace::{JobDir, JobRecord, RecordedExecutor};
 use crate::process::procs::JobProcesses;
 
 /// The remark on a job cut short by a crash (its log ends as any failed
@@ -159,14 +159,7 @@ fn record_unrecorded(root: &Path) -> Option<(JobDir, JobRecord)> {
     let accepted_at = modified
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let record = JobRecord {
-        job_id: slug.to_string(),
-        accepted_at,
-        compose_main: None,
-        callbacks: Default::default(),
-        push: None,
-        account: None,
-    };
+    let record = JobRecord::unrecorded(slug.to_string(), accepted_at);
     let path = root.join("job.json");
     let written = serde_json::to_vec(&record)
         .map_err(std::io::Error::other)
@@ -189,8 +182,9 @@ fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
         processes.kill_all(grace);
     }
     processes.kill_subreaper();
-    if let Some(main) = &record.compose_main {
-        down_project(dir, record, main, grace);
+    match record.executor() {
+        RecordedExecutor::Shell => {}
+        RecordedExecutor::DockerCompose { main } => down_project(dir, record, &main, grace),
     }
     drop(JumpPoint::left_behind(
         home,

@@ -141,10 +141,33 @@ pub struct Credentials {
 }
 
 /// Which executor a request asks for (§3.1: absent or empty means shell).
+/// What differs between executors is asked of it by `match`, never by
+/// comparing with one of them, so that a new one is a compile error at
+/// every place that must handle it (`executor/mod.rs`, "Adding an
+/// executor").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutorKind {
     Shell,
     DockerCompose,
+}
+
+impl ExecutorKind {
+    /// The job's commands run in a container, not on this host: its
+    /// `cache` is the agent's static binary mounted there.
+    pub fn in_container(self) -> bool {
+        match self {
+            ExecutorKind::Shell => false,
+            ExecutorKind::DockerCompose => true,
+        }
+    }
+
+    /// The agent's `files` (host paths) are mounted into the job.
+    pub fn mounts_host_files(self) -> bool {
+        match self {
+            ExecutorKind::Shell => false,
+            ExecutorKind::DockerCompose => true,
+        }
+    }
 }
 
 /// How a request body or a job file is written.

@@ -483,10 +483,7 @@ impl Runner {
                 dir: job.dir,
                 files: job.files,
                 pending: Mutex::new(None),
-                executor: match job.record.compose_main {
-                    Some(_) => ExecutorKind::DockerCompose,
-                    None => ExecutorKind::Shell,
-                },
+                executor: job.record.executor().kind(),
                 stop,
                 signal,
                 queued_at: job.record.accepted_at,

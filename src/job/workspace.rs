@@ -25,14 +25,40 @@ use crate::util::{id_slug, random_hex};
 
 const RECORD: &str = "job.json";
 
+/// The executor of a job as its record keeps it, with what cleaning up
+/// after it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RecordedExecutor {
+    Shell,
+    /// With the main container's service name.
+    DockerCompose {
+        main: String,
+    },
+}
+
+impl RecordedExecutor {
+    pub fn kind(&self) -> ExecutorKind {
+        match self {
+            RecordedExecutor::Shell => ExecutorKind::Shell,
+            RecordedExecutor::DockerCompose { .. } => ExecutorKind::DockerCompose,
+        }
+    }
+}
+
 /// What is recorded about a job when it is accepted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
     pub job_id: String,
     pub accepted_at: u64,
-    /// The main container's service name, for a compose job.
-    #[serde(default)]
-    pub compose_main: Option<String>,
+    /// Absent in the records of earlier versions, which kept only
+    /// `compose_main` (`executor()` reads both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    executor: Option<RecordedExecutor>,
+    /// Earlier versions' record of a compose job's main container: read,
+    /// never written.
+    #[serde(default, skip_serializing)]
+    compose_main: Option<String>,
     #[serde(default)]
     pub callbacks: Callbacks,
     /// Where a listen-mode job's log is pushed, so that an agent restarted
@@ -53,16 +79,45 @@ pub struct LogPush {
 }
 
 impl JobRecord {
+    /// A record of a job whose directory has none (`recovery`): a shell
+    /// job, as far as anyone can tell.
+    pub fn unrecorded(job_id: String, accepted_at: u64) -> JobRecord {
+        JobRecord {
+            job_id,
+            accepted_at,
+            executor: Some(RecordedExecutor::Shell),
+            compose_main: None,
+            callbacks: Callbacks::default(),
+            push: None,
+            account: None,
+        }
+    }
+
+    /// The job's executor, also from an earlier version's record.
+    pub fn executor(&self) -> RecordedExecutor {
+        match (&self.executor, &self.compose_main) {
+            (Some(executor), _) => executor.clone(),
+            (None, Some(main)) => RecordedExecutor::DockerCompose { main: main.clone() },
+            (None, None) => RecordedExecutor::Shell,
+        }
+    }
+
     pub fn new(request: &JobRequest, executor: ExecutorKind) -> JobRecord {
         JobRecord {
             job_id: request.job_id.clone(),
             accepted_at: now_secs(),
-            compose_main: match executor {
-                ExecutorKind::Shell => None,
-                ExecutorKind::DockerCompose => {
-                    request.compose.containers.first().map(|c| c.name.clone())
-                }
-            },
+            executor: Some(match executor {
+                ExecutorKind::Shell => RecordedExecutor::Shell,
+                ExecutorKind::DockerCompose => RecordedExecutor::DockerCompose {
+                    main: request
+                        .compose
+                        .containers
+                        .first()
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default(),
+                },
+            }),
+            compose_main: None,
             callbacks: request.callbacks.clone(),
             push: None,
             account: None,
@@ -233,5 +288,31 @@ mod tests {
             (mark.as_str(), "a.b c")
         );
         fs::remove_dir_all(data).unwrap();
+    }
+
+    #[test]
+    fn a_record_keeps_its_executor_and_an_earlier_versions_record_is_read() {
+        let request = JobRequest::from_json(
+            br#"{"job_id":"c","executor":"dockercompose","compose":{"containers":[{"name":"main","image":"x"}]}}"#,
+        )
+        .unwrap();
+        let record = JobRecord::new(&request, ExecutorKind::DockerCompose);
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(!text.contains("compose_main"), "{text}");
+        let back: JobRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back.executor(),
+            RecordedExecutor::DockerCompose {
+                main: "main".into()
+            }
+        );
+        let earlier: JobRecord =
+            serde_json::from_str(r#"{"job_id":"c","accepted_at":1,"compose_main":"db"}"#).unwrap();
+        assert_eq!(
+            earlier.executor(),
+            RecordedExecutor::DockerCompose { main: "db".into() }
+        );
+        let shell: JobRecord = serde_json::from_str(r#"{"job_id":"s","accepted_at":1}"#).unwrap();
+        assert_eq!(shell.executor(), RecordedExecutor::Shell);
     }
 }

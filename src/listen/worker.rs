@@ -222,7 +222,7 @@ fn run_job(
 /// With `fail-on-missing-files`, a compose job fails when a `files` source
 /// is missing on the host (without it, the mount is skipped with a warning).
 fn missing_files(cfg: &ListenConfig, kind: ExecutorKind) -> Option<String> {
-    if !cfg.fail_on_missing_files || kind != ExecutorKind::DockerCompose {
+    if !cfg.fail_on_missing_files || !kind.mounts_host_files() {
         return None;
     }
     let missing: Vec<&str> = cfg
