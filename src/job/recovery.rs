@@ -46,7 +46,7 @@ pub struct Earlier {
 }
 
 /// Takes over every job directory no living agent holds, oldest first.
-pub fn take_over(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Earlier> {
+pub fn recover_earlier(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Earlier> {
     let jobs = data_dir.join("jobs");
     let Ok(entries) = fs::read_dir(&jobs) else {
         return Vec::new();
@@ -54,7 +54,7 @@ pub fn take_over(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Earlier> 
     let mut earlier: Vec<Earlier> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| take_over_one(&e.path(), home, grace))
+        .filter_map(|e| recover_one(&e.path(), home, grace))
         .collect();
     earlier.sort_by(|a, b| {
         (a.record.accepted_at, &a.dir.root).cmp(&(b.record.accepted_at, &b.dir.root))
@@ -69,8 +69,8 @@ pub fn take_over(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Earlier> 
     earlier
 }
 
-fn take_over_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
-    let (dir, record) = JobDir::take_over(root).or_else(|| record_unrecorded(root))?;
+fn recover_one(root: &Path, home: &Path, grace: Duration) -> Option<Earlier> {
+    let (dir, record) = JobDir::claim(root).or_else(|| record_unrecorded(root))?;
     if let Ok(Some((files, summary))) = LogFiles::finished_in(root) {
         // A teardown cut short may have left the working files.
         remove_work(&dir, &record);
@@ -168,7 +168,7 @@ fn record_unrecorded(root: &Path) -> Option<(JobDir, JobRecord)> {
         log::warn!("cannot write {}: {e}", path.display());
         return None;
     }
-    JobDir::take_over(root)
+    JobDir::claim(root)
 }
 
 /// Everything the job put on the host outside its directory.

@@ -301,7 +301,7 @@ impl Runner {
     /// Takes over the jobs an earlier agent left (§7.3), then starts
     /// `cfg.jobs` runner threads.
     pub fn start(cfg: RunnerConfig) -> (Arc<Runner>, Vec<JoinHandle<()>>) {
-        let earlier = recovery::take_over(&cfg.data_dir, &cfg.home, cfg.grace);
+        let earlier = recovery::recover_earlier(&cfg.data_dir, &cfg.home, cfg.grace);
         let capacity = cfg.jobs + cfg.queue_size;
         let (tx, rx) = bounded(capacity.max(1));
         let runner = Arc::new(Runner {

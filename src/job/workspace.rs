@@ -219,7 +219,7 @@ impl JobDir {
 
     /// Takes over a directory no living agent holds; `None` when one does
     /// (or when it has no record, or an unreadable one).
-    pub fn take_over(root: &Path) -> Option<(JobDir, JobRecord)> {
+    pub fn claim(root: &Path) -> Option<(JobDir, JobRecord)> {
         let path = root.join(RECORD);
         let file = OpenOptions::new()
             .read(true)
@@ -278,11 +278,11 @@ mod tests {
         let record = JobRecord::new(&request, ExecutorKind::Shell);
         let dir = JobDir::create(&data, &record, None).unwrap();
         assert!(dir.mark.starts_with("a.b c."));
-        assert!(JobDir::take_over(&dir.root).is_none());
+        assert!(JobDir::claim(&dir.root).is_none());
         let root = dir.root.clone();
         let mark = dir.mark.clone();
         drop(dir);
-        let (dir, record) = JobDir::take_over(&root).unwrap();
+        let (dir, record) = JobDir::claim(&root).unwrap();
         assert_eq!(
             (dir.mark.as_str(), record.job_id.as_str()),
             (mark.as_str(), "a.b c")

@@ -61,7 +61,8 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
     // Before anything else: clean up after the jobs of an agent that died
     // on this data dir; what the control plane was not told is told once
     // registered (recover.rs).
-    let owed = recover::take_over(&cfg.data_dir, &crate::config::home_dir(), limits.stop_grace);
+    let owed =
+        recover::recover_earlier(&cfg.data_dir, &crate::config::home_dir(), limits.stop_grace);
 
     log::info!(
         "agent {} registering with {} as {}",

@@ -74,8 +74,8 @@ impl Owed {
 /// Cleans up after the jobs an earlier agent left (serve's recovery) and
 /// returns, oldest first, those of listen mode whose result the control
 /// plane was not told.
-pub fn take_over(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Owed> {
-    recovery::take_over(data_dir, home, grace)
+pub fn recover_earlier(data_dir: &Path, home: &Path, grace: Duration) -> Vec<Owed> {
+    recovery::recover_earlier(data_dir, home, grace)
         .into_iter()
         .filter_map(|earlier| {
             let push = earlier.record.push.clone()?;

@@ -272,7 +272,7 @@ fn prune_job_dirs(data_dir: &Path, keep: usize) {
     dirs.sort();
     for (_, path) in &dirs[..dirs.len() - keep] {
         // Taking it over proves that no agent is using it.
-        let Some((dir, _)) = JobDir::take_over(path) else {
+        let Some((dir, _)) = JobDir::claim(path) else {
             continue;
         };
         if let Err(e) = std::fs::remove_dir_all(&dir.root) {
