@@ -123,6 +123,21 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// A size for people: `812 bytes`, `64.0 KiB`, `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +148,13 @@ mod tests {
         let mut out = Vec::new();
         shell_quote_bytes(b"a'b", &mut out);
         assert_eq!(out, b"'a'\\''b'");
+    }
+
+    #[test]
+    fn sizes_are_for_people() {
+        assert_eq!(bytes(812), "812 bytes");
+        assert_eq!(bytes(64 << 10), "64.0 KiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
     }
 
     #[test]

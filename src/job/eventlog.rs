@@ -10,6 +10,11 @@
 //!
 //! Directives are masked here (§13.3), so every reader of an event, the
 //! live display of `agent run` included, sees the masked text.
+//!
+//! With a limit (`limit_to`, §6.7), the first half of it is written as
+//! usual; the rest is held back (`logtrim`) and written when the job ends,
+//! with a line saying how much output was left out if the log would have
+//! outgrown its limit.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -23,6 +28,7 @@ use serde::Serialize;
 use crate::job::json_text::push_json_string;
 pub use crate::job::logfiles::LogFiles;
 use crate::job::logfiles::Published;
+use crate::job::logtrim::{Held, LeftOut, Piece};
 use crate::process::output::mask;
 
 /// The result of a job, as `job_finished` reports it.
@@ -128,6 +134,57 @@ fn encode(line: &mut Vec<u8>, event: &Event<'_>) {
     }
 }
 
+/// What a line is, as far as a write failure (§6.8) is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Output,
+    StepStarted,
+    StepFinished,
+    JobFinished,
+    Other,
+}
+
+impl Kind {
+    fn of(event: &Event<'_>) -> Kind {
+        match event {
+            Event::CmdOutput { .. } => Kind::Output,
+            Event::CmdStarted { .. } => Kind::StepStarted,
+            Event::CmdFinished { .. } => Kind::StepFinished,
+            Event::JobFinished { .. } => Kind::JobFinished,
+            Event::JobStarted { .. } => Kind::Other,
+        }
+    }
+
+    /// The kind of a line this log wrote (the `event` field comes first).
+    fn of_line(line: &[u8]) -> Kind {
+        let Some(rest) = line.strip_prefix(b"{\"event\":\"") else {
+            return Kind::Other;
+        };
+        if rest.starts_with(b"cmd_output\"") {
+            Kind::Output
+        } else if rest.starts_with(b"cmd_started\"") {
+            Kind::StepStarted
+        } else if rest.starts_with(b"cmd_finished\"") {
+            Kind::StepFinished
+        } else if rest.starts_with(b"job_finished\"") {
+            Kind::JobFinished
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// The line that says how much output a trimmed log left out (§6.7).
+fn trim_text(left_out: &LeftOut, limit: u64) -> String {
+    format!(
+        "\n[agent] {} of output ({} bytes, {} events) left out here: the log of a job is limited to {} (max-job-log-bytes), of which it keeps the start and the end.\n",
+        crate::util::bytes(left_out.output_bytes),
+        left_out.output_bytes,
+        left_out.events,
+        crate::util::bytes(limit),
+    )
+}
+
 /// Integer Unix seconds, truncated (§5.3).
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -173,6 +230,15 @@ pub struct EventLog {
     on_broken: Option<Box<dyn FnMut() + Send>>,
     /// Told of every remark.
     on_remark: Option<RemarkObserver>,
+    /// The most bytes the log may take (`limit_to`); lines past half of it
+    /// are held back.
+    limit: Option<u64>,
+    /// Where holding back starts: half the limit (`u64::MAX`: never).
+    head_limit: u64,
+    held: Option<Held>,
+    /// Set while held-back lines are being written: each of them is part
+    /// of a step or the job's end, whatever `open_step` says by now.
+    releasing: bool,
 }
 
 impl EventLog {
@@ -220,7 +286,19 @@ impl EventLog {
             broken: None,
             on_broken: None,
             on_remark: None,
+            limit: None,
+            head_limit: u64::MAX,
+            held: None,
+            releasing: false,
         }
+    }
+
+    /// Bounds the log to `max_bytes` (§6.7): past half of it, lines are
+    /// held back until the job ends; should the log outgrow the limit, the
+    /// oldest held-back output is left out, and a line says how much.
+    pub fn limit_to(&mut self, max_bytes: u64) {
+        self.limit = Some(max_bytes);
+        self.head_limit = max_bytes / 2;
     }
 
     /// Ends the log of a job the agent could not carry on with, as the
@@ -322,15 +400,104 @@ impl EventLog {
         line.clear();
         encode(&mut line, event);
         line.push(b'\n');
-        if self.broken.is_some() {
-            self.write_while_broken(event, &line);
+        let past_head = self.disk_bytes + line.len() as u64 > self.head_limit;
+        if self.broken.is_none() && (self.held.is_some() || past_head) {
+            self.hold(event, &line);
         } else {
-            match self.append(&line) {
-                Ok(()) => self.accepted(event, &line),
-                Err(e) => self.break_at(event, &line, e),
-            }
+            self.put(Kind::of(event), &line, Some(event));
         }
         self.line = line;
+    }
+
+    /// Writes one line: to disk, or (once a write failed) as §6.8 says.
+    /// `event` is `None` for a held-back line, whose bookkeeping was done
+    /// when it was held back.
+    fn put(&mut self, kind: Kind, line: &[u8], event: Option<&Event<'_>>) {
+        if self.broken.is_some() {
+            self.write_while_broken(kind, line, event);
+            return;
+        }
+        match self.append(line) {
+            Ok(()) => {
+                if let Some(event) = event {
+                    self.accepted(event, line);
+                }
+            }
+            Err(e) => self.break_at(kind, line, event, e),
+        }
+    }
+
+    /// Holds a line back (past half the limit); `job_finished` writes all
+    /// that is kept. Should holding back fail (a full disk), what is held
+    /// is written at once and the line goes the usual way.
+    fn hold(&mut self, event: &Event<'_>, line: &[u8]) {
+        let limit = self.limit.unwrap_or(u64::MAX);
+        let dir = self
+            .files
+            .log_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let held = self.held.get_or_insert_with(|| Held::new(&dir, limit));
+        let output = match event {
+            Event::CmdOutput { timestamp, output } => Some((output.len() as u64, *timestamp)),
+            _ => None,
+        };
+        match held.hold(line, output, self.disk_bytes) {
+            Ok(()) => {
+                if matches!(event, Event::JobFinished { .. }) {
+                    self.release();
+                }
+                self.accepted(event, line);
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot hold back lines of the event log {}: {e}",
+                    self.files.log_path.display()
+                );
+                self.release();
+                self.put(Kind::of(event), line, Some(event));
+            }
+        }
+    }
+
+    /// Writes what was held back: the gap's steps, the trim line (if output
+    /// was left out) and the tail.
+    fn release(&mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        let left_out = held.left_out();
+        let limit = self.limit.unwrap_or(u64::MAX);
+        self.releasing = true;
+        held.release(&mut |piece| match piece {
+            Piece::Line(line) => self.put(Kind::of_line(line), line, None),
+            Piece::Trim(left_out) => {
+                let text = trim_text(&left_out, limit);
+                let trim = Event::CmdOutput {
+                    timestamp: left_out.timestamp,
+                    output: &text,
+                };
+                let mut line = Vec::with_capacity(text.len() + 64);
+                encode(&mut line, &trim);
+                line.push(b'\n');
+                self.put(Kind::Output, &line, Some(&trim));
+            }
+        });
+        self.releasing = false;
+        if let Some(left_out) = left_out {
+            log::info!(
+                "the event log {} reached its limit of {limit} bytes: {} bytes of output left out",
+                self.files.log_path.display(),
+                left_out.output_bytes
+            );
+            self.remark(&format!(
+                "The log of this job reached its limit of {} (max-job-log-bytes): {} of output ({} bytes) were left out between its start and its end.",
+                crate::util::bytes(limit),
+                crate::util::bytes(left_out.output_bytes),
+                left_out.output_bytes
+            ));
+        }
     }
 
     /// Appends one line and its index entry; on failure both files are
@@ -375,7 +542,7 @@ impl EventLog {
     /// The first failed write (§6.8): from now on output is dropped, and
     /// the steps, a line saying why and `job_finished` are kept in memory
     /// until they can be written.
-    fn break_at(&mut self, event: &Event<'_>, line: &[u8], error: io::Error) {
+    fn break_at(&mut self, kind: Kind, line: &[u8], event: Option<&Event<'_>>, error: io::Error) {
         log::error!(
             "cannot write the event log {}: {error}; the job ends as failed",
             self.files.log_path.display()
@@ -389,26 +556,26 @@ impl EventLog {
         if let Some(mut callback) = self.on_broken.take() {
             callback();
         }
-        match event {
-            Event::CmdOutput { .. } => {
-                if self.open_step.is_some() {
+        match kind {
+            Kind::Output => {
+                if self.open_step.is_some() || self.releasing {
                     self.owe_reason_now();
                 }
             }
-            Event::CmdFinished { .. } => {
+            Kind::StepFinished => {
                 self.owe_reason_now();
-                self.keep(event, line.to_vec());
+                self.keep(line.to_vec(), event);
             }
-            _ => self.write_while_broken(event, line),
+            _ => self.write_while_broken(kind, line, event),
         }
         self.flush_tail();
     }
 
-    fn write_while_broken(&mut self, event: &Event<'_>, line: &[u8]) {
+    fn write_while_broken(&mut self, kind: Kind, line: &[u8], event: Option<&Event<'_>>) {
         let owed = self.broken.as_ref().is_some_and(|b| b.reason_owed);
-        match event {
-            Event::CmdOutput { .. } => return,
-            Event::JobFinished { .. } if owed => {
+        match kind {
+            Kind::Output => return,
+            Kind::JobFinished if owed => {
                 let now = now_secs();
                 let started = Event::CmdStarted {
                     timestamp: now,
@@ -423,13 +590,13 @@ impl EventLog {
                     started_at: now,
                     finished_at: now,
                 });
-                self.keep(event, line.to_vec());
+                self.keep(line.to_vec(), event);
             }
-            Event::CmdStarted { .. } if owed => {
-                self.keep(event, line.to_vec());
+            Kind::StepStarted if owed => {
+                self.keep(line.to_vec(), event);
                 self.owe_reason_now();
             }
-            _ => self.keep(event, line.to_vec()),
+            _ => self.keep(line.to_vec(), event),
         }
         self.flush_tail();
     }
@@ -451,18 +618,20 @@ impl EventLog {
     fn keep_event(&mut self, event: &Event<'_>) {
         let mut line = serde_json::to_vec(event).unwrap_or_default();
         line.push(b'\n');
-        self.keep(event, line);
+        self.keep(line, Some(event));
     }
 
     /// Keeps a line in memory after those on disk.
-    fn keep(&mut self, event: &Event<'_>, line: Vec<u8>) {
+    fn keep(&mut self, line: Vec<u8>, event: Option<&Event<'_>>) {
         {
             let mut p = self.files.lock();
             p.tail.extend_from_slice(&line);
             let end = p.tail.len();
             p.tail_ends.push(end);
         }
-        self.accepted(event, &line);
+        if let Some(event) = event {
+            self.accepted(event, &line);
+        }
     }
 
     /// Moves the lines kept in memory to disk, as far as space allows.
@@ -489,8 +658,11 @@ impl EventLog {
 }
 
 impl Drop for EventLog {
-    /// A last attempt to put what is kept in memory on disk.
+    /// What is held back goes into the log (a job that ends without
+    /// `job_finished`); then a last attempt to put what is kept in memory
+    /// on disk.
     fn drop(&mut self) {
+        self.release();
         if self.broken.is_some() {
             self.flush_tail();
         }

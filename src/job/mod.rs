@@ -12,6 +12,7 @@ pub mod job_id;
 pub mod json_text;
 pub mod lifecycle;
 pub mod logfiles;
+pub mod logtrim;
 pub mod recovery;
 pub mod reopen;
 pub mod request;

@@ -1,7 +1,8 @@
 //! The log an earlier agent left (docs/protocol.md §7.3): what it says
 //! about its job, read cheaply when it ended with `job_finished`, and the
 //! repair of one a crash cut short (a line cut in two dropped, the offset
-//! index rebuilt, the open step found), so that it can be ended properly.
+//! index rebuilt, the open step found, lines held back past the log's
+//! limit removed), so that it can be ended properly.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -105,8 +106,11 @@ impl EventLog {
     /// Opens for writing the log of a job an earlier agent did not finish
     /// (§7.3): a line cut short is dropped, the index is rebuilt from the
     /// lines, and the open step is found, so the log can be ended properly.
+    /// Lines held back past half the log's limit (§6.7) are lost with the
+    /// crash: their files are removed.
     pub fn reopen(dir: &Path) -> io::Result<(EventLog, LogSummary)> {
         use io::BufRead;
+        crate::job::logtrim::remove_leftovers(dir);
         let (log_path, index_path) = paths(dir);
         let mut log = OpenOptions::new()
             .read(true)

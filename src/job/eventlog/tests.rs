@@ -514,3 +514,149 @@ fn lines_kept_in_memory_reach_the_log_once_it_can_be_written_again() {
         [0, first, second, second + reason]
     );
 }
+
+/// A job of three steps whose middle one prints `chunks` outputs of 1000
+/// bytes, written to a log limited to `limit` bytes.
+fn limited_job(dir: &Path, limit: u64, chunks: usize) -> Arc<LogFiles> {
+    let mut log = EventLog::create(dir).unwrap();
+    log.limit_to(limit);
+    log.write(&Event::JobStarted { timestamp: 1 });
+    let chunk = "x".repeat(999) + "\n";
+    for (step, n) in [("first", 3), ("flood", chunks), ("last", 3)] {
+        log.write(&Event::CmdStarted {
+            timestamp: 2,
+            directive: step,
+        });
+        for i in 0..n {
+            let output = format!("{step}-{i:06}-{}", &chunk[14 + step.len()..]);
+            log.write(&Event::CmdOutput {
+                timestamp: 3,
+                output: &output,
+            });
+        }
+        log.write(&Event::CmdFinished {
+            timestamp: 4,
+            directive: step,
+            exit_code: 0,
+            started_at: 2,
+            finished_at: 4,
+        });
+    }
+    log.write(&Event::JobFinished {
+        timestamp: 5,
+        result: "passed",
+    });
+    log.files()
+}
+
+#[test]
+fn a_log_within_its_limit_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = limited_job(dir.path(), 100_000, 50);
+    let events = events_of(&files, 0);
+    assert_eq!(events.len(), 1 + 3 * 2 + 3 + 50 + 3 + 1);
+    assert!(events
+        .iter()
+        .all(|e| !e["output"].as_str().unwrap_or("").contains("left out")));
+    assert!(files.remarks().is_empty());
+    // Nothing held back is left beside the log.
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(names.len(), 2);
+}
+
+#[test]
+fn past_its_limit_a_log_keeps_its_start_and_end_and_says_what_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 100_000;
+    let files = limited_job(dir.path(), limit, 1000);
+    let size = std::fs::metadata(dir.path().join("events.jsonl"))
+        .unwrap()
+        .len();
+    let events = events_of(&files, 0);
+    let trim: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["output"].as_str().is_some_and(|o| o.contains("left out")))
+        .collect();
+    assert_eq!(trim.len(), 1, "one trim line");
+    let trim_text = trim[0]["output"].as_str().unwrap();
+    assert!(size <= limit + serde_json::to_string(trim[0]).unwrap().len() as u64 + 1);
+    // Well-formed: every step has its start and end, in order.
+    let kinds: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] != "cmd_output")
+        .map(|e| format!("{} {}", e["event"], e["directive"]))
+        .collect();
+    assert_eq!(kinds.len(), 8, "{kinds:?}");
+    assert_eq!(events.last().unwrap()["event"], "job_finished");
+    // The head and the tail of the flood are there; the trim line says how
+    // much went, and that is what is missing.
+    let flood: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["output"].as_str())
+        .filter(|o| o.starts_with("flood-"))
+        .collect();
+    assert!(flood[0].starts_with("flood-000000-"));
+    assert!(flood.last().unwrap().starts_with("flood-000999-"));
+    let left_out: u64 = trim_text
+        .split(" bytes, ")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let per_chunk = flood[0].len() as u64;
+    assert_eq!(
+        left_out,
+        (1000 - flood.len() as u64) * per_chunk,
+        "{trim_text}"
+    );
+    assert!(trim_text.starts_with('\n') && trim_text.ends_with('\n'));
+    // The trim line sits in the flood's step, right after its head.
+    let at = events
+        .iter()
+        .position(|e| e["output"].as_str() == Some(trim_text))
+        .unwrap();
+    assert!(events[at - 1]["output"]
+        .as_str()
+        .is_some_and(|o| o.starts_with("flood-")));
+    assert_eq!(files.remarks().len(), 1);
+    // Paging: reading from any line gives the same lines as the whole read.
+    for from in [0, at as u64 - 1, at as u64, at as u64 + 1] {
+        assert_eq!(events_of(&files, from), events[from as usize..]);
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn a_held_back_line_is_not_served_until_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = EventLog::create(dir.path()).unwrap();
+    log.limit_to(10_000);
+    log.write(&Event::JobStarted { timestamp: 1 });
+    log.write(&Event::CmdStarted {
+        timestamp: 1,
+        directive: "yes",
+    });
+    let chunk = "y\n".repeat(500);
+    for _ in 0..4 {
+        log.write(&Event::CmdOutput {
+            timestamp: 1,
+            output: &chunk,
+        });
+    }
+    let files = log.files();
+    let served = files.progress().events;
+    assert!(
+        served < 6,
+        "lines past half the limit were served: {served}"
+    );
+    assert!(files.progress().bytes <= 5_000);
+    log.close_after_failure("stopped");
+    let events = events_of(&files, 0);
+    assert_eq!(events.len(), 2 + 4 + 2, "nothing was left out");
+    assert_eq!(
+        events_of(&files, served).len(),
+        events.len() - served as usize
+    );
+}
