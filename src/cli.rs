@@ -194,6 +194,17 @@ pub struct ServeArgs {
     /// concurrent connections (default 256); when all are taken, the oldest
     /// that has sent no request makes room, else a new one is refused
     pub max_connections: usize,
+    #[argh(option, default = "crate::job::retention::DEFAULT_MAX_JOB_LOG_BYTES")]
+    /// the most one job's event log takes, in bytes (default 100 MiB; 0: no
+    /// limit); past it the log keeps its start and end and says what it left out
+    pub max_job_log_bytes: u64,
+    #[argh(option, default = "crate::job::retention::DEFAULT_KEEP_JOBS_SERVE")]
+    /// finished jobs whose directories (and logs) are kept, the newest (default 100)
+    pub keep_jobs: usize,
+    #[argh(option, default = "crate::job::retention::DEFAULT_MAX_DATA_BYTES")]
+    /// the most bytes finished jobs' directories take together; the oldest
+    /// go first (default 1 GiB; 0: no limit)
+    pub max_data_bytes: u64,
     #[argh(option)]
     /// where jobs' `cache` keeps archives: local (default) or sftp
     pub cache_backend: Option<String>,
@@ -301,6 +312,17 @@ pub struct StartArgs {
     /// run shell jobs as this user, not the agent's: a user name, or auto
     /// for a new user per job, removed after it (the agent runs as root)
     pub job_user: Option<String>,
+    #[argh(option)]
+    /// the most one job's event log takes, in bytes (default 100 MiB; 0: no
+    /// limit); past it the log keeps its start and end and says what it left out
+    pub max_job_log_bytes: Option<u64>,
+    #[argh(option)]
+    /// finished jobs whose directories (and logs) are kept, the newest (default 10)
+    pub keep_jobs: Option<usize>,
+    #[argh(option)]
+    /// the most bytes finished jobs' directories take together; the oldest
+    /// go first (default 1 GiB; 0: no limit)
+    pub max_data_bytes: Option<u64>,
 }
 
 /// The flags that only listen mode has: `agent start` with one of them (or

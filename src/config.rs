@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::ServeArgs;
 use crate::error::Error;
 use crate::http;
+use crate::job::retention::DiskLimits;
 
 /// What `agent serve` runs with, validated.
 pub struct ServeConfig {
@@ -20,6 +21,8 @@ pub struct ServeConfig {
     pub tls: rustls::ServerConfig,
     pub cert_pem: Vec<u8>,
     pub addr: SocketAddr,
+    /// What jobs may take of the disk (docs/protocol.md §6.7, §13.2).
+    pub disk: DiskLimits,
 }
 
 impl ServeConfig {
@@ -28,6 +31,12 @@ impl ServeConfig {
             args.auth_token_secret.clone(),
             args.auth_token_secret_file.as_deref(),
         )?;
+        let disk = DiskLimits::new(args.max_job_log_bytes, args.keep_jobs, args.max_data_bytes)
+            .map_err(|reason| Error::Flag {
+                flag: "--max-job-log-bytes",
+                value: args.max_job_log_bytes.to_string(),
+                reason,
+            })?;
         let data_dir = data_dir(args.data_dir.clone());
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io("cannot create", &data_dir, e))?;
         let (cert_pem, key_pem) = tls_material(args, &data_dir)?;
@@ -45,6 +54,7 @@ impl ServeConfig {
             tls,
             cert_pem,
             addr,
+            disk,
         })
     }
 }

@@ -123,6 +123,12 @@ pub enum Error {
         given: &'static str,
         missing: &'static str,
     },
+    /// A flag whose value cannot work.
+    Flag {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     /// `--host` did not resolve to an address.
     Resolve {
         host: String,
@@ -166,6 +172,11 @@ impl fmt::Display for Error {
             Error::NoSecret => f.write_str(
                 "no JWT secret: give --auth-token-secret, --auth-token-secret-file or AGENT_AUTH_TOKEN_SECRET",
             ),
+            Error::Flag {
+                flag,
+                value,
+                reason,
+            } => write!(f, "{flag} {value}: {reason}"),
             Error::Resolve { host } => write!(f, "cannot resolve --host {host}"),
             Error::HalfTlsPair { given, missing } => {
                 write!(f, "{given} needs {missing} too (or give neither for a self-signed pair)")
@@ -203,6 +214,7 @@ impl std::error::Error for Error {
             Error::Cache(e) => e.source(),
             Error::NoSecret
             | Error::Resolve { .. }
+            | Error::Flag { .. }
             | Error::HalfTlsPair { .. }
             | Error::SessionStart { .. }
             | Error::CacheConfig(_)

@@ -29,6 +29,7 @@ mod listen_config;
 mod listen_crash;
 mod listen_faults;
 mod local_control_plane;
+mod retention;
 mod run;
 mod secrets;
 mod serve;

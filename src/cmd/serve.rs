@@ -94,6 +94,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         home: config::home_dir(),
         grace,
         archivator_timeout: Duration::from_secs(args.archivator_timeout),
+        disk: config.disk,
         callbacks: CallbackPolicy {
             attempts: args.callback_retry_attempts,
             ..CallbackPolicy::default()

@@ -16,6 +16,7 @@ pub mod logtrim;
 pub mod recovery;
 pub mod reopen;
 pub mod request;
+pub mod retention;
 pub mod runner;
 pub mod spec;
 pub mod steps;

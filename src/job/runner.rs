@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::job::eventlog::{now_secs, EventLog, JobResult, LogFiles};
 use crate::job::lifecycle;
 use crate::job::recovery::{self, Earlier};
 use crate::job::request::{ExecutorKind, JobRequest};
+use crate::job::retention::{self, DiskLimits};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::{stop_pair, StopHandle, StopSignal};
 use crate::job::workspace::{JobDir, JobRecord};
@@ -30,9 +31,6 @@ pub const STOP_BY_API: &str = "The job was stopped by a stop request to the API.
 /// Why a job the agent stops on its way out was stopped.
 const STOP_BY_SHUTDOWN: &str = "The job was stopped because the agent is shutting down.";
 
-/// Finished jobs whose logs stay readable (§13.2: at least the last 100).
-const KEEP_FINISHED: usize = 100;
-
 #[derive(Clone)]
 pub struct RunnerConfig {
     pub jobs: usize,
@@ -41,6 +39,8 @@ pub struct RunnerConfig {
     pub home: PathBuf,
     pub grace: Duration,
     pub archivator_timeout: Duration,
+    /// The log limit, and which finished jobs' directories are kept.
+    pub disk: DiskLimits,
     pub callbacks: CallbackPolicy,
     pub options: AgentOptions,
 }
@@ -156,6 +156,9 @@ pub struct JobEntry {
     queued_instant: Instant,
     state: Mutex<EntryState>,
     changed: Condvar,
+    /// The size of its directory, measured once the job is finished (it
+    /// does not change after that).
+    size: OnceLock<u64>,
 }
 
 impl JobEntry {
@@ -359,12 +362,15 @@ impl Runner {
             Ok(d) => d,
             Err(e) => return Submit::Failed(e),
         };
-        let log = match EventLog::create(&dir.root) {
+        let mut log = match EventLog::create(&dir.root) {
             Ok(l) => l,
             Err(e) => {
                 return Submit::Failed(Error::io("cannot create the event log in", &dir.root, e))
             }
         };
+        if let Some(max) = self.cfg.disk.max_job_log_bytes {
+            log.limit_to(max);
+        }
         let (stop, signal) = stop_pair();
         let entry = Arc::new(JobEntry {
             job_id: request.job_id.clone(),
@@ -385,6 +391,7 @@ impl Runner {
                 teardown: None,
             }),
             changed: Condvar::new(),
+            size: OnceLock::new(),
         });
         // Admission above guarantees room: the channel holds jobs + queue.
         if self.queue.try_send(Arc::clone(&entry)).is_err() {
@@ -497,6 +504,7 @@ impl Runner {
                     teardown: None,
                 }),
                 changed: Condvar::new(),
+                size: OnceLock::new(),
             }));
         }
         self.evict(&mut table);
@@ -539,23 +547,39 @@ impl Runner {
         }
     }
 
+    /// Removes the oldest finished jobs beyond `--keep-jobs`, then as many
+    /// more as the rest needs to fit in `--max-data-bytes` (§13.2): their
+    /// directories go, and their ids are forgotten. Jobs that are queued,
+    /// running or tearing down are never touched.
     fn evict(&self, table: &mut Table) {
-        let finished = table
+        let finished: Vec<&Arc<JobEntry>> = table
             .jobs
             .iter()
             .filter(|j| matches!(j.state(), JobState::Finished(_)))
-            .count();
-        let mut excess = finished.saturating_sub(KEEP_FINISHED);
-        table.jobs.retain(|j| {
-            if excess > 0 && matches!(j.state(), JobState::Finished(_)) {
-                excess -= 1;
-                if let Err(e) = std::fs::remove_dir_all(&j.dir.root) {
-                    log::warn!("cannot remove {}: {e}", j.dir.root.display());
-                }
-                return false;
-            }
-            true
-        });
+            .collect();
+        let sizes: Vec<u64> = finished
+            .iter()
+            .map(|j| *j.size.get_or_init(|| retention::dir_size(&j.dir.root)))
+            .collect();
+        let n = self.cfg.disk.how_many_go(&sizes);
+        if n == 0 {
+            return;
+        }
+        let gone: Vec<Arc<JobEntry>> = finished[..n].iter().map(|j| Arc::clone(j)).collect();
+        table
+            .jobs
+            .retain(|j| !gone.iter().any(|g| Arc::ptr_eq(g, j)));
+        for j in &gone {
+            retention::remove_job_dir(&j.dir.root);
+        }
+        log::info!(
+            "removed the directories of {n} finished job(s) (keep-jobs {}, max-data-bytes {})",
+            self.cfg.disk.keep_jobs,
+            self.cfg
+                .disk
+                .max_data_bytes
+                .map_or("none".to_string(), |m| m.to_string())
+        );
     }
 
     fn run_entry(&self, entry: &Arc<JobEntry>) {
@@ -681,5 +705,6 @@ impl Runner {
         let mut table = self.table();
         table.active = table.active.saturating_sub(1);
         log::info!("job {} torn down", entry.job_id);
+        self.evict(&mut table);
     }
 }

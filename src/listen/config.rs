@@ -15,6 +15,7 @@ use super::error::ListenError;
 use crate::cli::StartArgs;
 use crate::error::Error;
 use crate::job::request::is_shell_identifier;
+use crate::job::retention::{self, DiskLimits};
 
 /// The config file: the same keys as the flags, in kebab-case.
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +40,9 @@ struct FileConfig {
     upload_job_logs: Option<String>,
     interruption_grace_period: Option<u64>,
     job_user: Option<String>,
+    max_job_log_bytes: Option<u64>,
+    keep_jobs: Option<usize>,
+    max_data_bytes: Option<u64>,
 }
 
 /// When a job's whole log is uploaded as an artifact.
@@ -165,6 +169,8 @@ pub struct ListenConfig {
     pub data_dir: PathBuf,
     /// `--job-user`, unchecked (`job::account::JobUser::parse`).
     pub job_user: Option<String>,
+    /// The log limit, and which finished jobs' directories are kept.
+    pub disk: DiskLimits,
     pub limits: Limits,
 }
 
@@ -301,6 +307,22 @@ fn merge(
             "needs disconnect-after-job",
         ));
     }
+    let max_job_log_bytes = args
+        .max_job_log_bytes
+        .or(file.max_job_log_bytes)
+        .unwrap_or(retention::DEFAULT_MAX_JOB_LOG_BYTES);
+    let disk = DiskLimits::new(
+        max_job_log_bytes,
+        args.keep_jobs
+            .or(file.keep_jobs)
+            .unwrap_or(retention::DEFAULT_KEEP_JOBS_LISTEN),
+        args.max_data_bytes
+            .or(file.max_data_bytes)
+            .unwrap_or(retention::DEFAULT_MAX_DATA_BYTES),
+    )
+    .map_err(|reason| {
+        ListenError::invalid("max-job-log-bytes", &max_job_log_bytes.to_string(), reason)
+    })?;
     let limits = Limits::from_env(&|name| env(name))?;
     Ok(ListenConfig {
         endpoint,
@@ -342,6 +364,7 @@ fn merge(
             .clone()
             .or(file.job_user)
             .filter(|user| !user.is_empty()),
+        disk,
         limits,
     })
 }
@@ -553,6 +576,25 @@ mod tests {
             panic!("not start")
         };
         assert_eq!(merge(&start, f, &no_env).unwrap().post_job_hook, None);
+    }
+
+    #[test]
+    fn disk_limits_come_from_flags_then_the_file() {
+        let f = file("endpoint: x\ntoken: t\nkeep-jobs: 3\nmax-job-log-bytes: 2097152\n").unwrap();
+        let cfg = merge(&args(&["--keep-jobs", "5"]), f, &no_env).unwrap();
+        assert_eq!(cfg.disk.keep_jobs, 5);
+        assert_eq!(cfg.disk.max_job_log_bytes, Some(2 << 20));
+        assert_eq!(
+            cfg.disk.max_data_bytes,
+            Some(retention::DEFAULT_MAX_DATA_BYTES)
+        );
+        let f = file("endpoint: x\ntoken: t\nmax-data-bytes: 0\n").unwrap();
+        let cfg = merge(&args(&[]), f, &no_env).unwrap();
+        assert_eq!(cfg.disk.keep_jobs, retention::DEFAULT_KEEP_JOBS_LISTEN);
+        assert_eq!(cfg.disk.max_data_bytes, None);
+        let f = file("endpoint: x\ntoken: t\nmax-job-log-bytes: 1000\n").unwrap();
+        let err = merge(&args(&[]), f, &no_env).unwrap_err().to_string();
+        assert!(err.contains("max-job-log-bytes"), "{err}");
     }
 
     #[test]

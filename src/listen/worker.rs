@@ -19,12 +19,10 @@ use crate::error::RequestError;
 use crate::job::eventlog::{now_secs, Event, EventLog, JobResult};
 use crate::job::lifecycle;
 use crate::job::request::{warn_unknown_keys, EnvVar, ExecutorKind, Format, JobRequest};
+use crate::job::retention;
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::StopSignal;
 use crate::job::workspace::{JobDir, JobRecord, LogPush};
-
-/// Finished jobs whose directories (and event logs) stay on disk.
-const KEEP_JOB_DIRS: usize = 10;
 
 /// What the sync loop hears from a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +51,8 @@ pub fn spawn(
         .spawn(move || {
             let result = run(&shared, &job_id, stop, &*notify);
             log::info!("job {job_id} finished: {}", result.as_str());
+            // Its directory is let go by now: it counts as finished.
+            retention::prune_unheld(&shared.cfg.data_dir, &shared.cfg.disk);
             notify(JobEvent::Finished(result));
         })
         .expect("cannot start a job thread")
@@ -106,7 +106,7 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
         log::error!("job {job_id}: {e}");
         return JobResult::Failed;
     }
-    prune_job_dirs(&shared.cfg.data_dir, KEEP_JOB_DIRS);
+    retention::prune_unheld(&shared.cfg.data_dir, &shared.cfg.disk);
     let mut record = JobRecord::new(
         &request,
         check.as_ref().copied().unwrap_or(ExecutorKind::Shell),
@@ -135,6 +135,9 @@ fn run(shared: &Shared, job_id: &str, stop: StopSignal, notify: &dyn Fn(JobEvent
             return JobResult::Failed;
         }
     };
+    if let Some(max) = shared.cfg.disk.max_job_log_bytes {
+        log.limit_to(max);
+    }
     let pusher = Pusher::start(
         shared.client.clone(),
         log.files(),
@@ -250,35 +253,6 @@ fn add_agent_env_vars(request: &mut JobRequest, vars: &[(String, String)]) {
             value: base64::engine::general_purpose::STANDARD.encode(value),
             secret: false,
         }));
-}
-
-/// Keeps the `keep` newest job directories of the data dir; of the older
-/// ones, those no living agent holds are removed.
-fn prune_job_dirs(data_dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("jobs")) else {
-        return;
-    };
-    let mut dirs: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            let modified = meta.modified().ok()?;
-            meta.is_dir().then(|| (modified, e.path()))
-        })
-        .collect();
-    if dirs.len() <= keep {
-        return;
-    }
-    dirs.sort();
-    for (_, path) in &dirs[..dirs.len() - keep] {
-        // Taking it over proves that no agent is using it.
-        let Some((dir, _)) = JobDir::claim(path) else {
-            continue;
-        };
-        if let Err(e) = std::fs::remove_dir_all(&dir.root) {
-            log::warn!("cannot remove {}: {e}", dir.root.display());
-        }
-    }
 }
 
 #[cfg(test)]
