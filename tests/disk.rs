@@ -144,3 +144,54 @@ fn a_full_disk_fails_the_job_loudly_and_the_next_one_starts_clean() {
     drop(tmpfs);
     drop(agent);
 }
+
+/// Fills the file system of `dir` with a file there, up to the last byte.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = fs::File::create(&path).expect("create the filler");
+    let block = vec![b'f'; 4096];
+    while file.write_all(&block).is_ok() {}
+    // What is left is smaller than a block.
+    while file.write_all(b"f").is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[test]
+fn a_full_data_disk_is_reported_at_start_and_on_status() {
+    let root = tempfile::Builder::new()
+        .prefix("agent-serve-it-")
+        .tempdir()
+        .expect("a temporary directory");
+    let jobs = root.path().join("data/jobs");
+    let Some(tmpfs) = Tmpfs::mount(&jobs, "2m") else {
+        return;
+    };
+    let filler = fill(&tmpfs.path);
+    let agent = TestAgent::builder().root(root.path()).start();
+
+    let disk = agent.get("/status").json()["data_disk"].clone();
+    assert_eq!(disk["full"], true, "{disk}");
+    assert!(
+        disk["free_bytes"].as_u64().is_some_and(|n| n < 4096),
+        "{disk}"
+    );
+    let log = fs::read_to_string(agent.agent_log_path()).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("data disk") && l.contains("is full")),
+        "the agent log does not say the disk is full:\n{log}"
+    );
+
+    // /status measures each time: with room again, the disk is not full.
+    fs::remove_file(&filler).expect("give the room back");
+    let disk = agent.get("/status").json()["data_disk"].clone();
+    assert_eq!(disk["full"], false, "{disk}");
+    assert!(
+        disk["free_bytes"].as_u64().is_some_and(|n| n > 1 << 20),
+        "{disk}"
+    );
+    drop(agent);
+    drop(tmpfs);
+}

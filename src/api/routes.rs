@@ -200,6 +200,15 @@ fn status(app: &App) -> Reply {
         /// may be refused while `state` is `waiting-for-job`.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         teardown: Vec<TeardownInfo>,
+        /// The room left where job logs go (absent when it cannot be
+        /// measured).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data_disk: Option<DataDisk>,
+    }
+    #[derive(serde::Serialize)]
+    struct DataDisk {
+        free_bytes: u64,
+        full: bool,
     }
     #[derive(serde::Serialize)]
     struct Jobs {
@@ -218,6 +227,10 @@ fn status(app: &App) -> Reply {
             capacity: app.runner.capacity(),
         },
         teardown,
+        data_disk: app.runner.data_disk().map(|d| DataDisk {
+            free_bytes: d.free_bytes,
+            full: d.full,
+        }),
     };
     let mut r = Reply::bytes(200, serde_json::to_vec(&status).unwrap_or_default());
     r.content_type = Some("application/json");

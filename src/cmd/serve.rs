@@ -112,6 +112,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         },
     };
     let (runner, _runner_threads) = Runner::start(runner_cfg);
+    crate::job::retention::warn_if_short(&data_dir, &config.disk);
     let auth = Authenticator::new(&config.secret);
     let local = front.local_addr();
     let shown_host = if local.ip().is_unspecified() {

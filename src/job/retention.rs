@@ -1,7 +1,8 @@
 //! What keeps a data dir small over months (docs/protocol.md §6.7, §13.2):
 //! the limits (`DiskLimits`: the size of one job's log, how many finished
 //! job directories stay and how many bytes they may take together), which
-//! finished directories go (oldest first, by count, then by size).
+//! finished directories go (oldest first, by count, then by size), and how
+//! much room the data disk has left.
 //!
 //! It decides and measures. The owners of the directories remove them: the
 //! runner pool in serve mode (which lists them through the API), and in
@@ -24,6 +25,9 @@ pub const DEFAULT_MAX_DATA_BYTES: u64 = 1 << 30;
 pub const DEFAULT_KEEP_JOBS_SERVE: usize = 100;
 /// `keep-jobs` of listen mode when not given.
 pub const DEFAULT_KEEP_JOBS_LISTEN: usize = 10;
+/// Less room than this on the data disk, and it counts as full: a job's
+/// log would fail almost at once (§6.8).
+pub const FULL_BELOW_BYTES: u64 = 1 << 20;
 
 /// How much of the disk the jobs may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +121,52 @@ pub fn prune_unheld(data_dir: &Path, limits: &DiskLimits) {
 pub fn remove_job_dir(root: &Path) {
     if let Err(e) = fs::remove_dir_all(root) {
         log::warn!("cannot remove {}: {e}", root.display());
+    }
+}
+
+/// The room left where job logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes the agent's user may still write.
+    pub free_bytes: u64,
+    /// Less than `FULL_BELOW_BYTES` is left.
+    pub full: bool,
+}
+
+/// The room on the disk of `<data_dir>/jobs` (of `data_dir` while that
+/// does not exist); `None` when it cannot be measured.
+pub fn data_disk(data_dir: &Path) -> Option<DiskSpace> {
+    let jobs = data_dir.join("jobs");
+    let path = if jobs.is_dir() { jobs } else { data_dir.into() };
+    let free_bytes = crate::process::sys::available_bytes(&path).ok()?;
+    Some(DiskSpace {
+        free_bytes,
+        full: free_bytes < FULL_BELOW_BYTES,
+    })
+}
+
+/// Says in the agent log when the data disk is full, or has less room
+/// than one job's log may take (at start).
+pub fn warn_if_short(data_dir: &Path, limits: &DiskLimits) {
+    let Some(space) = data_disk(data_dir) else {
+        return;
+    };
+    if space.full {
+        log::warn!(
+            "the data disk of {} is full ({} free): job logs cannot be written, so jobs will fail until there is room",
+            data_dir.display(),
+            crate::util::bytes(space.free_bytes)
+        );
+    } else if let Some(max) = limits
+        .max_job_log_bytes
+        .filter(|max| space.free_bytes < *max)
+    {
+        log::warn!(
+            "the data disk of {} has {} free, less than one job's log may take ({}, max-job-log-bytes)",
+            data_dir.display(),
+            crate::util::bytes(space.free_bytes),
+            crate::util::bytes(max)
+        );
     }
 }
 

@@ -21,7 +21,7 @@ use crate::job::eventlog::{now_secs, EventLog, JobResult, LogFiles};
 use crate::job::lifecycle;
 use crate::job::recovery::{self, Earlier};
 use crate::job::request::{ExecutorKind, JobRequest};
-use crate::job::retention::{self, DiskLimits};
+use crate::job::retention::{self, DiskLimits, DiskSpace};
 use crate::job::spec::{AgentOptions, JobSpec};
 use crate::job::stop::{stop_pair, StopHandle, StopSignal};
 use crate::job::workspace::{JobDir, JobRecord};
@@ -580,6 +580,11 @@ impl Runner {
                 .max_data_bytes
                 .map_or("none".to_string(), |m| m.to_string())
         );
+    }
+
+    /// The room left on the data disk (`/status`).
+    pub fn data_disk(&self) -> Option<DiskSpace> {
+        retention::data_disk(&self.cfg.data_dir)
     }
 
     fn run_entry(&self, entry: &Arc<JobEntry>) {

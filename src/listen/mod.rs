@@ -63,6 +63,7 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
     // registered (recover.rs).
     let owed =
         recover::recover_earlier(&cfg.data_dir, &crate::config::home_dir(), limits.stop_grace);
+    crate::job::retention::warn_if_short(&cfg.data_dir, &cfg.disk);
 
     log::info!(
         "agent {} registering with {} as {}",
