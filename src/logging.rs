@@ -6,7 +6,8 @@
 //! unless it is a regular file, so a symbolic link planted in its place
 //! cannot make the agent append to (and `GET /agent_logs` return) a file of
 //! someone else's choosing. It is bounded: past [`MAX_LOG_BYTES`] the file
-//! becomes `<path>.1` (replacing an older one) and a new file starts.
+//! becomes `<path>.1`, an older `.1` becomes `.2` and so on up to
+//! [`ROTATED_FILES`] (the oldest is dropped), and a new file starts.
 //! [`escape_field`] makes text that came from a client safe to log.
 
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +18,11 @@ use std::sync::{Mutex, OnceLock};
 
 /// Size at which the agent log file is rotated.
 pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Rotated files kept beside the current one (`.1` the newest): with an
+/// access line per request, 10 MiB can be a day of a busy agent's log, and
+/// five files, 50 MiB at most, keep a few days on a small disk.
+pub const ROTATED_FILES: usize = 4;
 
 /// The file name of the agent log inside the data directory.
 const LOG_FILE_NAME: &str = "agent.log";
@@ -51,14 +57,21 @@ impl LogFile {
         }
     }
 
-    /// Renames the file to `<path>.1` and starts a new one. On failure the
+    /// Shifts the rotated files (`.1` to `.2`, ..., dropping the last),
+    /// renames the file to `<path>.1` and starts a new one. On failure the
     /// current file stays in use, and the next line tries again.
     fn rotate(&mut self) {
-        let mut old = self.path.clone().into_os_string();
-        old.push(".1");
-        // rename(2) replaces the `.1` entry itself, never what a link there
+        let rotated = |n: usize| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        // rename(2) replaces the entry itself, never what a link there
         // points to.
-        if fs::rename(&self.path, &old).is_err() {
+        for n in (1..ROTATED_FILES).rev() {
+            let _ = fs::rename(rotated(n), rotated(n + 1));
+        }
+        if fs::rename(&self.path, rotated(1)).is_err() {
             return;
         }
         if let Ok(file) = open_private_append(&self.path) {
@@ -214,19 +227,36 @@ mod tests {
     }
 
     #[test]
-    fn the_log_rotates_once() {
+    fn the_log_rotates_into_a_bounded_number_of_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.log");
         let mut log = LogFile::open(&path).unwrap();
-        let line = vec![b'a'; 1024 * 1024];
-        for _ in 0..25 {
-            log.append(&line);
+        let mib = 1024 * 1024;
+        for i in 0..75u8 {
+            log.append(&vec![b'a' + i % 26; mib]);
         }
-        let len = fs::metadata(&path).unwrap().len();
-        let rotated = fs::metadata(dir.path().join("agent.log.1")).unwrap().len();
-        assert!(len <= MAX_LOG_BYTES && rotated <= MAX_LOG_BYTES);
-        assert_eq!(len + rotated, 15 * 1024 * 1024);
+        let size = |name: &str| fs::metadata(dir.path().join(name)).map(|m| m.len());
         let names = fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(names, 2);
+        assert_eq!(names, 1 + ROTATED_FILES);
+        let mut total = 0;
+        for name in [
+            "agent.log",
+            "agent.log.1",
+            "agent.log.2",
+            "agent.log.3",
+            "agent.log.4",
+        ] {
+            let len = size(name).unwrap();
+            assert!(len <= MAX_LOG_BYTES, "{name}: {len}");
+            total += len;
+        }
+        // The newest 45 MiB: 10 MiB in each rotated file, 5 in the current.
+        assert_eq!(total, 45 * mib as u64);
+        assert_eq!(size("agent.log").unwrap(), 5 * mib as u64);
+        // The newest line is in the current file, the oldest kept in `.4`.
+        let first_of = |name: &str| fs::read(dir.path().join(name)).unwrap()[0];
+        assert_eq!(first_of("agent.log"), b'a' + 70 % 26);
+        assert_eq!(first_of("agent.log.1"), b'a' + 60 % 26);
+        assert_eq!(first_of("agent.log.4"), b'a' + 30 % 26);
     }
 }
