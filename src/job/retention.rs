@@ -62,12 +62,15 @@ impl DiskLimits {
 
     /// Of finished job directories of these sizes, oldest first: how many
     /// of the oldest go. First those beyond `keep_jobs`, then as many more
-    /// as the rest needs to fit in `max_data_bytes`.
+    /// as the rest needs to fit in `max_data_bytes`, but never the newest
+    /// for its size alone: a log just finished stays readable (it takes
+    /// at most `max_job_log_bytes`).
     pub fn how_many_go(&self, sizes_oldest_first: &[u64]) -> usize {
-        let mut n = sizes_oldest_first.len().saturating_sub(self.keep_jobs);
+        let len = sizes_oldest_first.len();
+        let mut n = len.saturating_sub(self.keep_jobs);
         if let Some(max) = self.max_data_bytes {
             let mut total: u64 = sizes_oldest_first[n..].iter().sum();
-            while total > max && n < sizes_oldest_first.len() {
+            while total > max && n + 1 < len {
                 total -= sizes_oldest_first[n];
                 n += 1;
             }
@@ -194,7 +197,9 @@ mod tests {
         assert_eq!(limits(10, 10).how_many_go(&[5, 4, 3, 2, 1]), 1);
         assert_eq!(limits(10, 9).how_many_go(&[5, 4, 3, 2, 1]), 2);
         assert_eq!(limits(2, 100).how_many_go(&[5, 4, 3, 2, 1]), 3);
-        assert_eq!(limits(10, 1).how_many_go(&[5, 4, 3, 2, 2]), 5);
+        assert_eq!(limits(10, 1).how_many_go(&[5, 4, 3, 2, 2]), 4);
+        assert_eq!(limits(10, 1).how_many_go(&[5]), 0);
+        assert_eq!(limits(0, 1).how_many_go(&[5]), 1);
         assert_eq!(limits(10, 15).how_many_go(&[5, 4, 3, 2, 1]), 0);
     }
 
