@@ -2,7 +2,9 @@
 //! data dir's job directories on a real 2 MiB tmpfs that the job's output
 //! fills. The job ends `failed` with a line saying why, its commands stop,
 //! its epilogues are attempted, the API's result matches the log, and the
-//! next job, once there is room, starts clean.
+//! next job, once there is room, starts clean. A job whose disk fills while
+//! its log, past half its limit, holds lines back fails the same way. A disk
+//! full at start is said in the agent log and on `/status`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -194,4 +196,62 @@ fn a_full_data_disk_is_reported_at_start_and_on_status() {
     );
     drop(agent);
     drop(tmpfs);
+}
+
+#[test]
+fn a_disk_that_fills_while_a_long_log_is_held_back_fails_the_job_with_a_whole_log() {
+    let agent = TestAgent::builder()
+        .archivator_timeout(5)
+        .arg("--max-job-log-bytes")
+        .arg("1048576")
+        .start();
+    let jobs = agent.root().join("data/jobs");
+    let Some(tmpfs) = Tmpfs::mount(&jobs, "2m") else {
+        return;
+    };
+    // Room for the head of the log (half of 1 MiB) and a little more: the
+    // lines held back after it do not fit.
+    fs::write(tmpfs.path.join("filler"), vec![b'f'; 1300 * 1024]).expect("write the filler");
+
+    let flood = "yes | head -c 20000000";
+    let job = Job::new("held-disk-full")
+        .command(flood)
+        .always("echo epilogue");
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(events.last().expect("events")["result"], "failed");
+    let info = agent.get(&format!("/jobs/{}", job.job_id)).json();
+    assert_eq!(info["result"], "failed");
+    let text = outputs(&events);
+    assert!(
+        text.contains("could not write the log of this job"),
+        "no line says why the job failed: {:?}",
+        &text[text.len().saturating_sub(400)..]
+    );
+    let started = directives(&events, "cmd_started");
+    assert!(started.iter().any(|d| d == flood), "{started:?}");
+    assert_eq!(started, directives(&events, "cmd_finished"));
+    // It was holding lines back that failed first.
+    let log = fs::read_to_string(agent.agent_log_path()).unwrap_or_default();
+    assert!(
+        log.contains("cannot hold back lines of the event log"),
+        "{log}"
+    );
+    // Nothing held back is left in the job's directory.
+    let dir = fs::read_dir(&tmpfs.path)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .expect("the job's directory");
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("events.held")),
+        "{names:?}"
+    );
+    drop(tmpfs);
+    drop(agent);
 }
