@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::control_plane::ControlPlane;
-use crate::support::listen_agent::ListenAgent;
-use crate::support::server::{poll_until, TestAgent, EVENT_TIMEOUT};
+use crate::support::listen_agent::{assert_pushed_log_complete, pushed_text, ListenAgent};
+use crate::support::server::{poll_until, unix_now, TestAgent, EVENT_TIMEOUT};
 use crate::support::Job;
 
 /// The bytes of the files below `path`, as the agent counts them.
@@ -286,4 +286,39 @@ fn listen_mode_keeps_the_newest_job_directories_given_by_its_config_file() {
         .collect();
     kept.sort();
     assert_eq!(kept, ids[2..]);
+}
+
+#[test]
+fn listen_mode_pushes_a_trimmed_log_whole_across_its_gap() {
+    const LIMIT: u64 = 1 << 20;
+    let cp = ControlPlane::builder().next_sync_after(50).start();
+    let agent = ListenAgent::builder()
+        .arg("--max-job-log-bytes")
+        .arg(&LIMIT.to_string())
+        .start(&cp);
+    let since = unix_now();
+    let job = Job::new("listen-trim")
+        .command("echo FIRST; yes | head -c 30000000; echo LAST")
+        .command("echo after");
+    agent.track(&job.job_id);
+    cp.schedule(&job.to_value());
+    assert_eq!(
+        cp.wait_for_result(&job.job_id, Duration::from_secs(120)),
+        "passed"
+    );
+    // Every line pushed once, in order, as the agent's file has them: the
+    // lines held back went out after those pushed before, numbered on.
+    assert_pushed_log_complete(&cp, &agent, &job.job_id, since);
+    let pushed = cp.lines(&job.job_id);
+    let trims: Vec<&Value> = pushed.iter().filter(|e| is_trim_line(e)).collect();
+    assert_eq!(trims.len(), 1);
+    let trim_line_bytes = serde_json::to_string(trims[0]).unwrap().len() as u64 + 1;
+    let pushed_bytes = pushed_text(&cp, &job.job_id).len() as u64;
+    assert!(
+        pushed_bytes <= LIMIT + trim_line_bytes,
+        "{pushed_bytes} bytes pushed"
+    );
+    let outputs: String = pushed.iter().filter_map(|e| e["output"].as_str()).collect();
+    assert!(outputs.starts_with("FIRST\n"));
+    assert!(outputs.contains("y\nLAST\nafter\n"));
 }
