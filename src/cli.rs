@@ -194,14 +194,14 @@ pub struct ServeArgs {
     /// concurrent connections (default 256); when all are taken, the oldest
     /// that has sent no request makes room, else a new one is refused
     pub max_connections: usize,
-    #[argh(option, default = "crate::job::retention::DEFAULT_MAX_JOB_LOG_BYTES")]
+    #[argh(option, default = "100 * 1024 * 1024")]
     /// the most one job's event log takes, in bytes (default 100 MiB; 0: no
     /// limit); past it the log keeps its start and end and says what it left out
     pub max_job_log_bytes: u64,
-    #[argh(option, default = "crate::job::retention::DEFAULT_KEEP_JOBS_SERVE")]
+    #[argh(option, default = "100")]
     /// finished jobs whose directories (and logs) are kept, the newest (default 100)
     pub keep_jobs: usize,
-    #[argh(option, default = "crate::job::retention::DEFAULT_MAX_DATA_BYTES")]
+    #[argh(option, default = "1024 * 1024 * 1024")]
     /// the most bytes finished jobs' directories take together; the oldest
     /// go first (default 1 GiB; 0: no limit)
     pub max_data_bytes: u64,

@@ -160,3 +160,18 @@ pub fn fingerprint(cert_pem: &[u8]) -> String {
         _ => "unknown".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::job::retention;
+
+    #[test]
+    fn serve_has_the_disk_limits_of_the_docs() {
+        let args = <crate::cli::ServeArgs as argh::FromArgs>::from_args(&["serve"], &[])
+            .expect("no flags");
+        assert_eq!(args.max_job_log_bytes, retention::DEFAULT_MAX_JOB_LOG_BYTES);
+        assert_eq!(args.max_data_bytes, retention::DEFAULT_MAX_DATA_BYTES);
+        // §13.2: the last 100 finished jobs, as before the limit existed.
+        assert_eq!(args.keep_jobs, 100);
+    }
+}

@@ -21,9 +21,8 @@ pub const DEFAULT_MAX_JOB_LOG_BYTES: u64 = 100 << 20;
 pub const MIN_JOB_LOG_BYTES: u64 = 1 << 20;
 /// `--max-data-bytes` when not given.
 pub const DEFAULT_MAX_DATA_BYTES: u64 = 1 << 30;
-/// `--keep-jobs` of `agent serve` when not given (§13.2).
-pub const DEFAULT_KEEP_JOBS_SERVE: usize = 100;
-/// `keep-jobs` of listen mode when not given.
+/// `keep-jobs` of listen mode when not given (`agent serve` keeps 100,
+/// §13.2: its default is in `cli`).
 pub const DEFAULT_KEEP_JOBS_LISTEN: usize = 10;
 /// Less room than this on the data disk, and it counts as full: a job's
 /// log would fail almost at once (§6.8).
