@@ -56,6 +56,19 @@ fn reachable_root() -> tempfile::TempDir {
     dir
 }
 
+/// Submits `job` once the agent takes it: the job before may still be
+/// tearing down.
+fn submit_when_free(agent: &TestAgent, job: &Value) {
+    crate::support::server::poll_until("the agent to take the job", EVENT_TIMEOUT, || {
+        let reply = agent.submit(job);
+        match reply.status {
+            200 => true,
+            422 if reply.message().starts_with("another job is tearing down") => false,
+            _ => panic!("POST /jobs: {}", reply.text()),
+        }
+    });
+}
+
 fn outputs(events: &[Value]) -> String {
     events.iter().filter_map(|e| e["output"].as_str()).collect()
 }
@@ -324,7 +337,7 @@ fn the_agent_writes_in_a_named_users_home_only_what_that_user_could() {
     // replaced (as the user could), never followed for writing.
     let mut job = Job::new("ju-named-keys").command("echo ran").to_value();
     job["ssh_public_keys"] = serde_json::json!([crate::support::b64("ssh-ed25519 AAAAjob")]);
-    agent.submit_ok(&job);
+    submit_when_free(&agent, &job);
     agent.wait_for_job_finished(job["job_id"].as_str().unwrap());
     assert_eq!(fs::read_to_string(&target).unwrap(), "original\n");
 
@@ -332,7 +345,7 @@ fn the_agent_writes_in_a_named_users_home_only_what_that_user_could() {
     let job = Job::new("ju-named-ok")
         .file("dir/own.txt", "mine\n", "0600")
         .command("cat ~/dir/own.txt; whoami");
-    agent.submit_ok(&job.to_value());
+    submit_when_free(&agent, &job.to_value());
     let events = agent.wait_for_job_finished(&job.job_id);
     let out = outputs(&events);
     assert_eq!(events.last().unwrap()["result"], "passed", "{out}");

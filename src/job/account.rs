@@ -35,8 +35,9 @@ const AUTO_PREFIX: &str = "agent-job-";
 const WORLD_WRITABLE: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 /// The most entries of each such directory looked at when sweeping.
 const SWEEP_LIMIT: usize = 100_000;
-/// How often `useradd` or `userdel` is tried.
-const ACCOUNT_ATTEMPTS: u32 = 5;
+/// How often `useradd` or `userdel` is tried (about 13 s in all, while
+/// other programs take turns with the user database's lock).
+const ACCOUNT_ATTEMPTS: u32 = 30;
 /// How long `useradd` and `userdel` may take.
 const ACCOUNT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -253,7 +254,7 @@ fn run_account_command(make_cmd: impl Fn() -> Command, tool: &str) -> Result<(),
             return Err(Error::JobUser(failure));
         }
         log::debug!("{failure}; trying again");
-        std::thread::sleep(Duration::from_millis(100 * attempt as u64));
+        std::thread::sleep(Duration::from_millis((50 * attempt as u64).min(500)));
     }
 }
 
@@ -285,7 +286,7 @@ impl JobAccount {
     /// then the user with its home. A named user stays as it is.
     pub fn remove(&self) {
         if self.auto {
-            remove_auto(&self.name, Some(self.creds.uid));
+            remove_auto(&self.name);
         }
     }
 }
@@ -296,15 +297,21 @@ pub fn remove_recorded(record: &AccountRecord) {
     if !record.auto || !record.name.starts_with(AUTO_PREFIX) {
         return;
     }
-    let uid = sys::user_by_name(&record.name)
-        .ok()
-        .flatten()
-        .map(|e| e.uid);
-    remove_auto(&record.name, uid);
+    remove_auto(&record.name);
 }
 
-fn remove_auto(name: &str, uid: Option<u32>) {
-    let Some(uid) = uid.filter(|&uid| uid != 0) else {
+/// Removes a user `auto` made, if it is still there (a removal that failed
+/// is tried again when its job's directory is pruned or recovered): its
+/// processes, its files in the world-writable directories, the user and
+/// its home. Its uid is the one the user database gives now, never one
+/// remembered, which a later user may have been given.
+fn remove_auto(name: &str) {
+    let Some(uid) = sys::user_by_name(name)
+        .ok()
+        .flatten()
+        .map(|e| e.uid)
+        .filter(|&uid| uid != 0)
+    else {
         return;
     };
     kill_processes_of(uid);

@@ -12,6 +12,7 @@
 use std::fs;
 use std::path::Path;
 
+use crate::job::account::AccountRecord;
 use crate::job::workspace::JobDir;
 
 /// `--max-job-log-bytes` when not given.
@@ -102,20 +103,24 @@ pub fn prune_unheld(data_dir: &Path, limits: &DiskLimits) {
     };
     // Taking a directory over proves that no agent is using it; its lock is
     // held until it is removed or let go.
-    let mut finished: Vec<(u64, JobDir, u64)> = entries
+    let mut finished: Vec<(u64, JobDir, u64, Option<AccountRecord>)> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| JobDir::claim(&e.path()))
         .map(|(dir, record)| {
             let size = dir_size(&dir.root);
-            (record.accepted_at, dir, size)
+            (record.accepted_at, dir, size, record.account)
         })
         .collect();
     finished.sort_by(|a, b| (a.0, &a.1.root).cmp(&(b.0, &b.1.root)));
     let sizes: Vec<u64> = finished.iter().map(|f| f.2).collect();
     let n = limits.how_many_go(&sizes);
-    for (_, dir, _) in finished.into_iter().take(n) {
+    for (_, dir, _, account) in finished.into_iter().take(n) {
         remove_job_dir(&dir.root);
+        // A user made for the job whose removal failed at its end.
+        if let Some(account) = &account {
+            crate::job::account::remove_recorded(account);
+        }
     }
 }
 

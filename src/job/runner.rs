@@ -571,6 +571,10 @@ impl Runner {
             .retain(|j| !gone.iter().any(|g| Arc::ptr_eq(g, j)));
         for j in &gone {
             retention::remove_job_dir(&j.dir.root);
+            // A user made for the job whose removal failed at its end.
+            if let Some(account) = &j.dir.account {
+                account.remove();
+            }
         }
         log::info!(
             "removed the directories of {n} finished job(s) (keep-jobs {}, max-data-bytes {})",
