@@ -172,6 +172,9 @@ pub struct ServeArgs {
     #[argh(option, default = "true")]
     /// add /dev/kvm to compose jobs when the host has it (default true)
     pub expose_kvm_device: bool,
+    #[argh(option)]
+    /// what compose jobs get as /var/run/docker.sock: gate (default: the job's own Docker gate), host (the engine's socket, root on the host), none
+    pub docker_socket: Option<String>,
     #[argh(option, default = "1")]
     /// jobs that may run at once (default 1)
     pub jobs: usize,
@@ -275,6 +278,9 @@ pub struct StartArgs {
     #[argh(switch)]
     /// a missing `files` source fails the job instead of a warning
     pub fail_on_missing_files: bool,
+    #[argh(option)]
+    /// what compose jobs get as /var/run/docker.sock: gate (default), host, none
+    pub docker_socket: Option<String>,
     #[argh(switch)]
     /// run one job, then disconnect and exit
     pub disconnect_after_job: bool,

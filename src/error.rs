@@ -144,6 +144,10 @@ pub enum Error {
     },
     /// A `--cache-*` flag (or `SEMAPHORE_CACHE_*` variable) that cannot work.
     CacheConfig(String),
+    /// A `--docker-socket` that is none of the choices.
+    DockerSocket {
+        value: String,
+    },
     /// The cache's backend could not be opened.
     Cache(crate::cache::error::CacheError),
     /// `--job-user` cannot work, or a job's user could not be made.
@@ -184,6 +188,11 @@ impl fmt::Display for Error {
             Error::Front(e) => e.fmt(f),
             Error::Listen(e) => e.fmt(f),
             Error::CacheConfig(message) | Error::JobUser(message) => f.write_str(message),
+            Error::DockerSocket { value } => write!(
+                f,
+                "--docker-socket {value:?} is not one of {}",
+                crate::dockergate::DockerSocket::CHOICES
+            ),
             Error::Cache(e) => write!(f, "cache: {e}"),
             Error::SessionStart { status, output } => {
                 match status {
@@ -218,7 +227,8 @@ impl std::error::Error for Error {
             | Error::HalfTlsPair { .. }
             | Error::SessionStart { .. }
             | Error::CacheConfig(_)
-            | Error::JobUser(_) => None,
+            | Error::JobUser(_)
+            | Error::DockerSocket { .. } => None,
         }
     }
 }

@@ -8,6 +8,7 @@ mod checkout;
 mod cli;
 mod cmd;
 mod config;
+mod dockergate;
 mod error;
 mod executor;
 mod http;

@@ -13,6 +13,7 @@ use crate::api::bodies::BodyTurns;
 use crate::api::routes::App;
 use crate::cli::ServeArgs;
 use crate::config::{self, ServeConfig};
+use crate::dockergate::DockerSocket;
 use crate::error::Error;
 use crate::http::{Front, FrontConfig};
 use crate::job::account::JobUser;
@@ -48,6 +49,18 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
     logging::init("info", Some(&agent_log))
         .map_err(|e| Error::io("cannot open the agent log", &agent_log, e))?;
     let config = ServeConfig::from_args(&args)?;
+    let docker_socket = match args.docker_socket.as_deref() {
+        None => DockerSocket::default(),
+        Some(value) => DockerSocket::parse(value).ok_or_else(|| Error::DockerSocket {
+            value: value.to_string(),
+        })?,
+    };
+    if docker_socket == DockerSocket::Host && args.jobs > 1 {
+        log::warn!(
+            "--docker-socket host with --jobs {}: every compose job gets the engine's socket, so each can read, stop or exec into the others, and take over the host",
+            args.jobs
+        );
+    }
     // Before any thread: this takes the toolbox's variables out of the
     // environment the jobs inherit.
     let cache = crate::cache::session::agent_cache(cache_args(&args), &config.data_dir)?;
@@ -105,6 +118,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
             pre_job_hook_fails_job: true,
             post_job_hook: None,
             expose_kvm: args.expose_kvm_device,
+            docker_socket,
             host_files: args.files.clone(),
             metrics,
             cache: Some(cache),

@@ -184,7 +184,11 @@ fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
     processes.kill_subreaper();
     match record.executor() {
         RecordedExecutor::Shell => {}
-        RecordedExecutor::DockerCompose { main } => down_project(dir, record, &main, grace),
+        RecordedExecutor::DockerCompose { main } => {
+            down_project(dir, record, &main, grace);
+            // What the job created through its Docker gate.
+            crate::dockergate::remove_objects(&dir.mark);
+        }
     }
     drop(JumpPoint::left_behind(
         home,

@@ -23,6 +23,8 @@ pub struct AgentOptions {
     pub post_job_hook: Option<PathBuf>,
     /// `--expose-kvm-device`: add /dev/kvm to compose jobs when it exists.
     pub expose_kvm: bool,
+    /// `--docker-socket`: what compose jobs get as the Docker socket.
+    pub docker_socket: crate::dockergate::DockerSocket,
     /// `--files host:dest,...` for compose jobs' main container.
     pub host_files: Option<String>,
     pub metrics: Option<Arc<Metrics>>,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::error::ListenError;
 use crate::cli::StartArgs;
+use crate::dockergate::DockerSocket;
 use crate::error::Error;
 use crate::job::request::is_shell_identifier;
 use crate::job::retention::{self, DiskLimits};
@@ -29,6 +30,7 @@ struct FileConfig {
     env_vars: Option<Vec<String>>,
     files: Option<Vec<String>>,
     fail_on_missing_files: Option<bool>,
+    docker_socket: Option<String>,
     disconnect_after_job: Option<bool>,
     disconnect_after_idle_timeout: Option<u64>,
     job_id: Option<String>,
@@ -155,6 +157,8 @@ pub struct ListenConfig {
     /// `host:container` pairs mounted into compose jobs.
     pub files: Vec<(String, String)>,
     pub fail_on_missing_files: bool,
+    /// What compose jobs get as `/var/run/docker.sock`.
+    pub docker_socket: DockerSocket,
     pub disconnect_after_job: bool,
     /// Zero: never.
     pub idle_timeout: Duration,
@@ -293,6 +297,12 @@ fn merge(
             ))
         }
     };
+    let docker_socket = match args.docker_socket.clone().or(file.docker_socket) {
+        None => DockerSocket::default(),
+        Some(value) => DockerSocket::parse(&value).ok_or_else(|| {
+            ListenError::invalid("docker-socket", &value, "is not one of gate, host, none")
+        })?,
+    };
     let disconnect_after_job =
         args.disconnect_after_job || file.disconnect_after_job.unwrap_or(false);
     let job_id = args
@@ -333,6 +343,7 @@ fn merge(
         files,
         fail_on_missing_files: args.fail_on_missing_files
             || file.fail_on_missing_files.unwrap_or(false),
+        docker_socket,
         disconnect_after_job,
         idle_timeout: Duration::from_secs(
             args.disconnect_after_idle_timeout

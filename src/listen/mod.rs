@@ -126,6 +126,7 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
             pre_job_hook_fails_job: cfg.fail_on_pre_job_hook_error,
             post_job_hook: cfg.post_job_hook.clone(),
             expose_kvm: false,
+            docker_socket: cfg.docker_socket,
             host_files: (!cfg.files.is_empty()).then(|| {
                 cfg.files
                     .iter()

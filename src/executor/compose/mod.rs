@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use self::file::FileOptions;
 use self::project::Project;
+use crate::dockergate::{self, DockerGate, DockerSocket, JobFacts};
 use crate::executor::jumppoint::{JumpPoint, Target};
 use crate::job::files::{inject_file, resolve_path};
 use crate::job::request::{decode_b64, parse_mode};
@@ -41,15 +42,19 @@ fn tail_of(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
-/// Runs `compose down` when the job is done with the project, however it ended.
+/// Runs `compose down` when the job is done with the project, however it
+/// ended, then closes the job's Docker gate, which removes what the job
+/// created through it.
 pub struct ProjectGuard {
     pub project: Project,
     grace: std::time::Duration,
+    gate: Option<Box<DockerGate>>,
 }
 
 impl Drop for ProjectGuard {
     fn drop(&mut self) {
         self.project.cleanup(self.grace);
+        drop(self.gate.take());
     }
 }
 
@@ -136,9 +141,34 @@ pub(crate) fn start(
         ));
         return Started::Failed;
     }
+    // The gate's socket must exist before main mounts it (the engine would
+    // make a directory of a missing path).
+    let (gate, docker_socket) = match spec.options.docker_socket {
+        DockerSocket::Gate => {
+            let facts = JobFacts {
+                mark: spec.mark.to_string(),
+                project: Some(project.name.clone()),
+                job_dir: spec.work_dir.to_path_buf(),
+                kvm: opts.kvm,
+            };
+            match DockerGate::start(&spec.work_dir.join(dockergate::SOCKET_NAME), facts) {
+                Ok(gate) => {
+                    let socket = gate.socket().to_path_buf();
+                    (Some(Box::new(gate)), Some(socket))
+                }
+                Err(e) => {
+                    steps.remark(&format!("The job's Docker gate could not start: {e}"));
+                    return Started::Failed;
+                }
+            }
+        }
+        DockerSocket::Host => (None, Some(PathBuf::from(project::DOCKER_SOCKET))),
+        DockerSocket::None => (None, None),
+    };
     *guard = Some(ProjectGuard {
         project: project.clone(),
         grace: spec.grace,
+        gate,
     });
     // §9.1 step 5: the jump point waits for main, then opens bash in it.
     let target = Target::Container {
@@ -224,7 +254,7 @@ pub(crate) fn start(
         })
         .and_then(|stdin| {
             Session::start(SessionSpec {
-                argv: project.session_argv(stdin.path()),
+                argv: project.session_argv(stdin.path(), docker_socket.as_deref()),
                 env: vec![(
                     "DOCKER_CONFIG".into(),
                     project.docker_config.to_string_lossy().into_owned(),

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::util::id_slug;
 
-/// Where the host's Docker socket is mounted in main (docker in docker).
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Where a Docker socket is mounted in main (docker in docker): the job's
+/// gate, or the engine's own (`--docker-socket`).
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Where the session's stdin terminal appears in main.
 pub const STDIN_TERMINAL: &str = "/dev/job-stdin";
 
@@ -151,10 +152,12 @@ impl Project {
         argv
     }
 
-    /// §9.2 step 3: the session's bash in main. docker-compose v1 logs a
-    /// container's non-zero exit status as an error line of its own when
-    /// `run` ends; only critical messages keep that line out of the job log.
-    pub fn session_argv(&self, stdin_terminal: &Path) -> Vec<String> {
+    /// §9.2 step 3: the session's bash in main, with `docker_socket` (a
+    /// host path) mounted at `DOCKER_SOCKET` when there is one.
+    /// docker-compose v1 logs a container's non-zero exit status as an
+    /// error line of its own when `run` ends; only critical messages keep
+    /// that line out of the job log.
+    pub fn session_argv(&self, stdin_terminal: &Path, docker_socket: Option<&Path>) -> Vec<String> {
         let work = self.work_dir.to_string_lossy();
         let mut argv = self.base();
         if self.tool == ComposeTool::Standalone {
@@ -165,8 +168,11 @@ impl Project {
             "--rm".into(),
             "--name".into(),
             self.container.clone(),
-            "-v".into(),
-            format!("{DOCKER_SOCKET}:{DOCKER_SOCKET}"),
+        ]);
+        if let Some(socket) = docker_socket {
+            argv.extend(["-v".into(), format!("{}:{DOCKER_SOCKET}", socket.display())]);
+        }
+        argv.extend([
             "-v".into(),
             format!("{work}:{work}:ro"),
             // A bind mount, not a device: a terminal slave opens only
@@ -302,9 +308,14 @@ mod tests {
             "docker-compose --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml up -d db cache"
         );
         assert_eq!(
-            p.session_argv(Path::new("/dev/pts/7")).join(" "),
-            "docker-compose --log-level CRITICAL --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm --name agent-job-42-x-ab12-main -v /var/run/docker.sock:/var/run/docker.sock -v /d/work:/d/work:ro -v /dev/pts/7:/dev/job-stdin main bash --noediting"
+            p.session_argv(Path::new("/dev/pts/7"), Some(Path::new("/d/work/docker.sock")))
+                .join(" "),
+            "docker-compose --log-level CRITICAL --ansi never -p agent-job-42-x-ab12 -f /d/compose.yml run --rm --name agent-job-42-x-ab12-main -v /d/work/docker.sock:/var/run/docker.sock -v /d/work:/d/work:ro -v /dev/pts/7:/dev/job-stdin main bash --noediting"
         );
+        assert!(!p
+            .session_argv(Path::new("/dev/pts/7"), None)
+            .join(" ")
+            .contains("docker.sock"));
         assert!(p
             .down_argv(10)
             .join(" ")
