@@ -54,12 +54,26 @@ pub(super) fn serve(client: UnixStream, shared: &Shared) {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(WireError::HeadTooLarge) => {
-                answer(&client, 431, "request head too large");
+                answer(
+                    &Peer {
+                        stream: &client,
+                        head: false,
+                    },
+                    431,
+                    "request head too large",
+                );
                 return;
             }
             Err(WireError::Io(_)) => return,
             Err(e) => {
-                answer(&client, 400, &format!("bad request: {e}"));
+                answer(
+                    &Peer {
+                        stream: &client,
+                        head: false,
+                    },
+                    400,
+                    &format!("bad request: {e}"),
+                );
                 return;
             }
         };
@@ -78,20 +92,33 @@ pub(super) fn serve(client: UnixStream, shared: &Shared) {
     }
 }
 
-/// Writes a whole error answer and marks the connection to be closed (its
-/// request body, if any, is not read).
-fn answer(client: &UnixStream, status: u16, message: &str) {
-    let mut out = client;
-    let _ = out.write_all(&wire::json_error(status, message, true));
+/// The client of a request, as its answers need it.
+struct Peer<'a> {
+    stream: &'a UnixStream,
+    /// A HEAD request: its answer has no body.
+    head: bool,
 }
 
-fn refuse(client: &UnixStream, rule: &str) -> Next {
+/// Writes a whole error answer and marks the connection to be closed (its
+/// request body, if any, is not read).
+fn answer(client: &Peer, status: u16, message: &str) {
+    let mut bytes = wire::json_error(status, message, true);
+    if client.head {
+        if let Some(end) = memchr::memmem::find(&bytes, b"\r\n\r\n") {
+            bytes.truncate(end + 4);
+        }
+    }
+    let mut out = client.stream;
+    let _ = out.write_all(&bytes);
+}
+
+fn refuse(client: &Peer, rule: &str) -> Next {
     answer(client, 403, &format!("agent docker gate: {rule}"));
     Next::Close
 }
 
 /// Answers a denial of an object check.
-fn denied(client: &UnixStream, denial: Denied, mark: &str) -> Next {
+fn denied(client: &Peer, denial: Denied, mark: &str) -> Next {
     match denial {
         Denied::NotOwned(rule) => refuse(client, &rule),
         Denied::Engine(engine_answer) => {
@@ -117,17 +144,29 @@ fn denied(client: &UnixStream, denial: Denied, mark: &str) -> Next {
 fn exchange(
     head: &[u8],
     reader: &mut BufReader<UnixStream>,
-    client: &UnixStream,
+    stream: &UnixStream,
     shared: &Shared,
 ) -> Result<Next, WireError> {
     let facts = &shared.facts;
     let mut request = match wire::parse_request(head) {
         Ok(r) => r,
         Err(e) => {
-            answer(client, 400, &format!("bad request: {e}"));
+            answer(
+                &Peer {
+                    stream,
+                    head: false,
+                },
+                400,
+                &format!("bad request: {e}"),
+            );
             return Ok(Next::Close);
         }
     };
+    let peer = Peer {
+        stream,
+        head: request.method == "HEAD",
+    };
+    let client = &peer;
     let framing = match request.framing() {
         Ok(f) => f,
         Err(e) => {
@@ -158,7 +197,7 @@ fn exchange(
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
     {
         request.headers.remove("expect");
-        let mut out = client;
+        let mut out = stream;
         out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
     let checked_body = if plan.body == Body::Stream {
@@ -221,10 +260,10 @@ fn exchange(
     };
     let response = wire::parse_response(&response_head)?;
     let response_framing = response.framing(request.method == "HEAD")?;
-    let mut out = client;
+    let mut out = stream;
     out.write_all(&response_head)?;
     if response.status == 101 || response_framing == Framing::UntilClose {
-        splice(reader, client, up_reader, &upstream);
+        splice(reader, stream, up_reader, &upstream);
         return Ok(Next::Close);
     }
     wire::copy_body(response_framing, &mut up_reader, &mut out)?;
@@ -239,7 +278,7 @@ fn exchange(
 }
 
 /// The reply to a body the rules refuse.
-type Reply = Box<dyn FnOnce(&UnixStream) -> Next>;
+type Reply = Box<dyn FnOnce(&Peer) -> Next>;
 
 /// Checks (and labels) a create or connect body; the body to forward.
 fn check_body(kind: Body, bytes: &[u8], shared: &Shared) -> Result<Vec<u8>, Reply> {

@@ -37,6 +37,7 @@ mod checkout;
 mod cleanup;
 mod credentials;
 mod echo;
+mod gate;
 mod metrics;
 
 use credentials::{generic_docker, push_private_image, with_credentials};
