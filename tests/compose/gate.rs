@@ -13,29 +13,6 @@ const REFUSED_FN: &str = "refused() { out=$(\"$@\" 2>&1); case $out in *'agent d
 /// The docker CLI in main uses the classic builder: it has no buildx.
 const NO_BUILDKIT: &str = "export DOCKER_BUILDKIT=0";
 
-/// The labelled objects of a job's gate still on the engine, as
-/// `kind labels` lines.
-fn gate_objects_of(job_id: &str) -> Vec<String> {
-    let label = format!("agent.job={job_id}.");
-    let mut left = Vec::new();
-    for kind in [
-        &["ps", "-a"][..],
-        &["network", "ls"][..],
-        &["volume", "ls"][..],
-    ] {
-        let mut args = kind.to_vec();
-        args.extend(["--filter", "label=agent.job", "--format", "{{.Labels}}"]);
-        let out = docker::docker(&args).ok("list labelled objects");
-        left.extend(
-            out.stdout
-                .lines()
-                .filter(|l| l.contains(&label))
-                .map(|l| format!("{} {l}", kind[0])),
-        );
-    }
-    left
-}
-
 /// The log of a job `agent serve` ran, for its steps.
 fn served_outcome(job_id: &str, events: Vec<Value>) -> Outcome {
     Outcome {
@@ -48,7 +25,7 @@ fn served_outcome(job_id: &str, events: Vec<Value>) -> Outcome {
 }
 
 fn assert_no_gate_objects(job_id: &str) {
-    let left = gate_objects_of(job_id);
+    let left = docker::gate_objects_of(job_id);
     assert!(left.is_empty(), "the gate of {job_id} left {left:#?}");
 }
 
@@ -75,14 +52,10 @@ fn the_gate_refuses_what_would_reach_the_host() {
     let data_dir = data_dir.display();
     let run = format!("docker run --rm {BASH_IMAGE}");
     let run_with = |flags: &str| format!("refused docker run --rm {flags} {BASH_IMAGE} true");
+    let data_dir_rule =
+        format!("bind mounts of host paths outside the job's directory ({data_dir})");
     let refusals: Vec<(String, &str)> = vec![
-        (
-            run_with(&format!("-v {data_dir}:/stolen")),
-            &*Box::leak(
-                format!("bind mounts of host paths outside the job's directory ({data_dir})")
-                    .into_boxed_str(),
-            ),
-        ),
+        (run_with(&format!("-v {data_dir}:/stolen")), &data_dir_rule),
         (
             run_with("-v /:/host"),
             "bind mounts of host paths outside the job's directory (/)",
@@ -213,9 +186,8 @@ fn the_gate_keeps_concurrent_jobs_apart() {
         "refused docker cp {victim}:/etc/passwd /tmp/stolen >/dev/null; test -e /tmp/stolen || echo nothing copied"
     );
     let mine = format!("mine-{tag}");
-    let lists = format!(
-        "docker ps -a --format '{{{{.Names}}}}'; docker network ls --format '{{{{.Name}}}}'"
-    );
+    let lists =
+        "docker ps -a --format '{{.Names}}'; docker network ls --format '{{.Name}}'".to_string();
     let mut prying = ComposeJob::new("gate-prying", Container::new("main", DIND_IMAGE))
         .command(REFUSED_FN)
         .command(&retry("[ -s /rendezvous/victim-id ]"))
@@ -355,4 +327,49 @@ fn docker_socket_none_mounts_nothing() {
     let outcome = served_outcome(job.job_id(), wait_for_compose_job(&agent, job.job_id()));
     assert_eq!(outcome.step(check).output(), "nothing\n");
     watch.assert_gone();
+}
+
+#[test]
+fn docker_compose_runs_its_own_project_in_main() {
+    if !docker::ready() {
+        return;
+    }
+    let tag = unique_tag("gate-compose");
+    let file = format!(
+        "services:\n  srv:\n    image: {BASH_IMAGE}\n    command: sh -c 'while true; do echo from-srv | nc -l -p 7000; done'\n    volumes: [data:/data]\n  cli:\n    image: {BASH_IMAGE}\n    command: sh -c 'for i in $$(seq 50); do nc srv 7000 </dev/null 2>/dev/null && break; sleep 0.1; done; cat /data/hello'\n    volumes: [data:/data]\n    depends_on: [srv]\nvolumes:\n  data: {{}}\n"
+    );
+    let quietly = |command: &str, word: &str| {
+        format!("out=$({command} 2>&1) && echo {word} || {{ echo \"$out\"; false; }}")
+    };
+    let up = quietly("docker-compose up -d srv", "up");
+    let seed = "docker-compose exec -T srv sh -c 'echo via-volume >/data/hello'".to_string();
+    let run = "docker-compose run --rm -T cli 2>/dev/null".to_string();
+    let ps = "docker-compose ps -q | wc -l".to_string();
+    let lists = "docker ps --format '{{.Label \"com.docker.compose.service\"}}'; docker volume ls -q | grep -c _data"
+        .to_string();
+    let job = ComposeJob::new(
+        "gate-compose",
+        Container::new("main", docker::COMPOSE_IMAGE),
+    )
+    .env("COMPOSE_PROJECT_NAME", &tag)
+    .file("app/docker-compose.yml", file, "0644")
+    .command("cd app")
+    .command(&up)
+    .command(&seed)
+    .command(&run)
+    .command(&ps)
+    .command(&lists);
+    // The project is left up: the gate removes it after the job.
+    let outcome = job.run();
+    assert_eq!(outcome.result(), "passed", "{}", outcome.render());
+    for (command, output) in [
+        (&up, "up\n"),
+        (&seed, ""),
+        (&run, "from-srv\nvia-volume\n"),
+        (&ps, "1\n"),
+        (&lists, "srv\n1\n"),
+    ] {
+        assert_eq!(outcome.step(command).output(), output, "{command}");
+    }
+    assert_no_gate_objects(job.job_id());
 }

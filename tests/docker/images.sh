@@ -9,9 +9,11 @@
 #   agent-test/git:1     debootstrap minbase bookworm + git, ca-certificates.
 #   agent-test/dind:1    git:1 plus the host's docker CLI, for jobs that talk
 #                        to the host engine through /var/run/docker.sock.
+#   agent-test/compose:1 dind:1 plus Debian's docker-compose (v1), for jobs
+#                        that run `docker-compose up` through their gate.
 #
-# Usage: images.sh [--rebuild] [--check] [bash|nobash|git|dind]...
-#   With no names, all four. An image whose tag exists with the current recipe
+# Usage: images.sh [--rebuild] [--check] [bash|nobash|git|dind|compose]...
+#   With no names, all five. An image whose tag exists with the current recipe
 #   (label org.agent-test.recipe) is kept; --rebuild builds it again. Every
 #   image built is smoke-tested; --check also tests the ones kept.
 #
@@ -31,12 +33,13 @@ CACHE=${AGENT_TEST_CACHE:-/var/cache/agent-test}
 PATH_IN_IMAGE=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Bump an image's recipe when what goes into it changes; the next run then
 # rebuilds it even though the tag exists.
-declare -A RECIPE=([bash]=1 [nobash]=1 [git]=1 [dind]=1)
+declare -A RECIPE=([bash]=1 [nobash]=1 [git]=1 [dind]=1 [compose]=1)
 declare -A TAG=(
     [bash]=agent-test/bash:1
     [nobash]=agent-test/nobash:1
     [git]=agent-test/git:1
     [dind]=agent-test/dind:1
+    [compose]=agent-test/compose:1
 )
 ROOTFS_TAR=$CACHE/$SUITE-minbase-git.r${RECIPE[git]}.tar
 
@@ -45,7 +48,7 @@ for arg in "$@"; do
     case $arg in
     --rebuild) rebuild=1 ;;
     --check) check=1 ;;
-    bash | nobash | git | dind) wanted+=("$arg") ;;
+    bash | nobash | git | dind | compose) wanted+=("$arg") ;;
     -h | --help)
         sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
@@ -53,7 +56,7 @@ for arg in "$@"; do
     *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
-((${#wanted[@]})) || wanted=(bash nobash git dind)
+((${#wanted[@]})) || wanted=(bash nobash git dind compose)
 
 command -v docker >/dev/null || die "docker CLI not found"
 docker info >/dev/null 2>&1 || die "docker engine not reachable"
@@ -98,6 +101,11 @@ recipe_id() {
         base=$(docker image inspect -f '{{.Id}}' "${TAG[$DIND_BASE]}" 2>/dev/null) || base=none
         base=${base#sha256:}
         printf '%s-%s-%s\n' "${RECIPE[dind]}" "${base:0:16}" "$(sha256sum <"$DOCKER_CLI" | cut -c1-16)"
+        ;;
+    compose)
+        base=$(docker image inspect -f '{{.Id}}' "${TAG[dind]}" 2>/dev/null) || base=none
+        base=${base#sha256:}
+        printf '%s-%s\n' "${RECIPE[compose]}" "${base:0:16}"
         ;;
     *) printf '%s\n' "${RECIPE[$name]}" ;;
     esac
@@ -306,6 +314,23 @@ EOF
     docker_build "${TAG[dind]}" "$ctx"
 }
 
+# --- agent-test/compose:1 ----------------------------------------------------
+
+# The image's own apt sources are the mirror git:1 was bootstrapped from; the
+# build's RUN step reaches it as debootstrap did.
+build_compose_image() {
+    local ctx=$work/compose
+    is_current dind || die "compose needs ${TAG[dind]} first"
+    mkdir -p "$ctx"
+    cat >"$ctx/Dockerfile" <<EOF
+FROM ${TAG[dind]}
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -qq -y --no-install-recommends docker-compose >/dev/null && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+LABEL org.agent-test.recipe="$(recipe_id compose)"
+CMD ["bash"]
+EOF
+    docker_build "${TAG[compose]}" "$ctx"
+}
+
 # --- smoke tests -------------------------------------------------------------
 
 # Runs a command in the image and compares its output.
@@ -350,6 +375,9 @@ smoke-host" --hostname smoke-host "$tag" bash -c 'echo ok; hostname; [ -t 1 ] ||
         expect ok -v /var/run/docker.sock:/var/run/docker.sock "$tag" \
             bash -c 'docker version -f "{{.Server.Version}}" >/dev/null && echo ok'
         ;;
+    compose)
+        expect ok "$tag" bash -c 'docker-compose version >/dev/null && echo ok'
+        ;;
     esac
 }
 
@@ -357,13 +385,16 @@ smoke-host" --hostname smoke-host "$tag" bash -c 'echo ok; hostname; [ -t 1 ] ||
 
 ensure_pkgs busybox-static bash-static debootstrap git
 
-# dind is made from its base, so that comes first whatever the order asked,
-# and is built too if it is missing.
+# compose is made from dind, and dind from its base, so those come first
+# whatever the order asked, and are built too if they are missing.
+if [[ " ${wanted[*]} " == *" compose "* ]] && ! is_current dind; then
+    wanted+=(dind)
+fi
 if [[ " ${wanted[*]} " == *" dind "* ]] && ! is_current "$DIND_BASE"; then
     wanted+=("$DIND_BASE")
 fi
 order=()
-for name in bash nobash git dind; do
+for name in bash nobash git dind compose; do
     [[ " ${wanted[*]} " != *" $name "* ]] || order+=("$name")
 done
 

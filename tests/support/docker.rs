@@ -31,6 +31,8 @@ pub const NOBASH_IMAGE: &str = "agent-test/nobash:1";
 pub const GIT_IMAGE: &str = "agent-test/git:1";
 /// With the docker CLI, for docker-in-docker jobs.
 pub const DIND_IMAGE: &str = "agent-test/dind:1";
+/// `DIND_IMAGE` with Debian's docker-compose (v1).
+pub const COMPOSE_IMAGE: &str = "agent-test/compose:1";
 /// `agent-test/bash:1` with `VOLUME /data`: its containers get an anonymous
 /// volume that `compose down --volumes` must remove. Built here.
 pub const VOLUME_IMAGE: &str = "agent-test/volume:1";
@@ -691,6 +693,29 @@ impl Drop for ProjectWatch {
             self.remove_all();
         }
     }
+}
+
+/// The labelled objects of a job's gate still on the engine, as
+/// `kind labels` lines.
+pub fn gate_objects_of(job_id: &str) -> Vec<String> {
+    let label = format!("agent.job={job_id}.");
+    let mut left = Vec::new();
+    for kind in [
+        &["ps", "-a"][..],
+        &["network", "ls"][..],
+        &["volume", "ls"][..],
+    ] {
+        let mut args = kind.to_vec();
+        args.extend(["--filter", "label=agent.job", "--format", "{{.Labels}}"]);
+        let out = docker(&args).ok("list labelled objects");
+        left.extend(
+            out.stdout
+                .lines()
+                .filter(|l| l.contains(&label))
+                .map(|l| format!("{} {l}", kind[0])),
+        );
+    }
+    left
 }
 
 /// Waits for `job_finished` of a job given to `agent serve` and returns its
