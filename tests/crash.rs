@@ -250,15 +250,21 @@ fn the_processes_of_a_job_die_with_a_crashed_agent() {
 }
 
 #[test]
-fn a_restarted_agent_removes_the_compose_project_of_a_job_cut_short() {
+fn a_restarted_agent_removes_the_compose_project_and_gate_objects_of_a_job_cut_short() {
     if !docker::ready() {
         return;
     }
     let server = CallbackServer::start();
     let first = TestAgent::builder().stop_grace_period(2).start();
-    let job = ComposeJob::new("crash-compose", Container::new("main", docker::BASH_IMAGE))
+    // Main makes a container, a network and a volume through its Docker
+    // gate, which a crash leaves behind.
+    let tag = docker::unique_tag("crash-gate");
+    let job = ComposeJob::new("crash-compose", Container::new("main", docker::DIND_IMAGE))
         .service(Container::new("db", docker::BASH_IMAGE).command("sleep 1000"))
-        .command("echo ready; sleep 1000");
+        .command(&format!(
+            "docker run -d --name left-{tag} {} sleep 1000 >/dev/null && docker network create net-{tag} >/dev/null && docker volume create vol-{tag} >/dev/null && echo ready; sleep 1000",
+            docker::BASH_IMAGE
+        ));
     let project = ProjectWatch::new(&job.project_prefix());
     let mut value = job.to_value();
     value["callbacks"] = json!({ "finished": server.url("/finished") });
@@ -269,8 +275,15 @@ fn a_restarted_agent_removes_the_compose_project_of_a_job_cut_short() {
     assert_eq!(project.containers().len(), 2, "main and db run");
 
     crash(&first);
+    assert_eq!(
+        docker::gate_objects_of(job.job_id()).len(),
+        3,
+        "what the job made through its gate is there after the crash"
+    );
     let second = TestAgent::builder().root(first.root()).start();
     project.assert_gone();
+    let left = docker::gate_objects_of(job.job_id());
+    assert!(left.is_empty(), "the restarted agent left {left:#?}");
     wait_until("the job's processes to be killed", CLEANUP_TIMEOUT, || {
         job_processes(job.job_id()).is_empty()
     });
