@@ -36,13 +36,14 @@
 //!
 //! This file runs the benchmarks and prints the summary. Each benchmark has
 //! a file by subject (`throughput`, `big_writes`, `serve`, `latency`,
-//! `pollers`, `compose`, `hostile`, `listen`); `measure`, `agent_run`,
+//! `pollers`, `compose`, `gate`, `hostile`, `listen`); `measure`, `agent_run`,
 //! `server`, `events`, `scratch` and `report` are what they share.
 
 mod agent_run;
 mod big_writes;
 mod compose;
 mod events;
+mod gate;
 mod hostile;
 mod latency;
 mod listen;
@@ -114,6 +115,7 @@ fn main() {
         ("log tail latency", latency::bench_log_tail),
         ("GET /is_alive under 64 log pollers", pollers::bench_pollers),
         ("docker compose executor", compose::bench_compose),
+        ("docker gate", gate::bench_gate),
         (
             "memory under large request bodies",
             hostile::bench_large_bodies,
