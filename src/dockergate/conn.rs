@@ -32,7 +32,7 @@ const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 /// How long a connection may wait for its next request.
 const IDLE: Duration = Duration::from_secs(600);
 /// The buffers of each direction.
-const BUFFER: usize = 64 * 1024;
+const BUFFER: usize = 128 * 1024;
 
 /// How a request ended for its connection.
 enum Next {
@@ -226,36 +226,59 @@ fn exchange(
             .headers
             .set("Content-Length", body.len().to_string());
     }
-    let upstream = match UnixStream::connect(&shared.engine) {
-        Ok(s) => s,
-        Err(e) => {
-            answer(
-                client,
-                502,
-                &format!("agent docker gate: cannot reach the engine: {e}"),
-            );
-            return Ok(Next::Close);
+    // A request without a body may go on a connection an earlier request
+    // left open (saving a connect and the engine's new connection); if
+    // that one turns out closed, a fresh one is tried.
+    let reusable = checked_body.is_none()
+        && framing == Framing::Length(0)
+        && (request.method == "GET" || request.method == "HEAD")
+        && request.headers.get("upgrade").is_none();
+    let mut pooled = if reusable { shared.take_idle() } else { None };
+    let (upstream, mut up_reader, response_head, sent) = loop {
+        let from_pool = pooled.is_some();
+        let upstream = match pooled.take() {
+            Some(s) => s,
+            None => match UnixStream::connect(&shared.engine) {
+                Ok(s) => s,
+                Err(e) => {
+                    answer(
+                        client,
+                        502,
+                        &format!("agent docker gate: cannot reach the engine: {e}"),
+                    );
+                    return Ok(Next::Close);
+                }
+            },
+        };
+        let mut up_writer = &upstream;
+        let wrote = up_writer.write_all(&request.to_bytes());
+        if wrote.is_err() && from_pool {
+            continue;
+        }
+        wrote?;
+        // A body the engine stops reading (it answered early, with an error)
+        // is not an error of the exchange: its answer is still passed on.
+        let sent = match &checked_body {
+            Some(body) => up_writer.write_all(body).map_err(WireError::Io),
+            None => wire::copy_body(framing, reader, &mut up_writer),
+        };
+        let mut up_reader = BufReader::with_capacity(BUFFER, upstream.try_clone()?);
+        match wire::read_head(&mut up_reader) {
+            Ok(Some(head)) => break (upstream, up_reader, head, sent),
+            Ok(None) | Err(WireError::Io(_)) if from_pool => continue,
+            Ok(None) => {
+                sent?;
+                answer(
+                    client,
+                    502,
+                    "agent docker gate: the engine closed without an answer",
+                );
+                return Ok(Next::Close);
+            }
+            Err(e) => return Err(e),
         }
     };
     let Some(_cut) = shared.watch(&upstream) else {
-        return Ok(Next::Close);
-    };
-    let mut up_writer = &upstream;
-    up_writer.write_all(&request.to_bytes())?;
-    // A body the engine stops reading (it answered early, with an error)
-    // is not an error of the exchange: its answer is still passed on.
-    let sent = match &checked_body {
-        Some(body) => up_writer.write_all(body).map_err(WireError::Io),
-        None => wire::copy_body(framing, reader, &mut up_writer),
-    };
-    let mut up_reader = BufReader::with_capacity(BUFFER, upstream.try_clone()?);
-    let Some(response_head) = wire::read_head(&mut up_reader)? else {
-        sent?;
-        answer(
-            client,
-            502,
-            "agent docker gate: the engine closed without an answer",
-        );
         return Ok(Next::Close);
     };
     let response = wire::parse_response(&response_head)?;
@@ -267,9 +290,13 @@ fn exchange(
         return Ok(Next::Close);
     }
     wire::copy_body(response_framing, &mut up_reader, &mut out)?;
-    let closing = sent.is_err()
-        || response.headers.has_token("connection", "close")
-        || request.headers.has_token("connection", "close");
+    let engine_closes = response.headers.has_token("connection", "close");
+    if sent.is_ok() && !engine_closes && up_reader.buffer().is_empty() {
+        drop(up_reader);
+        shared.put_idle(upstream);
+    }
+    let closing =
+        sent.is_err() || engine_closes || request.headers.has_token("connection", "close");
     Ok(if closing {
         Next::Close
     } else {

@@ -49,6 +49,8 @@ pub const SOCKET_NAME: &str = "docker.sock";
 /// Connections of one job served at once. `docker compose` keeps a pool of
 /// about ten; a `docker run` uses two or three.
 const MAX_CONNECTIONS: usize = 64;
+/// Engine connections kept open between requests.
+const MAX_IDLE: usize = 8;
 /// How often the acceptor looks for the teardown between connections.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// How long the acceptor rests after a failed accept (out of descriptors).
@@ -131,6 +133,8 @@ struct Shared {
     /// at the teardown.
     open: Mutex<HashMap<u64, UnixStream>>,
     next_id: AtomicU64,
+    /// Engine connections left open by finished requests, for the next.
+    idle: Mutex<Vec<UnixStream>>,
 }
 
 /// A socket noted for the teardown; forgotten when dropped.
@@ -162,8 +166,31 @@ impl Shared {
         Some(Watched { shared: self, id })
     }
 
+    /// An engine connection an earlier request left open and the engine
+    /// has not closed (an idle connection with something to read has been
+    /// closed, or holds what nobody asked for).
+    fn take_idle(&self) -> Option<UnixStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !sys::readable_now(conn.as_raw_fd()) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for a later request; not once the teardown has begun
+    /// (checked under the lock the teardown clears the pool with).
+    fn put_idle(&self, conn: UnixStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.teardown.load(Ordering::SeqCst) && idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
     fn cut_all(&self) {
         self.teardown.store(true, Ordering::SeqCst);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         for stream in open.values() {
             let _ = stream.shutdown(Shutdown::Both);
@@ -197,6 +224,7 @@ impl DockerGate {
             teardown: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);

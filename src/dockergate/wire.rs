@@ -327,50 +327,91 @@ fn copy_exact<R: Read, W: Write>(
     Ok(())
 }
 
+/// A writer that holds what is written until the reader it copies from
+/// would block: pieces that arrive together (a chunk's size line, its data
+/// and its end) leave in one write, and nothing waits for more input
+/// unsent.
+struct Coalescing<'a, R, W: Write> {
+    reader: &'a mut BufReader<R>,
+    out: io::BufWriter<W>,
+}
+
+impl<R: Read, W: Write> Coalescing<'_, R, W> {
+    /// Flushes when the reader has nothing buffered, i.e. before a read
+    /// that may block.
+    fn ready(&mut self) -> Result<&mut BufReader<R>, WireError> {
+        if self.reader.buffer().is_empty() {
+            self.out.flush()?;
+        }
+        Ok(self.reader)
+    }
+
+    fn copy_exact(&mut self, mut n: u64) -> Result<(), WireError> {
+        while n > 0 {
+            self.ready()?;
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                return Err(WireError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            self.out.write_all(&buf[..take])?;
+            self.reader.consume(take);
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self) -> Result<Vec<u8>, WireError> {
+        self.ready()?;
+        let line = read_line(self.reader)?;
+        self.out.write_all(&line)?;
+        self.out.write_all(b"\r\n")?;
+        Ok(line)
+    }
+}
+
+/// What a copy keeps before writing it on (see `Coalescing`).
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Copies a body from `reader` to `out` as its bytes arrive, framing kept
-/// (a chunked body stays chunked), and returns once it has ended. Each
-/// piece is written as soon as it is read: a `logs -f` stream is not held
-/// back waiting for more.
+/// (a chunked body stays chunked), and returns once it has ended. What has
+/// arrived is written on before the copy waits for more: a `logs -f`
+/// stream is not held back.
 pub fn copy_body<R: Read, W: Write>(
     framing: Framing,
     reader: &mut BufReader<R>,
     out: &mut W,
 ) -> Result<(), WireError> {
+    let mut copy = Coalescing {
+        reader,
+        out: io::BufWriter::with_capacity(COPY_BUFFER, out),
+    };
     match framing {
-        Framing::Length(n) => copy_exact(reader, out, n),
+        Framing::Length(n) => copy.copy_exact(n)?,
         Framing::UntilClose => loop {
-            let buf = reader.fill_buf()?;
+            copy.ready()?;
+            let buf = copy.reader.fill_buf()?;
             if buf.is_empty() {
-                return Ok(());
+                break;
             }
-            out.write_all(buf)?;
+            copy.out.write_all(buf)?;
             let n = buf.len();
-            reader.consume(n);
+            copy.reader.consume(n);
         },
         Framing::Chunked => loop {
-            let line = read_line(reader)?;
-            let size = chunk_size(&line)?;
-            let mut framed = line;
-            framed.extend_from_slice(b"\r\n");
-            out.write_all(&framed)?;
+            let size = chunk_size(&copy.line()?)?;
             if size == 0 {
-                loop {
-                    let trailer = read_line(reader)?;
-                    let mut framed = trailer.clone();
-                    framed.extend_from_slice(b"\r\n");
-                    out.write_all(&framed)?;
-                    if trailer.is_empty() {
-                        return Ok(());
-                    }
-                }
+                while !copy.line()?.is_empty() {}
+                break;
             }
-            copy_exact(reader, out, size)?;
-            if !read_line(reader)?.is_empty() {
+            copy.copy_exact(size)?;
+            if !copy.line()?.is_empty() {
                 return Err(WireError::BadChunk("data longer than its size"));
             }
-            out.write_all(b"\r\n")?;
         },
     }
+    copy.out.flush()?;
+    Ok(())
 }
 
 /// Reads a body whole, without its framing, refusing one above `limit`.

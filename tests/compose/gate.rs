@@ -148,10 +148,11 @@ fn the_gate_keeps_concurrent_jobs_apart() {
     // The victim's job: a container with a secret in its environment, its
     // id and name left for the prying job, held until that one is done.
     let victim_job = ComposeJob::new("gate-victim", Container::new("main", DIND_IMAGE))
-        .command(&format!(
-            "docker run -d --name {victim} -e SECRET={secret} {BASH_IMAGE} sleep 1000 >/rendezvous/victim-id"
-        ))
+        // The id is written last: the prying job starts when it is there.
         .command(&format!("docker network create net-victim-{tag} >/dev/null"))
+        .command(&format!(
+            "docker run -d --name {victim} -e SECRET={secret} {BASH_IMAGE} sleep 1000 >/tmp/id && cp /tmp/id /rendezvous/victim-id"
+        ))
         .command(&retry("[ -e /rendezvous/done ]"))
         .command(&victim_check);
     let id = "$(cat /rendezvous/victim-id)";
