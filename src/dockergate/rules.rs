@@ -363,9 +363,117 @@ fn mount(m: &Value, objects: &mut Vec<Object>, facts: &JobFacts) -> Result<(), S
     }
 }
 
+/// The field names the rules read. The engine decodes JSON as Go does,
+/// matching a field name in any case (and with `ſ` for `s`, `K` for `k`),
+/// so `"privileged": true` would be its `Privileged` without being the
+/// gate's: a body naming one of these in another spelling is refused.
+const CHECKED_FIELDS: &[&str] = &[
+    "HostConfig",
+    "Privileged",
+    "CapAdd",
+    "Devices",
+    "PathOnHost",
+    "DeviceCgroupRules",
+    "DeviceRequests",
+    "PidMode",
+    "IpcMode",
+    "UTSMode",
+    "UsernsMode",
+    "NetworkMode",
+    "CgroupnsMode",
+    "Cgroup",
+    "CgroupParent",
+    "SecurityOpt",
+    "MaskedPaths",
+    "ReadonlyPaths",
+    "VolumeDriver",
+    "Binds",
+    "Mounts",
+    "Type",
+    "Source",
+    "ReadOnly",
+    "VolumeOptions",
+    "DriverConfig",
+    "Options",
+    "VolumesFrom",
+    "Links",
+    "NetworkingConfig",
+    "EndpointsConfig",
+    "Labels",
+    "Driver",
+    "DriverOpts",
+    "ConfigFrom",
+    "Ingress",
+    "Name",
+    "ClusterVolumeSpec",
+    "Container",
+];
+
+/// Objects whose keys are data (labels, options, network names), not
+/// field names.
+const FREE_MAPS: &[&str] = &[
+    "Labels",
+    "DriverOpts",
+    "Options",
+    "Sysctls",
+    "StorageOpt",
+    "Tmpfs",
+    "ExposedPorts",
+    "Volumes",
+    "PortBindings",
+    "Config",
+    "EndpointsConfig",
+    "DriverOptions",
+    "Annotations",
+];
+
+/// Go's case folding of a field name.
+fn folded(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Refuses a body with a checked field name spelled otherwise (see
+/// `CHECKED_FIELDS`), or spelled twice.
+pub fn exact_field_names(value: &Value) -> Result<(), String> {
+    fn walk(value: &Value, free: bool) -> Result<(), String> {
+        match value {
+            Value::Object(map) => {
+                if !free {
+                    let mut seen = std::collections::HashSet::new();
+                    for key in map.keys() {
+                        let fold = folded(key);
+                        let checked = CHECKED_FIELDS.iter().find(|f| folded(f) == fold);
+                        if let Some(field) = checked {
+                            if key != field || !seen.insert(fold) {
+                                return Err(format!(
+                                    "a config field spelled {key:?} (the gate reads {field:?})"
+                                ));
+                            }
+                        }
+                    }
+                }
+                for (key, inner) in map {
+                    walk(inner, !free && FREE_MAPS.contains(&key.as_str()))?;
+                }
+                Ok(())
+            }
+            Value::Array(list) => list.iter().try_for_each(|v| walk(v, false)),
+            _ => Ok(()),
+        }
+    }
+    walk(value, false)
+}
+
 /// `POST /containers/create`: refuses what would reach the host, lists the
 /// objects the container would use, and labels it.
 pub fn container_create(body: &mut Value, facts: &JobFacts) -> Result<Vec<Object>, String> {
+    exact_field_names(body)?;
     let mut objects = Vec::new();
     let Some(config) = body.as_object_mut() else {
         return Err("a container config that is not a JSON object".into());
@@ -397,7 +505,7 @@ pub fn container_create(body: &mut Value, facts: &JobFacts) -> Result<Vec<Object
     {
         return Err("devices (device cgroup rules, GPU requests)".into());
     }
-    let modes: [NamespaceRule; 5] = [
+    let modes: [NamespaceRule; 6] = [
         ("PidMode", "pid", |m| m.is_empty()),
         ("IpcMode", "ipc", |m| {
             matches!(m, "" | "private" | "shareable" | "none")
@@ -405,6 +513,7 @@ pub fn container_create(body: &mut Value, facts: &JobFacts) -> Result<Vec<Object
         ("UTSMode", "uts", |m| m.is_empty()),
         ("UsernsMode", "user", |m| m.is_empty()),
         ("NetworkMode", "network", network_mode_free),
+        ("Cgroup", "cgroup", |m| m.is_empty()),
     ];
     for (key, kind, free) in modes {
         let mode = host.get(key).and_then(Value::as_str).unwrap_or("");
@@ -478,6 +587,7 @@ pub fn container_create(body: &mut Value, facts: &JobFacts) -> Result<Vec<Object
 
 /// `POST /containers/{id}/exec`.
 pub fn exec_create(body: &Value) -> Result<(), String> {
+    exact_field_names(body)?;
     if body.get("Privileged").and_then(Value::as_bool) == Some(true) {
         return Err("privileged execs".into());
     }
@@ -486,6 +596,7 @@ pub fn exec_create(body: &Value) -> Result<(), String> {
 
 /// `POST /networks/create`: a bridge of the job's own, labelled.
 pub fn network_create(body: &mut Value, facts: &JobFacts) -> Result<(), String> {
+    exact_field_names(body)?;
     let Some(config) = body.as_object_mut() else {
         return Err("a network config that is not a JSON object".into());
     };
@@ -510,6 +621,7 @@ pub fn network_create(body: &mut Value, facts: &JobFacts) -> Result<(), String> 
 /// `POST /networks/{id}/{connect,disconnect}`: the container must be the
 /// job's too.
 pub fn network_connect(body: &Value) -> Result<Vec<Object>, String> {
+    exact_field_names(body)?;
     match body.get("Container").and_then(Value::as_str) {
         Some(c) if !c.is_empty() => Ok(vec![Object::Container(c.to_string())]),
         _ => Err("a network connect without a container".into()),
@@ -520,6 +632,7 @@ pub fn network_connect(body: &Value) -> Result<Vec<Object>, String> {
 /// Returns its name, which must not be another's volume (the engine
 /// answers a create of an existing name with that volume).
 pub fn volume_create(body: &mut Value, facts: &JobFacts) -> Result<Option<String>, String> {
+    exact_field_names(body)?;
     let Some(config) = body.as_object_mut() else {
         return Err("a volume config that is not a JSON object".into());
     };
@@ -627,6 +740,7 @@ mod tests {
             json!({"HostConfig": {"IpcMode": "host"}}),
             json!({"HostConfig": {"UTSMode": "host"}}),
             json!({"HostConfig": {"UsernsMode": "host"}}),
+            json!({"HostConfig": {"Cgroup": "host"}}),
             json!({"HostConfig": {"SecurityOpt": ["seccomp=unconfined"]}}),
             json!({"HostConfig": {"SecurityOpt": ["apparmor:unconfined"]}}),
             json!({"HostConfig": {"SecurityOpt": ["label=disable"]}}),
@@ -682,6 +796,27 @@ mod tests {
         let mut bare = json!({"Image": "x", "Labels": null});
         assert!(container_create(&mut bare, &f).unwrap().is_empty());
         assert_eq!(bare["Labels"]["agent.job"], "job-1.abcd");
+    }
+
+    #[test]
+    fn field_names_in_another_case_are_refused() {
+        let f = facts();
+        for mut case in [
+            json!({"hostconfig": {"Privileged": true}}),
+            json!({"HostConfig": {"privileged": true}}),
+            json!({"HostConfig": {"\u{17f}ecurityOpt": ["seccomp=unconfined"]}}),
+            json!({"HostConfig": {"Privileged": false, "PRIVILEGED": true}}),
+            json!({"HostConfig": {"Mounts": [{"type": "bind", "Source": "/"}]}}),
+        ] {
+            let shown = case.to_string();
+            assert!(container_create(&mut case, &f).is_err(), "{shown}");
+        }
+        // Keys that are data may be anything.
+        let mut labels = json!({"Labels": {"type": "x", "hostconfig": "y"},
+            "HostConfig": {"Sysctls": {"privileged": "1"}}});
+        assert!(container_create(&mut labels, &f).is_ok());
+        assert!(exec_create(&json!({"privileged": true})).is_err());
+        assert!(volume_create(&mut json!({"driveropts": {"device": "/"}}), &f).is_err());
     }
 
     #[test]
