@@ -194,6 +194,15 @@ fn a_fatal_error_is_printed_once() {
             vec!["token", "--auth-token-secret-file", "/nonexistent/secret"],
             "/nonexistent/secret",
         ),
+        (
+            [
+                &serve[..],
+                &secret,
+                &["--port", "0", "--docker-socket", "root"],
+            ]
+            .concat(),
+            "--docker-socket \"root\" is not one of gate, host, none",
+        ),
     ];
     for (args, needle) in cases {
         let out = agent_in(dir.path(), &args);

@@ -501,6 +501,25 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_socket_is_the_gate_unless_said_otherwise() {
+        let base = "endpoint: x\ntoken: t\n";
+        let cfg = merge(&args(&[]), file(base).unwrap(), &no_env).unwrap();
+        assert_eq!(cfg.docker_socket, DockerSocket::Gate);
+        let host = file(&format!("{base}docker-socket: host\n")).unwrap();
+        let cfg = merge(&args(&[]), host, &no_env).unwrap();
+        assert_eq!(cfg.docker_socket, DockerSocket::Host);
+        let host = file(&format!("{base}docker-socket: host\n")).unwrap();
+        let cfg = merge(&args(&["--docker-socket", "none"]), host, &no_env).unwrap();
+        assert_eq!(cfg.docker_socket, DockerSocket::None);
+        let bad = file(&format!("{base}docker-socket: root\n")).unwrap();
+        let err = merge(&args(&[]), bad, &no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("docker-socket") && err.contains("root"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn endpoint_and_token_are_required() {
         let err = merge(&args(&["--endpoint", "x"]), FileConfig::default(), &no_env)
             .unwrap_err()
