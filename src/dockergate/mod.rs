@@ -4,10 +4,10 @@
 //! engine and refuses what would let the job reach the host or another
 //! job (README "Docker in compose jobs"). What the job creates through it
 //! carries the label `agent.job=<the job's mark>`; lists and events are
-//! filtered to that label; and when the job ends the gate closes and
-//! removes every container, network and volume with it (images stay, as a
-//! cache). A restarted agent removes them too for a job a crash cut short
-//! ([`remove_objects`]).
+//! filtered to that label; and when the job ends the gate closes and its
+//! owner removes every container, network and volume with the label
+//! ([`remove_objects`]; images stay, as a cache). A restarted agent
+//! removes them too for a job a crash cut short.
 //!
 //! The gate is blocking: one thread per connection (at most
 //! `MAX_CONNECTIONS`, plus one per hijacked stream for its other
@@ -245,14 +245,27 @@ impl DockerGate {
     }
 }
 
-impl Drop for DockerGate {
-    fn drop(&mut self) {
+impl DockerGate {
+    /// Closes the gate: every connection is cut, the socket removed.
+    /// What the job created stays for [`remove_objects`], which the owner
+    /// runs in the order its other cleanup needs.
+    pub fn close(&mut self) {
         self.shared.cut_all();
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
         let _ = fs::remove_file(&self.socket);
-        remove_objects(&self.shared.facts.mark);
+    }
+
+    /// The value of the job's label.
+    pub fn mark(&self) -> &str {
+        &self.shared.facts.mark
+    }
+}
+
+impl Drop for DockerGate {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -343,29 +356,38 @@ fn docker(args: &[&str]) -> Option<Vec<String>> {
 
 /// Removes every container (with its anonymous volumes), network and
 /// volume labelled as the job's: at the end of the job, and by a restarted
-/// agent for a job a crash cut short.
-pub fn remove_objects(mark: &str) {
+/// agent for a job a crash cut short. False when something could not be
+/// removed (a network a container of the job's compose project is still
+/// attached to): the caller tries again once the project is gone.
+pub fn remove_objects(mark: &str) -> bool {
     let filter = format!("label={JOB_LABEL}={mark}");
     let kinds: [(&[&str], &[&str]); 3] = [
         (&["ps", "-aq", "--no-trunc"], &["rm", "-f", "-v"]),
         (&["network", "ls", "-q", "--no-trunc"], &["network", "rm"]),
         (&["volume", "ls", "-q"], &["volume", "rm", "-f"]),
     ];
-    let mut removed = 0;
+    let mut complete = true;
     for (list, remove) in kinds {
         let mut args: Vec<&str> = list.to_vec();
         args.extend(["--filter", &filter]);
-        let Some(ids) = docker(&args) else { continue };
+        let Some(ids) = docker(&args) else {
+            complete = false;
+            continue;
+        };
         if ids.is_empty() {
             continue;
         }
         let mut args: Vec<&str> = remove.to_vec();
         args.extend(ids.iter().map(String::as_str));
         if docker(&args).is_some() {
-            removed += ids.len();
+            log::info!(
+                "docker gate of {mark}: removed {} {} the job left",
+                ids.len(),
+                list[0]
+            );
+        } else {
+            complete = false;
         }
     }
-    if removed > 0 {
-        log::info!("docker gate of {mark}: removed {removed} object(s) the job left");
-    }
+    complete
 }

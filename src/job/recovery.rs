@@ -185,9 +185,14 @@ fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
     match record.executor() {
         RecordedExecutor::Shell => {}
         RecordedExecutor::DockerCompose { main } => {
+            // What the job created through its Docker gate goes first (a
+            // container of its on the project's network would keep the
+            // network), and what the project still held, after it.
+            let complete = crate::dockergate::remove_objects(&dir.mark);
             down_project(dir, record, &main, grace);
-            // What the job created through its Docker gate.
-            crate::dockergate::remove_objects(&dir.mark);
+            if !complete {
+                crate::dockergate::remove_objects(&dir.mark);
+            }
         }
     }
     drop(JumpPoint::left_behind(

@@ -279,6 +279,12 @@ fn docker_in_docker_works_through_the_gate() {
         "docker network create net-{tag} >/dev/null && docker run -d --name srv-{tag} --network net-{tag} {BASH_IMAGE} sh -c 'echo from-srv | nc -l -p 7000' >/dev/null && docker run --rm --network net-{tag} {BASH_IMAGE} sh -c 'for i in $(seq 50); do nc srv-{tag} 7000 </dev/null 2>/dev/null && break; sleep 0.1; done'"
     );
     let lists = "docker ps -a --format '{{.Names}}' | sort | tr '\\n' ' '; echo".to_string();
+    // A container of the job's on its compose project's network, and a
+    // network of the job's that main joins: neither may keep the other's
+    // owner from removing its network after the job.
+    let joined = format!(
+        "net=$(docker inspect -f '{{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}}{{{{end}}}}' $HOSTNAME) && docker run -d --network \"$net\" {BASH_IMAGE} sleep 1000 >/dev/null && docker network create joined-{tag} >/dev/null && docker network connect joined-{tag} $HOSTNAME && echo joined"
+    );
     let job = ComposeJob::new("gate-works", Container::new("main", DIND_IMAGE))
         .command(&build)
         .command(&login)
@@ -290,7 +296,8 @@ fn docker_in_docker_works_through_the_gate() {
         .command(&volume)
         .command(&auto_volume)
         .command(&network)
-        .command(&lists);
+        .command(&lists)
+        .command(&joined);
     let outcome = job.run();
     assert_eq!(outcome.result(), "passed", "{}", outcome.render());
     let expect = [
@@ -305,6 +312,7 @@ fn docker_in_docker_works_through_the_gate() {
         (&auto_volume, "1\n".into()),
         (&network, "from-srv\n".into()),
         (&lists, format!("ex-{tag} lg-{tag} srv-{tag} \n")),
+        (&joined, "joined\n".into()),
     ];
     for (command, output) in expect {
         assert_eq!(&outcome.step(command).output(), &output, "{command}");

@@ -43,7 +43,7 @@ fn tail_of(text: &str, max: usize) -> &str {
 }
 
 /// Runs `compose down` when the job is done with the project, however it
-/// ended, then closes the job's Docker gate, which removes what the job
+/// ended, and closes the job's Docker gate and removes what the job
 /// created through it.
 pub struct ProjectGuard {
     pub project: Project,
@@ -53,8 +53,21 @@ pub struct ProjectGuard {
 
 impl Drop for ProjectGuard {
     fn drop(&mut self) {
+        let Some(mut gate) = self.gate.take() else {
+            self.project.cleanup(self.grace);
+            return;
+        };
+        // The gate takes no more requests; what the job made through it
+        // goes before the project, since a container of the job's on the
+        // project's network would keep `compose down` from removing that
+        // network. A network of the job's that main was connected to goes
+        // once main has.
+        gate.close();
+        let complete = dockergate::remove_objects(gate.mark());
         self.project.cleanup(self.grace);
-        drop(self.gate.take());
+        if !complete {
+            dockergate::remove_objects(gate.mark());
+        }
     }
 }
 
