@@ -178,9 +178,17 @@ fn exchange(
         Decision::Refuse(rule) => return Ok(refuse(client, &rule)),
         Decision::Forward(plan) => plan,
     };
-    for object in &plan.objects {
-        if let Err(d) = engine::check(&shared.engine, facts, object, false) {
-            return Ok(denied(client, d, &facts.mark));
+    for (i, object) in plan.objects.iter().enumerate() {
+        match engine::check(&shared.engine, facts, object, false) {
+            Ok(id) if i == 0 && plan.in_path => {
+                let path = rules::with_object_id(request.path(), &id);
+                request.target = match request.target.split_once('?') {
+                    Some((_, query)) => format!("{path}?{query}"),
+                    None => path,
+                };
+            }
+            Ok(_) => {}
+            Err(d) => return Ok(denied(client, d, &facts.mark)),
         }
     }
     if plan.label_filter {
@@ -348,7 +356,7 @@ fn check_body(kind: Body, bytes: &[u8], shared: &Shared) -> Result<Vec<u8>, Repl
             // one is made by the request itself, labelled.
             if let Some(name) = name {
                 match engine::check(&shared.engine, facts, &Object::Volume(name), false) {
-                    Ok(()) => {}
+                    Ok(_) => {}
                     Err(Denied::Engine(a)) if a.status == 404 => {}
                     Err(d) => {
                         let mark = facts.mark.clone();

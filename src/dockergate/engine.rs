@@ -97,20 +97,34 @@ fn inspect(engine: &Path, path: &str) -> Result<Value, Denied> {
         .map_err(|_| Denied::Failed(WireError::BadHead("an inspect answer that is not JSON")))
 }
 
-/// Checks that `object` is the job's. A volume that does not exist is
-/// created, labelled, when `create_volume` is set (a container about to use
-/// it); otherwise the engine's 404 is the answer.
+/// Checks that `object` is the job's, and returns what the engine calls
+/// it: a container's or network's full id (the request then names that,
+/// so that a name or id prefix cannot come to mean another object between
+/// the check and the request), an exec's id, a volume's name. A volume
+/// that does not exist is created, labelled, when `create_volume` is set
+/// (a container about to use it); otherwise the engine's 404 is the answer.
 pub fn check(
     engine: &Path,
     facts: &JobFacts,
     object: &Object,
     create_volume: bool,
-) -> Result<(), Denied> {
+) -> Result<String, Denied> {
     let enc = wire::percent_encode;
-    let (what, name, owned) = match object {
+    let resolved = |v: &Value, key: &str, given: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(given)
+            .to_string()
+    };
+    let (what, name, owned, id) = match object {
         Object::Container(id) => {
             let v = inspect(engine, &format!("/containers/{}/json", enc(id)))?;
-            ("container", id, facts.owns(labels_at(&v, "/Config/Labels")))
+            (
+                "container",
+                id,
+                facts.owns(labels_at(&v, "/Config/Labels")),
+                resolved(&v, "Id", id),
+            )
         }
         Object::Exec(id) => {
             let v = inspect(engine, &format!("/exec/{}/json", enc(id)))?;
@@ -119,21 +133,30 @@ pub fn check(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            return check(engine, facts, &Object::Container(container), false).map_err(
-                |d| match d {
-                    Denied::NotOwned(_) => {
-                        Denied::NotOwned(format!("exec {id} is not in a container of this job"))
-                    }
-                    other => other,
-                },
-            );
+            check(engine, facts, &Object::Container(container), false).map_err(|d| match d {
+                Denied::NotOwned(_) => {
+                    Denied::NotOwned(format!("exec {id} is not in a container of this job"))
+                }
+                other => other,
+            })?;
+            return Ok(resolved(&v, "ID", id));
         }
         Object::Network(id) => {
             let v = inspect(engine, &format!("/networks/{}", enc(id)))?;
-            ("network", id, facts.owns(labels_at(&v, "/Labels")))
+            (
+                "network",
+                id,
+                facts.owns(labels_at(&v, "/Labels")),
+                resolved(&v, "Id", id),
+            )
         }
         Object::Volume(name) => match inspect(engine, &format!("/volumes/{}", enc(name))) {
-            Ok(v) => ("volume", name, facts.owns(labels_at(&v, "/Labels"))),
+            Ok(v) => (
+                "volume",
+                name,
+                facts.owns(labels_at(&v, "/Labels")),
+                resolved(&v, "Name", name),
+            ),
             Err(Denied::Engine(answer)) if answer.status == 404 && create_volume => {
                 return create_labelled_volume(engine, facts, name);
             }
@@ -141,7 +164,7 @@ pub fn check(
         },
     };
     if owned {
-        Ok(())
+        Ok(id)
     } else {
         Err(Denied::NotOwned(format!(
             "{what} {name} was not created by this job"
@@ -149,7 +172,7 @@ pub fn check(
     }
 }
 
-fn create_labelled_volume(engine: &Path, facts: &JobFacts, name: &str) -> Result<(), Denied> {
+fn create_labelled_volume(engine: &Path, facts: &JobFacts, name: &str) -> Result<String, Denied> {
     let body = serde_json::json!({
         "Name": name,
         "Labels": { super::rules::JOB_LABEL: facts.mark },
@@ -164,7 +187,7 @@ fn create_labelled_volume(engine: &Path, facts: &JobFacts, name: &str) -> Result
     // returned as it is: it must carry this job's label.
     let v: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     if facts.owns(labels_at(&v, "/Labels")) {
-        Ok(())
+        Ok(name.to_string())
     } else {
         Err(Denied::NotOwned(format!(
             "volume {name} was not created by this job"

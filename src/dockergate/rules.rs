@@ -83,6 +83,9 @@ pub enum Body {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub objects: Vec<Object>,
+    /// The first object is the path's second segment (`/containers/{id}/..`):
+    /// the request goes on naming it by what the engine resolved it to.
+    pub in_path: bool,
     pub body: Body,
     /// A list or the events: only the job's objects.
     pub label_filter: bool,
@@ -98,9 +101,32 @@ pub enum Decision {
 fn forward(objects: Vec<Object>, body: Body, label_filter: bool) -> Decision {
     Decision::Forward(Plan {
         objects,
+        in_path: false,
         body,
         label_filter,
     })
+}
+
+/// A request on the object its path names.
+fn on_object(object: Object, body: Body) -> Decision {
+    Decision::Forward(Plan {
+        objects: vec![object],
+        in_path: true,
+        body,
+        label_filter: false,
+    })
+}
+
+/// `path` (version prefix kept) with its object segment replaced by `id`.
+pub fn with_object_id(path: &str, id: &str) -> String {
+    let rest = unversioned(path);
+    let prefix = &path[..path.len() - rest.len()];
+    let mut segments: Vec<String> = rest.split('/').map(str::to_string).collect();
+    // "", kind, object, ...
+    if segments.len() > 2 {
+        segments[2] = super::wire::percent_encode(id);
+    }
+    format!("{prefix}{}", segments.join("/"))
 }
 
 fn refuse(rule: impl Into<String>) -> Decision {
@@ -177,27 +203,25 @@ pub fn route(method: &str, path: &str, query: &str) -> Decision {
             } else {
                 Body::Stream
             };
-            forward(vec![Object::Container(id.to_string())], body, false)
+            on_object(Object::Container(id.to_string()), body)
         }
-        (["exec", id, ..], _) => forward(vec![Object::Exec(id.to_string())], Body::Stream, false),
+        (["exec", id, ..], _) => on_object(Object::Exec(id.to_string()), Body::Stream),
 
         (["networks"], _) if get => forward(vec![], Body::Stream, true),
         (["networks", "create"], "POST") => forward(vec![], Body::NetworkCreate, false),
         (["networks", "prune"], _) => refuse("pruning networks"),
         (["networks", id], "GET" | "HEAD" | "DELETE") => {
-            forward(vec![Object::Network(id.to_string())], Body::Stream, false)
+            on_object(Object::Network(id.to_string()), Body::Stream)
         }
-        (["networks", id, "connect" | "disconnect"], "POST") => forward(
-            vec![Object::Network(id.to_string())],
-            Body::NetworkConnect,
-            false,
-        ),
+        (["networks", id, "connect" | "disconnect"], "POST") => {
+            on_object(Object::Network(id.to_string()), Body::NetworkConnect)
+        }
 
         (["volumes"], _) if get => forward(vec![], Body::Stream, true),
         (["volumes", "create"], "POST") => forward(vec![], Body::VolumeCreate, false),
         (["volumes", "prune"], _) => refuse("pruning volumes"),
         (["volumes", name], "GET" | "HEAD" | "DELETE") => {
-            forward(vec![Object::Volume(name.to_string())], Body::Stream, false)
+            on_object(Object::Volume(name.to_string()), Body::Stream)
         }
 
         ([first, ..], _)
@@ -691,16 +715,17 @@ mod tests {
         );
         assert_eq!(
             route("POST", "/v1.41/containers/abc/exec", ""),
-            forward(
-                vec![Object::Container("abc".into())],
-                Body::ExecCreate,
-                false
-            )
+            on_object(Object::Container("abc".into()), Body::ExecCreate)
         );
         assert_eq!(
             route("POST", "/v1.41/exec/e1/start", ""),
-            forward(vec![Object::Exec("e1".into())], Body::Stream, false)
+            on_object(Object::Exec("e1".into()), Body::Stream)
         );
+        assert_eq!(
+            with_object_id("/v1.41/containers/web/logs", "f00d"),
+            "/v1.41/containers/f00d/logs"
+        );
+        assert_eq!(with_object_id("/volumes/v", "v"), "/volumes/v");
         assert_eq!(
             route("POST", "/v1.41/images/localhost:5000/a/b:1/push", ""),
             forward(vec![], Body::Stream, false)
