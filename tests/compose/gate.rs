@@ -153,6 +153,11 @@ fn the_gate_keeps_concurrent_jobs_apart() {
         .command(&format!(
             "docker run -d --name {victim} -e SECRET={secret} {BASH_IMAGE} sleep 1000 >/tmp/id && cp /tmp/id /rendezvous/victim-id"
         ))
+        // A container made while the prying job listens to the events.
+        .command(&retry("[ -e /rendezvous/listening ]"))
+        .command(&format!(
+            "docker run --rm --name {victim}-2 {BASH_IMAGE} true && touch /rendezvous/victim-2"
+        ))
         .command(&retry("[ -e /rendezvous/done ]"))
         .command(&victim_check);
     let id = "$(cat /rendezvous/victim-id)";
@@ -198,9 +203,27 @@ fn the_gate_keeps_concurrent_jobs_apart() {
     for (command, _) in &probes {
         prying = prying.command(command);
     }
+    // The events: a listener started (and seen to get this job's own
+    // events) before the victim makes a container, stopped once this job's
+    // next container has been seen after it. (The engine keeps only its
+    // last 256 events for `--since`, which a busy engine overruns.)
+    let seen = |name: &str| format!("grep -q \"^{name} create\" /tmp/events");
+    // The listener's subscription starts some time after its request: a
+    // container is made every tenth of a second until one is seen.
+    let listen = format!(
+        "(docker events --filter type=container --format '{{{{.Actor.Attributes.name}}}} {{{{.Action}}}}' >/tmp/events 2>&1 & echo $! >/tmp/events.pid); for i in $(seq 300); do docker create --name probe-{tag}-$i {BASH_IMAGE} true >/dev/null; {} && break; sleep 0.1; done; touch /rendezvous/listening",
+        seen(&format!("probe-{tag}-$i"))
+    );
+    let events = format!(
+        "{}; docker create --name after-{tag} {BASH_IMAGE} true >/dev/null; {}; kill $(cat /tmp/events.pid); grep ' create$' /tmp/events | cut -d' ' -f1",
+        retry("[ -e /rendezvous/victim-2 ]"),
+        retry(&seen(&format!("after-{tag}")))
+    );
     let prying = prying
         .command(&copy)
         .command(&lists)
+        .command(&listen)
+        .command(&events)
         .always("touch /rendezvous/done");
     agent.submit_ok(&victim_job.to_value());
     agent.submit_ok(&prying.to_value());
@@ -226,6 +249,18 @@ fn the_gate_keeps_concurrent_jobs_apart() {
         prying_out.step(&lists).output(),
         format!("{mine}\nnet-mine-{tag}\n"),
         "the prying job sees only its own objects"
+    );
+    let seen_events = prying_out.step(&events).output();
+    let (probes, after) = seen_events
+        .trim_end()
+        .rsplit_once('\n')
+        .expect("a probe and the last container");
+    assert_eq!(after, format!("after-{tag}"), "{seen_events}");
+    assert!(
+        probes
+            .lines()
+            .all(|name| name.starts_with(&format!("probe-{tag}-"))),
+        "the prying job's events show only its own containers: {seen_events}"
     );
     // The victim's container lived through it all, and its secret never
     // reached the prying job's log.
