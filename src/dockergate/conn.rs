@@ -29,6 +29,8 @@ use super::Shared;
 /// The most of a container, network, volume or exec config the gate reads
 /// to check it. A container config is a few kilobytes.
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+/// How long a refused request's body may take to arrive.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// How long a connection may wait for its next request.
 const IDLE: Duration = Duration::from_secs(600);
 /// The buffers of each direction.
@@ -175,7 +177,10 @@ fn exchange(
         }
     };
     let plan = match rules::route(&request.method, request.path(), request.query()) {
-        Decision::Refuse(rule) => return Ok(refuse(client, &rule)),
+        Decision::Refuse(rule) => {
+            drain(framing, reader, stream);
+            return Ok(refuse(client, &rule));
+        }
         Decision::Forward(plan) => plan,
     };
     for (i, object) in plan.objects.iter().enumerate() {
@@ -188,11 +193,15 @@ fn exchange(
                 };
             }
             Ok(_) => {}
-            Err(d) => return Ok(denied(client, d, &facts.mark)),
+            Err(d) => {
+                drain(framing, reader, stream);
+                return Ok(denied(client, d, &facts.mark));
+            }
         }
     }
     if plan.label_filter {
         let Some(query) = wire::with_label_filter(request.query(), &facts.label_filter()) else {
+            drain(framing, reader, stream);
             return Ok(refuse(client, "a filters parameter that cannot be read"));
         };
         request.target = format!("{}?{query}", request.path());
@@ -310,6 +319,18 @@ fn exchange(
     } else {
         Next::KeepAlive
     })
+}
+
+/// Reads and drops the body of a request about to be refused (at most
+/// `MAX_JSON_BODY`, for at most `DRAIN_TIME`): a client still sending it
+/// when the connection closes gets a broken pipe instead of the answer.
+fn drain(framing: Framing, reader: &mut BufReader<UnixStream>, stream: &UnixStream) {
+    if framing == Framing::Length(0) {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(DRAIN_TIME));
+    let _ = wire::read_body(framing, reader, MAX_JSON_BODY);
+    let _ = stream.set_read_timeout(None);
 }
 
 /// The reply to a body the rules refuse.
