@@ -147,6 +147,8 @@ pub enum Error {
     /// A `--docker-socket` that is none of the choices.
     DockerSocket {
         value: String,
+        /// The choices, as the usage writes them.
+        choices: &'static str,
     },
     /// The cache's backend could not be opened.
     Cache(crate::cache::error::CacheError),
@@ -188,10 +190,9 @@ impl fmt::Display for Error {
             Error::Front(e) => e.fmt(f),
             Error::Listen(e) => e.fmt(f),
             Error::CacheConfig(message) | Error::JobUser(message) => f.write_str(message),
-            Error::DockerSocket { value } => write!(
+            Error::DockerSocket { value, choices } => write!(
                 f,
-                "--docker-socket {value:?} is not one of {}",
-                crate::dockergate::DockerSocket::CHOICES
+                "--docker-socket {value:?} is not one of {choices}"
             ),
             Error::Cache(e) => write!(f, "cache: {e}"),
             Error::SessionStart { status, output } => {

@@ -102,7 +102,7 @@ fn main() {
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
-    let benches: [(&str, BenchFn); 14] = [
+    let benches: [(&str, BenchFn); 15] = [
         ("per-command overhead", throughput::bench_command_overhead),
         ("throughput", throughput::bench_throughput),
         ("big writes", big_writes::bench_big_writes),

@@ -53,6 +53,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
         None => DockerSocket::default(),
         Some(value) => DockerSocket::parse(value).ok_or_else(|| Error::DockerSocket {
             value: value.to_string(),
+            choices: DockerSocket::CHOICES,
         })?,
     };
     if docker_socket == DockerSocket::Host && args.jobs > 1 {
