@@ -429,3 +429,60 @@ fn listen_mode_runs_shell_jobs_as_their_own_user_from_the_config_file() {
         !user_exists(&user)
     });
 }
+
+/// A shell job of its own user cannot use the engine's socket, so it gets
+/// a Docker gate of its own (`DOCKER_HOST`): docker works, within the
+/// gate's rules and with no bind mount at all (a path its user controls
+/// could be a link the engine would follow as root), and what it made goes
+/// with it.
+#[test]
+fn a_shell_job_of_its_own_user_uses_docker_through_its_gate() {
+    if !can_make_users() || !crate::support::docker::ready() {
+        return;
+    }
+    let root = reachable_root();
+    let agent = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg("auto")
+        .start();
+    let image = crate::support::docker::BASH_IMAGE;
+    let job = Job::new("ju-docker")
+        .command("test -w /var/run/docker.sock; echo engine-socket=$?; echo \"$DOCKER_HOST\"")
+        .command(&format!(
+            "docker run --rm {image} bash -c 'echo from-a-container'"
+        ))
+        .command(&format!(
+            "docker run -d --name ju-left-$$ {image} sleep 600 >/dev/null; echo started=$?"
+        ))
+        .command(&format!(
+            "docker run --rm -v /:/host {image} true; echo root-mount=$?"
+        ))
+        .command(&format!(
+            "docker run --rm -v \"$HOME\":/h:ro {image} true; echo home-mount=$?"
+        ))
+        .command(&format!(
+            "docker run --rm --privileged {image} true; echo privileged=$?"
+        ));
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    let out = outputs(&events);
+    assert_eq!(events.last().unwrap()["result"], "passed", "{out}");
+    assert_eq!(field(&out, "engine-socket"), "1", "{out}");
+    assert!(
+        out.contains("unix://") && out.contains("/work/tmp/docker.sock"),
+        "{out}"
+    );
+    assert!(out.contains("from-a-container\n"), "{out}");
+    assert_eq!(field(&out, "started"), "0", "{out}");
+    for refused in ["root-mount", "home-mount", "privileged"] {
+        assert_ne!(field(&out, refused), "0", "{out}");
+    }
+    assert!(out.contains("agent docker gate: "), "{out}");
+    // The container it left goes with it.
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "name=ju-left-"])
+        .output()
+        .expect("docker ps");
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}

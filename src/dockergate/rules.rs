@@ -33,8 +33,10 @@ pub struct JobFacts {
     /// The job's compose project, whose objects count as the job's.
     pub project: Option<String>,
     /// The job's directory on the host: the only place bind mounts may
-    /// come from (read-only).
-    pub job_dir: std::path::PathBuf,
+    /// come from (read-only). None: no bind mount at all (a shell job's
+    /// gate, whose paths the job's user controls: a link there could lead
+    /// the engine anywhere).
+    pub job_dir: Option<std::path::PathBuf>,
     /// `/dev/kvm` is exposed to the job's containers.
     pub kvm: bool,
 }
@@ -316,12 +318,17 @@ fn namespace(
 
 /// A bind mount's host path: inside the job's directory, read-only.
 fn bind_source(source: &str, read_only: bool, facts: &JobFacts) -> Result<(), String> {
+    let Some(job_dir) = &facts.job_dir else {
+        return Err(format!(
+            "bind mounts of host paths ({source}): a shell job's gate allows none; use docker cp or a volume"
+        ));
+    };
     let path = Path::new(source);
     let inside = path.is_absolute()
         && path
             .components()
             .all(|c| !matches!(c, Component::ParentDir | Component::CurDir))
-        && path.starts_with(&facts.job_dir);
+        && path.starts_with(job_dir);
     if !inside {
         return Err(format!(
             "bind mounts of host paths outside the job's directory ({source})"
@@ -690,7 +697,7 @@ mod tests {
         JobFacts {
             mark: "job-1.abcd".into(),
             project: Some("agent-job-1-abcd".into()),
-            job_dir: "/data/jobs/job-1.abcd/work".into(),
+            job_dir: Some("/data/jobs/job-1.abcd/work".into()),
             kvm: false,
         }
     }

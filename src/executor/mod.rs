@@ -38,7 +38,8 @@ use crate::util::shell_quote;
 /// The executor of one job. Dropping it cleans up what it started outside
 /// the session (the compose project); drop it after the session.
 pub enum Executor {
-    Shell,
+    /// With the job's Docker gate, when it runs as its own user.
+    Shell(Option<shell::ShellGate>),
     /// The compose project, once it exists, and the subreapers of its host
     /// setup commands, which hold what those left running until the job
     /// ends.
@@ -48,7 +49,7 @@ pub enum Executor {
 impl Executor {
     pub fn new(kind: ExecutorKind) -> Executor {
         match kind {
-            ExecutorKind::Shell => Executor::Shell,
+            ExecutorKind::Shell => Executor::Shell(None),
             ExecutorKind::DockerCompose => Executor::Compose(None, Vec::new()),
         }
     }
@@ -57,7 +58,7 @@ impl Executor {
     /// ready for the job's commands.
     pub(crate) fn start(&mut self, steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
         match self {
-            Executor::Shell => shell::start(steps, jump_point),
+            Executor::Shell(gate) => shell::start(steps, gate, jump_point),
             Executor::Compose(project, host_setup) => {
                 compose::start(steps, project, host_setup, jump_point)
             }
@@ -67,7 +68,7 @@ impl Executor {
     /// §5.2 step 5. Returns whether every file was injected.
     pub(crate) fn inject_files(&self, steps: &mut Steps<'_, '_>, session: &mut Session) -> bool {
         match self {
-            Executor::Shell => shell::inject_files(steps),
+            Executor::Shell(_) => shell::inject_files(steps),
             Executor::Compose(..) => compose::inject_files(steps, session),
         }
     }
@@ -77,7 +78,7 @@ impl Executor {
     /// through the container user's profile (docs/protocol.md §8).
     pub(crate) fn env_exported(&self, session: &mut Session, env_file: &Path, setup_file: &Path) {
         match self {
-            Executor::Shell => {}
+            Executor::Shell(_) => {}
             Executor::Compose(..) => {
                 let env = shell_quote(&env_file.to_string_lossy());
                 let setup = shell_quote(&setup_file.to_string_lossy());

@@ -2,16 +2,75 @@
 //! user (or the job's own under `--job-user`), and files are written
 //! straight to their paths, as that user (§5.2 steps 3 and 5).
 
+use crate::dockergate::{self, DockerGate, DockerSocket, JobFacts};
 use crate::executor::jumppoint::{JumpPoint, Target};
+use crate::job::account::JOB_TMP;
 use crate::job::files::{first_bad, inject_file, resolve_path};
+use crate::job::spec::JobSpec;
 use crate::job::steps::{Started, Steps, STEP_INJECT_FILES};
 use crate::process::session::{Session, SessionSpec};
 use crate::process::sys::ActingAs;
 use crate::process::terminal::StdinTerminal;
 
+/// A shell job's Docker gate (docs/protocol.md §9.3), when it runs as its
+/// own user (`--job-user`) with `--docker-socket gate`: `DOCKER_HOST` points
+/// at it, since that user cannot use the engine's socket. Dropping it
+/// closes the gate and removes what the job created through it.
+pub struct ShellGate(DockerGate);
+
+impl Drop for ShellGate {
+    fn drop(&mut self) {
+        self.0.close();
+        dockergate::remove_objects(self.0.mark());
+    }
+}
+
+/// The gate of a job that runs as its own user, in that user's own
+/// directory; None when the job has no gate.
+fn start_gate(spec: &JobSpec<'_>) -> Result<Option<ShellGate>, String> {
+    let Some(account) = spec.account else {
+        return Ok(None);
+    };
+    if spec.options.docker_socket != DockerSocket::Gate {
+        return Ok(None);
+    }
+    let facts = JobFacts {
+        mark: spec.mark.to_string(),
+        project: None,
+        job_dir: None,
+        kvm: false,
+    };
+    let socket = spec.work_dir.join(JOB_TMP).join(dockergate::SOCKET_NAME);
+    let gate = DockerGate::start(&socket, facts).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&socket, Some(account.creds.uid), Some(account.creds.gid))
+        .map_err(|e| format!("cannot give {} to the job's user: {e}", socket.display()))?;
+    Ok(Some(ShellGate(gate)))
+}
+
 /// Starts `bash --login` in the job's work dir and points the jump point at it.
-pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
+pub(crate) fn start(
+    steps: &mut Steps<'_, '_>,
+    gate: &mut Option<ShellGate>,
+    jump_point: &JumpPoint,
+) -> Started {
     let spec = steps.spec;
+    match start_gate(spec) {
+        Ok(started) => *gate = started,
+        Err(e) => {
+            steps.remark(&format!("The job's Docker gate could not start: {e}"));
+            return Started::Failed;
+        }
+    }
+    let mut env = spec
+        .account
+        .map(|a| a.env(spec.work_dir))
+        .unwrap_or_default();
+    if let Some(gate) = gate {
+        env.push((
+            "DOCKER_HOST".into(),
+            format!("unix://{}", gate.0.socket().display()),
+        ));
+    }
     let session = StdinTerminal::open()
         .map_err(|e| crate::error::Error::Spawn {
             program: "a pseudo-terminal".into(),
@@ -21,10 +80,7 @@ pub(crate) fn start(steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Starte
             let stdin_path = stdin.path().to_string_lossy().into_owned();
             Session::start(SessionSpec {
                 argv: vec!["bash".into(), "--login".into(), "--noediting".into()],
-                env: spec
-                    .account
-                    .map(|a| a.env(spec.work_dir))
-                    .unwrap_or_default(),
+                env,
                 work_dir: spec.work_dir,
                 mark: spec.mark,
                 stop: &spec.stop.rx,

@@ -183,7 +183,12 @@ fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
     }
     processes.kill_subreaper();
     match record.executor() {
-        RecordedExecutor::Shell => {}
+        // A job of its own user had a Docker gate of its own.
+        RecordedExecutor::Shell => {
+            if record.account.is_some() {
+                crate::dockergate::remove_objects(&dir.mark);
+            }
+        }
         RecordedExecutor::DockerCompose { main } => {
             // What the job created through its Docker gate goes first (a
             // container of its on the project's network would keep the

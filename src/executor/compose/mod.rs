@@ -161,7 +161,7 @@ pub(crate) fn start(
             let facts = JobFacts {
                 mark: spec.mark.to_string(),
                 project: Some(project.name.clone()),
-                job_dir: spec.work_dir.to_path_buf(),
+                job_dir: Some(spec.work_dir.to_path_buf()),
                 kvm: opts.kvm,
             };
             match DockerGate::start(&spec.work_dir.join(dockergate::SOCKET_NAME), facts) {
