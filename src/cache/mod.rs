@@ -10,8 +10,10 @@
 //! over the socket (`protocol.rs`). The job never sees the backend's
 //! credentials or files.
 //!
-//! This module knows nothing of job lifecycles: `job.rs` starts a service
-//! per job and puts the program on the session's PATH.
+//! This module knows nothing of job lifecycles: the job's lifecycle starts
+//! a service per job through `host` (the cache's host side: the agent's
+//! cache, a job's service and the script that puts the program on the
+//! session's PATH).
 
 pub mod archive;
 pub mod args;
@@ -24,11 +26,11 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod handler;
+pub mod host;
 pub mod keys;
 pub mod output;
 pub mod protocol;
 pub mod service;
-pub mod session;
 pub mod transfer;
 
 /// The environment variable that tells `cache` where the job's socket is.

@@ -112,7 +112,7 @@ pub fn run(args: RunArgs) -> Result<JobResult, Error> {
         })
     };
 
-    let cache = crate::cache::session::agent_cache(Default::default(), &data_dir)?;
+    let cache = crate::cache::host::agent_cache(Default::default(), &data_dir)?;
     let home = config::home_dir();
     let result = lifecycle::run(
         JobSpec {

@@ -64,7 +64,7 @@ pub fn serve(args: ServeArgs) -> Result<(), Error> {
     }
     // Before any thread: this takes the toolbox's variables out of the
     // environment the jobs inherit.
-    let cache = crate::cache::session::agent_cache(cache_args(&args), &config.data_dir)?;
+    let cache = crate::cache::host::agent_cache(cache_args(&args), &config.data_dir)?;
     if config.secret.len() < 32 {
         log::warn!(
             "the JWT secret is {} bytes long; 32 or more are recommended",

@@ -84,13 +84,13 @@ pub fn run(spec: JobSpec<'_>, log: &mut EventLog) -> JobResult {
 
 /// The job's cache service, when the agent has a cache. A failure leaves the
 /// job without `cache` and is logged by the agent.
-fn start_cache(spec: &JobSpec<'_>) -> Option<crate::cache::session::JobCache> {
+fn start_cache(spec: &JobSpec<'_>) -> Option<crate::cache::host::JobCache> {
     let agent = spec.options.cache.as_ref()?;
     let env = decode_env(&spec.request.env_vars).unwrap_or_default();
     let vars = env.iter().map(|(k, (v, _))| (k.as_str(), v.as_slice()));
     let in_container = spec.executor.in_container();
     let owner = spec.account.map(|a| (a.creds.uid, a.creds.gid));
-    match crate::cache::session::start(agent, vars, spec.work_dir, in_container, owner) {
+    match crate::cache::host::start(agent, vars, spec.work_dir, in_container, owner) {
         Ok(c) => Some(c),
         Err(e) => {
             log::error!("job {}: no cache: {e}", spec.request.job_id);
@@ -279,10 +279,10 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
 /// be written leaves only the jump point without them.
 fn source_setup(
     spec: &JobSpec<'_>,
-    cache: Option<&crate::cache::session::JobCache>,
+    cache: Option<&crate::cache::host::JobCache>,
     session: &mut Session,
 ) {
-    let text = crate::cache::session::setup_script(cache);
+    let text = crate::cache::host::setup_script(cache);
     let path = spec.setup_file();
     match write_private(&path, text.as_bytes()).and_then(|()| spec.hand_over(&path)) {
         Ok(()) => session.run_silent(&format!("source {}", shell_quote(&path.to_string_lossy()))),

@@ -29,7 +29,7 @@ pub struct AgentOptions {
     pub host_files: Option<String>,
     pub metrics: Option<Arc<Metrics>>,
     /// The cache every job's `cache` command uses.
-    pub cache: Option<Arc<crate::cache::session::AgentCache>>,
+    pub cache: Option<Arc<crate::cache::host::AgentCache>>,
     /// `--job-user`: who shell jobs run as, when not the agent's user.
     pub job_user: Option<Arc<JobUser>>,
 }
@@ -82,6 +82,6 @@ impl JobSpec<'_> {
     /// The job's setup script (`cache`, `checkout`), sourced after the env
     /// file by the session and the jump point.
     pub fn setup_file(&self) -> PathBuf {
-        self.work_dir.join(crate::cache::session::SETUP_FILE)
+        self.work_dir.join(crate::cache::host::SETUP_FILE)
     }
 }

@@ -116,7 +116,7 @@ pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
     };
 
     // Jobs get `cache` with the default local backend under the data dir.
-    let cache = crate::cache::session::agent_cache(Default::default(), &data_dir)?;
+    let cache = crate::cache::host::agent_cache(Default::default(), &data_dir)?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         cfg: Arc::clone(&cfg),

@@ -136,7 +136,7 @@ pub(crate) fn start(
         kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
         volumes: file::host_volumes(spec.options.host_files.as_deref()),
     };
-    opts.volumes.extend(crate::cache::session::container_volume(
+    opts.volumes.extend(crate::cache::host::container_volume(
         spec.options.cache.as_deref(),
     ));
     let written = file::compose_file(&request.compose.containers, &opts)
@@ -278,7 +278,7 @@ pub(crate) fn start(
                 grace: spec.grace,
                 stdin,
                 stdin_path: project::STDIN_TERMINAL.into(),
-                echo_off_program: crate::cache::session::container_program(
+                echo_off_program: crate::cache::host::container_program(
                     spec.options.cache.as_deref(),
                 ),
                 creds: None,

@@ -1,4 +1,5 @@
-//! What a job's session gets from the cache: the per-job service on a socket
+//! The cache's host side: the agent's cache (`agent_cache`), and what a
+//! job's session gets from it: the per-job service on a socket
 //! in the work directory, the `cache` program on PATH (a link to the agent's
 //! own binary for shell jobs; the static binary mounted at `CONTAINER_BIN`
 //! in compose jobs), and `AGENT_CACHE_SOCKET`. The script that sets these
