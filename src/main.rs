@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        cli::Sub::Start(args) => match listen::start(&args) {
+        cli::Sub::Start(args) => match listen::run(&args) {
             Ok(reason) => ExitCode::from(reason.exit_code()),
             Err(e) => fail(&e),
         },

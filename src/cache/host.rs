@@ -69,7 +69,7 @@ fn job_store(agent: &AgentCache, env: &BTreeMap<String, Vec<u8>>, work_dir: &Pat
 /// Starts the cache of one job. `env` is the job's env vars, which may
 /// select another backend (the toolbox's `SEMAPHORE_CACHE_*`). An error is
 /// for the job log; the job then runs without a cache.
-pub fn start<'a>(
+pub fn serve_job<'a>(
     agent: &AgentCache,
     env: impl Iterator<Item = (&'a str, &'a [u8])>,
     work_dir: &Path,

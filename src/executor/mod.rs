@@ -58,9 +58,9 @@ impl Executor {
     /// ready for the job's commands.
     pub(crate) fn start(&mut self, steps: &mut Steps<'_, '_>, jump_point: &JumpPoint) -> Started {
         match self {
-            Executor::Shell(gate) => shell::start(steps, gate, jump_point),
+            Executor::Shell(gate) => shell::start_session(steps, gate, jump_point),
             Executor::Compose(project, host_setup) => {
-                compose::start(steps, project, host_setup, jump_point)
+                compose::prepare_and_start(steps, project, host_setup, jump_point)
             }
         }
     }

@@ -48,7 +48,7 @@ fn start_gate(spec: &JobSpec<'_>) -> Result<Option<ShellGate>, String> {
 }
 
 /// Starts `bash --login` in the job's work dir and points the jump point at it.
-pub(crate) fn start(
+pub(crate) fn start_session(
     steps: &mut Steps<'_, '_>,
     gate: &mut Option<ShellGate>,
     jump_point: &JumpPoint,

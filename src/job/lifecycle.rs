@@ -90,7 +90,7 @@ fn start_cache(spec: &JobSpec<'_>) -> Option<crate::cache::host::JobCache> {
     let vars = env.iter().map(|(k, (v, _))| (k.as_str(), v.as_slice()));
     let in_container = spec.executor.in_container();
     let owner = spec.account.map(|a| (a.creds.uid, a.creds.gid));
-    match crate::cache::host::start(agent, vars, spec.work_dir, in_container, owner) {
+    match crate::cache::host::serve_job(agent, vars, spec.work_dir, in_container, owner) {
         Ok(c) => Some(c),
         Err(e) => {
             log::error!("job {}: no cache: {e}", spec.request.job_id);

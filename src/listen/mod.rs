@@ -41,7 +41,7 @@ pub fn wants_listen_mode(args: &[&str]) -> bool {
     help || args.iter().any(|a| LISTEN_ONLY_FLAGS.contains(a))
 }
 
-pub fn start(args: &StartArgs) -> Result<ShutdownReason, Error> {
+pub fn run(args: &StartArgs) -> Result<ShutdownReason, Error> {
     // The agent log lives in the data directory (by default), and the log
     // comes first so that every later error is in it.
     let data_dir = crate::config::data_dir(args.data_dir.clone());

@@ -228,7 +228,7 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(fd) => UnixStream::from(fd),
         Err(_) => return ExitCode::FAILURE,
     };
-    match start(args, &disarmed, &control) {
+    match start_session(args, &disarmed, &control) {
         Ok(job) => {
             serve(&control, job);
             ExitCode::SUCCESS
@@ -243,7 +243,7 @@ pub fn main(args: &[String]) -> ExitCode {
 /// Becomes the subreaper and starts the session; its processes and the
 /// grace period. Once the session runs nothing fails: what goes wrong
 /// later ends with the job's processes killed, never with them left.
-fn start(
+fn start_session(
     args: &[String],
     disarmed: &[i32],
     mut control: &UnixStream,

@@ -72,7 +72,7 @@ impl Drop for ProjectGuard {
 }
 
 /// Prepare and start (§9.1, §9.2). On success the session runs in main.
-pub(crate) fn start(
+pub(crate) fn prepare_and_start(
     steps: &mut Steps<'_, '_>,
     guard: &mut Option<ProjectGuard>,
     host_setup: &mut Vec<Subreaper>,
