@@ -72,6 +72,9 @@ impl Drop for ProjectGuard {
 }
 
 /// Prepare and start (§9.1, §9.2). On success the session runs in main.
+/// The steps: the host setup commands, the project and its compose file,
+/// the job's Docker gate, the jump point, the logins, the pulls and the
+/// other containers, then the session in main.
 pub(crate) fn prepare_and_start(
     steps: &mut Steps<'_, '_>,
     guard: &mut Option<ProjectGuard>,
@@ -80,13 +83,57 @@ pub(crate) fn prepare_and_start(
 ) -> Started {
     let spec = steps.spec;
     let request = spec.request;
+    let prepared = run_host_setup(steps, host_setup)
+        .and_then(|()| write_project(steps))
+        .and_then(|(project, kvm)| {
+            let (gate, docker_socket) = open_gate(steps, &project, kvm)?;
+            *guard = Some(ProjectGuard {
+                project: project.clone(),
+                grace: spec.grace,
+                gate,
+            });
+            Ok((project, docker_socket))
+        });
+    let (project, docker_socket) = match prepared {
+        Ok(prepared) => prepared,
+        Err(started) => return started,
+    };
+    // §9.1 step 5: the jump point waits for main, then opens bash in it.
+    let target = Target::Container {
+        name: project.container.clone(),
+    };
+    if let Err(e) = jump_point.write_script(
+        &request.job_id,
+        &target,
+        &spec.env_file(),
+        &spec.setup_file(),
+    ) {
+        log::error!("job {}: {e}", request.job_id);
+    }
+    // §9.2 step 1.
+    if !request.compose.image_pull_credentials.is_empty() {
+        match credentials(steps, &project) {
+            Some(true) => {}
+            Some(false) => return Started::Failed,
+            None => return Started::Stopped,
+        }
+    }
+    if let Err(started) = pull_and_start_others(steps, &project) {
+        return started;
+    }
+    start_main_session(steps, &project, docker_socket.as_deref())
+}
 
-    // §9.1 step 2: host setup commands; their output goes to the agent log
-    // only, and a failure ends the job before any step, as in the
-    // reference: the reason is a remark.
-    // Each below a subreaper of its own, which holds what it leaves running
-    // until the job ends.
-    for command in &request.compose.host_setup_commands {
+/// §9.1 step 2: host setup commands; their output goes to the agent log
+/// only, and a failure ends the job before any step, as in the reference:
+/// the reason is a remark. Each runs below a subreaper of its own, which
+/// holds what it leaves running until the job ends.
+fn run_host_setup(
+    steps: &mut Steps<'_, '_>,
+    host_setup: &mut Vec<Subreaper>,
+) -> Result<(), Started> {
+    let spec = steps.spec;
+    for command in &spec.request.compose.host_setup_commands {
         let argv = ["bash", "-c", &command.directive].map(String::from);
         let mut lines = String::new();
         let (outcome, held) = run_held(&argv, spec.mark, &spec.stop.rx, spec.grace, &mut |line| {
@@ -97,7 +144,7 @@ pub(crate) fn prepare_and_start(
         let status = match outcome {
             HostOutcome::Exited(0) => continue,
             HostOutcome::Exited(status) => status,
-            HostOutcome::Stopped => return Started::Stopped,
+            HostOutcome::Stopped => return Err(Started::Stopped),
             HostOutcome::SpawnFailed(e) => {
                 lines.push_str(&format!("cannot run bash: {e}\n"));
                 1
@@ -108,18 +155,22 @@ pub(crate) fn prepare_and_start(
             command.directive,
             tail_of(&lines, HOST_OUTPUT_IN_REMARK)
         ));
-        return Started::Failed;
+        return Err(Started::Failed);
     }
+    Ok(())
+}
 
-    // §9.1 step 3.
+/// §9.1 steps 3 and 4: the compose tool, the project, its compose file and
+/// the job's DOCKER_CONFIG. With the project, whether `/dev/kvm` is given.
+fn write_project(steps: &mut Steps<'_, '_>) -> Result<(Project, bool), Started> {
+    let spec = steps.spec;
+    let request = spec.request;
     let Some(tool) = project::detect() else {
         steps.remark(
             "Neither `docker compose` (v2) nor `docker-compose` (v1) works on this host; install one of them.",
         );
-        return Started::Failed;
+        return Err(Started::Failed);
     };
-
-    // §9.1 step 4: the compose file, its project and the job's DOCKER_CONFIG.
     let main = &request.compose.containers[0];
     let nonce = spec.mark.rsplit('.').next().unwrap_or("0");
     let name = project::project_name(&request.job_id, nonce);
@@ -152,68 +203,54 @@ pub(crate) fn prepare_and_start(
         steps.remark(&format!(
             "The docker compose file could not be written: {e}"
         ));
-        return Started::Failed;
+        return Err(Started::Failed);
     }
-    // The gate's socket must exist before main mounts it (the engine would
-    // make a directory of a missing path).
-    let (gate, docker_socket) = match spec.options.docker_socket {
+    Ok((project, opts.kvm))
+}
+
+/// The socket main gets at `/var/run/docker.sock` (§9.3): the job's own
+/// gate, the engine's, or none. The gate's socket must exist before main
+/// mounts it (the engine would make a directory of a missing path).
+fn open_gate(
+    steps: &mut Steps<'_, '_>,
+    project: &Project,
+    kvm: bool,
+) -> Result<(Option<Box<DockerGate>>, Option<PathBuf>), Started> {
+    let spec = steps.spec;
+    match spec.options.docker_socket {
         DockerSocket::Gate => {
             let facts = JobFacts {
                 mark: spec.mark.to_string(),
                 project: Some(project.name.clone()),
                 job_dir: Some(spec.work_dir.to_path_buf()),
-                kvm: opts.kvm,
+                kvm,
             };
             match DockerGate::start(&spec.work_dir.join(dockergate::SOCKET_NAME), facts) {
                 Ok(gate) => {
                     let socket = gate.socket().to_path_buf();
-                    (Some(Box::new(gate)), Some(socket))
+                    Ok((Some(Box::new(gate)), Some(socket)))
                 }
                 Err(e) => {
                     steps.remark(&format!("The job's Docker gate could not start: {e}"));
-                    return Started::Failed;
+                    Err(Started::Failed)
                 }
             }
         }
-        DockerSocket::Host => (None, Some(PathBuf::from(project::DOCKER_SOCKET))),
-        DockerSocket::None => (None, None),
-    };
-    *guard = Some(ProjectGuard {
-        project: project.clone(),
-        grace: spec.grace,
-        gate,
-    });
-    // §9.1 step 5: the jump point waits for main, then opens bash in it.
-    let target = Target::Container {
-        name: project.container.clone(),
-    };
-    if let Err(e) = jump_point.write_script(
-        &request.job_id,
-        &target,
-        &spec.env_file(),
-        &spec.setup_file(),
-    ) {
-        log::error!("job {}: {e}", request.job_id);
+        DockerSocket::Host => Ok((None, Some(PathBuf::from(project::DOCKER_SOCKET)))),
+        DockerSocket::None => Ok((None, None)),
     }
+}
 
-    // §9.2 step 1.
-    if !request.compose.image_pull_credentials.is_empty() {
-        match credentials(steps, &project) {
-            Some(true) => {}
-            Some(false) => return Started::Failed,
-            None => return Started::Stopped,
-        }
-    }
-
-    // §9.2 step 2: main's image when it is missing, then the other
-    // containers are pulled as needed and started; output goes to the log
-    // line by line as it comes.
+/// §9.2 step 2: main's image when it is missing, then the other
+/// containers are pulled as needed and started; output goes to the log
+/// line by line as it comes.
+fn pull_and_start_others(steps: &mut Steps<'_, '_>, project: &Project) -> Result<(), Started> {
+    let spec = steps.spec;
+    let containers = &spec.request.compose.containers;
+    let main = &containers[0];
     let started_at = steps.started(STEP_PULL);
     let pull_started = Instant::now();
-    let others: Vec<String> = request.compose.containers[1..]
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let others: Vec<String> = containers[1..].iter().map(|c| c.name.clone()).collect();
     let mut commands = Vec::new();
     if !project::image_present(&main.image, &project.docker_config) {
         commands.push(project.pull_main_argv());
@@ -234,7 +271,7 @@ pub(crate) fn prepare_and_start(
             HostOutcome::Exited(s) => s,
             HostOutcome::Stopped => {
                 steps.finished(STEP_PULL, 1, started_at);
-                return Started::Stopped;
+                return Err(Started::Stopped);
             }
             HostOutcome::SpawnFailed(e) => {
                 steps.output(&format!("cannot run {}: {e}\n", argv[0]));
@@ -253,11 +290,20 @@ pub(crate) fn prepare_and_start(
             "Pulling the images or starting the containers failed (exit status {status}).\n"
         ));
         steps.finished(STEP_PULL, 1, started_at);
-        return Started::Failed;
+        return Err(Started::Failed);
     }
     steps.finished(STEP_PULL, 0, started_at);
+    Ok(())
+}
 
-    // §9.2 step 3: any death before readiness is a failure.
+/// §9.2 step 3: the session in main; any death before readiness is a
+/// failure.
+fn start_main_session(
+    steps: &mut Steps<'_, '_>,
+    project: &Project,
+    docker_socket: Option<&Path>,
+) -> Started {
+    let spec = steps.spec;
     let started_at = steps.started(STEP_START);
     steps.output("Starting a new bash session.\n");
     let session = StdinTerminal::open()
@@ -267,7 +313,7 @@ pub(crate) fn prepare_and_start(
         })
         .and_then(|stdin| {
             Session::start(SessionSpec {
-                argv: project.session_argv(stdin.path(), docker_socket.as_deref()),
+                argv: project.session_argv(stdin.path(), docker_socket),
                 env: vec![(
                     "DOCKER_CONFIG".into(),
                     project.docker_config.to_string_lossy().into_owned(),
@@ -297,7 +343,7 @@ pub(crate) fn prepare_and_start(
             return Started::Failed;
         }
     };
-    give_work_dir_to_container_user(&project, spec.work_dir, &session);
+    give_work_dir_to_container_user(project, spec.work_dir, &session);
     steps.finished(STEP_START, 0, started_at);
     Started::Ready(Box::new(session))
 }
