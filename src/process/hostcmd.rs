@@ -35,7 +35,34 @@ pub enum HostOutcome {
 
 enum Msg {
     Line(String),
+    /// The output's end: every holder of the pipe closed it.
     Eof,
+    /// A held command's session ended, with this status (`run_held`).
+    Exited(i32),
+}
+
+/// Reads `reader` line by line on a thread of its own, each line (its end
+/// included) as a message, then `Eof`; stops when nobody listens.
+fn read_lines(
+    reader: impl Read + Send + 'static,
+    tx: crossbeam_channel::Sender<Msg>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(Msg::Line(decode(&line))).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Msg::Eof);
+    })
 }
 
 /// What `run_held` hands back besides the outcome: the subreaper that holds
@@ -72,35 +99,14 @@ pub fn run_held(
                 )
             }
         };
-    enum Report {
-        Line(String),
-        Eof,
-        Exited(i32),
-    }
-    let (tx, rx) = bounded::<Report>(64);
-    let out_tx = tx.clone();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(reader);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if out_tx.send(Report::Line(decode(&line))).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = out_tx.send(Report::Eof);
-    });
+    let (tx, rx) = bounded::<Msg>(64);
+    read_lines(reader, tx.clone());
     std::thread::spawn(move || {
         let code = match reports.session_end() {
             SessionEnd::Exited(code) => code,
             SessionEnd::SubreaperGone => 1,
         };
-        let _ = tx.send(Report::Exited(code));
+        let _ = tx.send(Msg::Exited(code));
     });
     let mut exited = None;
     let mut drain_until = None;
@@ -117,14 +123,14 @@ pub fn run_held(
                 return (HostOutcome::Stopped, None);
             }
             recv(rx) -> msg => match msg {
-                Ok(Report::Line(line)) => on_line(&line),
-                Ok(Report::Exited(code)) => {
+                Ok(Msg::Line(line)) => on_line(&line),
+                Ok(Msg::Exited(code)) => {
                     exited = Some(code);
                     // What is still in the pipe; a process it left may
                     // hold the pipe open for ever.
                     drain_until = Some(Instant::now() + HELD_DRAIN);
                 }
-                Ok(Report::Eof) | Err(_) => {
+                Ok(Msg::Eof) | Err(_) => {
                     if let Some(code) = exited {
                         return (HostOutcome::Exited(code), Some(subreaper));
                     }
@@ -171,22 +177,7 @@ pub fn run_lines(
         Err(e) => return HostOutcome::SpawnFailed(e),
     };
     let (tx, rx) = bounded::<Msg>(64);
-    let reader_thread = std::thread::spawn(move || {
-        let mut reader = BufReader::new(reader);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(Msg::Line(decode(&line))).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = tx.send(Msg::Eof);
-    });
+    let reader_thread = read_lines(reader, tx);
     loop {
         select_biased! {
             recv(stop) -> _ => {
@@ -201,6 +192,8 @@ pub fn run_lines(
             }
             recv(rx) -> msg => match msg {
                 Ok(Msg::Line(line)) => on_line(&line),
+                // Only `run_held` waits for an exit on this channel.
+                Ok(Msg::Exited(_)) => {}
                 Ok(Msg::Eof) | Err(_) => break,
             }
         }
