@@ -255,3 +255,38 @@ fn a_disk_that_fills_while_a_long_log_is_held_back_fails_the_job_with_a_whole_lo
     drop(tmpfs);
     drop(agent);
 }
+
+/// A job whose environment cannot be read (after a full disk, the command
+/// file that sources it could not be written; here the job's shell breaks
+/// `source` itself) fails at "Exporting environment variables" with a
+/// remark that says why, and the log stays as the reference writes it.
+#[test]
+fn a_job_whose_environment_cannot_be_read_is_told_why() {
+    let agent = TestAgent::start_default();
+    fs::write(
+        agent.home().join(".bash_profile"),
+        "source() { echo 'no room to read it' >&2; return 3; }\n",
+    )
+    .expect("write the profile");
+    let job = Job::new("env-unreadable")
+        .env("SOME_VAR", "value")
+        .command("echo never-runs");
+    agent.submit_ok(&job.to_value());
+    let events = agent.wait_for_job_finished(&job.job_id);
+    assert_eq!(events.last().expect("events")["result"], "failed");
+    assert!(!outputs(&events).contains("never-runs"));
+    let export_end = events
+        .iter()
+        .find(|e| {
+            e["event"] == "cmd_finished" && e["directive"] == "Exporting environment variables"
+        })
+        .expect("the export step's end");
+    assert_eq!(export_end["exit_code"], json!(3));
+    let info = agent.get(&format!("/jobs/{}", job.job_id)).json();
+    let remarks = info["remarks"].to_string();
+    assert!(
+        remarks.contains("could not read the job's environment (exit status 3)")
+            && remarks.contains("no room to read it"),
+        "no remark says why: {info}"
+    );
+}
