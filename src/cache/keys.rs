@@ -6,7 +6,7 @@
 //! that start with `abc`). A candidate that is not a valid expression
 //! matches nothing, as in the toolbox.
 
-use regex::bytes::RegexBuilder;
+use regex_lite::Regex;
 
 use super::backend::{Backend, Entry, STAGED_PREFIX};
 use super::error::CacheError;
@@ -73,12 +73,16 @@ pub fn pick<'a>(wanted: &str, entries: &'a [Entry]) -> Option<&'a Entry> {
     if let Some(exact) = entries.iter().find(|e| e.key == wanted) {
         return Some(exact);
     }
-    // Go's RE2 syntax with its ASCII classes (`\d`, `\w`, `\s`, `\b`),
-    // matched on the key's bytes.
-    let re = RegexBuilder::new(wanted).unicode(false).build().ok()?;
+    // Go's RE2 syntax, matched as Go's regexp matches: `\d`, `\w`, `\s` and
+    // `\b` are ASCII, `.` and `[^...]` take a whole character. regex-lite
+    // does the same at a fraction of full `regex`'s size. What it lacks,
+    // `\p{..}` classes and Unicode case folding, the agent never had (full
+    // `regex` ran with Unicode off to keep the classes ASCII): such a
+    // candidate is a miss and `(?i)` folds ASCII letters only (README, Cache).
+    let re = Regex::new(wanted).ok()?;
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by(|a, b| b.stored_ms.cmp(&a.stored_ms).then(a.key.cmp(&b.key)));
-    sorted.into_iter().find(|e| re.is_match(e.key.as_bytes()))
+    sorted.into_iter().find(|e| re.is_match(&e.key))
 }
 
 #[cfg(test)]
@@ -138,5 +142,24 @@ mod tests {
             pick("master-\\w+$", &entries).unwrap().key,
             "npm-master-newest"
         );
+    }
+
+    #[test]
+    fn expressions_read_as_go_reads_them() {
+        let entries = [entry("key-é-1", 3), entry("KEY_2", 2), entry("a b", 1)];
+        let found = |wanted: &str| pick(wanted, &entries).map(|e| e.key.as_str());
+        // `.` and a negated class take a whole character, as in Go.
+        assert_eq!(found("^key-.-1$"), Some("key-é-1"));
+        assert_eq!(found("^key-[^x]-"), Some("key-é-1"));
+        // Perl classes and word boundaries are ASCII, as in Go.
+        assert_eq!(found("^\\w+$"), Some("KEY_2"));
+        assert_eq!(found("key-\\w"), None);
+        assert_eq!(found("\\s"), Some("a b"));
+        assert_eq!(found("^\\d"), None);
+        assert_eq!(found("\\bb$"), Some("a b"));
+        assert_eq!(found("[[:upper:]]{3}"), Some("KEY_2"));
+        assert_eq!(found("(?i)^key_"), Some("KEY_2"));
+        // No Unicode classes: a miss, like any other invalid expression.
+        assert_eq!(found("\\pL"), None);
     }
 }

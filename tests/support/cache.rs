@@ -249,7 +249,7 @@ pub fn probe_image() -> &'static str {
 /// sizes in `Size: ... bytes.` by `S`, a download's temporary file by
 /// `TMP/KEY-N`, and the dates of `cache list` by `DATE`.
 pub fn masked(output: &str) -> String {
-    use regex::Regex;
+    use regex_lite::Regex;
     static RULES: std::sync::OnceLock<Vec<(Regex, &'static str)>> = std::sync::OnceLock::new();
     let rules = RULES.get_or_init(|| {
         [
