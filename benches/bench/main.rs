@@ -34,10 +34,14 @@
 //! The listen-mode benchmarks run `agent start` against the tests' control
 //! plane (`support::control_plane`).
 //!
+//! The first row is the size of the static release binary, which `make
+//! bench` builds and names in `AGENT_STATIC_BIN` (`size`).
+//!
 //! This file runs the benchmarks and prints the summary. Each benchmark has
-//! a file by subject (`throughput`, `big_writes`, `serve`, `latency`,
-//! `pollers`, `compose`, `gate`, `hostile`, `listen`); `measure`, `agent_run`,
-//! `server`, `events`, `scratch` and `report` are what they share.
+//! a file by subject (`size`, `throughput`, `big_writes`, `serve`,
+//! `latency`, `pollers`, `compose`, `gate`, `hostile`, `listen`);
+//! `measure`, `agent_run`, `server`, `events`, `scratch` and `report` are
+//! what they share.
 
 mod agent_run;
 mod big_writes;
@@ -53,6 +57,7 @@ mod report;
 mod scratch;
 mod serve;
 mod server;
+mod size;
 mod throughput;
 
 /// The integration tests' support: the benchmarks start `agent serve` with
@@ -102,7 +107,8 @@ fn main() {
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
-    let benches: [(&str, BenchFn); 15] = [
+    let benches: [(&str, BenchFn); 16] = [
+        ("static release binary size", size::bench_binary_size),
         ("per-command overhead", throughput::bench_command_overhead),
         ("throughput", throughput::bench_throughput),
         ("big writes", big_writes::bench_big_writes),
