@@ -209,7 +209,7 @@ pub struct ServeArgs {
     /// go first (default 1 GiB; 0: no limit)
     pub max_data_bytes: u64,
     #[argh(option)]
-    /// where jobs' `cache` keeps archives: local (default) or sftp
+    /// where jobs' `cache` keeps archives: local (default), sftp or s3
     pub cache_backend: Option<String>,
     #[argh(option)]
     /// the local cache directory (default: cache in the data dir)
@@ -238,6 +238,21 @@ pub struct ServeArgs {
     #[argh(option)]
     /// how jobs' `cache store` compresses: zstd (default) or gzip, the toolbox's tar.gz, for caches shared with toolboxes (or $AGENT_CACHE_ARCHIVE_FORMAT)
     pub cache_archive_format: Option<String>,
+    #[argh(option)]
+    /// the S3 cache bucket (or $SEMAPHORE_CACHE_S3_BUCKET); keys go under PROJECT_ID/
+    pub cache_s3_bucket: Option<String>,
+    #[argh(option)]
+    /// an S3-compatible endpoint, path-style, or several comma-separated to fail over between (or $SEMAPHORE_CACHE_S3_URL; default: AWS)
+    pub cache_s3_url: Option<String>,
+    #[argh(option)]
+    /// the S3 region (or $AWS_REGION; default us-east-1)
+    pub cache_s3_region: Option<String>,
+    #[argh(option)]
+    /// the profile of the shared AWS credentials file (or $SEMAPHORE_CACHE_AWS_PROFILE)
+    pub cache_s3_profile: Option<String>,
+    #[argh(switch)]
+    /// sign S3 requests with the EC2 instance's role, through IMDSv2 (or $SEMAPHORE_CACHE_USE_EC2_INSTANCE_PROFILE=true)
+    pub cache_s3_instance_profile: bool,
     #[argh(option)]
     /// run shell jobs as this user, not the agent's: a user name, or auto
     /// for a new user per job, removed after it (the agent runs as root)

@@ -82,6 +82,7 @@ pub fn request_on(conn: &mut UnixStream, request: &Request) -> Result<Reply, Cac
     let envelope = Envelope {
         request: request.clone(),
         sftp_key: job_key().clone(),
+        s3_keys: job_s3_keys(),
     };
     let sent = protocol::write_json(conn, &envelope).map_err(CacheError::Channel);
     match (reply(conn), sent) {
@@ -96,6 +97,28 @@ pub fn reply(conn: &mut impl Read) -> Result<Reply, CacheError> {
         Reply::Error { message } => Err(CacheError::Remote(message)),
         reply => Ok(reply),
     }
+}
+
+/// The S3 credentials in the job's environment when it names a bucket
+/// (`SEMAPHORE_CACHE_BACKEND=s3`): `SEMAPHORE_CACHE_S3_KEY` and `_SECRET`,
+/// else the SDKs' `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+/// `AWS_SESSION_TOKEN`. The agent uses them only for a bucket of the job's
+/// own, never for its own bucket.
+fn job_s3_keys() -> Option<crate::cache::aws::Keys> {
+    use super::config::{ENV_AWS_KEY, ENV_AWS_SECRET, ENV_AWS_TOKEN, ENV_S3_KEY, ENV_S3_SECRET};
+    let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if var(ENV_BACKEND).as_deref() != Some("s3") {
+        return None;
+    }
+    let keys = |key: Option<String>, secret: Option<String>, token| {
+        Some(crate::cache::aws::Keys {
+            key: key?,
+            secret: secret?,
+            token,
+        })
+    };
+    keys(var(ENV_S3_KEY), var(ENV_S3_SECRET), None)
+        .or_else(|| keys(var(ENV_AWS_KEY), var(ENV_AWS_SECRET), var(ENV_AWS_TOKEN)))
 }
 
 /// The SFTP key the job names, read once per run; None when the job does

@@ -18,6 +18,10 @@ pub enum CacheError {
     Unreachable { server: String, detail: String },
     /// An `sftp` command failed once connected.
     Sftp { server: String, detail: String },
+    /// No endpoint of the S3 cache answered, after every try.
+    S3Unreachable { bucket: String, detail: String },
+    /// The S3 cache answered with an error.
+    S3 { bucket: String, detail: String },
     /// The stored archive cannot be read back; nothing was restored.
     Corrupt { key: String, source: io::Error },
     /// The stored archive breaks the rules of restore (a `..` name, a write
@@ -68,6 +72,12 @@ impl fmt::Display for CacheError {
             }
             CacheError::Sftp { server, detail } => {
                 write!(f, "the SFTP cache server {server} failed: {detail}")
+            }
+            CacheError::S3Unreachable { bucket, detail } => {
+                write!(f, "cannot reach the S3 cache bucket {bucket}: {detail}")
+            }
+            CacheError::S3 { bucket, detail } => {
+                write!(f, "the S3 cache bucket {bucket} failed: {detail}")
             }
             CacheError::Corrupt { key, source } => write!(
                 f,

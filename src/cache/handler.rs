@@ -1,6 +1,6 @@
 //! What one request on a job's cache socket does, on the host: read it,
-//! find where it goes (the agent's backend, the job's own SFTP server, or
-//! nowhere, with the reason), do it against the `Store` and answer. The
+//! find where it goes (the agent's backend, the job's own SFTP server or S3
+//! bucket, or nowhere, with the reason), do it against the `Store` and answer. The
 //! connection itself (how many, for how long, the teardown) is
 //! `service.rs`'s.
 //!
@@ -35,11 +35,18 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a job's requests go.
 pub enum JobStore {
-    /// The agent's backend, shared by its jobs.
-    Agent(Arc<Store>),
+    /// The agent's backend, shared by its jobs; on S3, the job's project
+    /// names the folder of its keys.
+    Agent {
+        store: Arc<Store>,
+        project: Option<String>,
+    },
     /// The job's own SFTP server (the toolbox's variables), reached with
     /// the key the job's `cache` hands over; its copy goes in `key_dir`.
     JobSftp { store: Store, key_dir: PathBuf },
+    /// The job's own S3 bucket, reached with the credentials the job's
+    /// `cache` hands over.
+    JobS3 { store: Store, project: String },
     /// The job's variables cannot be used: every request hears why.
     Refused(String),
 }
@@ -48,6 +55,9 @@ pub enum JobStore {
 struct Target<'a> {
     store: &'a Store,
     key_file: Option<KeyFile>,
+    project: Option<&'a str>,
+    /// Whether the job's S3 credentials are used.
+    job_s3: bool,
 }
 
 /// The agent's copy of a job's SFTP key, removed when the request is done.
@@ -78,15 +88,25 @@ impl Drop for KeyFile {
 impl JobStore {
     fn target(&self, key: Option<JobKey>) -> Result<Target<'_>, CacheError> {
         match self {
-            JobStore::Agent(store) => Ok(Target {
+            JobStore::Agent { store, project } => Ok(Target {
                 store,
                 key_file: None,
+                project: project.as_deref(),
+                job_s3: false,
+            }),
+            JobStore::JobS3 { store, project } => Ok(Target {
+                store,
+                key_file: None,
+                project: Some(project),
+                job_s3: true,
             }),
             JobStore::Refused(message) => Err(CacheError::Usage(message.clone())),
             JobStore::JobSftp { store, key_dir } => match key {
                 Some(JobKey::Content(text)) => Ok(Target {
                     store,
                     key_file: Some(KeyFile::write(key_dir, &text)?),
+                    project: None,
+                    job_s3: false,
                 }),
                 Some(JobKey::Unusable(message)) => Err(CacheError::Usage(message)),
                 None => Err(CacheError::Usage(format!(
@@ -114,10 +134,13 @@ pub fn serve(conn: UnixStream, jobs: &JobStore, cancel: &Cancel) {
             return;
         }
     };
+    let s3_keys = envelope.s3_keys;
     let outcome = jobs.target(envelope.sftp_key).and_then(|target| {
         let call = Call {
             cancel,
             identity: target.key_file.as_ref().map(|k| k.0.as_path()),
+            project: target.project,
+            s3_keys: s3_keys.as_ref().filter(|_| target.job_s3),
         };
         handle(
             envelope.request,
@@ -310,7 +333,9 @@ fn restore_archive(
         }
     };
     let mut data = DataWriter::new(writer);
-    io::copy(&mut fetched.file, &mut data).map_err(CacheError::Channel)?;
+    // A download that breaks for good is a broken stream: `cache` finds
+    // the archive incomplete and restores nothing.
+    io::copy(&mut fetched.reader, &mut data).map_err(CacheError::Channel)?;
     data.finish().map_err(CacheError::Channel)?;
     Ok(None)
 }

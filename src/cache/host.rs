@@ -8,9 +8,10 @@
 //! (docs/protocol.md §8) both source.
 //!
 //! Only the socket's path enters the job's environment: never the cache
-//! directory, the agent's SFTP key or its path. A job's own SFTP server
-//! (its `SEMAPHORE_CACHE_*` variables) is reached with the key the job's
-//! `cache` reads in the job.
+//! directory, the agent's SFTP key or its path, nor its S3 credentials. A
+//! job's own SFTP server or S3 bucket (its `SEMAPHORE_CACHE_*` variables)
+//! is reached with the key or credentials the job's `cache` finds in the
+//! job.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::backend::Store;
-use super::config::{BackendConfig, CacheConfig};
+use super::config::{self, BackendConfig, CacheConfig};
 use super::handler::JobStore;
 use super::service::CacheService;
 use super::{SOCKET_ENV, SOCKET_NAME};
@@ -45,24 +46,38 @@ pub struct JobCache {
 }
 
 /// Where the requests of a job whose env vars are `env` go: the agent's
-/// backend, or the job's own SFTP server (the toolbox's
-/// `SEMAPHORE_CACHE_*`). Variables that cannot be used are said to every
-/// `cache` command of the job.
+/// backend, or the job's own SFTP server or S3 bucket (the toolbox's
+/// `SEMAPHORE_CACHE_*`). Variables that cannot be used, or a backend this
+/// agent does not have, are said to every `cache` command of the job.
 fn job_store(agent: &AgentCache, env: &BTreeMap<String, Vec<u8>>, work_dir: &Path) -> JobStore {
     let cfg = match agent.config.for_job(env, work_dir) {
         Ok(cfg) => cfg,
         Err(message) => return JobStore::Refused(message),
     };
+    // An S3 bucket keeps each project's keys apart.
+    let project = match &cfg.backend {
+        BackendConfig::S3(_) => match config::project_of(env) {
+            Ok(p) => Some(p),
+            Err(message) => return JobStore::Refused(message),
+        },
+        _ => None,
+    };
     if cfg.backend == agent.config.backend {
-        return JobStore::Agent(Arc::clone(&agent.store));
+        return JobStore::Agent {
+            store: Arc::clone(&agent.store),
+            project,
+        };
     }
-    debug_assert!(matches!(cfg.backend, BackendConfig::Sftp(_)));
-    match Store::open(&cfg) {
-        Ok(store) => JobStore::JobSftp {
+    let store = match Store::open(&cfg) {
+        Ok(store) => store,
+        Err(e) => return JobStore::Refused(e.to_string()),
+    };
+    match (cfg.backend, project) {
+        (BackendConfig::S3(_), Some(project)) => JobStore::JobS3 { store, project },
+        _ => JobStore::JobSftp {
             store,
             key_dir: work_dir.to_path_buf(),
         },
-        Err(e) => JobStore::Refused(e.to_string()),
     }
 }
 
@@ -144,8 +159,9 @@ pub fn container_program(cache: Option<&AgentCache>) -> Option<String> {
 }
 
 /// The agent's cache from its flags: the configuration checked, the
-/// backend opened (a local directory is made; an SFTP server is not
-/// contacted until a job asks).
+/// backend opened (a local directory is made; an SFTP server or S3 bucket
+/// is not contacted until a job asks, but for the look for uploads a crash
+/// left, on its own thread).
 pub fn agent_cache(
     args: super::config::CacheArgs,
     data_dir: &Path,

@@ -41,9 +41,9 @@ pub fn unstorable(key: &str) -> Option<&'static str> {
     None
 }
 
-/// Refuses a key `backend` cannot hold safely (`unstorable`; SFTP also
-/// refuses control characters, which its batch commands and listings
-/// cannot carry).
+/// Refuses a key `backend` cannot hold safely (`unstorable`; SFTP and S3
+/// also refuse control characters, which their batch commands and XML
+/// listings cannot carry).
 pub fn check(key: &str, backend: &Backend) -> Result<(), CacheError> {
     let reason = unstorable(key).or_else(|| match backend {
         Backend::Local(_) => None,
@@ -51,6 +51,11 @@ pub fn check(key: &str, backend: &Backend) -> Result<(), CacheError> {
             .chars()
             .any(char::is_control)
             .then_some("an SFTP cache cannot hold keys with control characters"),
+        // S3 lists keys in XML, which cannot carry most of them.
+        Backend::S3(_) => key
+            .chars()
+            .any(char::is_control)
+            .then_some("an S3 cache cannot hold keys with control characters"),
     });
     match reason {
         None => Ok(()),

@@ -18,6 +18,7 @@
 pub mod archive;
 pub mod args;
 pub mod autodetect;
+pub mod aws;
 pub mod backend;
 pub mod cancel;
 pub mod cli;

@@ -115,6 +115,10 @@ pub struct Envelope {
     /// job; used only when the job has its own SFTP server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sftp_key: Option<JobKey>,
+    /// The S3 credentials in the job's environment; used only when the
+    /// job has its own bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_keys: Option<crate::cache::aws::Keys>,
 }
 
 /// The key file a job names, as `cache` found it.
@@ -396,6 +400,7 @@ mod tests {
         let plain = Envelope {
             request: Request::HasKey { key: "k".into() },
             sftp_key: None,
+            s3_keys: None,
         };
         let mut wire = Vec::new();
         write_json(&mut wire, &plain).unwrap();
@@ -404,6 +409,7 @@ mod tests {
         let with_key = Envelope {
             request: Request::Usage { capacity: None },
             sftp_key: Some(JobKey::Content("-----BEGIN".into())),
+            s3_keys: None,
         };
         let mut wire = Vec::new();
         write_json(&mut wire, &with_key).unwrap();

@@ -193,6 +193,11 @@ fn cache_args(args: &ServeArgs) -> crate::cache::config::CacheArgs {
         sftp_path: args.cache_sftp_path.clone(),
         static_binary: args.cache_static_binary.clone(),
         archive_format: args.cache_archive_format.clone(),
+        s3_bucket: args.cache_s3_bucket.clone(),
+        s3_url: args.cache_s3_url.clone(),
+        s3_region: args.cache_s3_region.clone(),
+        s3_profile: args.cache_s3_profile.clone(),
+        s3_instance_profile: args.cache_s3_instance_profile,
     }
 }
 

@@ -94,7 +94,7 @@ impl Local {
         }
     }
 
-    pub fn fetch(&self, key: &str) -> Result<Fetched, CacheError> {
+    pub fn fetch(&self, key: &str) -> Result<Fetched<'static>, CacheError> {
         let path = self.path(key);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -108,10 +108,7 @@ impl Local {
         if let Ok(f) = File::options().write(true).open(&path) {
             let _ = f.set_times(FileTimes::new().set_accessed(SystemTime::now()));
         }
-        Ok(Fetched {
-            file,
-            _spooled: None,
-        })
+        Ok(Fetched::file(file, None))
     }
 
     pub fn delete(&self, key: &str) -> Result<(), CacheError> {

@@ -1,23 +1,26 @@
 //! Where archives live. `Backend` is the closed set of stores (a local
-//! directory, an SFTP server); `Store` adds what every backend shares: the
+//! directory, an SFTP server, an S3 bucket); `Store` adds what every backend shares: the
 //! size limit, the order in which keys go when room is needed, and one store
 //! at a time per agent.
 //!
 //! Every call of a request carries a `Call`: its `Cancel` (the job's
-//! teardown, its client gone), which every wait looks at, and for a job's
-//! own SFTP server the key file the job handed over.
+//! teardown, its client gone), which every wait looks at, the job's project
+//! (an S3 bucket keeps each project's keys apart), and for a job's own SFTP
+//! server or S3 bucket the key or credentials the job handed over.
 //!
-//! A third backend (S3, GCS, ...) is one more file here and one more
-//! variant: it lists entries with their sizes and times, opens an archive as
-//! a readable file, commits a staged file under a key without ever showing
+//! Another backend (GCS, ...) is one more file here and one more variant:
+//! it lists entries with their sizes and times, opens an archive as a
+//! reader, commits a staged file under a key without ever showing
 //! a partial archive under that key, and deletes. Nothing above this module
 //! changes.
 
 pub mod local;
+pub mod s3;
 pub mod sftp;
 pub mod staging;
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
@@ -76,17 +79,53 @@ pub struct Call<'a> {
     /// The key file a job's own SFTP server is reached with: the agent's
     /// copy of what the job's `cache` handed over.
     pub identity: Option<&'a Path>,
+    /// The job's project (`SEMAPHORE_PROJECT_ID`), under which an S3
+    /// bucket keeps its keys.
+    pub project: Option<&'a str>,
+    /// The credentials of a job's own S3 bucket, as its `cache` handed
+    /// them over.
+    pub s3_keys: Option<&'a crate::cache::aws::Keys>,
 }
 
-/// An archive opened for reading. A spooled copy is removed on drop.
-pub struct Fetched {
-    pub file: File,
+impl<'a> Call<'a> {
+    /// A call with nothing from a job: the agent's own work.
+    pub fn agent(cancel: &'a Cancel) -> Call<'a> {
+        Call {
+            cancel,
+            identity: None,
+            project: None,
+            s3_keys: None,
+        }
+    }
+}
+
+/// An archive opened for reading: a file, or an object as it arrives. A
+/// spooled copy is removed on drop.
+pub struct Fetched<'a> {
+    pub reader: Box<dyn Read + 'a>,
     _spooled: Option<Staged>,
+}
+
+impl<'a> Fetched<'a> {
+    pub fn file(file: File, spooled: Option<Staged>) -> Fetched<'a> {
+        Fetched {
+            reader: Box::new(file),
+            _spooled: spooled,
+        }
+    }
+
+    pub fn stream(reader: Box<dyn Read + 'a>) -> Fetched<'a> {
+        Fetched {
+            reader,
+            _spooled: None,
+        }
+    }
 }
 
 pub enum Backend {
     Local(local::Local),
     Sftp(sftp::Sftp),
+    S3(Box<s3::S3>),
 }
 
 impl Backend {
@@ -94,6 +133,7 @@ impl Backend {
         match &cfg.backend {
             BackendConfig::Local { dir } => Ok(Backend::Local(local::Local::open(dir)?)),
             BackendConfig::Sftp(s) => Ok(Backend::Sftp(sftp::Sftp::new(s, &cfg.spool_dir)?)),
+            BackendConfig::S3(s) => Ok(Backend::S3(Box::new(s3::S3::new(s, &cfg.spool_dir)?))),
         }
     }
 
@@ -101,6 +141,7 @@ impl Backend {
         match self {
             Backend::Local(b) => b.listing(),
             Backend::Sftp(b) => b.listing(call),
+            Backend::S3(b) => b.listing(call),
         }
     }
 
@@ -112,6 +153,7 @@ impl Backend {
         match self {
             Backend::Local(b) => Ok(b.has(key)),
             Backend::Sftp(_) => Ok(self.list(call)?.iter().any(|e| e.key == key)),
+            Backend::S3(b) => Ok(b.head(key, call)?.is_some()),
         }
     }
 
@@ -120,6 +162,7 @@ impl Backend {
         match self {
             Backend::Local(b) => b.stage(),
             Backend::Sftp(b) => b.stage(),
+            Backend::S3(b) => b.stage(),
         }
     }
 
@@ -129,13 +172,15 @@ impl Backend {
         match self {
             Backend::Local(b) => b.commit(key, staged),
             Backend::Sftp(b) => b.commit(key, staged, call),
+            Backend::S3(b) => b.commit(key, staged, call),
         }
     }
 
-    pub fn fetch(&self, key: &str, call: &Call<'_>) -> Result<Fetched, CacheError> {
+    pub fn fetch<'a>(&'a self, key: &str, call: &'a Call<'a>) -> Result<Fetched<'a>, CacheError> {
         match self {
             Backend::Local(b) => b.fetch(key),
             Backend::Sftp(b) => b.fetch(key, call),
+            Backend::S3(b) => b.fetch(key, call),
         }
     }
 
@@ -143,6 +188,7 @@ impl Backend {
         match self {
             Backend::Local(b) => b.delete(key),
             Backend::Sftp(b) => b.delete(key, call),
+            Backend::S3(b) => b.delete(key, call),
         }
     }
 
@@ -150,17 +196,21 @@ impl Backend {
     /// (SFTP's access markers).
     pub fn cleared(&self, call: &Call<'_>) -> Result<(), CacheError> {
         match self {
-            Backend::Local(_) => Ok(()),
+            Backend::Local(_) | Backend::S3(_) => Ok(()),
             Backend::Sftp(b) => b.clear_old_markers(call),
         }
     }
 
-    /// Removes uploads a crash left on the server (`staged` of a listing):
-    /// those older than any upload can take. The local backend's are
-    /// removed as they are found (`staging.rs`).
+    /// Removes uploads a crash left on the server (`staged` of an SFTP
+    /// listing; an S3 bucket's incomplete multipart uploads): those older
+    /// than any upload can take, and on S3 at once those this agent's
+    /// spool records. The local backend's are removed as they are found
+    /// (`staging.rs`).
     fn remove_abandoned(&self, staged: &[Entry], call: &Call<'_>) {
-        if let Backend::Sftp(b) = self {
-            b.remove_abandoned(staged, call);
+        match self {
+            Backend::Sftp(b) => b.remove_abandoned(staged, call),
+            Backend::S3(b) => b.remove_abandoned(call),
+            Backend::Local(_) => {}
         }
     }
 
@@ -169,7 +219,7 @@ impl Backend {
     pub fn free(&self) -> Result<Option<u64>, CacheError> {
         match self {
             Backend::Local(b) => Ok(b.free()),
-            Backend::Sftp(_) => Ok(None),
+            Backend::Sftp(_) | Backend::S3(_) => Ok(None),
         }
     }
 }
@@ -214,16 +264,14 @@ impl Store {
     /// Removes the uploads a crash left on the backend (an SFTP server's
     /// `.incoming-*` older than any upload can take), as a store would:
     /// for an agent that starts, so that they do not wait for the next
-    /// store. The local backend's went when it was opened.
+    /// store. The local backend's went when it was opened; an S3 bucket's
+    /// are looked for in the whole bucket.
     pub fn sweep_abandoned(&self) {
-        let Backend::Sftp(_) = &self.backend else {
+        if let Backend::Local(_) = &self.backend {
             return;
-        };
+        }
         let cancel = crate::cache::cancel::Cancel::new(Arc::default(), None);
-        let call = Call {
-            cancel: &cancel,
-            identity: None,
-        };
+        let call = Call::agent(&cancel);
         let Ok(_guard) = self.lock(call.cancel) else {
             return;
         };
@@ -247,7 +295,8 @@ impl Store {
     /// What a job may fill: its `CACHE_SIZE` (bytes; zero and negative
     /// values are the toolbox's too), never above the agent's own limit;
     /// without either, the toolbox's 9 GiB on SFTP and no limit on a local
-    /// directory.
+    /// directory or an S3 bucket (where the limit, when set, is each
+    /// project's).
     pub fn capacity(&self, job: Option<i64>) -> Option<i64> {
         let host = self.max_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         match (job, host) {
@@ -256,7 +305,7 @@ impl Store {
             (None, Some(h)) => Some(h),
             (None, None) => match self.backend {
                 Backend::Sftp(_) => Some(SFTP_DEFAULT_CAPACITY),
-                Backend::Local(_) => None,
+                Backend::Local(_) | Backend::S3(_) => None,
             },
         }
     }

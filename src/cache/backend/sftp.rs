@@ -269,7 +269,7 @@ impl Sftp {
         }
     }
 
-    pub fn fetch(&self, key: &str, call: &Call<'_>) -> Result<Fetched, CacheError> {
+    pub fn fetch(&self, key: &str, call: &Call<'_>) -> Result<Fetched<'static>, CacheError> {
         let (file, spooled) = staging::create(&self.spool, DOWN)?;
         let ran = self.run(
             &format!(
@@ -288,10 +288,7 @@ impl Sftp {
                 other => other,
             });
         }
-        Ok(Fetched {
-            file,
-            _spooled: Some(spooled),
-        })
+        Ok(Fetched::file(file, Some(spooled)))
     }
 
     pub fn delete(&self, key: &str, call: &Call<'_>) -> Result<(), CacheError> {

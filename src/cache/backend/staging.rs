@@ -31,10 +31,19 @@ impl Staged {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Lets go of the file without removing it: unheld, a later cleaner
+    /// finds it.
+    pub fn keep(mut self) {
+        self.path = PathBuf::new();
+    }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
         let _ = fs::remove_file(&self.path);
     }
 }
