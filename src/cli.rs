@@ -215,7 +215,7 @@ pub struct ServeArgs {
     /// the local cache directory (default: cache in the data dir)
     pub cache_dir: Option<PathBuf>,
     #[argh(option)]
-    /// the most the cache may hold in bytes; older keys go first
+    /// the most the cache may hold in bytes (on S3: each project); older keys go first
     pub cache_max_bytes: Option<u64>,
     #[argh(option)]
     /// which keys go when room is needed: store-time (default), access-time, size
@@ -344,6 +344,51 @@ pub struct StartArgs {
     /// the most bytes finished jobs' directories take together; the oldest
     /// go first (default 1 GiB; 0: no limit)
     pub max_data_bytes: Option<u64>,
+    #[argh(option)]
+    /// where jobs' `cache` keeps archives: local (default), sftp or s3
+    pub cache_backend: Option<String>,
+    #[argh(option)]
+    /// the local cache directory (default: cache in the data dir)
+    pub cache_dir: Option<PathBuf>,
+    #[argh(option)]
+    /// the most the cache may hold in bytes (on S3: each project); older keys go first
+    pub cache_max_bytes: Option<u64>,
+    #[argh(option)]
+    /// which keys go when room is needed: store-time (default), access-time, size
+    pub cache_cleanup_by: Option<String>,
+    #[argh(option)]
+    /// the SFTP cache server, host[:port] (or $SEMAPHORE_CACHE_URL)
+    pub cache_sftp_url: Option<String>,
+    #[argh(option)]
+    /// the SFTP user (or $SEMAPHORE_CACHE_USERNAME)
+    pub cache_sftp_user: Option<String>,
+    #[argh(option)]
+    /// the SFTP private key (or $SEMAPHORE_CACHE_PRIVATE_KEY_PATH)
+    pub cache_sftp_key: Option<PathBuf>,
+    #[argh(option)]
+    /// the directory on the SFTP server holding the archives (or $AGENT_CACHE_SFTP_PATH)
+    pub cache_sftp_path: Option<String>,
+    #[argh(option)]
+    /// a statically linked agent binary mounted into compose jobs as `cache` (default: this binary when static)
+    pub cache_static_binary: Option<PathBuf>,
+    #[argh(option)]
+    /// how jobs' `cache store` compresses: zstd (default) or gzip (or $AGENT_CACHE_ARCHIVE_FORMAT)
+    pub cache_archive_format: Option<String>,
+    #[argh(option)]
+    /// the S3 cache bucket (or $SEMAPHORE_CACHE_S3_BUCKET); keys go under PROJECT_ID/
+    pub cache_s3_bucket: Option<String>,
+    #[argh(option)]
+    /// an S3-compatible endpoint, path-style, or several comma-separated (or $SEMAPHORE_CACHE_S3_URL; default: AWS)
+    pub cache_s3_url: Option<String>,
+    #[argh(option)]
+    /// the S3 region (or $AWS_REGION; default us-east-1)
+    pub cache_s3_region: Option<String>,
+    #[argh(option)]
+    /// the profile of the shared AWS credentials file (or $SEMAPHORE_CACHE_AWS_PROFILE)
+    pub cache_s3_profile: Option<String>,
+    #[argh(switch)]
+    /// sign S3 requests with the EC2 instance's role, through IMDSv2
+    pub cache_s3_instance_profile: bool,
 }
 
 /// The flags that only listen mode has: `agent start` with one of them (or

@@ -45,6 +45,21 @@ struct FileConfig {
     max_job_log_bytes: Option<u64>,
     keep_jobs: Option<usize>,
     max_data_bytes: Option<u64>,
+    cache_backend: Option<String>,
+    cache_dir: Option<PathBuf>,
+    cache_max_bytes: Option<u64>,
+    cache_cleanup_by: Option<String>,
+    cache_sftp_url: Option<String>,
+    cache_sftp_user: Option<String>,
+    cache_sftp_key: Option<PathBuf>,
+    cache_sftp_path: Option<String>,
+    cache_static_binary: Option<PathBuf>,
+    cache_archive_format: Option<String>,
+    cache_s3_bucket: Option<String>,
+    cache_s3_url: Option<String>,
+    cache_s3_region: Option<String>,
+    cache_s3_profile: Option<String>,
+    cache_s3_instance_profile: Option<bool>,
 }
 
 /// When a job's whole log is uploaded as an artifact.
@@ -175,6 +190,9 @@ pub struct ListenConfig {
     pub job_user: Option<String>,
     /// The log limit, and which finished jobs' directories are kept.
     pub disk: DiskLimits,
+    /// The `--cache-*` settings, as `serve` takes them (checked when the
+    /// cache opens).
+    pub cache: crate::cache::config::CacheArgs,
     pub limits: Limits,
 }
 
@@ -376,6 +394,31 @@ fn merge(
             .or(file.job_user)
             .filter(|user| !user.is_empty()),
         disk,
+        cache: crate::cache::config::CacheArgs {
+            backend: args.cache_backend.clone().or(file.cache_backend),
+            dir: crate::cli::non_empty(args.cache_dir.clone().or(file.cache_dir)),
+            max_bytes: args.cache_max_bytes.or(file.cache_max_bytes),
+            cleanup_by: args.cache_cleanup_by.clone().or(file.cache_cleanup_by),
+            sftp_url: args.cache_sftp_url.clone().or(file.cache_sftp_url),
+            sftp_user: args.cache_sftp_user.clone().or(file.cache_sftp_user),
+            sftp_key: crate::cli::non_empty(args.cache_sftp_key.clone().or(file.cache_sftp_key)),
+            sftp_path: args.cache_sftp_path.clone().or(file.cache_sftp_path),
+            static_binary: crate::cli::non_empty(
+                args.cache_static_binary
+                    .clone()
+                    .or(file.cache_static_binary),
+            ),
+            archive_format: args
+                .cache_archive_format
+                .clone()
+                .or(file.cache_archive_format),
+            s3_bucket: args.cache_s3_bucket.clone().or(file.cache_s3_bucket),
+            s3_url: args.cache_s3_url.clone().or(file.cache_s3_url),
+            s3_region: args.cache_s3_region.clone().or(file.cache_s3_region),
+            s3_profile: args.cache_s3_profile.clone().or(file.cache_s3_profile),
+            s3_instance_profile: args.cache_s3_instance_profile
+                || file.cache_s3_instance_profile.unwrap_or(false),
+        },
         limits,
     })
 }
@@ -517,6 +560,24 @@ mod tests {
             err.contains("docker-socket") && err.contains("root"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cache_settings_come_from_flags_and_the_file() {
+        let f = file(
+            "endpoint: e\ntoken: t\ncache-backend: s3\ncache-s3-bucket: fleet\n\
+             cache-s3-url: http://127.0.0.1:3900\ncache-max-bytes: 1000\n\
+             cache-s3-instance-profile: true\ncache-dir: \"\"\n",
+        )
+        .unwrap();
+        let cfg = merge(&args(&["--cache-s3-bucket", "flagged"]), f, &no_env).unwrap();
+        assert_eq!(cfg.cache.backend.as_deref(), Some("s3"));
+        assert_eq!(cfg.cache.s3_bucket.as_deref(), Some("flagged"));
+        assert_eq!(cfg.cache.s3_url.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(cfg.cache.max_bytes, Some(1000));
+        assert!(cfg.cache.s3_instance_profile);
+        assert_eq!(cfg.cache.dir, None);
+        assert!(file("cache-s3-bucket-name: x\n").is_err());
     }
 
     #[test]

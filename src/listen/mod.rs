@@ -54,6 +54,10 @@ pub fn run(args: &StartArgs) -> Result<ShutdownReason, Error> {
     crate::logging::init("info", Some(&agent_log))
         .map_err(|e| Error::io("cannot open the agent log", &agent_log, e))?;
     let cfg = Arc::new(ListenConfig::build(args)?);
+    // The jobs' cache, as `serve`'s flags set it: a fleet of listen-mode
+    // agents shares one (SFTP, S3). Before any thread of the agent's: the
+    // cache takes its credentials out of the agent's environment.
+    let cache = crate::cache::host::agent_cache(cfg.cache.clone(), &data_dir)?;
     let job_user =
         crate::job::account::JobUser::from_setting(cfg.job_user.as_deref(), &cfg.data_dir)?;
     let limits = &cfg.limits;
@@ -115,8 +119,6 @@ pub fn run(args: &StartArgs) -> Result<ShutdownReason, Error> {
         })
     };
 
-    // Jobs get `cache` with the default local backend under the data dir.
-    let cache = crate::cache::host::agent_cache(Default::default(), &data_dir)?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         cfg: Arc::clone(&cfg),
