@@ -6,6 +6,7 @@ mod cache;
 mod cache_archives;
 mod cache_hostile;
 mod cache_leftovers;
+mod cache_s3;
 mod cache_sftp;
 mod cache_stops;
 mod cache_toolbox;

@@ -814,6 +814,8 @@ pub mod client;
 pub mod control_plane;
 pub mod crawl;
 pub mod docker;
+pub mod garage;
+pub mod imds;
 pub mod invariants;
 pub mod listen_agent;
 pub mod metrics_file;
