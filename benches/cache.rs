@@ -5,7 +5,10 @@
 //! `tar -c | zstd -1` plus `zstd -d | tar -x` of the same tree. Target: at
 //! most 1.5 times the baseline. Also a restore miss and a `has_key` answer
 //! on the local cache, each under 50 ms, and the same two over SFTP
-//! (printed, no target: each is an ssh connection).
+//! (printed, no target: each is an ssh connection). Then the same through a
+//! three-node Garage cluster on loopback (S3, when `garage` is installed):
+//! the same ratio target, lookups under 50 ms, and the agent's peak RSS
+//! during the runs under 16 MiB.
 //!
 //! Times inside the job are taken by the job itself (`date +%s%N` around
 //! each command), so the job's start and the agent's own steps are not
@@ -29,6 +32,20 @@ const FILE_BYTES: usize = 10_000;
 const RUNS: usize = 3;
 const RATIO_TARGET: f64 = 1.5;
 const LOOKUP_TARGET: Duration = Duration::from_millis(50);
+const RSS_TARGET_KIB: u64 = 16 * 1024;
+
+/// The tests' Garage cluster (tests/support/garage.rs).
+#[path = "../tests/support/garage.rs"]
+#[allow(dead_code)]
+mod garage;
+
+/// What garage.rs's test gate calls: a bench skips by saying so.
+mod skip {
+    pub fn skip(reason: &str) -> bool {
+        println!("  s3: SKIPPED ({reason})");
+        false
+    }
+}
 
 fn main() {
     let filters: Vec<String> = std::env::args()
@@ -81,6 +98,47 @@ fn main() {
             }
         }
         Err(why) => println!("  sftp: SKIPPED ({why})"),
+    }
+    match garage::binary() {
+        Some(bin) => {
+            let cluster = garage::Garage::start_with(bin);
+            let env = vec![
+                ("SEMAPHORE_CACHE_BACKEND", "s3".to_string()),
+                ("SEMAPHORE_CACHE_S3_BUCKET", garage::BUCKET.to_string()),
+                ("SEMAPHORE_CACHE_S3_URL", cluster.url(0)),
+                ("SEMAPHORE_CACHE_S3_KEY", cluster.key_id.clone()),
+                ("SEMAPHORE_CACHE_S3_SECRET", cluster.secret.clone()),
+                ("AWS_REGION", garage::REGION.to_string()),
+                ("SEMAPHORE_PROJECT_ID", "bench".to_string()),
+            ];
+            let r = run_backend(scratch.path(), "s3", &env);
+            failed |= report("s3 on a 3-node garage cluster", &r);
+            if let Ok(r) = &r {
+                for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
+                    let verdict = if took <= LOOKUP_TARGET {
+                        "ok"
+                    } else {
+                        "MISSED"
+                    };
+                    println!(
+                        "  {what} on s3: {} (target < {}) {verdict}",
+                        ms(took),
+                        ms(LOOKUP_TARGET)
+                    );
+                }
+                let verdict = if r.peak_rss_kib <= RSS_TARGET_KIB {
+                    "ok"
+                } else {
+                    "MISSED"
+                };
+                println!(
+                    "  the agent's peak RSS during the s3 runs: {:.1} MiB (target <= {} MiB) {verdict}",
+                    r.peak_rss_kib as f64 / 1024.0,
+                    RSS_TARGET_KIB / 1024
+                );
+            }
+        }
+        None => println!("  s3: SKIPPED (no garage binary: cargo install garage --locked)"),
     }
     if failed {
         std::process::exit(1);
@@ -176,6 +234,9 @@ struct Measured {
     miss: Duration,
     has_key: Duration,
     archive_bytes: u64,
+    /// The highest RSS of the agent (`agent run`, which serves the job's
+    /// cache) seen while the jobs ran.
+    peak_rss_kib: u64,
     /// The baseline's pack and unpack, run between the agent's runs.
     baseline: (Duration, Duration),
 }
@@ -192,6 +253,7 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
     let (mut stores, mut restores, mut misses, mut has) = (vec![], vec![], vec![], vec![]);
     let (mut packs, mut unpacks) = (vec![], vec![]);
     let mut archive_bytes = 0;
+    let mut peak_rss_kib = 0;
     let src = scratch.join("src");
     for run in 0..RUNS {
         // Interleaved, so that a change in the machine's load hits both.
@@ -223,7 +285,7 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
         let data = scratch.join(format!("data-{name}"));
         let job_file = scratch.join("job.json");
         fs::write(&job_file, job.to_string()).map_err(|e| e.to_string())?;
-        let out = Command::new(AGENT)
+        let child = Command::new(AGENT)
             .arg("run")
             .arg("--json")
             .arg("--data-dir")
@@ -231,8 +293,27 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
             .arg(&job_file)
             .env("HOME", scratch)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("agent run: {e}"))?;
+        let pid = child.id();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (out, peak) = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut peak = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss_kib(pid));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            });
+            let out = child.wait_with_output();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (out, watcher.join().unwrap_or(0))
+        });
+        peak_rss_kib = peak_rss_kib.max(peak);
+        let out = out.map_err(|e| format!("agent run: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut output = String::new();
         for line in text.lines() {
@@ -270,8 +351,21 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
         miss: median(misses),
         has_key: median(has),
         archive_bytes,
+        peak_rss_kib,
         baseline: (median(packs), median(unpacks)),
     })
+}
+
+/// The resident set of a process, in KiB (0 once it is gone).
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The size column of a `cache list` line (the toolbox's `91.3M`), in

@@ -7,6 +7,8 @@
 //! when dropped. Garage's S3 region is `garage` and it takes path-style
 //! requests only.
 //!
+//! `make bench` uses this file too (benches/cache.rs).
+//!
 //! The tests look into the bucket with their own small client (rusty-s3
 //! over ureq, as the agent does): its objects, and its incomplete multipart
 //! uploads.
@@ -19,8 +21,6 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use super::server::poll_until;
-
 pub const BUCKET: &str = "agent-cache";
 pub const REGION: &str = "garage";
 /// How long a cluster may take to start and agree on its layout.
@@ -28,7 +28,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 const RPC_SECRET: &str = "0f4c43c1a5e3b4d7e1f7a3b2c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
 /// The garage binary: `$GARAGE_BIN`, else `garage` on PATH, else cargo's.
-fn binary() -> Option<PathBuf> {
+pub fn binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("GARAGE_BIN").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
     }
@@ -51,6 +51,18 @@ pub fn available() -> bool {
         None => super::skip::skip(
             "no garage binary (cargo install garage --locked, or GARAGE_BIN=path)",
         ),
+    }
+}
+
+/// Waits until `condition` holds, at most `timeout`.
+fn poll_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -79,7 +91,10 @@ pub struct Garage {
 impl Garage {
     /// Call `available` first.
     pub fn start() -> Garage {
-        let bin = binary().expect("garage (see available)");
+        Garage::start_with(binary().expect("garage (see available)"))
+    }
+
+    pub fn start_with(bin: PathBuf) -> Garage {
         let dir = tempfile::Builder::new()
             .prefix("agent-garage-it-")
             .tempdir()
