@@ -275,6 +275,12 @@ impl Store {
         let Ok(_guard) = self.lock(call.cancel) else {
             return;
         };
+        // A bucket's uploads are listed apart from its keys, and the agent
+        // has no project of its own to list keys of.
+        if let Backend::S3(b) = &self.backend {
+            b.remove_abandoned(&call);
+            return;
+        }
         match self.backend.listing(&call) {
             Ok(listing) => self.backend.remove_abandoned(&listing.staged, &call),
             Err(e) => log::warn!("cannot look for uploads a crash left in the cache: {e}"),

@@ -261,9 +261,16 @@ impl S3 {
         let n = self.buckets.len();
         let mut last_error = String::new();
         let mut reached = false;
+        // No try starts once twice one try's deadline has gone: a service
+        // that answers slowly does not hold the job for every try's whole
+        // deadline.
+        let first = Instant::now();
         for attempt in 0..ATTEMPTS {
             if !always && cancel.is_set() {
                 return Err(CacheError::Abandoned);
+            }
+            if attempt > 0 && first.elapsed() > 2 * req.deadline {
+                break;
             }
             if attempt > 0 {
                 let pause = BACKOFF * 2u32.pow(attempt - 1);
@@ -300,7 +307,7 @@ impl S3 {
             }
             log::debug!("s3 {} failed (try {}): {last_error}", req.what, attempt + 1);
         }
-        let detail = format!("{}: {last_error} ({ATTEMPTS} tries)", req.what);
+        let detail = format!("{}: {last_error}", req.what);
         Err(if reached {
             self.fail(detail)
         } else {
