@@ -35,6 +35,21 @@ fn agent_at(garage: &Garage, urls: &str) -> TestAgent {
     builder.start()
 }
 
+/// A command that counts the agent's S3 key and secret in the job's
+/// environment and `environs`, then the files under `dirs` holding either:
+/// `0\n0\n` when the job has neither. The directive carries them reversed,
+/// so that it is not itself where they are found.
+fn probe(garage: &Garage, environs: &str, dirs: &str) -> String {
+    let rev = |s: &str| s.chars().rev().collect::<String>();
+    format!(
+        "s=$(echo {} | rev); k=$(echo {} | rev); \
+         {{ env; cat {environs} 2>/dev/null; }} | tr '\\0' '\\n' | grep -c -e \"$s\" -e \"$k\"; \
+         grep -rsl -e \"$s\" -e \"$k\" {dirs} | wc -l",
+        rev(&garage.secret),
+        rev(&garage.key_id)
+    )
+}
+
 fn object(key: &str) -> String {
     format!("{PROJECT}/{key}")
 }
@@ -174,10 +189,7 @@ fn a_compose_job_uses_the_s3_cache_without_the_credentials() {
         builder = builder.env(name, &value);
     }
     let agent = builder.start();
-    let probe = format!(
-        "(env; cat /proc/1/environ; grep -rs -l {} / --exclude-dir=proc --exclude-dir=sys) | grep -c -e {} -e {} || true",
-        garage.secret, garage.secret, garage.key_id
-    );
+    let probe = probe(&garage, "/proc/1/environ /proc/$$/environ", "/w /tmp /opt");
     let job = ComposeJob::new("s3-compose", Container::new("main", BASH_IMAGE))
         .env("SEMAPHORE_PROJECT_ID", PROJECT)
         .command("mkdir -p /w && cd /w && echo c > f && cache store compose-s3 f")
@@ -194,7 +206,7 @@ fn a_compose_job_uses_the_s3_cache_without_the_credentials() {
     assert!(ran
         .ok("cache has_key compose-s3 && cache list | grep -c compose-s3")
         .ends_with("1\n"));
-    assert_eq!(ran.ok(&probe), "0\n", "{}", ran.render());
+    assert_eq!(ran.ok(&probe), "0\n0\n", "{}", ran.render());
     assert!(garage.objects("").is_empty());
 }
 
@@ -207,10 +219,10 @@ fn a_shell_job_never_holds_the_agents_s3_credentials() {
     }
     let garage = Garage::start();
     let agent = agent_at(&garage, &garage.url(0));
-    let probe = format!(
-        "(env; cat /proc/$$/environ /proc/$PPID/environ; grep -rs -l -e {s} -e {k} \"$HOME\" \"$PWD\" \"${{TMPDIR:-/tmp}}\" 2>/dev/null) | grep -c -e {s} -e {k} || true",
-        s = garage.secret,
-        k = garage.key_id
+    let probe = probe(
+        &garage,
+        "/proc/$$/environ /proc/$PPID/environ",
+        "\"$HOME\" \"$PWD\" \"${TMPDIR:-/tmp}\"",
     );
     let job = Job::new("s3-creds")
         .env("SEMAPHORE_PROJECT_ID", PROJECT)
@@ -218,7 +230,7 @@ fn a_shell_job_never_holds_the_agents_s3_credentials() {
         .command(&probe);
     let ran = run(&agent, &job);
     ran.assert_passed();
-    assert_eq!(ran.ok(&probe), "0\n", "{}", ran.render());
+    assert_eq!(ran.ok(&probe), "0\n0\n", "{}", ran.render());
     assert_eq!(garage.objects(""), [object("creds")]);
 }
 

@@ -731,12 +731,20 @@ fn profile_credentials(named: Option<&str>) -> Result<Option<S3Credentials>, Str
 }
 
 /// Reads one of the toolbox's variables from the agent's environment and
-/// removes it, so that the jobs the agent starts do not inherit it. Call
-/// before any thread starts.
+/// removes it, also from `/proc/PID/environ` (which a job of the agent's
+/// user could read), so that the jobs the agent starts do not inherit it
+/// and cannot find it. Call before any thread starts.
 fn take_env(name: &str) -> Option<String> {
-    let value = std::env::var(name).ok().filter(|v| !v.is_empty());
-    std::env::remove_var(name);
-    value
+    let value = match crate::process::sys::take_env(name) {
+        Ok(value) => value,
+        Err(e) => {
+            log::warn!("cannot hide ${name} from /proc: {e}");
+            let value = std::env::var(name).ok();
+            std::env::remove_var(name);
+            value
+        }
+    };
+    value.filter(|v| !v.is_empty())
 }
 
 impl CacheArgs {
