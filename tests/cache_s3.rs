@@ -253,7 +253,9 @@ fn a_serve_and_a_listen_agent_share_one_bucket() {
 
     let cp = ControlPlane::start();
     let config = format!(
-        "cache-backend: s3\ncache-s3-bucket: {BUCKET}\ncache-s3-url: {}\ncache-s3-region: garage\n",
+        "endpoint: {}\ntoken: t\nno-https: true\n\
+         cache-backend: s3\ncache-s3-bucket: {BUCKET}\ncache-s3-url: {}\ncache-s3-region: garage\n",
+        cp.endpoint(),
         garage.url(1)
     );
     let mut builder = ListenAgent::builder().config_file(&config);
