@@ -63,16 +63,16 @@ fn every_subcommand_on_a_garage_cluster() {
     let agent = agent_at(&garage, &garage.url(0));
     let job = Job::new("s3-all")
         .env("SEMAPHORE_PROJECT_ID", PROJECT)
-        .command("mkdir -p a/deps && cd a && echo shared > deps/f && ln -s f deps/l")
-        .command("cd a && cache store deps-main-1 deps")
-        .command("cd a && cache store deps/main/1 deps")
+        .command("mkdir -p a/deps && echo shared > a/deps/f && ln -s f a/deps/l")
+        .command("(cd a && cache store deps-main-1 deps)")
+        .command("(cd a && cache store deps/main/1 deps)")
         .command("cache has_key deps-main-1 && cache has_key nope || echo missing")
         .command("cache list")
-        .command("mkdir -p b && cd b && cache restore deps-feature-,deps-main-")
+        .command("mkdir -p b && (cd b && cache restore deps-feature-,deps-main-)")
         .command("cat b/deps/l")
         .command("cache restore absent-key")
         .command("cache usage")
-        .command("cd a && cache store second deps")
+        .command("(cd a && cache store second deps)")
         .command("cache delete deps-main-1 && cache delete deps-main-1")
         .command("cache is_not_empty && echo not-empty")
         .command("cache clear")
@@ -80,14 +80,14 @@ fn every_subcommand_on_a_garage_cluster() {
     let ran = run(&agent, &job);
     ran.assert_passed();
     assert_eq!(
-        masked(&ran.ok("cd a && cache store deps-main-1 deps")),
+        masked(&ran.ok("(cd a && cache store deps-main-1 deps)")),
         "Compressing deps...\n\
          Compression complete. Duration: D. Size: S bytes.\n\
          Uploading 'deps' with cache key 'deps-main-1'...\n\
          Upload complete. Duration: D.\n"
     );
     assert_eq!(
-        ran.ok("cd a && cache store deps/main/1 deps"),
+        ran.ok("(cd a && cache store deps/main/1 deps)"),
         "Key 'deps/main/1' is normalized to 'deps-main-1'.\nKey 'deps-main-1' already exists.\n"
     );
     assert_eq!(
@@ -104,7 +104,7 @@ fn every_subcommand_on_a_garage_cluster() {
         "{list}"
     );
     assert_eq!(
-        masked(&ran.ok("mkdir -p b && cd b && cache restore deps-feature-,deps-main-")),
+        masked(&ran.ok("mkdir -p b && (cd b && cache restore deps-feature-,deps-main-)")),
         "MISS: 'deps-feature-'.\n\
          HIT: 'deps-main-', using key 'deps-main-1'.\n\
          Downloading key 'deps-main-1'...\n\
