@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::cache::{masked, run, run_value, static_agent};
-use crate::support::control_plane::ControlPlane;
+use crate::support::control_plane::{ControlPlane, REGISTRATION_TOKEN};
 use crate::support::docker::{self, ComposeJob, Container, BASH_IMAGE, COMPOSE_JOB_TIMEOUT};
 use crate::support::garage::{self, Garage, BUCKET};
 use crate::support::imds::Imds;
@@ -253,7 +253,7 @@ fn a_serve_and_a_listen_agent_share_one_bucket() {
 
     let cp = ControlPlane::start();
     let config = format!(
-        "endpoint: {}\ntoken: t\nno-https: true\n\
+        "endpoint: {}\ntoken: {REGISTRATION_TOKEN}\nno-https: true\n\
          cache-backend: s3\ncache-s3-bucket: {BUCKET}\ncache-s3-url: {}\ncache-s3-region: garage\n",
         cp.endpoint(),
         garage.url(1)
@@ -269,7 +269,10 @@ fn a_serve_and_a_listen_agent_share_one_bucket() {
         .command("echo y > y && cache store from-listen y");
     listen.track(&job.job_id);
     cp.schedule(&job.to_value());
-    let result = cp.wait_for_result(&job.job_id, Duration::from_secs(120));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cp.wait_for_result(&job.job_id, Duration::from_secs(120))
+    }))
+    .unwrap_or_else(|_| panic!("the listen agent said:\n{}", listen.stderr_text()));
     let out = outputs(&cp, &job.job_id);
     assert_eq!(result, "passed", "{out}");
     assert!(out.contains("same\n"), "{out}");
