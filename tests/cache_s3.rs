@@ -338,9 +338,10 @@ fn an_unusable_backend_is_a_clear_error_never_the_local_cache() {
     assert!(names.is_empty(), "{names:?}");
 }
 
-/// Two of the three nodes killed: the agent's endpoint does not answer, and
-/// the one left cannot make a quorum. The job hears a clear error within a
-/// bounded time and goes on; the agent keeps serving.
+/// Two of the three nodes killed: the agent's endpoints do not answer, and
+/// the node left cannot make a quorum (an agent whose endpoint it is gets
+/// its errors). The job hears a clear error within a bounded time and goes
+/// on; the agent keeps serving.
 #[test]
 fn two_nodes_down_is_a_clear_error_in_bounded_time() {
     if !garage::available() {
@@ -348,6 +349,8 @@ fn two_nodes_down_is_a_clear_error_in_bounded_time() {
     }
     let mut garage = Garage::start();
     let agent = agent_at(&garage, &format!("{},{}", garage.url(0), garage.url(1)));
+    // At the node left: it answers, but cannot make a quorum.
+    let survivor = agent_at(&garage, &garage.url(2));
     garage.kill(0);
     garage.kill(1);
     let job = Job::new("s3-down")
@@ -371,6 +374,22 @@ fn two_nodes_down_is_a_clear_error_in_bounded_time() {
     // The agent still serves.
     let after = run(&agent, &Job::new("s3-after").command("echo alive"));
     assert_eq!(after.ok("echo alive"), "alive\n");
+
+    let started = Instant::now();
+    let ran = run_value(&survivor, &job.to_value(), DOWN_LIMIT * 4);
+    let took = started.elapsed();
+    ran.assert_passed();
+    assert!(took < DOWN_LIMIT * 3, "the job took {took:?}");
+    let store = ran.ok("echo x > f; cache store down f; echo \"exit $?\"");
+    let at = format!("S3 cache bucket 'agent-cache' at {}: ", garage.url(2));
+    assert!(
+        store
+            .lines()
+            .any(|l| l.starts_with("error: ") && l.contains(&at)),
+        "{store}"
+    );
+    assert!(store.ends_with("exit 0\n"), "{store}");
+    assert_eq!(ran.ok("echo goes-on"), "goes-on\n");
 }
 
 /// 200 MB of incompressible data, stored while a node other than the one
