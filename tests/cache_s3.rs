@@ -381,7 +381,7 @@ fn two_nodes_down_is_a_clear_error_in_bounded_time() {
     ran.assert_passed();
     assert!(took < DOWN_LIMIT * 3, "the job took {took:?}");
     let store = ran.ok("echo x > f; cache store down f; echo \"exit $?\"");
-    let at = format!("S3 cache bucket 'agent-cache' at {}: ", garage.url(2));
+    let at = format!("S3 cache bucket 'agent-cache' at {} ", garage.url(2));
     assert!(
         store
             .lines()
