@@ -518,3 +518,42 @@ fn the_instance_role_signs_through_imdsv2_and_is_refreshed() {
     assert_eq!(imds.fetches(), 2);
     assert_eq!(garage.objects(""), [object("role-1"), object("role-2")]);
 }
+
+/// A job on an agent whose cache is local brings the toolbox's S3
+/// variables with credentials of its own: its keys go to that bucket,
+/// signed with what its `cache` handed over, and none to the agent's cache.
+#[test]
+fn a_job_can_bring_its_own_bucket_and_credentials() {
+    if !garage::available() {
+        return;
+    }
+    let garage = Garage::start();
+    let agent = TestAgent::start_default();
+    let job = Job::new("s3-own-bucket")
+        .env("SEMAPHORE_PROJECT_ID", PROJECT)
+        .env("SEMAPHORE_CACHE_BACKEND", "s3")
+        .env("SEMAPHORE_CACHE_S3_BUCKET", BUCKET)
+        .env("SEMAPHORE_CACHE_S3_URL", garage.url(1))
+        .env("AWS_REGION", garage::REGION)
+        .env("AWS_ACCESS_KEY_ID", &garage.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &garage.secret)
+        .command("echo own > f && cache store own-1 f")
+        .command("rm f && cache restore own-1 && cat f")
+        .command("AWS_SECRET_ACCESS_KEY=wrong cache has_key own-1");
+    let ran = run(&agent, &job);
+    ran.assert_passed();
+    assert!(ran
+        .ok("rm f && cache restore own-1 && cat f")
+        .ends_with("own\n"));
+    // The credentials are the job's: a wrong secret is refused by S3.
+    let wrong = ran.ok("AWS_SECRET_ACCESS_KEY=wrong cache has_key own-1");
+    assert!(
+        wrong.starts_with("error: the S3 cache bucket 'agent-cache' at "),
+        "{wrong}"
+    );
+    assert_eq!(garage.objects(""), [object("own-1")]);
+    let names: Vec<_> = std::fs::read_dir(agent.root().join("data/cache"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(names.is_empty(), "{names:?}");
+}
