@@ -275,9 +275,11 @@ fn a_restarted_agent_removes_the_compose_project_and_gate_objects_of_a_job_cut_s
     assert_eq!(project.containers().len(), 2, "main and db run");
 
     crash(&first);
+    // Its container, network and volume, and main and db, which carry the
+    // gate's label too.
     assert_eq!(
         docker::gate_objects_of(job.job_id()).len(),
-        3,
+        5,
         "what the job made through its gate is there after the crash"
     );
     let second = TestAgent::builder().root(first.root()).start();

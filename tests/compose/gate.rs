@@ -143,7 +143,7 @@ fn the_gate_keeps_concurrent_jobs_apart() {
     let victim = format!("victim-{tag}");
     let secret = "secret-of-the-victim-456";
     let victim_check = format!(
-        "docker ps --format '{{{{.Names}}}}'; docker inspect -f '{{{{.State.Running}}}}' {victim}"
+        "docker ps --format '{{{{.Names}}}}' | sed 's/^agent-.*-main$/main/'; docker inspect -f '{{{{.State.Running}}}}' {victim}"
     );
     // The victim's job: a container with a secret in its environment, its
     // id and name left for the prying job, held until that one is done.
@@ -192,8 +192,8 @@ fn the_gate_keeps_concurrent_jobs_apart() {
         "refused docker cp {victim}:/etc/passwd /tmp/stolen >/dev/null; test -e /tmp/stolen || echo nothing copied"
     );
     let mine = format!("mine-{tag}");
-    let lists =
-        "docker ps -a --format '{{.Names}}'; docker network ls --format '{{.Name}}'".to_string();
+    // The job's own main container is listed too, under its project's name.
+    let lists = "docker ps -a --format '{{.Names}}' | sed 's/^agent-.*-main$/main/'; docker network ls --format '{{.Name}}'".to_string();
     let mut prying = ComposeJob::new("gate-prying", Container::new("main", DIND_IMAGE))
         .command(REFUSED_FN)
         .command(&retry("[ -s /rendezvous/victim-id ]"))
@@ -247,7 +247,7 @@ fn the_gate_keeps_concurrent_jobs_apart() {
     assert_eq!(prying_out.step(&copy).output(), "nothing copied\n");
     assert_eq!(
         prying_out.step(&lists).output(),
-        format!("{mine}\nnet-mine-{tag}\n"),
+        format!("{mine}\nmain\nnet-mine-{tag}\n"),
         "the prying job sees only its own objects"
     );
     let seen_events = prying_out.step(&events).output();
@@ -267,7 +267,7 @@ fn the_gate_keeps_concurrent_jobs_apart() {
     assert_eq!(victim_out.result(), "passed", "{:#?}", victim_out.steps());
     assert_eq!(
         victim_out.step(&victim_check).output(),
-        format!("{victim}\ntrue\n")
+        format!("{victim}\nmain\ntrue\n")
     );
     let all_output: String = prying_out.steps().iter().map(|s| s.output()).collect();
     assert!(!all_output.contains(secret), "{all_output}");
@@ -313,7 +313,7 @@ fn docker_in_docker_works_through_the_gate() {
     let network = format!(
         "docker network create net-{tag} >/dev/null && docker run -d --name srv-{tag} --network net-{tag} {BASH_IMAGE} sh -c 'echo from-srv | nc -l -p 7000' >/dev/null && docker run --rm --network net-{tag} {BASH_IMAGE} sh -c 'for i in $(seq 50); do nc srv-{tag} 7000 </dev/null 2>/dev/null && break; sleep 0.1; done'"
     );
-    let lists = "docker ps -a --format '{{.Names}}' | sort | tr '\\n' ' '; echo".to_string();
+    let lists = "docker ps -a --format '{{.Names}}' | sed 's/^agent-.*-main$/main/' | sort | tr '\\n' ' '; echo".to_string();
     // A container of the job's on its compose project's network, and a
     // network of the job's that main joins: neither may keep the other's
     // owner from removing its network after the job.
@@ -346,7 +346,7 @@ fn docker_in_docker_works_through_the_gate() {
         (&volume, "shared-ok\n".into()),
         (&auto_volume, "1\n".into()),
         (&network, "from-srv\n".into()),
-        (&lists, format!("ex-{tag} lg-{tag} srv-{tag} \n")),
+        (&lists, format!("ex-{tag} lg-{tag} main srv-{tag} \n")),
         (&joined, "joined\n".into()),
     ];
     for (command, output) in expect {
@@ -411,7 +411,7 @@ fn docker_compose_runs_its_own_project_in_main() {
         (&seed, ""),
         (&run, "from-srv\nvia-volume\n"),
         (&ps, "1\n"),
-        (&lists, "srv\n1\n"),
+        (&lists, "srv\nmain\n1\n"),
     ] {
         assert_eq!(outcome.step(command).output(), output, "{command}");
     }

@@ -22,6 +22,9 @@ pub struct FileOptions {
     pub kvm: bool,
     /// `--files host:dest` volumes for main.
     pub volumes: Vec<String>,
+    /// Labels of every container: the job's Docker gate's, so that the
+    /// job sees its own containers (main and the others) in `docker ps`.
+    pub labels: Vec<(String, String)>,
 }
 
 /// The compose file (§9.4) as a JSON value: services keyed by name (the
@@ -34,6 +37,14 @@ pub fn compose_file(containers: &[Container], opts: &FileOptions) -> Result<Valu
         svc.insert("image".into(), literal(&c.image));
         if opts.kvm {
             svc.insert("devices".into(), json!(["/dev/kvm:/dev/kvm"]));
+        }
+        if !opts.labels.is_empty() {
+            let labels: Map<String, Value> = opts
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), literal(v)))
+                .collect();
+            svc.insert("labels".into(), Value::Object(labels));
         }
         if !c.command.is_empty() {
             svc.insert("command".into(), literal(&c.command));
@@ -139,10 +150,24 @@ mod tests {
     fn kvm_only_when_asked() {
         let opts = FileOptions {
             kvm: true,
-            volumes: vec![],
+            ..FileOptions::default()
         };
         let file = compose_file(&[container("main", &[])], &opts).unwrap();
         assert_eq!(file["services"]["main"]["devices"][0], "/dev/kvm:/dev/kvm");
+    }
+
+    #[test]
+    fn every_container_gets_the_gates_label() {
+        let opts = FileOptions {
+            labels: vec![("agent.job".into(), "j$1.abc".into())],
+            ..FileOptions::default()
+        };
+        let file = compose_file(&[container("main", &[]), container("db", &[])], &opts).unwrap();
+        for service in ["main", "db"] {
+            assert_eq!(file["services"][service]["labels"]["agent.job"], "j$$1.abc");
+        }
+        let plain = compose_file(&[container("main", &[])], &FileOptions::default()).unwrap();
+        assert!(plain["services"]["main"].get("labels").is_none());
     }
 
     #[test]

@@ -186,6 +186,10 @@ fn write_project(steps: &mut Steps<'_, '_>) -> Result<(Project, bool), Started> 
     let mut opts = FileOptions {
         kvm: spec.options.expose_kvm && Path::new("/dev/kvm").exists(),
         volumes: file::host_volumes(spec.options.host_files.as_deref()),
+        labels: match spec.options.docker_socket {
+            DockerSocket::Gate => vec![(dockergate::JOB_LABEL.to_string(), spec.mark.to_string())],
+            DockerSocket::Host | DockerSocket::None => Vec::new(),
+        },
     };
     opts.volumes.extend(crate::cache::host::container_volume(
         spec.options.cache.as_deref(),
