@@ -144,7 +144,9 @@ fn a_job_of_its_own_user_reads_nothing_of_the_agent_nor_of_another_job() {
             r = root.path().display(),
             d = data.display()
         ))
-        .command("touch ~/mine && stat -c owner=%U ~/mine");
+        .command("touch ~/mine && stat -c owner=%U ~/mine")
+        // The other job's home, which exists while it runs.
+        .command("for h in /home/agent-job-*; do [ \"$h\" = \"$HOME\" ] || { ls \"$h\" >/dev/null 2>&1 && echo \"read-other-home=$h\"; }; done; true");
     agent.submit_ok(&b.to_value());
     let b_events = agent.wait_for_job_finished(&b.job_id);
     let b_out = outputs(&b_events);
@@ -162,6 +164,7 @@ fn a_job_of_its_own_user_reads_nothing_of_the_agent_nor_of_another_job() {
     );
     assert_eq!(field(&b_out, "owner"), field(&b_out, "user"));
     assert!(b_out.contains("pid="), "the holder was not seen: {b_out}");
+    assert!(!b_out.contains("read-other-home="), "{b_out}");
     for leaked in [
         SECRET,
         "agent-token-x",

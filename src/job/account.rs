@@ -201,6 +201,17 @@ fn make_auto(name: &str) -> Result<JobAccount, Error> {
         .ok()
         .flatten()
         .ok_or_else(|| Error::JobUser(format!("the user {name} made for the job is not there")))?;
+    // useradd makes the home as login.defs says (0755 on Debian): the
+    // users of other jobs must not read it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&entry.home, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            Error::JobUser(format!(
+                "cannot close {} to other users: {e}",
+                entry.home.display()
+            ))
+        })?;
+    }
     Ok(JobAccount {
         name: entry.name,
         creds: Credentials {
