@@ -189,11 +189,20 @@ fn make_auto(name: &str) -> Result<JobAccount, Error> {
     let home = Path::new("/home").join(name);
     let useradd = || {
         let mut cmd = Command::new(find_tool("useradd").unwrap_or("useradd".into()));
-        cmd.args(["--system", "--user-group", "--create-home", "--shell"])
-            .arg("/bin/bash")
-            .arg("--home-dir")
-            .arg(&home)
-            .arg(name);
+        // HOME_MODE: the home is made 0700 (login.defs says 0755 on
+        // Debian), so no other job's user ever sees it open.
+        cmd.args([
+            "--system",
+            "--user-group",
+            "--create-home",
+            "--key",
+            "HOME_MODE=0700",
+            "--shell",
+        ])
+        .arg("/bin/bash")
+        .arg("--home-dir")
+        .arg(&home)
+        .arg(name);
         cmd
     };
     run_account_command(useradd, "useradd")?;
@@ -201,8 +210,8 @@ fn make_auto(name: &str) -> Result<JobAccount, Error> {
         .ok()
         .flatten()
         .ok_or_else(|| Error::JobUser(format!("the user {name} made for the job is not there")))?;
-    // useradd makes the home as login.defs says (0755 on Debian): the
-    // users of other jobs must not read it.
+    // A useradd without HOME_MODE makes the home as login.defs says (0755
+    // on Debian): the users of other jobs must not read it.
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&entry.home, fs::Permissions::from_mode(0o700)).map_err(|e| {
