@@ -106,26 +106,23 @@ fn paths_in(code: &str, module: &[String]) -> Vec<Vec<String>> {
             }
         }
     }
-    // `crate::a::b` anywhere in the code.
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        let boundary = at == 0 || {
-            let c = rest.as_bytes()[at - 1];
-            !(c.is_ascii_alphanumeric() || c == b'_' || c == b':')
-        };
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-            .unwrap_or(tail.len());
-        if boundary {
-            let segments: Vec<String> = tail[..end]
-                .split("::")
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-            paths.push(segments[1..].to_vec());
+    // `crate::a::b`, `super::a` and `self::a` anywhere in the code.
+    for start in ["crate::", "super::", "self::"] {
+        let mut rest = code;
+        while let Some(at) = rest.find(start) {
+            let boundary = at == 0 || {
+                let c = rest.as_bytes()[at - 1];
+                !(c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+            };
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(tail.len());
+            if boundary {
+                paths.extend(absolute(&tail[..end], module));
+            }
+            rest = &rest[at + end.max(1)..];
         }
-        rest = &rest[at + end.max(1)..];
     }
     paths
 }
@@ -359,10 +356,19 @@ fn the_check_finds_a_planted_cycle_and_names_its_files() {
         "pub struct Listener;\nfn f() -> Result<(), crate::error::Error> { let _ = \"crate::util::x\"; Ok(()) }\n#[cfg(test)]\nmod tests { use crate::util::y; }\n",
     );
     write("util.rs", "use crate::{error, net::conn};\n");
+    // A cycle made only by paths in code, without a `use`.
+    write(
+        "net/plain.rs",
+        "fn f() -> super::tls::Tls { super::tls::Tls }\n",
+    );
+    write(
+        "net/tls.rs",
+        "pub struct Tls;\nfn g() { self::h(); super::plain::f(); }\nfn h() {}\n",
+    );
     let found = cycles(&graph(&src));
     assert_eq!(
         describe(&src, &found),
-        "  error.rs <-> net/conn.rs <-> net/listener.rs",
+        "  error.rs <-> net/conn.rs <-> net/listener.rs\n  net/plain.rs <-> net/tls.rs",
         "{found:?}"
     );
 }

@@ -72,6 +72,7 @@
 //! head is read only once the previous response is complete.
 
 mod admission;
+mod close;
 mod conn;
 pub mod error;
 mod framing;

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::admission::Shared;
-use super::conn::CloseReason;
+use super::close::{CloseReason, Timer};
 use crate::process::sys;
 
 /// The content type byte of a TLS handshake record, the first byte every
@@ -41,7 +41,7 @@ pub(super) fn refused_plain_http(
             Err(err) => return Err(CloseReason::Client(err)),
         }
         if Instant::now() >= deadline {
-            return Err(CloseReason::Timeout(super::conn::Timer::Handshake));
+            return Err(CloseReason::Timeout(Timer::Handshake));
         }
         let mut fds = [
             sys::pollfd(tcp.as_raw_fd(), sys::POLLIN),
