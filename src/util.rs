@@ -1,7 +1,8 @@
 //! Small helpers that several layers use and that know nothing of jobs:
 //! bash quoting, random names, private files, a count of seconds in words,
-//! and the one rule that turns a job id into a name safe for paths and
-//! docker.
+//! the one rule that turns a job id into a name safe for paths and docker,
+//! and the accept loop and bounded join of a per-job socket's service (the
+//! cache's and the Docker gate's).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -136,6 +137,55 @@ pub fn bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// How often a service's acceptor looks whether it must stop.
+const ACCEPT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long an acceptor rests after a failed accept (out of descriptors):
+/// it must not spin.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The next connection on a non-blocking `listener`, looking at least every
+/// `ACCEPT_POLL` whether `stop` is set; `None` once it is.
+pub fn next_connection(
+    listener: &std::os::unix::net::UnixListener,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut fds = [crate::process::sys::pollfd(
+            listener.as_raw_fd(),
+            crate::process::sys::POLLIN,
+        )];
+        let _ = crate::process::sys::poll(&mut fds, Some(std::time::Instant::now() + ACCEPT_POLL));
+        match listener.accept() {
+            Ok((conn, _)) => return Some(conn),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => std::thread::sleep(ACCEPT_RETRY),
+        }
+    }
+    None
+}
+
+/// Joins the threads that end within `bound`; those still busy then are
+/// left to end on their own. Returns how many were left.
+pub fn join_within(
+    handlers: Vec<std::thread::JoinHandle<()>>,
+    bound: std::time::Duration,
+) -> usize {
+    let until = std::time::Instant::now() + bound;
+    while handlers.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut busy = 0;
+    for h in handlers {
+        if h.is_finished() {
+            let _ = h.join();
+        } else {
+            busy += 1;
+        }
+    }
+    busy
 }
 
 #[cfg(test)]

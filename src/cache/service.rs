@@ -11,26 +11,25 @@
 //! over everything a job does: dropping the service cuts every connection,
 //! which sets the `Cancel` of every request (an `sftp` run in progress is
 //! killed), stops the acceptor (which looks for the teardown every
-//! `ACCEPT_POLL`, however the job connects), removes the socket and waits
+//! `util::next_connection`, however the job connects), removes the socket and waits
 //! for the request threads for at most `TEARDOWN_BOUND`.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::cancel::Cancel;
 use super::handler::{self, JobStore};
 use super::protocol::{self, Reply};
-use crate::process::sys;
+use crate::util::{join_within, next_connection};
 
 /// Requests of one job served at once. A job runs its `cache` commands one
 /// after the other; a few at once leave room for background ones.
@@ -38,11 +37,6 @@ pub const MAX_CONNECTIONS: usize = 4;
 /// The longest the teardown waits for request threads, each of which sees
 /// its `Cancel` within a few tens of milliseconds.
 const TEARDOWN_BOUND: Duration = Duration::from_secs(5);
-/// How often the acceptor looks for the teardown between connections.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
-/// How long the acceptor rests after a failed accept (out of descriptors):
-/// it must not spin.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 pub struct CacheService {
     socket: PathBuf,
@@ -131,17 +125,7 @@ impl Drop for CacheService {
 fn accept(listener: UnixListener, jobs: Arc<JobStore>, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
     let mut next_id: u64 = 0;
-    while !shared.teardown.load(Ordering::SeqCst) {
-        let mut fds = [sys::pollfd(listener.as_raw_fd(), sys::POLLIN)];
-        let _ = sys::poll(&mut fds, Some(Instant::now() + ACCEPT_POLL));
-        let conn = match listener.accept() {
-            Ok((conn, _)) => conn,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => {
-                std::thread::sleep(ACCEPT_RETRY);
-                continue;
-            }
-        };
+    while let Some(conn) = next_connection(&listener, &shared.teardown) {
         handlers.retain(|h| !h.is_finished());
         if handlers.len() >= MAX_CONNECTIONS {
             refuse(&conn);
@@ -169,7 +153,14 @@ fn accept(listener: UnixListener, jobs: Arc<JobStore>, shared: &Arc<Shared>) {
             }
         }
     }
-    join_within(handlers, TEARDOWN_BOUND);
+    let busy = join_within(handlers, TEARDOWN_BOUND);
+    if busy > 0 {
+        // Each has nothing left to wait for but its `Cancel`, already set:
+        // the job's teardown does not wait longer.
+        log::error!(
+            "{busy} cache request(s) still busy {TEARDOWN_BOUND:?} after the job's cache closed; not waiting for them"
+        );
+    }
 }
 
 /// Answers a connection past `MAX_CONNECTIONS` with the error path's line,
@@ -183,28 +174,4 @@ fn refuse(conn: &UnixStream) {
         ),
     };
     let _ = protocol::write_json(&mut &*conn, &reply);
-}
-
-/// Joins the request threads that end within `bound`. One still busy then
-/// is left to end on its own (it has nothing left to wait for but its
-/// `Cancel`, already set) and said in the agent log: the job's teardown
-/// does not wait longer.
-fn join_within(handlers: Vec<JoinHandle<()>>, bound: Duration) {
-    let until = Instant::now() + bound;
-    while handlers.iter().any(|h| !h.is_finished()) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut busy = 0;
-    for h in handlers {
-        if h.is_finished() {
-            let _ = h.join();
-        } else {
-            busy += 1;
-        }
-    }
-    if busy > 0 {
-        log::error!(
-            "{busy} cache request(s) still busy {bound:?} after the job's cache closed; not waiting for them"
-        );
-    }
 }

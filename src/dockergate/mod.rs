@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::hostcmd::{run_bounded, Ended};
 use crate::process::sys;
+use crate::util::{join_within, next_connection};
 
 pub use rules::{JobFacts, JOB_LABEL};
 
@@ -51,10 +52,6 @@ pub const SOCKET_NAME: &str = "docker.sock";
 const MAX_CONNECTIONS: usize = 64;
 /// Engine connections kept open between requests.
 const MAX_IDLE: usize = 8;
-/// How often the acceptor looks for the teardown between connections.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
-/// How long the acceptor rests after a failed accept (out of descriptors).
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// The longest the teardown waits for connection threads, which see their
 /// sockets cut at once.
 const TEARDOWN_BOUND: Duration = Duration::from_secs(5);
@@ -271,17 +268,7 @@ impl Drop for DockerGate {
 
 fn accept(listener: UnixListener, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
-    while !shared.teardown.load(Ordering::SeqCst) {
-        let mut fds = [sys::pollfd(listener.as_raw_fd(), sys::POLLIN)];
-        let _ = sys::poll(&mut fds, Some(Instant::now() + ACCEPT_POLL));
-        let conn = match listener.accept() {
-            Ok((conn, _)) => conn,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => {
-                std::thread::sleep(ACCEPT_RETRY);
-                continue;
-            }
-        };
+    while let Some(conn) = next_connection(&listener, &shared.teardown) {
         handlers.retain(|h| !h.is_finished());
         if handlers.len() >= MAX_CONNECTIONS {
             let _ = conn.set_nonblocking(true);
@@ -314,11 +301,7 @@ fn accept(listener: UnixListener, shared: &Arc<Shared>) {
             Err(e) => log::error!("cannot start a docker gate connection thread: {e}"),
         }
     }
-    let until = Instant::now() + TEARDOWN_BOUND;
-    while handlers.iter().any(|h| !h.is_finished()) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let busy = handlers.iter().filter(|h| !h.is_finished()).count();
+    let busy = join_within(handlers, TEARDOWN_BOUND);
     if busy > 0 {
         log::error!("{busy} docker gate connection(s) still busy after the gate closed");
     }
