@@ -247,6 +247,16 @@ fn the_processes_of_a_job_die_with_a_crashed_agent() {
     wait_until("the job's processes to be killed", CLEANUP_TIMEOUT, || {
         job_processes(&job.job_id).is_empty()
     });
+    // What is on the host besides processes (its jump point script) is
+    // the next agent's to remove.
+    assert!(jump_point(&job.job_id).exists());
+    let second = TestAgent::builder().root(agent.root()).start();
+    wait_until(
+        "the job's jump point to be removed",
+        CLEANUP_TIMEOUT,
+        || !jump_point(&job.job_id).exists(),
+    );
+    drop(second);
 }
 
 #[test]
