@@ -142,34 +142,25 @@ impl JobUser {
         Ok(())
     }
 
-    /// The user for the job whose directory has this nonce: the named
-    /// user, or a new one (`record` names it before it exists).
-    pub fn account_for(&self, nonce: &str) -> (AccountRecord, AccountMaker<'_>) {
+    /// What the record of the job whose directory has this nonce says of
+    /// its user: the named user, or the new one's name before it exists.
+    pub fn record_for(&self, nonce: &str) -> AccountRecord {
         match self {
-            JobUser::Named { entry, .. } => (
-                AccountRecord {
-                    name: entry.name.clone(),
-                    auto: false,
-                },
-                AccountMaker(self),
-            ),
-            JobUser::Auto => (
-                AccountRecord {
-                    name: format!("{AUTO_PREFIX}{nonce}"),
-                    auto: true,
-                },
-                AccountMaker(self),
-            ),
+            JobUser::Named { entry, .. } => AccountRecord {
+                name: entry.name.clone(),
+                auto: false,
+            },
+            JobUser::Auto => AccountRecord {
+                name: format!("{AUTO_PREFIX}{nonce}"),
+                auto: true,
+            },
         }
     }
-}
 
-/// Makes the account `JobUser::account_for` named, once it is recorded.
-pub struct AccountMaker<'a>(&'a JobUser);
-
-impl AccountMaker<'_> {
-    pub fn make(self, record: &AccountRecord) -> Result<JobAccount, Error> {
-        match self.0 {
+    /// The job's user as `record_for` named it, once that is recorded: the
+    /// named user, or a new one made now.
+    pub fn make(&self, record: &AccountRecord) -> Result<JobAccount, Error> {
+        match self {
             JobUser::Named { entry, groups } => Ok(JobAccount {
                 name: entry.name.clone(),
                 creds: Credentials {
@@ -413,7 +404,7 @@ mod tests {
 
     #[test]
     fn an_auto_user_is_named_after_the_job_directory() {
-        let (record, _) = JobUser::Auto.account_for("0a1b2c");
+        let record = JobUser::Auto.record_for("0a1b2c");
         assert_eq!(
             record,
             AccountRecord {

@@ -167,11 +167,7 @@ impl JobDir {
             .create(&root)
             .map_err(|e| Error::io("cannot create the job directory", &root, e))?;
         let mut record = record.clone();
-        let maker = job_user.map(|user| {
-            let (named, maker) = user.account_for(&nonce);
-            record.account = Some(named);
-            maker
-        });
+        record.account = job_user.map(|user| user.record_for(&nonce));
         let record = &record;
         let path = root.join(RECORD);
         let lock = OpenOptions::new()
@@ -200,10 +196,10 @@ impl JobDir {
             account: None,
             _lock: lock,
         };
-        if let (Some(maker), Some(named)) = (maker, &record.account) {
+        if let (Some(user), Some(named)) = (job_user, &record.account) {
             // On failure the directory stays, with its record, to be
             // cleaned as any other.
-            let account = maker.make(named)?;
+            let account = user.make(named)?;
             if let Err(e) = account.make_own_dir(&dir.work) {
                 account.remove();
                 return Err(Error::io(
