@@ -26,6 +26,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+/// Runs another agent binary instead of the one cargo built, as the main
+/// bench does (to compare two builds in the same hour).
+const AGENT_OVERRIDE_VAR: &str = "AGENT_BENCH_BIN";
+
+fn agent_binary() -> String {
+    std::env::var(AGENT_OVERRIDE_VAR).unwrap_or_else(|_| AGENT.to_owned())
+}
 const N_FILES: usize = 20_000;
 /// The mean file size.
 const FILE_BYTES: usize = 10_000;
@@ -56,6 +63,10 @@ fn main() {
         return;
     }
     println!("== cache store and restore ==");
+    println!(
+        "  binary: {} (override with {AGENT_OVERRIDE_VAR})",
+        agent_binary()
+    );
     let scratch = tempfile::Builder::new()
         .prefix("agent-cache-bench-")
         .tempdir()
@@ -285,7 +296,7 @@ fn run_backend(scratch: &Path, name: &str, env: &[(&str, String)]) -> Result<Mea
         let data = scratch.join(format!("data-{name}"));
         let job_file = scratch.join("job.json");
         fs::write(&job_file, job.to_string()).map_err(|e| e.to_string())?;
-        let child = Command::new(AGENT)
+        let child = Command::new(agent_binary())
             .arg("run")
             .arg("--json")
             .arg("--data-dir")
