@@ -362,6 +362,63 @@ fn the_agent_writes_in_a_named_users_home_only_what_that_user_could() {
     drop(agent);
 }
 
+/// After a crash, the keys of a named user's jump point leave that user's
+/// home (where they were written), not the agent's: a key left there would
+/// let its holder log in as the user long after the job.
+#[test]
+fn a_restarted_agent_removes_a_jump_point_key_from_the_named_users_home() {
+    if !can_make_users() {
+        return;
+    }
+    let user = NamedUser::make("agent-ju-crashkeys");
+    let root = reachable_root();
+    // The agent's own user holds the same key (an administrator's): it stays.
+    let key = "ssh-ed25519 AAAAcrashkey";
+    let agents_keys = root.path().join("home/.ssh/authorized_keys");
+    fs::create_dir_all(agents_keys.parent().unwrap()).expect("mkdir");
+    fs::write(&agents_keys, format!("{key}\n")).expect("write");
+    let users_keys = format!("{}/.ssh/authorized_keys", user.home());
+    let users_keys_text = || fs::read_to_string(&users_keys).unwrap_or_default();
+
+    let first = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg(&user.0)
+        .start();
+    let mut job = Job::new("ju-crash-keys")
+        .command("echo up; sleep 600")
+        .to_value();
+    job["ssh_public_keys"] = serde_json::json!([crate::support::b64(key)]);
+    let job_id = job["job_id"].as_str().expect("job_id").to_string();
+    first.submit_ok(&job);
+    first.wait_for_event(&job_id, EVENT_TIMEOUT, |e| {
+        e["event"] == "cmd_output" && e["output"].as_str().is_some_and(|o| o.contains("up"))
+    });
+    assert!(users_keys_text().contains(key), "{}", users_keys_text());
+    first.signal(libc::SIGKILL);
+    wait_until("the agent to die", CLEANUP_TIMEOUT, || !first.is_running());
+
+    let second = TestAgent::builder()
+        .root(root.path())
+        .arg("--job-user")
+        .arg(&user.0)
+        .start();
+    wait_until(
+        "the job's key to leave the user's home",
+        CLEANUP_TIMEOUT,
+        || !users_keys_text().contains(key),
+    );
+    assert_eq!(
+        fs::read_to_string(&agents_keys).unwrap(),
+        format!("{key}\n")
+    );
+    let events = second.poll_log(&job_id);
+    assert_eq!(events.last().unwrap()["result"], "failed");
+    assert_eq!(processes_of(&user.0), Vec::<String>::new());
+    drop(second);
+    drop(first);
+}
+
 #[test]
 fn a_data_dir_the_jobs_user_cannot_reach_is_refused_at_start() {
     if !can_make_users() {
@@ -450,7 +507,21 @@ fn a_shell_job_of_its_own_user_uses_docker_through_its_gate() {
         .arg("auto")
         .start();
     let image = crate::support::docker::BASH_IMAGE;
-    let job = Job::new("ju-docker")
+    let job = Job::new("ju-docker");
+    // The jump point's shell as sshd starts it: a login of the job's user
+    // with nothing of the session's environment.
+    let jump_point = format!(
+        "env -i HOME=\"$HOME\" PATH=/usr/bin:/bin /tmp/ssh_jump_point-{} bash -c {}",
+        job.job_id,
+        crate::support::sshd::shell_quote(
+            "echo jp-host=$DOCKER_HOST; echo jp-tmp=$TMPDIR; docker ps -q >/dev/null; echo jp-ps=$?"
+        )
+    );
+    let job = job
+        // A job's own value is kept, in the session and the jump point.
+        .env("TMPDIR", "/tmp/ju-own-tmp")
+        .command("echo tmp=$TMPDIR")
+        .command(&jump_point)
         .command("test -w /var/run/docker.sock; echo engine-socket=$?; echo \"$DOCKER_HOST\"")
         .command(&format!(
             "docker run --rm {image} bash -c 'echo from-a-container'"
@@ -477,6 +548,14 @@ fn a_shell_job_of_its_own_user_uses_docker_through_its_gate() {
         "{out}"
     );
     assert!(out.contains("from-a-container\n"), "{out}");
+    assert_eq!(field(&out, "tmp"), "/tmp/ju-own-tmp", "{out}");
+    assert!(
+        field(&out, "jp-host").starts_with("unix://")
+            && field(&out, "jp-host").ends_with("/work/tmp/docker.sock"),
+        "{out}"
+    );
+    assert_eq!(field(&out, "jp-tmp"), "/tmp/ju-own-tmp", "{out}");
+    assert_eq!(field(&out, "jp-ps"), "0", "{out}");
     assert_eq!(field(&out, "started"), "0", "{out}");
     for refused in ["root-mount", "home-mount", "privileged"] {
         assert_ne!(field(&out, refused), "0", "{out}");

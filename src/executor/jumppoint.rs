@@ -339,19 +339,28 @@ impl JumpPoint {
 
     /// The jump point of a job an earlier agent did not finish, from the
     /// `record` its `install` wrote: dropping it removes the job's keys
-    /// (one occurrence each) and scripts.
-    pub fn left_behind(home: &Path, tmp_dir: &Path, job_id: &str, record: &Path) -> JumpPoint {
+    /// (one occurrence each) from `home`, the home of the user the job ran
+    /// as (written as `creds`, the job's user, when it had one of its own),
+    /// and its scripts. Without a home only the scripts go.
+    pub fn left_behind(
+        home: Option<&Path>,
+        creds: Option<&Credentials>,
+        tmp_dir: &Path,
+        job_id: &str,
+        record: &Path,
+    ) -> JumpPoint {
         let added: AddedKeys = fs::read(record)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .filter(|_| home.is_some())
             .unwrap_or_default();
         JumpPoint {
-            home: home.to_path_buf(),
+            home: home.map(Path::to_path_buf).unwrap_or_default(),
             added_keys: added.keys,
             created_keys_file: added.created_keys_file,
             script: script_paths(tmp_dir, job_id).1,
             tmp_dir: tmp_dir.to_path_buf(),
-            creds: None,
+            creds: creds.cloned(),
         }
     }
 
@@ -564,7 +573,13 @@ mod tests {
         assert!(tmp.join("ssh_jump_point").exists());
         // What a crashed agent left is found from the record alone.
         std::mem::forget(jp);
-        drop(JumpPoint::left_behind(&home, &tmp, "job/1", &record));
+        drop(JumpPoint::left_behind(
+            Some(&home),
+            None,
+            &tmp,
+            "job/1",
+            &record,
+        ));
         assert_eq!(
             fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
             "ssh-rsa OTHER\n"

@@ -30,6 +30,7 @@ use std::path::Path;
 use crate::executor::compose::ProjectGuard;
 use crate::executor::jumppoint::JumpPoint;
 use crate::job::request::ExecutorKind;
+use crate::job::spec::JobSpec;
 use crate::job::steps::{Started, Steps};
 use crate::process::reaper::Subreaper;
 use crate::process::session::Session;
@@ -70,6 +71,17 @@ impl Executor {
         match self {
             Executor::Shell(_) => shell::inject_files(steps),
             Executor::Compose(..) => compose::inject_files(steps, session),
+        }
+    }
+
+    /// What the setup script (docs/protocol.md §8) sets for the jump
+    /// point's shell, which does not inherit the session's environment: a
+    /// shell job's own user's `TMPDIR` and its gate's `DOCKER_HOST`. A
+    /// container's jump point starts in the container, which has them.
+    pub(crate) fn setup_env(&self, spec: &JobSpec<'_>) -> Vec<(String, String)> {
+        match self {
+            Executor::Shell(gate) => shell::session_env(spec, gate.as_ref()),
+            Executor::Compose(..) => Vec::new(),
         }
     }
 

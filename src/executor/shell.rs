@@ -47,6 +47,23 @@ fn start_gate(spec: &JobSpec<'_>) -> Result<Option<ShellGate>, String> {
     Ok(Some(ShellGate(gate)))
 }
 
+/// What the session's environment holds beyond the agent's: the job's
+/// user's (`HOME`, `TMPDIR`, ...), and `DOCKER_HOST` when the job has a
+/// gate. The jump point's shell gets the same through the setup script.
+pub(crate) fn session_env(spec: &JobSpec<'_>, gate: Option<&ShellGate>) -> Vec<(String, String)> {
+    let mut env = spec
+        .account
+        .map(|a| a.env(spec.work_dir))
+        .unwrap_or_default();
+    if let Some(gate) = gate {
+        env.push((
+            "DOCKER_HOST".into(),
+            format!("unix://{}", gate.0.socket().display()),
+        ));
+    }
+    env
+}
+
 /// Starts `bash --login` in the job's work dir and points the jump point at it.
 pub(crate) fn start_session(
     steps: &mut Steps<'_, '_>,
@@ -61,16 +78,7 @@ pub(crate) fn start_session(
             return Started::Failed;
         }
     }
-    let mut env = spec
-        .account
-        .map(|a| a.env(spec.work_dir))
-        .unwrap_or_default();
-    if let Some(gate) = gate {
-        env.push((
-            "DOCKER_HOST".into(),
-            format!("unix://{}", gate.0.socket().display()),
-        ));
-    }
+    let env = session_env(spec, gate.as_ref());
     let session = StdinTerminal::open()
         .map_err(|e| crate::error::Error::Spawn {
             program: "a pseudo-terminal".into(),

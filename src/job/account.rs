@@ -62,6 +62,29 @@ pub struct AccountRecord {
     pub auto: bool,
 }
 
+impl AccountRecord {
+    /// The recorded user as the user database has it now, for an agent
+    /// cleaning up after a crash: None when it is gone, or is now root or
+    /// the agent's own user (whose files the job's user never wrote).
+    pub fn find(&self) -> Option<JobAccount> {
+        let entry = sys::user_by_name(&self.name).ok().flatten()?;
+        if entry.uid == 0 || entry.uid == sys::effective_uid() {
+            return None;
+        }
+        let groups = sys::groups_of(&entry.name, entry.gid).ok()?;
+        Some(JobAccount {
+            name: entry.name,
+            creds: Credentials {
+                uid: entry.uid,
+                gid: entry.gid,
+                groups,
+            },
+            home: entry.home,
+            auto: self.auto,
+        })
+    }
+}
+
 /// The user one job runs as.
 #[derive(Debug, Clone)]
 pub struct JobAccount {

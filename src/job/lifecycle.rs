@@ -143,7 +143,12 @@ fn run_steps(
     let mut last_status = 0;
     let exported = export_env(&mut steps, &executor, &mut session);
     // After the job's env vars, so that a PATH among them keeps `cache`.
-    source_setup(spec, job_cache.as_ref(), &mut session);
+    source_setup(
+        spec,
+        job_cache.as_ref(),
+        &executor.setup_env(spec),
+        &mut session,
+    );
     if !exported {
         last_status = 1;
     } else if spec.stop.is_requested() {
@@ -276,13 +281,23 @@ fn export_env(steps: &mut Steps<'_, '_>, executor: &Executor, session: &mut Sess
 /// Writes the setup script (`checkout`, and `cache` when the job has one)
 /// next to the env file, where the jump point sources it too
 /// (docs/protocol.md §8), and sources it in the session. A file that cannot
-/// be written leaves only the jump point without them.
+/// be written leaves only the jump point without them. `env` is what the
+/// session was started with beyond the agent's environment: the script
+/// sets each only where it is unset, so the session, and a job's env var
+/// of the same name, keep theirs.
 fn source_setup(
     spec: &JobSpec<'_>,
     cache: Option<&crate::cache::host::JobCache>,
+    env: &[(String, String)],
     session: &mut Session,
 ) {
-    let text = crate::cache::host::setup_script(cache);
+    let mut text = crate::cache::host::setup_script(cache);
+    for (name, value) in env {
+        text.push_str(&format!(
+            "[ \"${{{name}+set}}\" ] || export {name}={}\n",
+            shell_quote(value)
+        ));
+    }
     let path = spec.setup_file();
     match write_private(&path, text.as_bytes()).and_then(|()| spec.hand_over(&path)) {
         Ok(()) => session.run_silent(&format!("source {}", shell_quote(&path.to_string_lossy()))),

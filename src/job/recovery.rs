@@ -200,8 +200,28 @@ fn clean_host(dir: &JobDir, record: &JobRecord, home: &Path, grace: Duration) {
             }
         }
     }
+    // The jump point's keys are in the home of the user the job ran as,
+    // and are taken out as that user, as they were put in.
+    let user = record.account.as_ref().map(|account| {
+        let found = account.find();
+        if found.is_none() && !account.auto {
+            log::warn!(
+                "job {}: its user {} is gone or is no longer another user; any jump point keys \
+                 it left in that user's authorized_keys stay",
+                record.job_id,
+                account.name
+            );
+        }
+        found
+    });
+    let (keys_home, creds) = match &user {
+        None => (Some(home), None),
+        Some(Some(user)) => (Some(user.home.as_path()), Some(&user.creds)),
+        Some(None) => (None, None),
+    };
     drop(JumpPoint::left_behind(
-        home,
+        keys_home,
+        creds,
         Path::new(JUMP_POINT_DIR),
         &record.job_id,
         &dir.work.join(JUMP_POINT_RECORD),
