@@ -283,7 +283,22 @@ impl Download<'_> {
             headers,
         };
         let response = self.s3.send(&req, &self.creds, self.cancel, false)?;
-        match response.status().as_u16() {
+        let status = response.status().as_u16();
+        match status {
+            206 if self.pos > 0 => {
+                // The part must start where the read broke.
+                let range = response
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !range.starts_with(&format!("bytes {}-", self.pos)) {
+                    return Err(self.s3.fail(format!(
+                        "download: resumed at byte {} but the answer's Content-Range is {range:?}",
+                        self.pos
+                    )));
+                }
+            }
             200 | 206 => {}
             404 => {
                 let key = self.object.rsplit('/').next().unwrap_or_default();
@@ -303,7 +318,19 @@ impl Download<'_> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
         }
-        self.body = Some(response.into_body().into_reader());
+        let mut body = response.into_body().into_reader();
+        if status == 200 && self.pos > 0 {
+            // A server (or a proxy) that ignores Range sends the object
+            // from its start: what was read already is skipped.
+            let skipped = io::copy(&mut (&mut body).take(self.pos), &mut io::sink())
+                .map_err(|e| self.s3.fail(format!("download: {e}")))?;
+            if skipped != self.pos {
+                return Err(self.s3.fail(format!(
+                    "download: the object is shorter ({skipped} bytes) than what was read of it"
+                )));
+            }
+        }
+        self.body = Some(body);
         Ok(())
     }
 }
