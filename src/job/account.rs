@@ -68,21 +68,17 @@ impl AccountRecord {
     /// the agent's own user (whose files the job's user never wrote).
     pub fn find(&self) -> Option<JobAccount> {
         let entry = sys::user_by_name(&self.name).ok().flatten()?;
-        if entry.uid == 0 || entry.uid == sys::effective_uid() {
+        if !is_another_user(entry.uid) {
             return None;
         }
         let groups = sys::groups_of(&entry.name, entry.gid).ok()?;
-        Some(JobAccount {
-            name: entry.name,
-            creds: Credentials {
-                uid: entry.uid,
-                gid: entry.gid,
-                groups,
-            },
-            home: entry.home,
-            auto: self.auto,
-        })
+        Some(JobAccount::of(entry, groups, self.auto))
     }
+}
+
+/// Whether jobs may run as `uid`: neither root nor the agent's own user.
+fn is_another_user(uid: u32) -> bool {
+    uid != 0 && uid != sys::effective_uid()
 }
 
 /// The user one job runs as.
@@ -118,7 +114,7 @@ impl JobUser {
         let entry = sys::user_by_name(value)
             .map_err(|e| bad(format!("cannot read the user database: {e}")))?
             .ok_or_else(|| bad("no such user".into()))?;
-        if entry.uid == 0 || entry.uid == sys::effective_uid() {
+        if !is_another_user(entry.uid) {
             return Err(bad(
                 "jobs must not run as root or as the agent's user".into()
             ));
@@ -184,16 +180,9 @@ impl JobUser {
     /// named user, or a new one made now.
     pub fn make(&self, record: &AccountRecord) -> Result<JobAccount, Error> {
         match self {
-            JobUser::Named { entry, groups } => Ok(JobAccount {
-                name: entry.name.clone(),
-                creds: Credentials {
-                    uid: entry.uid,
-                    gid: entry.gid,
-                    groups: groups.clone(),
-                },
-                home: entry.home.clone(),
-                auto: false,
-            }),
+            JobUser::Named { entry, groups } => {
+                Ok(JobAccount::of(entry.clone(), groups.clone(), false))
+            }
             JobUser::Auto => make_auto(&record.name),
         }
     }
@@ -235,16 +224,8 @@ fn make_auto(name: &str) -> Result<JobAccount, Error> {
             ))
         })?;
     }
-    Ok(JobAccount {
-        name: entry.name,
-        creds: Credentials {
-            uid: entry.uid,
-            gid: entry.gid,
-            groups: vec![entry.gid],
-        },
-        home: entry.home,
-        auto: true,
-    })
+    let groups = vec![entry.gid];
+    Ok(JobAccount::of(entry, groups, true))
 }
 
 /// Where `tool` is: on PATH, or in the system directories a service's
@@ -293,6 +274,20 @@ fn run_account_command(make_cmd: impl Fn() -> Command, tool: &str) -> Result<(),
 }
 
 impl JobAccount {
+    /// The user of `entry`, with its `groups`; `auto` when made for the job.
+    fn of(entry: sys::UserEntry, groups: Vec<u32>, auto: bool) -> JobAccount {
+        JobAccount {
+            name: entry.name,
+            creds: Credentials {
+                uid: entry.uid,
+                gid: entry.gid,
+                groups,
+            },
+            home: entry.home,
+            auto,
+        }
+    }
+
     /// The environment that names the user to its programs, and its own
     /// temporary directory in `work_dir` (the agent's TMPDIR is not its).
     pub fn env(&self, work_dir: &Path) -> Vec<(String, String)> {
