@@ -95,32 +95,20 @@ impl S3 {
             bucket: cfg.describe(),
             detail,
         };
-        let mut buckets = Vec::new();
-        if cfg.endpoints.is_empty() {
-            let url = format!("https://s3.{}.amazonaws.com", cfg.region);
+        let bucket = |url: &str, style| {
             let endpoint = url.parse().map_err(|e| fail(format!("{url}: {e}")))?;
-            buckets.push(
-                Bucket::new(
-                    endpoint,
-                    UrlStyle::VirtualHost,
-                    cfg.bucket.clone(),
-                    cfg.region.clone(),
-                )
-                .map_err(|e| fail(e.to_string()))?,
-            );
-        }
-        for url in &cfg.endpoints {
-            let endpoint = url.parse().map_err(|e| fail(format!("{url}: {e}")))?;
-            buckets.push(
-                Bucket::new(
-                    endpoint,
-                    UrlStyle::Path,
-                    cfg.bucket.clone(),
-                    cfg.region.clone(),
-                )
-                .map_err(|e| fail(e.to_string()))?,
-            );
-        }
+            Bucket::new(endpoint, style, cfg.bucket.clone(), cfg.region.clone())
+                .map_err(|e| fail(e.to_string()))
+        };
+        let buckets = if cfg.endpoints.is_empty() {
+            let aws = format!("https://s3.{}.amazonaws.com", cfg.region);
+            vec![bucket(&aws, UrlStyle::VirtualHost)?]
+        } else {
+            cfg.endpoints
+                .iter()
+                .map(|url| bucket(url, UrlStyle::Path))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // Small requests would otherwise wait on Nagle's algorithm
