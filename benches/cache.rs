@@ -81,18 +81,7 @@ fn main() {
     let local = run_backend(scratch.path(), "local", &[]);
     failed |= report("local", &local);
     if let Ok(r) = &local {
-        for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
-            let verdict = if took <= LOOKUP_TARGET {
-                "ok"
-            } else {
-                "MISSED"
-            };
-            println!(
-                "  {what} on the local cache: {} (target < {}) {verdict}",
-                ms(took),
-                ms(LOOKUP_TARGET)
-            );
-        }
+        report_lookups("the local cache", r);
     }
     match Sftp::start(scratch.path()) {
         Ok(sftp) => {
@@ -125,18 +114,7 @@ fn main() {
             let r = run_backend(scratch.path(), "s3", &env);
             failed |= report("s3 on a 3-node garage cluster", &r);
             if let Ok(r) = &r {
-                for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
-                    let verdict = if took <= LOOKUP_TARGET {
-                        "ok"
-                    } else {
-                        "MISSED"
-                    };
-                    println!(
-                        "  {what} on s3: {} (target < {}) {verdict}",
-                        ms(took),
-                        ms(LOOKUP_TARGET)
-                    );
-                }
+                report_lookups("s3", r);
                 let verdict = if r.peak_rss_kib <= RSS_TARGET_KIB {
                     "ok"
                 } else {
@@ -396,6 +374,22 @@ fn parse_human(line: &str) -> u64 {
 }
 
 /// Prints the figures; returns whether the run failed.
+/// A restore miss and a `has_key` on `on`, against the lookup target.
+fn report_lookups(on: &str, r: &Measured) {
+    for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
+        let verdict = if took <= LOOKUP_TARGET {
+            "ok"
+        } else {
+            "MISSED"
+        };
+        println!(
+            "  {what} on {on}: {} (target < {}) {verdict}",
+            ms(took),
+            ms(LOOKUP_TARGET)
+        );
+    }
+}
+
 fn report(name: &str, r: &Result<Measured, String>) -> bool {
     match r {
         Err(e) => {
