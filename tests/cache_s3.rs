@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::cache::{masked, run, run_value, static_agent};
 use crate::support::control_plane::{ControlPlane, REGISTRATION_TOKEN};
+use crate::support::crawl::{CrawlProxy, Shaping};
 use crate::support::docker::{self, ComposeJob, Container, BASH_IMAGE, COMPOSE_JOB_TIMEOUT};
 use crate::support::garage::{self, Garage, BUCKET};
 use crate::support::imds::Imds;
@@ -576,109 +577,12 @@ fn a_job_can_bring_its_own_bucket_and_credentials() {
     assert!(names.is_empty(), "{names:?}");
 }
 
-/// A TCP proxy in front of one Garage node that cuts the first connection
-/// to carry more than `cut_after` bytes towards the client (the object
-/// being read: no other answer is that big), and that may hide the Range
-/// header of what the client sends, as a server that ignores it would.
-struct CuttingProxy {
-    port: u16,
-    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    accept: Option<std::thread::JoinHandle<()>>,
-}
-
-impl CuttingProxy {
-    fn start(upstream: &str, cut_after: u64, hide_range: bool) -> CuttingProxy {
-        use std::io::{Read, Write};
-        use std::net::{Shutdown, TcpListener, TcpStream};
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        use std::sync::Arc;
-
-        let upstream = upstream.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let port = listener.local_addr().expect("its address").port();
-        let cuts = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (cuts2, stop2) = (cuts.clone(), stop.clone());
-        let accept = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = c_read.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        if hide_range {
-                            // Same length, so nothing else moves.
-                            let text = &mut buf[..n];
-                            for i in 0..text.len().saturating_sub(8) {
-                                if text[i..i + 8].eq_ignore_ascii_case(b"\r\nrange:") {
-                                    text[i + 2..i + 7].copy_from_slice(b"x-rng");
-                                }
-                            }
-                        }
-                        if s_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                let cuts = cuts2.clone();
-                let (mut s_read, mut c_write) = (server, client);
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut relayed = 0u64;
-                    while let Ok(n) = s_read.read(&mut buf) {
-                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        relayed += n as u64;
-                        if relayed > cut_after
-                            && cuts
-                                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
-                                .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(Shutdown::Both);
-                    let _ = s_read.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        CuttingProxy {
-            port,
-            cuts,
-            stop,
-            accept: Some(accept),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn cuts(&self) -> usize {
-        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for CuttingProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        // Wakes the accept loop, which then sees the flag.
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
+/// Renames the Range header of a request passing through (same length,
+/// so nothing else moves): the server then sends the whole object.
+fn hide_range(bytes: &mut [u8]) {
+    for i in 0..bytes.len().saturating_sub(8) {
+        if bytes[i..i + 8].eq_ignore_ascii_case(b"\r\nrange:") {
+            bytes[i + 2..i + 7].copy_from_slice(b"x-rng");
         }
     }
 }
@@ -702,9 +606,17 @@ fn a_download_cut_short_resumes_where_it_broke() {
     let ran = run_value(&writer, &make.to_value(), BIG_TIMEOUT);
     ran.assert_passed();
     let sum = ran.ok("cat sum");
-    for hide_range in [false, true] {
-        let proxy = CuttingProxy::start(&garage.url(1), 2_000_000, hide_range);
-        let reader = agent_at(&garage, &proxy.url());
+    for hidden in [false, true] {
+        // No other answer is that big: the object being read is cut.
+        let proxy = CrawlProxy::shaped(
+            garage.s3_port(1),
+            Shaping {
+                cut_download_after: Some(2_000_000),
+                rewrite_upload: hidden.then_some(hide_range as fn(&mut [u8])),
+                ..Shaping::default()
+            },
+        );
+        let reader = agent_at(&garage, &format!("http://{}", proxy.url()));
         let restore = Job::new("s3-resume-restore")
             .env("SEMAPHORE_PROJECT_ID", PROJECT)
             .command("cache restore big-1 && sha256sum big/blob");
@@ -712,12 +624,12 @@ fn a_download_cut_short_resumes_where_it_broke() {
         assert_eq!(
             proxy.cuts(),
             1,
-            "hide_range {hide_range}: the download was not cut"
+            "hidden range {hidden}: the download was not cut"
         );
         assert!(
             back.ok("cache restore big-1 && sha256sum big/blob")
                 .ends_with(&sum),
-            "hide_range {hide_range}: {}",
+            "hidden range {hidden}: {}",
             back.render()
         );
     }

@@ -1,14 +1,17 @@
-//! A TCP proxy on loopback that lets bytes from its clients through at a
-//! crawl and the answers at full speed: an SFTP upload through it runs for
-//! minutes, yet ssh's keep-alives are answered, so nothing times out. The
-//! cache tests put it in front of the test's sshd to hold a transfer in
-//! progress for as long as they need.
+//! A TCP proxy on loopback that shapes what it copies (`Shaping`). At a
+//! crawl, it lets bytes from its clients through slowly and the answers at
+//! full speed: an SFTP upload through it runs for minutes, yet ssh's
+//! keep-alives are answered, so nothing times out; the cache tests put it
+//! in front of the test's sshd to hold a transfer in progress for as long
+//! as they need. It can also cut the first connection that carries more
+//! than so many bytes to its client, and rewrite what clients send (the S3
+//! tests break a download, and hide its Range header from the server).
 //!
-//! It knows nothing of SSH: it copies bytes.
+//! It knows nothing of SSH or HTTP: it copies bytes.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -16,8 +19,31 @@ use std::time::Duration;
 /// How often the proxy looks at its stop flag and lets a slice through.
 const TICK: Duration = Duration::from_millis(100);
 
+/// What the proxy does to the bytes besides copying them.
+#[derive(Clone, Copy, Default)]
+pub struct Shaping {
+    /// At most this many bytes a tick (100 ms) from the client to the
+    /// target; None: full speed.
+    pub upload_per_tick: Option<usize>,
+    /// Applied to each piece the client sends before it goes on (it must
+    /// keep its length).
+    pub rewrite_upload: Option<fn(&mut [u8])>,
+    /// The first connection to carry more than this many bytes to its
+    /// client is cut there (only the first).
+    pub cut_download_after: Option<u64>,
+}
+
+/// One direction of a connection, as `Shaping` says.
+#[derive(Clone, Copy)]
+struct Direction {
+    rate: Option<usize>,
+    rewrite: Option<fn(&mut [u8])>,
+    cut_after: Option<u64>,
+}
+
 pub struct CrawlProxy {
     port: u16,
+    cuts: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
@@ -28,17 +54,30 @@ impl CrawlProxy {
     /// Forwards to 127.0.0.1:`target`, letting `per_tick` bytes a tick
     /// (100 ms) through from the client to the target.
     pub fn start(target: u16, per_tick: usize) -> CrawlProxy {
+        CrawlProxy::shaped(
+            target,
+            Shaping {
+                upload_per_tick: Some(per_tick),
+                ..Shaping::default()
+            },
+        )
+    }
+
+    /// Forwards to 127.0.0.1:`target` as `shaping` says.
+    pub fn shaped(target: u16, shaping: Shaping) -> CrawlProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener
             .set_nonblocking(true)
             .expect("a non-blocking listener");
         let port = listener.local_addr().expect("the proxy's address").port();
         let stopping = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
         let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let acceptor = {
-            let (stopping, threads, streams) = (
+            let (stopping, cuts, threads, streams) = (
                 Arc::clone(&stopping),
+                Arc::clone(&cuts),
                 Arc::clone(&threads),
                 Arc::clone(&streams),
             );
@@ -56,19 +95,30 @@ impl CrawlProxy {
                         continue;
                     };
                     let _ = client.set_nonblocking(false);
+                    let upload = Direction {
+                        rate: shaping.upload_per_tick,
+                        rewrite: shaping.rewrite_upload,
+                        cut_after: None,
+                    };
+                    let download = Direction {
+                        rate: None,
+                        rewrite: None,
+                        cut_after: shaping.cut_download_after,
+                    };
                     let pairs = [
-                        (client.try_clone(), server.try_clone(), per_tick),
-                        (server.try_clone(), client.try_clone(), usize::MAX),
+                        (client.try_clone(), server.try_clone(), upload),
+                        (server.try_clone(), client.try_clone(), download),
                     ];
                     let mut held = streams.lock().unwrap_or_else(|e| e.into_inner());
                     held.push(client);
                     held.push(server);
-                    for (from, to, rate) in pairs {
+                    for (from, to, direction) in pairs {
                         let (Ok(from), Ok(to)) = (from, to) else {
                             continue;
                         };
-                        let stopping = Arc::clone(&stopping);
-                        let copier = thread::spawn(move || copy(from, to, rate, &stopping));
+                        let (stopping, cuts) = (Arc::clone(&stopping), Arc::clone(&cuts));
+                        let copier =
+                            thread::spawn(move || copy(from, to, direction, &stopping, &cuts));
                         threads
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -79,6 +129,7 @@ impl CrawlProxy {
         };
         CrawlProxy {
             port,
+            cuts,
             stopping,
             threads,
             streams,
@@ -94,21 +145,46 @@ impl CrawlProxy {
     pub fn url(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// How many connections `Shaping::cut_download_after` cut (0 or 1).
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
+    }
 }
 
-/// Copies `from` to `to`, at most `rate` bytes a tick, until either side
-/// closes or the proxy stops.
-fn copy(mut from: TcpStream, mut to: TcpStream, rate: usize, stopping: &AtomicBool) {
+/// Copies `from` to `to` as `direction` says, until either side closes,
+/// the proxy stops or the connection is cut.
+fn copy(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    direction: Direction,
+    stopping: &AtomicBool,
+    cuts: &AtomicUsize,
+) {
     let _ = from.set_read_timeout(Some(TICK));
-    let mut buf = vec![0u8; rate.min(64 * 1024)];
+    let mut buf = vec![0u8; direction.rate.unwrap_or(usize::MAX).min(64 * 1024)];
+    let mut copied = 0u64;
     while !stopping.load(Ordering::SeqCst) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if let Some(rewrite) = direction.rewrite {
+                    rewrite(&mut buf[..n]);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
-                if rate != usize::MAX {
+                copied += n as u64;
+                if direction.cut_after.is_some_and(|limit| copied > limit)
+                    && cuts
+                        .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+                if direction.rate.is_some() {
                     thread::sleep(TICK);
                 }
             }

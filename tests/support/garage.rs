@@ -255,7 +255,12 @@ impl Garage {
 
     /// The S3 endpoint of node `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].s3_port)
+        format!("http://127.0.0.1:{}", self.s3_port(i))
+    }
+
+    /// The loopback port of node `i`'s S3 endpoint.
+    pub fn s3_port(&self, i: usize) -> u16 {
+        self.nodes[i].s3_port
     }
 
     /// The flags of an agent whose cache is this cluster, at node `i`'s
