@@ -84,6 +84,8 @@ pub struct Garage {
     /// The nodes' configs and directories, removed with the cluster.
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
+    /// The nodes' ids (`ID@HOST:PORT`), once set up.
+    ids: Vec<String>,
     pub key_id: String,
     pub secret: String,
 }
@@ -133,6 +135,7 @@ impl Garage {
             bin,
             _dir: dir,
             nodes,
+            ids: Vec::new(),
             key_id: format!("GK{}", hex(12)),
             secret: hex(32),
         };
@@ -187,7 +190,7 @@ impl Garage {
         fs::read_to_string(home.join("stderr.log")).unwrap_or_default()
     }
 
-    fn set_up(&self) {
+    fn set_up(&mut self) {
         let mut ids = Vec::new();
         for i in 0..3 {
             poll_until("a garage node answers", START_TIMEOUT, || {
@@ -219,6 +222,7 @@ impl Garage {
             );
         }
         self.cli_ok(0, &["layout", "apply", "--version", "1"]);
+        self.ids = ids;
         self.cli_ok(
             0,
             &[
@@ -300,6 +304,34 @@ impl Garage {
         }
     }
 
+    /// Starts node `i` again, after `kill`, on its data; returns once it
+    /// serves the bucket (it has found a quorum of its peers again).
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} still runs");
+        self.spawn(i);
+        // Else the nodes find each other again only some 20 s later. The
+        // command fails until the node takes RPC.
+        for (peer, id) in self.ids.iter().enumerate() {
+            if peer != i && self.nodes[peer].child.is_some() {
+                poll_until("a restarted garage node connects", START_TIMEOUT, || {
+                    self.cli(i, &["node", "connect", id]).status.success()
+                });
+            }
+        }
+        poll_until(
+            "a restarted garage node serves the bucket",
+            START_TIMEOUT,
+            || self.try_list(i, "", false).is_ok(),
+        );
+    }
+
+    /// The names of the objects node `i` lists, as it lists them.
+    pub fn listed_at(&self, i: usize) -> Vec<String> {
+        let body = self.try_list(i, "", false).expect("list the bucket");
+        let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).expect("a listing");
+        page.contents.into_iter().map(|o| o.key).collect()
+    }
+
     fn bucket(&self, i: usize) -> Bucket {
         Bucket::new(
             self.url(i).parse().unwrap(),
@@ -322,7 +354,7 @@ impl Garage {
     /// The objects under `prefix`, by asking node `i`; or the raw answer
     /// of ListMultipartUploads when `uploads`.
     fn try_list(&self, i: usize, prefix: &str, uploads: bool) -> Result<String, String> {
-        let creds = Credentials::new(self.key_id.clone(), self.secret.clone());
+        let creds = self.creds();
         let bucket = self.bucket(i);
         let url = if uploads {
             let mut action = bucket.get_object(Some(&creds), "");
@@ -349,28 +381,62 @@ impl Garage {
     }
 
     /// The names of the objects under `prefix`, sorted, asking the first
-    /// node that runs.
+    /// node that runs. Garage lists what each node of a read quorum holds,
+    /// each node leaving out what it knows to be deleted: for a moment
+    /// after a delete, one that has not heard of it yet still lists the
+    /// object. Asking for the object itself merges what the nodes hold, so
+    /// a listed object counts only when a `HEAD` finds it.
     pub fn objects(&self, prefix: &str) -> Vec<String> {
         let i = self.running_node();
         let body = self.try_list(i, prefix, false).expect("list the bucket");
         let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).expect("a listing");
-        let mut names: Vec<String> = page.contents.into_iter().map(|o| o.key).collect();
+        let mut names: Vec<String> = page
+            .contents
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|key| self.found(i, self.bucket(i).head_object(Some(&self.creds()), key)))
+            .collect();
         names.sort();
         names
     }
 
-    /// The objects of incomplete multipart uploads.
+    /// The objects of incomplete multipart uploads; like `objects`, each
+    /// listed upload counts only when its parts can be listed.
     pub fn uploads(&self) -> Vec<String> {
         let i = self.running_node();
         let body = self.try_list(i, "", true).expect("list the uploads");
         body.split("<Upload>")
             .skip(1)
-            .filter_map(|u| {
-                let start = u.find("<Key>")? + 5;
-                let end = u.find("</Key>")?;
-                Some(u[start..end].to_string())
+            .filter_map(|u| Some((tag(u, "Key")?, tag(u, "UploadId")?)))
+            .filter(|(key, id)| {
+                let bucket = self.bucket(i);
+                self.found(i, bucket.list_parts(Some(&self.creds()), key, id))
             })
+            .map(|(key, _)| key.to_string())
             .collect()
+    }
+
+    fn creds(&self) -> Credentials {
+        Credentials::new(self.key_id.clone(), self.secret.clone())
+    }
+
+    /// Whether node `i` answers `action` (a HEAD or a GET) with a success
+    /// rather than a 404.
+    fn found<'a, A: S3Action<'a>>(&self, i: usize, action: A) -> bool {
+        let url = action.sign(Duration::from_secs(600));
+        let request = match A::METHOD {
+            rusty_s3::Method::Head => Self::http().head(url.as_str()),
+            _ => Self::http().get(url.as_str()),
+        };
+        let response = request
+            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+            .call()
+            .unwrap_or_else(|e| panic!("ask garage node {i}: {e}"));
+        match response.status().as_u16() {
+            200..=299 => true,
+            404 => false,
+            status => panic!("garage node {i} answers {status}"),
+        }
     }
 
     fn running_node(&self) -> usize {
@@ -386,6 +452,13 @@ impl Drop for Garage {
             self.kill(i);
         }
     }
+}
+
+/// The text of the first `<name>` element in `xml`.
+fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(&xml[start..end])
 }
 
 fn hex(n_bytes: usize) -> String {
