@@ -2,7 +2,8 @@
 //! S3 service: a three-node Garage cluster on loopback (replication factor
 //! 3, consistent mode). Every subcommand for a shell and a compose job; a
 //! `serve` and a `start` agent sharing one bucket; a node killed during a
-//! 200 MB store and two nodes down; an agent killed mid-upload; the agent's
+//! 200 MB store and two nodes down; a key a node still lists after its
+//! delete; an agent killed mid-upload; the agent's
 //! credentials never in a job; the instance role through IMDSv2. A job
 //! naming a backend the agent lacks gets a clear error, never the agent's
 //! cache.
@@ -128,6 +129,47 @@ fn every_subcommand_on_a_garage_cluster() {
     assert_eq!(ran.ok("cache is_not_empty || echo empty"), "empty\n");
     assert!(garage.objects("").is_empty(), "{:?}", garage.objects(""));
     assert!(garage.uploads().is_empty());
+}
+
+/// A node that was down during a delete still lists the key until Garage's
+/// anti-entropy reaches it (some 20 s after its start), and a listing
+/// through it merges what it holds with what a node that knows of the
+/// delete leaves out: the key is listed. `cache is_not_empty` through that
+/// node still answers empty, and `cache has_key` does not find the key.
+#[test]
+fn a_key_listed_after_its_delete_is_not_taken_for_a_key() {
+    if !garage::available() {
+        return;
+    }
+    let mut garage = Garage::start();
+    let writer = agent_at(&garage, &garage.url(0));
+    let job = |name: &str, command: &str| {
+        Job::new(name)
+            .env("SEMAPHORE_PROJECT_ID", PROJECT)
+            .command(command)
+    };
+    let store = "echo x > f && cache store gone f";
+    run(&writer, &job("s3-lag-store", store)).assert_passed();
+    garage.kill(2);
+    let delete = "cache delete gone";
+    assert_eq!(
+        run(&writer, &job("s3-lag-delete", delete)).ok(delete),
+        "Key 'gone' is deleted.\n"
+    );
+    garage.restart(2);
+    // Node 2 did not hear of the delete, and lists the key.
+    let object = format!("{PROJECT}/gone");
+    assert_eq!(garage.listed_at(2), [object.as_str()]);
+    let reader = agent_at(&garage, &garage.url(2));
+    let check = "cache list | grep -c gone; cache is_not_empty || echo empty; \
+                 cache has_key gone || echo no-key";
+    let ran = run(&reader, &job("s3-lag-check", check));
+    ran.assert_passed();
+    assert_eq!(
+        ran.ok(check),
+        "1\nempty\nKey 'gone' doesn't exist in the cache store.\nno-key\n"
+    );
+    assert!(garage.objects("").is_empty(), "{:?}", garage.objects(""));
 }
 
 #[test]
