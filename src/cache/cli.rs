@@ -228,29 +228,12 @@ fn usage(out: &mut Out) -> Outcome {
     }
 }
 
-/// Exit 0 when a key is there. A listing is not the last word: a Garage
-/// cluster's can still show a key for a moment after its delete, where
-/// asking for the key itself cannot (S3 `HEAD`), so each listed key is
-/// asked for until one is there; the first one is, but after a delete.
-/// A listed key no request can name (one a toolbox stored, longer than
-/// the agent takes) is there.
 fn is_not_empty(out: &mut Out) -> Outcome {
     init(out)?;
-    let entries = match ask(&Request::List)? {
-        Reply::List { entries } => entries,
-        other => return Err(unexpected(other)),
-    };
-    for entry in entries {
-        if keys::unstorable(&entry.key).is_some() || entry.key.chars().any(char::is_control) {
-            return Ok(0);
-        }
-        match ask(&Request::HasKey { key: entry.key })? {
-            Reply::HasKey { exists: true } => return Ok(0),
-            Reply::HasKey { exists: false } => {}
-            other => return Err(unexpected(other)),
-        }
+    match ask(&Request::IsNotEmpty)? {
+        Reply::HasKey { exists } => Ok(u8::from(!exists)),
+        other => Err(unexpected(other)),
     }
-    Ok(1)
 }
 
 #[cfg(test)]

@@ -201,6 +201,9 @@ fn handle(
         Request::List => Ok(Some(Reply::List {
             entries: store.backend.list(call)?,
         })),
+        Request::IsNotEmpty => Ok(Some(Reply::HasKey {
+            exists: store.backend.any_key(call)?,
+        })),
         Request::Delete { key } => {
             keys::check(&key, &store.backend)?;
             if !store.backend.has(&key, call)? {

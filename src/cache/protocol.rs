@@ -96,6 +96,9 @@ pub enum Request {
         key: String,
     },
     List,
+    /// Whether any key is there (`cache is_not_empty`); answered with
+    /// `HasKey`. An older `cache` asks for the `List` instead.
+    IsNotEmpty,
     Delete {
         key: String,
     },

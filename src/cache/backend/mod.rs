@@ -157,6 +157,27 @@ impl Backend {
         }
     }
 
+    /// Whether the cache holds any key. On S3 a listing is not the last
+    /// word: a Garage cluster's can still show a key for a moment after
+    /// its delete (each node of the read quorum leaves out what it knows to
+    /// be deleted, so one that has not heard of it yet wins), where a HEAD
+    /// cannot; so the listed keys are asked for until one is there (one
+    /// HEAD when the cache holds keys, none when it holds none).
+    pub fn any_key(&self, call: &Call<'_>) -> Result<bool, CacheError> {
+        let entries = self.list(call)?;
+        match self {
+            Backend::S3(b) => {
+                for entry in &entries {
+                    if b.head(&entry.key, call)?.is_some() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            Backend::Local(_) | Backend::Sftp(_) => Ok(!entries.is_empty()),
+        }
+    }
+
     /// A new file for an incoming archive, and the guard that removes it.
     pub fn stage(&self) -> Result<(File, Staged), CacheError> {
         match self {
