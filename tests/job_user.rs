@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::support::control_plane::{ControlPlane, REGISTRATION_TOKEN};
 use crate::support::listen_agent::{outputs as listen_outputs, ListenAgent};
+use crate::support::procs::{kill_processes_of_uid, processes_of_uid};
 use crate::support::server::TestAgent;
 use crate::support::server::EVENT_TIMEOUT;
 use crate::support::skip::skip;
@@ -80,17 +81,18 @@ fn user_exists(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Every process of `user`.
-fn processes_of(user: &str) -> Vec<String> {
-    let out = Command::new("ps")
-        .args(["-eo", "user:40,pid,args", "--no-headers"])
+/// The uid of `name`, while the user exists.
+fn uid_of(name: &str) -> Option<u32> {
+    let out = Command::new("getent")
+        .args(["passwd", name])
         .output()
-        .expect("ps");
+        .ok()?;
     String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().next() == Some(user))
-        .map(str::to_string)
-        .collect()
+        .split(':')
+        .nth(2)?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The value after `label=` on a line of `text`.
@@ -135,7 +137,7 @@ fn a_job_of_its_own_user_reads_nothing_of_the_agent_nor_of_another_job() {
     let b = Job::new("ju-b")
         .command("echo uid=$(id -u); echo user=$(whoami); echo home=$HOME")
         // The other job's processes: found, but their environment unreadable.
-        .command("for p in $(pgrep -f ju-holder-a); do echo pid=$p; tr '\\0' '\\n' < /proc/$p/environ; done; true")
+        .command("for d in /proc/[0-9]*; do case $(tr '\\0' ' ' < $d/cmdline 2>/dev/null) in ju-holder-a*) echo pid=${d#/proc/}; tr '\\0' '\\n' < $d/environ;; esac; done; true")
         // The agent, the parent of the job's subreaper.
         .command("tr '\\0' '\\n' < /proc/$(awk '{print $4}' /proc/$PPID/stat)/environ; true")
         .command("kill -0 $PPID; echo kill-subreaper=$?")
@@ -202,7 +204,7 @@ fn a_user_made_for_a_job_goes_with_everything_it_left() {
         .arg("auto")
         .start();
     let job = Job::new("ju-leaves")
-        .command("echo user=$(whoami)")
+        .command("echo user=$(whoami) && echo uid=$(id -u)")
         .command("mkdir -p /tmp/ju-left-dir && touch /tmp/ju-left-dir/f /var/tmp/ju-left /dev/shm/ju-left")
         // An escapee without the job's mark, in a session of its own.
         .command("setsid env -u AGENT_JOB_MARK bash -c 'exec -a ju-escapee sleep 600' </dev/null >/dev/null 2>&1 &")
@@ -212,6 +214,7 @@ fn a_user_made_for_a_job_goes_with_everything_it_left() {
     let out = outputs(&events);
     assert_eq!(events.last().unwrap()["result"], "passed", "{out}");
     let user = field(&out, "user").to_string();
+    let uid: u32 = field(&out, "uid").parse().expect("a uid");
     wait_until("the job's user to be removed", CLEANUP_TIMEOUT, || {
         !user_exists(&user)
     });
@@ -219,7 +222,7 @@ fn a_user_made_for_a_job_goes_with_everything_it_left() {
         assert!(!Path::new(path).exists(), "{path} is left");
     }
     assert!(!Path::new(&format!("/home/{user}")).exists());
-    assert_eq!(processes_of(&user), Vec::<String>::new());
+    assert_eq!(processes_of_uid(uid), Vec::<String>::new());
 }
 
 #[test]
@@ -233,13 +236,26 @@ fn a_restarted_agent_removes_the_user_of_a_job_cut_short() {
         .arg("--job-user")
         .arg("auto")
         .start();
-    let job = Job::new("ju-crash").command("echo user=$(whoami); sleep 600");
+    let job = Job::new("ju-crash").command("echo user=$(whoami) uid=$(id -u); sleep 600");
     first.submit_ok(&job.to_value());
     first.wait_for_event(&job.job_id, EVENT_TIMEOUT, |e| {
         e["event"] == "cmd_output" && e["output"].as_str().is_some_and(|o| o.contains("user="))
     });
-    let user = field(&outputs(&first.poll_log(&job.job_id)), "user").to_string();
+    // The whole line: its output may come in more than one event.
+    let whole = |out: &str| {
+        out.split_once(" uid=")
+            .is_some_and(|(_, r)| r.contains('\n'))
+    };
+    let mut out = String::new();
+    wait_until("the job's user and uid", EVENT_TIMEOUT, || {
+        out = outputs(&first.poll_log(&job.job_id));
+        whole(&out)
+    });
+    let (user, uid) = field(&out, "user").split_once(" uid=").expect("user= uid=");
+    let (user, uid) = (user.to_string(), uid.parse::<u32>().expect("a uid"));
     assert!(user_exists(&user));
+    // What the check below looks for: the job runs as that uid.
+    assert!(!processes_of_uid(uid).is_empty());
     first.signal(libc::SIGKILL);
     wait_until("the agent to die", CLEANUP_TIMEOUT, || !first.is_running());
     let second = TestAgent::builder()
@@ -251,7 +267,7 @@ fn a_restarted_agent_removes_the_user_of_a_job_cut_short() {
         !user_exists(&user)
     });
     assert!(!Path::new(&format!("/home/{user}")).exists());
-    assert_eq!(processes_of(&user), Vec::<String>::new());
+    assert_eq!(processes_of_uid(uid), Vec::<String>::new());
     let events = second.poll_log(&job.job_id);
     assert_eq!(events.last().unwrap()["result"], "failed");
     drop(second);
@@ -281,13 +297,17 @@ impl NamedUser {
     fn home(&self) -> String {
         format!("/home/{}", self.0)
     }
+
+    fn uid(&self) -> u32 {
+        uid_of(&self.0).expect("the user's uid")
+    }
 }
 
 impl Drop for NamedUser {
     fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.0])
-            .status();
+        if let Some(uid) = uid_of(&self.0) {
+            kill_processes_of_uid(uid);
+        }
         let _ = Command::new("userdel")
             .args(["--force", "--remove", &self.0])
             .status();
@@ -414,7 +434,7 @@ fn a_restarted_agent_removes_a_jump_point_key_from_the_named_users_home() {
     );
     let events = second.poll_log(&job_id);
     assert_eq!(events.last().unwrap()["result"], "failed");
-    assert_eq!(processes_of(&user.0), Vec::<String>::new());
+    assert_eq!(processes_of_uid(user.uid()), Vec::<String>::new());
     drop(second);
     drop(first);
 }

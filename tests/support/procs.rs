@@ -188,3 +188,57 @@ pub fn wait_for_escapee(job_id: &str) -> i32 {
     );
     escapee.pid
 }
+
+/// Every process whose real or effective user is `uid`, as `PID ARGS`,
+/// read from /proc (a user removed meanwhile has no name to look for).
+pub fn processes_of_uid(uid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        // `Uid:` real, effective, saved, file system.
+        let ids: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|ids| {
+                ids.split_whitespace()
+                    .filter_map(|i| i.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.iter().take(2).any(|&id| id == uid) {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push(format!("{pid} {}", args.trim_end()));
+        }
+    }
+    found
+}
+
+/// Kills (SIGKILL) every process of `uid`.
+pub fn kill_processes_of_uid(uid: u32) {
+    for process in processes_of_uid(uid) {
+        let pid = process
+            .split(' ')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid
+            // was just seen running as `uid`.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
