@@ -19,21 +19,10 @@ pub fn job_processes(job_id: &str) -> Vec<JobProcess> {
     let token = token_for(job_id);
     let own_pid = std::process::id() as i32;
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for (pid, dir) in proc_dirs() {
         if pid == own_pid {
             continue;
         }
-        let dir = entry.path();
         // A zombie has already lost its memory; it is its parent's to reap.
         let Ok(stat) = fs::read_to_string(dir.join("stat")) else {
             continue;
@@ -193,18 +182,8 @@ pub fn wait_for_escapee(job_id: &str) -> i32 {
 /// read from /proc (a user removed meanwhile has no name to look for).
 pub fn processes_of_uid(uid: u32) -> Vec<String> {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+    for (pid, dir) in proc_dirs() {
+        let Ok(status) = fs::read_to_string(dir.join("status")) else {
             continue;
         };
         // `Uid:` real, effective, saved, file system.
@@ -218,12 +197,24 @@ pub fn processes_of_uid(uid: u32) -> Vec<String> {
             })
             .unwrap_or_default();
         if ids.iter().take(2).any(|&id| id == uid) {
-            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
             let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             found.push(format!("{pid} {}", args.trim_end()));
         }
     }
     found
+}
+
+/// Each process's pid and /proc directory.
+fn proc_dirs() -> impl Iterator<Item = (i32, PathBuf)> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            Some((pid, entry.path()))
+        })
 }
 
 /// Kills (SIGKILL) every process of `uid`.
