@@ -75,13 +75,10 @@ fn outputs(events: &[Value]) -> String {
 }
 
 fn user_exists(name: &str) -> bool {
-    Command::new("getent")
-        .args(["passwd", name])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    uid_of(name).is_some()
 }
 
-/// The uid of `name`, while the user exists.
+/// The uid of `name`; None when there is no such user.
 fn uid_of(name: &str) -> Option<u32> {
     let out = Command::new("getent")
         .args(["passwd", name])

@@ -181,28 +181,40 @@ pub fn wait_for_escapee(job_id: &str) -> i32 {
 /// Every process whose real or effective user is `uid`, as `PID ARGS`,
 /// read from /proc (a user removed meanwhile has no name to look for).
 pub fn processes_of_uid(uid: u32) -> Vec<String> {
-    let mut found = Vec::new();
-    for (pid, dir) in proc_dirs() {
-        let Ok(status) = fs::read_to_string(dir.join("status")) else {
-            continue;
-        };
-        // `Uid:` real, effective, saved, file system.
-        let ids: Vec<u32> = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .map(|ids| {
-                ids.split_whitespace()
-                    .filter_map(|i| i.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if ids.iter().take(2).any(|&id| id == uid) {
+    uid_processes(uid)
+        .map(|(pid, dir)| {
             let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
             let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            found.push(format!("{pid} {}", args.trim_end()));
+            format!("{pid} {}", args.trim_end())
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL) every process of `uid`.
+pub fn kill_processes_of_uid(uid: u32) {
+    for (pid, _) in uid_processes(uid) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid was
+        // just seen running as `uid`.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
     }
-    found
+}
+
+/// The processes whose real or effective user is `uid`.
+fn uid_processes(uid: u32) -> impl Iterator<Item = (i32, PathBuf)> {
+    proc_dirs().filter(move |(_, dir)| {
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        // `Uid:` real, effective, saved, file system.
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|ids| {
+                ids.split_whitespace()
+                    .take(2)
+                    .any(|id| id.parse() == Ok(uid))
+            })
+    })
 }
 
 /// Each process's pid and /proc directory.
@@ -215,21 +227,4 @@ fn proc_dirs() -> impl Iterator<Item = (i32, PathBuf)> {
             let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
             Some((pid, entry.path()))
         })
-}
-
-/// Kills (SIGKILL) every process of `uid`.
-pub fn kill_processes_of_uid(uid: u32) {
-    for process in processes_of_uid(uid) {
-        let pid = process
-            .split(' ')
-            .next()
-            .and_then(|p| p.parse::<i32>().ok());
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) has no memory-safety preconditions; the pid
-            // was just seen running as `uid`.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
 }
