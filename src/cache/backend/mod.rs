@@ -166,9 +166,9 @@ impl Backend {
     pub fn any_key(&self, call: &Call<'_>) -> Result<bool, CacheError> {
         let entries = self.list(call)?;
         match self {
-            Backend::S3(b) => {
+            Backend::S3(_) => {
                 for entry in &entries {
-                    if b.head(&entry.key, call)?.is_some() {
+                    if self.has(&entry.key, call)? {
                         return Ok(true);
                     }
                 }
