@@ -17,7 +17,7 @@ use crate::support::docker::{self, ComposeJob, Container, BASH_IMAGE, COMPOSE_JO
 use crate::support::garage::{self, Garage, BUCKET};
 use crate::support::imds::Imds;
 use crate::support::listen_agent::{outputs, ListenAgent};
-use crate::support::server::{poll_until, TestAgent};
+use crate::support::server::{poll_until, AgentBuilder, TestAgent};
 use crate::support::Job;
 
 const PROJECT: &str = "proj-1";
@@ -27,14 +27,19 @@ const DOWN_LIMIT: Duration = Duration::from_secs(60);
 const BIG_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn agent_at(garage: &Garage, urls: &str) -> TestAgent {
-    let mut builder = TestAgent::builder();
+    on_garage(TestAgent::builder(), garage, urls).start()
+}
+
+/// `builder` with the flags and credentials of an agent whose cache is
+/// `garage`, at `urls`.
+fn on_garage(mut builder: AgentBuilder, garage: &Garage, urls: &str) -> AgentBuilder {
     for arg in garage.agent_args_at(urls) {
         builder = builder.arg(&arg);
     }
     for (name, value) in garage.agent_env() {
         builder = builder.env(name, &value);
     }
-    builder.start()
+    builder
 }
 
 /// A command that counts the agent's S3 key and secret in the job's
@@ -178,14 +183,8 @@ fn keys_live_under_the_project_and_the_limit_is_each_projects() {
         return;
     }
     let garage = Garage::start();
-    let mut builder = TestAgent::builder().arg("--cache-max-bytes").arg("25000");
-    for arg in garage.agent_args() {
-        builder = builder.arg(&arg);
-    }
-    for (name, value) in garage.agent_env() {
-        builder = builder.env(name, &value);
-    }
-    let agent = builder.start();
+    let builder = TestAgent::builder().arg("--cache-max-bytes").arg("25000");
+    let agent = on_garage(builder, &garage, &garage.url(0)).start();
     // Incompressible 10 kB files: two fit under the limit, a third evicts
     // the oldest, in this project only.
     let store = |project: &str, keys: &[&str]| {
@@ -222,16 +221,10 @@ fn a_compose_job_uses_the_s3_cache_without_the_credentials() {
     }
     let garage = Garage::start();
     let binary = static_agent();
-    let mut builder = TestAgent::builder()
+    let builder = TestAgent::builder()
         .arg("--cache-static-binary")
         .arg(binary.to_str().unwrap());
-    for arg in garage.agent_args() {
-        builder = builder.arg(&arg);
-    }
-    for (name, value) in garage.agent_env() {
-        builder = builder.env(name, &value);
-    }
-    let agent = builder.start();
+    let agent = on_garage(builder, &garage, &garage.url(0)).start();
     let probe = probe(&garage, "/proc/1/environ /proc/$$/environ", "/w /tmp /opt");
     let job = ComposeJob::new("s3-compose", Container::new("main", BASH_IMAGE))
         .env("SEMAPHORE_PROJECT_ID", PROJECT)
@@ -489,14 +482,12 @@ fn an_agent_killed_mid_upload_leaves_no_key_and_no_upload() {
     let garage = Garage::start();
     let root = tempfile::tempdir().unwrap();
     let start = || {
-        let mut builder = TestAgent::builder().root(root.path());
-        for arg in garage.agent_args() {
-            builder = builder.arg(&arg);
-        }
-        for (name, value) in garage.agent_env() {
-            builder = builder.env(name, &value);
-        }
-        builder.start()
+        on_garage(
+            TestAgent::builder().root(root.path()),
+            &garage,
+            &garage.url(0),
+        )
+        .start()
     };
     let agent = start();
     let job = Job::new("s3-killed")
