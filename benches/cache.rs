@@ -25,14 +25,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_agent");
-/// Runs another agent binary instead of the one cargo built, as the main
-/// bench does (to compare two builds in the same hour).
-const AGENT_OVERRIDE_VAR: &str = "AGENT_BENCH_BIN";
+/// The binary measured, as in the main bench.
+#[path = "bench/binary.rs"]
+mod binary;
+use binary::agent_binary;
 
-fn agent_binary() -> String {
-    std::env::var(AGENT_OVERRIDE_VAR).unwrap_or_else(|_| AGENT.to_owned())
-}
 const N_FILES: usize = 20_000;
 /// The mean file size.
 const FILE_BYTES: usize = 10_000;
@@ -63,10 +60,7 @@ fn main() {
         return;
     }
     println!("== cache store and restore ==");
-    println!(
-        "  binary: {} (override with {AGENT_OVERRIDE_VAR})",
-        agent_binary()
-    );
+    println!("{}", binary::binary_line());
     let scratch = tempfile::Builder::new()
         .prefix("agent-cache-bench-")
         .tempdir()
@@ -373,7 +367,6 @@ fn parse_human(line: &str) -> u64 {
     (number.parse::<f64>().unwrap_or(0.0) * mult) as u64
 }
 
-/// Prints the figures; returns whether the run failed.
 /// A restore miss and a `has_key` on `on`, against the lookup target.
 fn report_lookups(on: &str, r: &Measured) {
     for (what, took) in [("restore miss", r.miss), ("has_key", r.has_key)] {
@@ -390,6 +383,7 @@ fn report_lookups(on: &str, r: &Measured) {
     }
 }
 
+/// Prints the figures; returns whether the run failed.
 fn report(name: &str, r: &Result<Measured, String>) -> bool {
     match r {
         Err(e) => {

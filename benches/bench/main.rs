@@ -45,6 +45,7 @@
 
 mod agent_run;
 mod big_writes;
+mod binary;
 mod compose;
 mod events;
 mod gate;
@@ -71,15 +72,7 @@ use std::time::Duration;
 
 use report::{print_summary, Failure, Outcome, Row};
 
-/// The agent binary built by `cargo bench` (bench profile, i.e. release).
-const AGENT: &str = env!("CARGO_BIN_EXE_agent");
-
-/// Names another agent binary to measure instead (say, an older build).
-const AGENT_OVERRIDE_VAR: &str = "AGENT_BENCH_BIN";
-
-pub fn agent_binary() -> String {
-    std::env::var(AGENT_OVERRIDE_VAR).unwrap_or_else(|_| AGENT.to_owned())
-}
+pub use binary::agent_binary;
 
 /// How many times each measurement is repeated; the median is reported.
 pub const RUNS: usize = 3;
@@ -100,10 +93,7 @@ type BenchFn = fn() -> Result<Vec<Row>, Failure>;
 
 fn main() {
     println!("agent benchmarks");
-    println!(
-        "  binary: {} (override with {AGENT_OVERRIDE_VAR})",
-        agent_binary()
-    );
+    println!("{}", binary::binary_line());
     println!("  each figure is the median of {RUNS} runs; baselines run in this process");
     println!();
 
